@@ -1,0 +1,400 @@
+/*
+ * nn.h — the mnistd core: data sets, a small sequential network, training,
+ * inference and model files. This header is the manual.
+ *
+ * Rules that hold for every function below unless its contract says otherwise:
+ *   - Functions return int: 0 on success, a negative NN_E* code on failure
+ *     (errno-style, as in libuv). nn_strerror() names a code.
+ *   - A function that fails leaves nothing half-done: outputs are untouched
+ *     or reset to an empty state, and nothing is leaked.
+ *   - Functions that take an `nn_err *err` fill it on failure with the code
+ *     and a sentence a person can act on (naming the file and what is wrong).
+ *     `err` may be NULL.
+ *   - Every *_create has a *_free; *_free(NULL) is a no-op.
+ *   - The core is pure: no sockets, no JSON, no printing, no mutable globals.
+ *     The one process-wide knob, nn_set_threads(), configures BLAS.
+ *
+ * Numbers: float32 everywhere. Images are 28x28 uint8 (0 = background,
+ * 255 = ink, as in MNIST) and are converted to x/255 floats batch by batch.
+ *
+ * Dense weights are stored [out][in] row-major (as PyTorch does), followed by
+ * the bias [out]. All parameters of a model live in one contiguous block, in
+ * layer order; gradients and optimizer state mirror that block.
+ */
+#ifndef MNISTD_NN_H
+#define MNISTD_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NN_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------- errors */
+
+#define NN_EINVAL    (-EINVAL)   /* bad argument */
+#define NN_ENOMEM    (-ENOMEM)   /* allocation failed */
+#define NN_EIO       (-EIO)      /* read/write/fsync/rename failed */
+#define NN_ENOENT    (-ENOENT)   /* file not found */
+#define NN_ENOSPC    (-ENOSPC)   /* disk full while saving */
+#define NN_ECANCELED (-ECANCELED)/* training stopped by the cancel flag */
+#define NN_EFORMAT   (-4001)     /* file is not in the expected format */
+#define NN_ETRUNC    (-4002)     /* file is shorter than its header says */
+#define NN_ECHECKSUM (-4003)     /* CRC32 mismatch: the file is corrupted */
+#define NN_ETOOBIG   (-4004)     /* file or dimension beyond the sane limits */
+#define NN_EVERSION  (-4005)     /* model file from an unsupported version */
+#define NN_EMISMATCH (-4006)     /* shapes or counts that do not agree */
+
+typedef struct nn_err {
+  int code;
+  char msg[512];
+} nn_err;
+
+/* Returns a static, human-readable name for an NN_E* code (or any negative
+ * errno). Never NULL. */
+const char *nn_strerror(int code);
+
+/* ---------------------------------------------------------------- threads */
+
+/* Sets the number of threads BLAS may use for every later call in this
+ * process (n >= 1). Process-wide; call it before training, not concurrently
+ * with it. Same seed + same thread count gives bit-identical training. */
+void nn_set_threads(int n);
+
+/* ---------------------------------------------------------------- data */
+
+/* Limits that keep a hostile file from exhausting memory. */
+#define NN_IDX_MAX_ITEMS 10000000u          /* images or labels per file */
+#define NN_IDX_MAX_BYTES (1u << 30)        /* payload bytes per file */
+#define NN_IMAGE_SIDE 28
+#define NN_IMAGE_SIZE (NN_IMAGE_SIDE * NN_IMAGE_SIDE)
+#define NN_CLASSES 10
+
+/* A labelled set of 28x28 images kept as uint8. */
+typedef struct nn_dataset {
+  uint32_t n;        /* number of samples */
+  uint32_t rows;     /* 28 */
+  uint32_t cols;     /* 28 */
+  uint8_t *images;   /* n * rows * cols bytes, owned */
+  uint8_t *labels;   /* n bytes, each < NN_CLASSES, owned */
+} nn_dataset;
+
+/* Reads an IDX file of uint8 images (magic 0x00000803, 3 dimensions), plain
+ * or gzip-compressed (detected from content, not the name). On success
+ * *images is a malloc'd buffer of n*rows*cols bytes the caller frees.
+ * Rejects: wrong magic or type, dimension count != 3, zero or oversized
+ * dimensions, payloads larger than NN_IDX_MAX_BYTES, files shorter than the
+ * header says (NN_ETRUNC) and files with trailing bytes (NN_EFORMAT). */
+int nn_idx_read_images(const char *path, uint8_t **images, uint32_t *n,
+                       uint32_t *rows, uint32_t *cols, nn_err *err);
+
+/* Reads an IDX file of uint8 labels (magic 0x00000801, 1 dimension), plain
+ * or gzip. *labels is malloc'd; the caller frees it. Every label must be
+ * < NN_CLASSES. Same rejections as nn_idx_read_images. */
+int nn_idx_read_labels(const char *path, uint8_t **labels, uint32_t *n,
+                       nn_err *err);
+
+/* Loads an image file and a label file into ds (which is overwritten; on
+ * failure it is left zeroed). The counts must match and images must be
+ * 28x28. Free with nn_dataset_free. */
+int nn_dataset_load(nn_dataset *ds, const char *images_path,
+                    const char *labels_path, nn_err *err);
+
+/* Which split of a data set directory to load. */
+typedef enum { NN_SPLIT_TRAIN = 0, NN_SPLIT_TEST = 1 } nn_split;
+
+/* Loads the train or test split from a directory holding the four standard
+ * files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+ * t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte), each plain or with a .gz
+ * suffix; the plain file wins when both exist. */
+int nn_dataset_load_dir(nn_dataset *ds, const char *dir, nn_split split,
+                        nn_err *err);
+
+/* Keeps only the first n samples (n larger than ds->n is a no-op). Does not
+ * reallocate. */
+void nn_dataset_truncate(nn_dataset *ds, uint32_t n);
+
+/* Frees the buffers and zeroes ds. NULL and zeroed datasets are fine. */
+void nn_dataset_free(nn_dataset *ds);
+
+/* ---------------------------------------------------------------- model */
+
+typedef enum {
+  NN_LAYER_DENSE = 1,    /* y = x W^T + b; param = out units */
+  NN_LAYER_ANTIRECT = 2, /* mean-centre, L2-normalise, [relu(x), relu(-x)] */
+  NN_LAYER_RELU = 3,
+  NN_LAYER_DROPOUT = 4,  /* inverted dropout at rate `rate`, training only */
+  NN_LAYER_SOFTMAX = 5   /* last layer; fused with cross-entropy in training */
+} nn_layer_type;
+
+typedef struct nn_layer_spec {
+  nn_layer_type type;
+  uint32_t units; /* DENSE: output width; ignored otherwise */
+  float rate;     /* DROPOUT: drop probability in [0, 1); ignored otherwise */
+} nn_layer_spec;
+
+#define NN_MAX_LAYERS 32
+#define NN_MAX_WIDTH 65536
+
+/* A built layer: shapes resolved and its slice of the parameter block. */
+typedef struct nn_layer {
+  nn_layer_type type;
+  uint32_t in, out;       /* widths of input and output */
+  float rate;
+  size_t w_off, b_off;    /* DENSE: offsets into the parameter block */
+} nn_layer;
+
+typedef struct nn_model {
+  char arch[32];          /* preset name or "custom" */
+  uint32_t n_inputs;      /* 784 */
+  uint32_t n_layers;
+  nn_layer layers[NN_MAX_LAYERS];
+  size_t n_params;
+  float *params;          /* one block: per DENSE layer W[out][in] then b[out] */
+  uint32_t max_width;     /* widest activation, for workspaces */
+} nn_model;
+
+/* Builds a model from a layer list. The list must end with DENSE(k) then
+ * SOFTMAX, with k == NN_CLASSES; every width must be in 1..NN_MAX_WIDTH.
+ * Weights are zeroed; call nn_model_init to randomise. *out is owned by the
+ * caller (nn_model_free). */
+int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
+                    const nn_layer_spec *specs, uint32_t n_specs);
+
+/* Builds a preset by name:
+ *   "antirectifier": Dense(256) Antirect Dropout(0.1) Dense(256) Antirect
+ *                    Dropout(0.1) Dense(10) Softmax — 337,418 parameters;
+ *   "relu":          Dense(512) ReLU Dropout(0.1) Dense(512) ReLU
+ *                    Dropout(0.1) Dense(10) Softmax — 669,706 parameters.
+ * Returns NN_EINVAL for an unknown name. */
+int nn_model_create_preset(nn_model **out, const char *arch);
+
+/* Keras initialisation: glorot_uniform kernels (limit sqrt(6/(in+out))),
+ * zero biases, from the given seed. Deterministic. */
+void nn_model_init(nn_model *m, uint64_t seed);
+
+/* Deep copy (weights included). */
+int nn_model_clone(nn_model **out, const nn_model *src);
+
+void nn_model_free(nn_model *m);
+
+/* ---------------------------------------------------------------- inference */
+
+/* Scratch memory for forward/backward passes of up to max_batch samples.
+ * A workspace belongs to one thread at a time; a model may be shared by
+ * many threads as long as each has its own workspace and nobody trains it. */
+typedef struct nn_workspace nn_workspace;
+
+int nn_workspace_create(nn_workspace **out, const nn_model *m,
+                        uint32_t max_batch);
+void nn_workspace_free(nn_workspace *ws);
+
+/* Runs n images (n <= the workspace's max_batch) through the model in
+ * inference mode (dropout off) and writes n*NN_CLASSES probabilities.
+ * `images` holds n*784 uint8 pixels. Allocates nothing. */
+int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
+                  uint32_t n, float *probs);
+
+/* Same with float pixels already scaled to [0, 1]. */
+int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x,
+                   uint32_t n, float *probs);
+
+/* Index of the largest of the NN_CLASSES probabilities. */
+int nn_argmax(const float *probs);
+
+/* ---------------------------------------------------------------- kernels */
+/* The layer kernels, exposed so they can be tested one by one. `n` is the
+ * batch size, rows are samples. Backward kernels take the forward input or
+ * output they need and write the gradient with respect to the input. */
+
+/* out[n][2*d] from x[n][d]; also stores the normalised, centred y[n][d] and
+ * the per-row 1/norm in inv[n] for the backward pass. */
+void nn_antirect_forward(const float *x, uint32_t n, uint32_t d, float *y,
+                         float *inv, float *out);
+/* dx[n][d] from dout[n][2d], with y and inv from the forward pass. */
+void nn_antirect_backward(const float *y, const float *inv,
+                          const float *dout, uint32_t n, uint32_t d,
+                          float *dx);
+
+/* Row-wise softmax of logits z[n][k] into p[n][k]; returns the mean
+ * categorical cross-entropy over the n rows against labels, with
+ * probabilities clipped to [1e-7, 1 - 1e-7] as Keras does. If dz is not
+ * NULL it receives d(mean loss)/dz = (p - onehot) / n, the exact gradient of
+ * the unclipped loss (what Keras computes through the softmax logits). If
+ * correct is not NULL it receives the number of rows whose argmax matched. */
+float nn_softmax_xent(const float *z, const uint8_t *labels, uint32_t n,
+                      uint32_t k, float *p, float *dz, uint32_t *correct);
+
+/* ---------------------------------------------------------------- training */
+
+typedef enum { NN_OPT_RMSPROP = 0, NN_OPT_SGD = 1, NN_OPT_ADAM = 2 } nn_opt_kind;
+
+typedef struct nn_opt_config {
+  nn_opt_kind kind;
+  float lr;        /* default 0.001 (rmsprop, adam), 0.01 (sgd) */
+  float rho;       /* rmsprop decay, default 0.9 */
+  float momentum;  /* sgd momentum, default 0.0 */
+  float beta1;     /* adam, default 0.9 */
+  float beta2;     /* adam, default 0.999 */
+  float epsilon;   /* rmsprop and adam, default 1e-7 (Keras) */
+} nn_opt_config;
+
+/* Fills c with the Keras defaults for kind. */
+void nn_opt_defaults(nn_opt_config *c, nn_opt_kind kind);
+/* "rmsprop"/"sgd"/"adam" -> kind; returns NN_EINVAL for anything else. */
+int nn_opt_parse(const char *name, nn_opt_kind *kind);
+const char *nn_opt_name(nn_opt_kind kind);
+
+/* Number of floats of optimizer state per parameter (rmsprop 1, sgd 1,
+ * adam 2). */
+uint32_t nn_opt_slots(nn_opt_kind kind);
+
+/* Update rules, with g the gradient of the mean batch loss:
+ *   RMSprop (Keras/TF): a = rho*a + (1-rho)*g^2; w -= lr*g/sqrt(a + eps)
+ *   SGD (Keras):        v = momentum*v - lr*g;   w += v
+ *   Adam (Keras):       m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+ *                       w -= lr_t*m/(sqrt(v) + eps*sqrt(1-b2^t)),
+ *                       lr_t = lr*sqrt(1-b2^t)/(1-b1^t)
+ * nn_opt_step applies one update to n parameters; state holds
+ * nn_opt_slots(kind)*n floats laid out slot by slot; t is the 1-based step. */
+void nn_opt_step(const nn_opt_config *c, float *w, const float *g,
+                 float *state, size_t n, uint64_t t);
+
+/* Progress report from inside an epoch. */
+typedef struct nn_progress {
+  uint32_t epoch;        /* 1-based */
+  uint32_t batch;        /* batches done in this epoch */
+  uint32_t batches;      /* batches in this epoch */
+  uint64_t samples;      /* samples done in this epoch */
+  float loss;            /* running mean loss over this epoch so far */
+  float accuracy;        /* running accuracy over this epoch so far */
+} nn_progress;
+
+/* Called after every batch; a non-zero return cancels like the flag. */
+typedef int (*nn_progress_cb)(const nn_progress *p, void *user);
+
+typedef struct nn_train_config {
+  uint32_t batch_size;   /* default 128 */
+  uint64_t seed;         /* shuffling and dropout */
+  nn_opt_config opt;
+} nn_train_config;
+
+/* Fills c with the seed's settings: batch 128, seed 1, RMSprop defaults. */
+void nn_train_defaults(nn_train_config *c);
+
+/* A training session: the model being trained plus its gradients, optimizer
+ * state and scratch memory. The trainer does not own the model; the model
+ * must outlive it and must not be used for inference by others while an
+ * epoch runs. */
+typedef struct nn_trainer nn_trainer;
+
+int nn_trainer_create(nn_trainer **out, nn_model *m,
+                      const nn_train_config *cfg);
+void nn_trainer_free(nn_trainer *t);
+
+/* Epochs finished so far (0 for a new trainer; restored from checkpoints). */
+uint32_t nn_trainer_epoch(const nn_trainer *t);
+
+/* Metrics of one epoch. */
+typedef struct nn_epoch_metrics {
+  uint32_t epoch;
+  float loss, accuracy;          /* training, averaged over the epoch */
+  float val_loss, val_accuracy;  /* on the evaluation set; NAN if none */
+  double seconds;                /* training pass only */
+  double eval_seconds;           /* evaluation pass */
+  double samples_per_second;     /* training samples / seconds */
+} nn_epoch_metrics;
+
+/* Trains one epoch over ds in freshly shuffled mini-batches (the last batch
+ * may be smaller). After each batch, calls cb (if any) and checks *cancel
+ * (if not NULL); either one stops the epoch with NN_ECANCELED, leaving the
+ * weights as updated so far and the epoch counter unchanged. On success
+ * fills the training part of *out (val_* set to NAN) and advances the epoch
+ * counter. The RNG stream depends only on the seed and the epoch number, so
+ * a trainer restored from a checkpoint continues exactly. */
+int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb,
+                   void *user, const volatile int *cancel,
+                   nn_epoch_metrics *out);
+
+/* Evaluates m on ds in inference mode, in chunks of up to the workspace's
+ * batch size. Any of loss, accuracy may be NULL. If predictions is not NULL
+ * it receives ds->n predicted labels. */
+int nn_evaluate(const nn_model *m, nn_workspace *ws, const nn_dataset *ds,
+                float *loss, float *accuracy, uint8_t *predictions);
+
+/* Direct access for checkpoints and tests. */
+nn_model *nn_trainer_model(nn_trainer *t);
+const nn_train_config *nn_trainer_config(const nn_trainer *t);
+/* The optimizer state block (nn_opt_slots * n_params floats) and the number
+ * of optimizer steps taken so far. */
+float *nn_trainer_opt_state(nn_trainer *t, uint64_t *steps);
+/* Restores counters after loading a checkpoint's state into the block. */
+void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps);
+
+/* Forward + backward + update on one explicit batch (x: n*784 floats). Used
+ * by tests and benchmarks; returns the batch loss via *loss. Dropout masks
+ * come from the trainer's RNG. */
+int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels,
+                   uint32_t n, float *loss);
+
+/* Computes the gradient of the mean batch loss into the trainer's gradient
+ * block without updating weights, in inference mode (dropout off) so the
+ * result is a deterministic function of the weights. Returns the loss.
+ * For gradient checks. */
+float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels,
+                          uint32_t n, const float **grad);
+
+/* ---------------------------------------------------------------- files */
+
+/* Model file format, version 1 (all integers little-endian):
+ *   offset 0   8 bytes  magic "MNISTDNN"
+ *          8   u32      version (1)
+ *         12   u32      flags (bit 0: optimizer state present)
+ *         16   char[32] architecture name, NUL-padded
+ *         48   u32      n_inputs
+ *         52   u32      n_layers
+ *         56   n_layers x { u32 type, u32 units, f32 rate }
+ *          .   u64      n_params
+ *          .   f32[n_params] parameters, layer order, W[out][in] then b[out]
+ *   if flags & 1 (a training checkpoint):
+ *          .   u32 optimizer kind, f32 lr, rho, momentum, beta1, beta2,
+ *              epsilon, u32 batch_size, u64 seed, u32 epoch, u64 steps,
+ *              f32[slots * n_params] optimizer state
+ *   end-4      u32      CRC32 (zlib) of every byte before it
+ * Files are at most NN_MODEL_MAX_BYTES. */
+#define NN_MODEL_MAGIC "MNISTDNN"
+#define NN_MODEL_VERSION 1u
+#define NN_MODEL_MAX_BYTES (256u << 20)
+
+/* Writes m to path atomically: a temp file beside it, fsync, rename, fsync
+ * of the directory. On failure the old file (if any) is untouched and the
+ * temp file removed. */
+int nn_model_save(const nn_model *m, const char *path, nn_err *err);
+
+/* Loads and fully validates a model file (magic, version, layer list,
+ * parameter count, size, CRC32). A checkpoint file loads as a plain model.
+ * *out is owned by the caller. */
+int nn_model_load(nn_model **out, const char *path, nn_err *err);
+
+/* Same as nn_model_load for a file already in memory. */
+int nn_model_load_mem(nn_model **out, const void *buf, size_t len,
+                      nn_err *err);
+
+/* Writes a checkpoint: the trainer's model plus optimizer state, config and
+ * counters, atomically. */
+int nn_checkpoint_save(nn_trainer *t, const char *path, nn_err *err);
+
+/* Restores a trainer from a checkpoint: *model_out and *trainer_out are
+ * created (the caller frees the trainer first, then the model). Fails with
+ * NN_EFORMAT for a plain model file without optimizer state. */
+int nn_checkpoint_load(nn_model **model_out, nn_trainer **trainer_out,
+                       const char *path, nn_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
