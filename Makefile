@@ -11,7 +11,7 @@ CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -Iserve
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 TEST_LDLIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 # The hot element-wise loops in core/ are written to vectorise; let them.
-CORE_CFLAGS := -ftree-vectorize -fno-math-errno
+CORE_CFLAGS := -ftree-vectorize -fno-math-errno -fopenmp-simd
 
 CORE_SRC := $(wildcard core/*.c)
 SRV_SRC  := $(filter-out server/main.c,$(wildcard server/*.c))

@@ -257,7 +257,7 @@ uint32_t nn_opt_slots(nn_opt_kind kind);
  *   RMSprop (Keras/TF): a = rho*a + (1-rho)*g^2; w -= lr*g/sqrt(a + eps)
  *   SGD (Keras):        v = momentum*v - lr*g;   w += v
  *   Adam (Keras):       m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
- *                       w -= lr_t*m/(sqrt(v) + eps*sqrt(1-b2^t)),
+ *                       w -= lr_t*m/(sqrt(v) + eps),
  *                       lr_t = lr*sqrt(1-b2^t)/(1-b1^t)
  * nn_opt_step applies one update to n parameters; state holds
  * nn_opt_slots(kind)*n floats laid out slot by slot; t is the 1-based step. */
@@ -280,16 +280,28 @@ typedef int (*nn_progress_cb)(const nn_progress *p, void *user);
 typedef struct nn_train_config {
   uint32_t batch_size;   /* default 128 */
   uint64_t seed;         /* shuffling and dropout */
+  uint32_t threads;      /* worker threads, 1..NN_MAX_THREADS (default 1) */
   nn_opt_config opt;
 } nn_train_config;
 
-/* Fills c with the seed's settings: batch 128, seed 1, RMSprop defaults. */
+#define NN_MAX_THREADS 64
+
+/* Fills c with the seed's settings: batch 128, seed 1, RMSprop defaults,
+ * one thread. */
 void nn_train_defaults(nn_train_config *c);
 
 /* A training session: the model being trained plus its gradients, optimizer
  * state and scratch memory. The trainer does not own the model; the model
  * must outlive it and must not be used for inference by others while an
- * epoch runs. */
+ * epoch runs.
+ *
+ * With threads = T > 1 the trainer starts T-1 worker threads that live as
+ * long as it does. Each batch is split into T fixed row ranges, each thread
+ * runs forward and backward on its rows with its own dropout stream, and the
+ * gradient reduction and optimizer update are split by parameter range, so
+ * the result depends on the seed and T only (bit-identical between runs).
+ * BLAS must then run single-threaded inside each worker: T > 1 calls
+ * nn_set_threads(1), which is process-wide. */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,
@@ -332,8 +344,16 @@ const nn_train_config *nn_trainer_config(const nn_trainer *t);
 /* The optimizer state block (nn_opt_slots * n_params floats) and the number
  * of optimizer steps taken so far. */
 float *nn_trainer_opt_state(nn_trainer *t, uint64_t *steps);
-/* Restores counters after loading a checkpoint's state into the block. */
+/* Restores counters after loading a checkpoint's state into the block.
+ * A checkpoint keeps batch size, seed and optimizer but not the thread
+ * count, a property of the machine: nn_checkpoint_load makes a one-thread
+ * trainer, and nn_trainer_set_threads changes that. */
 void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps);
+
+/* Replaces the trainer's worker threads (between epochs only). Returns
+ * NN_EINVAL for a count outside 1..NN_MAX_THREADS, NN_ENOMEM if threads or
+ * memory could not be had (the trainer then keeps its old setting). */
+int nn_trainer_set_threads(nn_trainer *t, uint32_t threads);
 
 /* Forward + backward + update on one explicit batch (x: n*784 floats). Used
  * by tests and benchmarks; returns the batch loss via *loss. Dropout masks

@@ -1,0 +1,313 @@
+/* Sequential models: construction, Keras initialisation, workspaces and the
+ * forward/backward passes. Matrix products go through CBLAS. */
+#include "nn_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN 64
+
+static size_t round_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
+
+int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
+                    const nn_layer_spec *specs, uint32_t n_specs) {
+  if (!out || !specs || n_specs < 2 || n_specs > NN_MAX_LAYERS || n_inputs == 0 ||
+      n_inputs > NN_MAX_WIDTH)
+    return NN_EINVAL;
+  *out = NULL;
+  if (specs[n_specs - 1].type != NN_LAYER_SOFTMAX ||
+      specs[n_specs - 2].type != NN_LAYER_DENSE ||
+      specs[n_specs - 2].units != NN_CLASSES)
+    return NN_EINVAL;
+
+  nn_model *m = calloc(1, sizeof *m);
+  if (!m) return NN_ENOMEM;
+  snprintf(m->arch, sizeof m->arch, "%s", arch ? arch : "custom");
+  m->n_inputs = n_inputs;
+  m->n_layers = n_specs;
+  m->max_width = n_inputs;
+  uint32_t width = n_inputs;
+  size_t np = 0;
+  for (uint32_t i = 0; i < n_specs; i++) {
+    nn_layer *l = &m->layers[i];
+    l->type = specs[i].type;
+    l->in = width;
+    switch (l->type) {
+    case NN_LAYER_DENSE:
+      if (specs[i].units == 0 || specs[i].units > NN_MAX_WIDTH) goto bad;
+      l->out = specs[i].units;
+      l->w_off = np;
+      np += (size_t)l->in * l->out;
+      l->b_off = np;
+      np += l->out;
+      break;
+    case NN_LAYER_ANTIRECT:
+      if ((uint64_t)width * 2 > NN_MAX_WIDTH) goto bad;
+      l->out = width * 2;
+      break;
+    case NN_LAYER_RELU:
+      l->out = width;
+      break;
+    case NN_LAYER_DROPOUT:
+      /* NaN fails both comparisons. */
+      if (!(specs[i].rate >= 0.f && specs[i].rate < 1.f)) goto bad;
+      l->rate = specs[i].rate;
+      l->out = width;
+      break;
+    case NN_LAYER_SOFTMAX:
+      if (i != n_specs - 1) goto bad;
+      l->out = width;
+      break;
+    default:
+      goto bad;
+    }
+    width = l->out;
+    if (width > m->max_width) m->max_width = width;
+  }
+  m->n_params = np;
+  m->params = calloc(np, sizeof(float));
+  if (!m->params) {
+    free(m);
+    return NN_ENOMEM;
+  }
+  *out = m;
+  return 0;
+bad:
+  free(m);
+  return NN_EINVAL;
+}
+
+int nn_model_create_preset(nn_model **out, const char *arch) {
+  static const nn_layer_spec anti[] = {
+    {NN_LAYER_DENSE, 256, 0}, {NN_LAYER_ANTIRECT, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
+    {NN_LAYER_DENSE, 256, 0}, {NN_LAYER_ANTIRECT, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
+    {NN_LAYER_DENSE, 10, 0},  {NN_LAYER_SOFTMAX, 0, 0},
+  };
+  static const nn_layer_spec relu[] = {
+    {NN_LAYER_DENSE, 512, 0}, {NN_LAYER_RELU, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
+    {NN_LAYER_DENSE, 512, 0}, {NN_LAYER_RELU, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
+    {NN_LAYER_DENSE, 10, 0},  {NN_LAYER_SOFTMAX, 0, 0},
+  };
+  if (!out || !arch) return NN_EINVAL;
+  if (!strcmp(arch, "antirectifier"))
+    return nn_model_create(out, arch, NN_IMAGE_SIZE, anti, sizeof anti / sizeof *anti);
+  if (!strcmp(arch, "relu"))
+    return nn_model_create(out, arch, NN_IMAGE_SIZE, relu, sizeof relu / sizeof *relu);
+  *out = NULL;
+  return NN_EINVAL;
+}
+
+void nn_model_init(nn_model *m, uint64_t seed) {
+  nn_rng rng;
+  nn_rng_seed(&rng, seed);
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_DENSE) continue;
+    float limit = sqrtf(6.0f / (float)(l->in + l->out));
+    float *w = m->params + l->w_off;
+    for (size_t k = 0; k < (size_t)l->in * l->out; k++)
+      w[k] = (2.0f * nn_rng_uniform(&rng) - 1.0f) * limit;
+    memset(m->params + l->b_off, 0, l->out * sizeof(float));
+  }
+}
+
+int nn_model_clone(nn_model **out, const nn_model *src) {
+  if (!out || !src) return NN_EINVAL;
+  nn_model *m = malloc(sizeof *m);
+  if (!m) return NN_ENOMEM;
+  *m = *src;
+  m->params = malloc(src->n_params * sizeof(float));
+  if (!m->params) {
+    free(m);
+    return NN_ENOMEM;
+  }
+  memcpy(m->params, src->params, src->n_params * sizeof(float));
+  *out = m;
+  return 0;
+}
+
+void nn_model_free(nn_model *m) {
+  if (!m) return;
+  free(m->params);
+  free(m);
+}
+
+/* ---------------------------------------------------------------- workspace */
+
+int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batch) {
+  if (!out || !m || max_batch == 0 || max_batch > (1u << 20)) return NN_EINVAL;
+  *out = NULL;
+  nn_workspace *ws = calloc(1, sizeof *ws);
+  if (!ws) return NN_ENOMEM;
+  ws->max_batch = max_batch;
+  ws->n_layers = m->n_layers;
+
+  /* First pass sizes the single block, second pass carves it. */
+  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0;
+  off[k++] = total; total += round_up(B * m->n_inputs * sizeof(float));
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    off[k++] = total; total += round_up(B * l->out * sizeof(float));
+    if (l->type == NN_LAYER_ANTIRECT) {
+      off[k++] = total; total += round_up(B * l->in * sizeof(float));
+      off[k++] = total; total += round_up(B * sizeof(float));
+    } else if (l->type == NN_LAYER_DROPOUT) {
+      off[k++] = total; total += round_up(B * l->out);
+    }
+  }
+  size_t gsz = round_up(B * m->max_width * sizeof(float));
+  ws->block = aligned_alloc(ALIGN, total + 2 * gsz);
+  if (!ws->block) {
+    free(ws);
+    return NN_ENOMEM;
+  }
+  char *base = ws->block;
+  k = 0;
+  ws->x = (float *)(base + off[k++]);
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    ws->act[i] = (float *)(base + off[k++]);
+    if (l->type == NN_LAYER_ANTIRECT) {
+      ws->anti_y[i] = (float *)(base + off[k++]);
+      ws->anti_inv[i] = (float *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_DROPOUT) {
+      ws->mask[i] = (uint8_t *)(base + off[k++]);
+    }
+  }
+  ws->g[0] = (float *)(base + total);
+  ws->g[1] = (float *)(base + total + gsz);
+  *out = ws;
+  return 0;
+}
+
+void nn_workspace_free(nn_workspace *ws) {
+  if (!ws) return;
+  free(ws->block);
+  free(ws);
+}
+
+/* ---------------------------------------------------------------- passes */
+
+static void dense_forward(const nn_model *m, const nn_layer *l, const float *x,
+                          uint32_t n, float *y) {
+  const float *w = m->params + l->w_off, *b = m->params + l->b_off;
+  nn_k_rows_set(y, b, n, l->out);
+  if (n == 1)
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)l->out, (int)l->in, 1.f, w,
+                (int)l->in, x, 1, 1.f, y, 1);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)l->out,
+                (int)l->in, 1.f, x, (int)l->in, w, (int)l->in, 1.f, y, (int)l->out);
+}
+
+const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
+                        int training, nn_rng *rng) {
+  const float *in = ws->x;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    float *out = ws->act[i];
+    size_t cnt = (size_t)n * l->out;
+    switch (l->type) {
+    case NN_LAYER_DENSE:
+      dense_forward(m, l, in, n, out);
+      break;
+    case NN_LAYER_ANTIRECT:
+      nn_antirect_forward(in, n, l->in, ws->anti_y[i], ws->anti_inv[i], out);
+      break;
+    case NN_LAYER_RELU:
+      nn_k_relu_fwd(out, in, cnt);
+      break;
+    case NN_LAYER_DROPOUT:
+      if (!training || l->rate == 0.f) {
+        /* Identity at inference: pass the input through without a copy. */
+        ws->cur[i] = in;
+        continue;
+      } else {
+        /* Inverted dropout: keep with probability 1-rate, scale by
+         * 1/(1-rate) so inference needs no rescaling. One RNG draw keys a
+         * hash per batch and layer, which vectorises. */
+        uint32_t thr = (uint32_t)((double)l->rate * 4294967296.0);
+        nn_k_dropout_mask(ws->mask[i], cnt, (uint32_t)nn_rng_next(rng), thr);
+        nn_k_dropout_apply(out, in, ws->mask[i], 1.0f / (1.0f - l->rate), cnt);
+      }
+      break;
+    case NN_LAYER_SOFTMAX:
+      nn_softmax_xent(in, NULL, n, l->in, out, NULL, NULL);
+      break;
+    }
+    ws->cur[i] = out;
+    in = out;
+  }
+  return in;
+}
+
+const float *nn_logits(const nn_model *m, const nn_workspace *ws) {
+  return ws->cur[m->n_layers - 2];
+}
+
+void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *dz,
+                 float *grad, int training) {
+  const float *g = dz;
+  int pp = 0;
+  /* The last layer is the softmax, whose gradient dz already includes. */
+  for (int i = (int)m->n_layers - 2; i >= 0; i--) {
+    const nn_layer *l = &m->layers[i];
+    const float *in = i > 0 ? ws->cur[i - 1] : ws->x;
+    float *dx = ws->g[pp];
+    size_t cnt = (size_t)n * l->in;
+    switch (l->type) {
+    case NN_LAYER_DENSE: {
+      float *dw = grad + l->w_off, *db = grad + l->b_off;
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->out, (int)l->in,
+                  (int)n, 1.f, g, (int)l->out, in, (int)l->in, 0.f, dw, (int)l->in);
+      nn_k_colsum(db, g, n, l->out);
+      if (i == 0) return; /* nobody needs the gradient of the images */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)l->in,
+                  (int)l->out, 1.f, g, (int)l->out, m->params + l->w_off, (int)l->in,
+                  0.f, dx, (int)l->in);
+      break;
+    }
+    case NN_LAYER_ANTIRECT:
+      nn_antirect_backward(ws->anti_y[i], ws->anti_inv[i], g, n, l->in, dx);
+      break;
+    case NN_LAYER_RELU: {
+      nn_k_relu_bwd(dx, ws->cur[i], g, cnt);
+      break;
+    }
+    case NN_LAYER_DROPOUT:
+      if (!training || l->rate == 0.f) continue; /* identity: reuse g */
+      nn_k_dropout_apply(dx, g, ws->mask[i], 1.0f / (1.0f - l->rate), cnt);
+      break;
+    case NN_LAYER_SOFTMAX:
+      continue;
+    }
+    g = dx;
+    pp ^= 1;
+  }
+}
+
+/* ---------------------------------------------------------------- predict */
+
+int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t n,
+                   float *probs) {
+  if (!m || !ws || !x || !probs || n > ws->max_batch || ws->n_layers != m->n_layers)
+    return NN_EINVAL;
+  memcpy(ws->x, x, (size_t)n * m->n_inputs * sizeof(float));
+  const float *p = nn_forward(m, ws, n, 0, NULL);
+  memcpy(probs, p, (size_t)n * NN_CLASSES * sizeof(float));
+  return 0;
+}
+
+int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
+                  uint32_t n, float *probs) {
+  if (!m || !ws || !images || !probs || n > ws->max_batch ||
+      ws->n_layers != m->n_layers || m->n_inputs != NN_IMAGE_SIZE)
+    return NN_EINVAL;
+  nn_k_u8_to_f32(ws->x, images, (size_t)n * m->n_inputs);
+  const float *p = nn_forward(m, ws, n, 0, NULL);
+  memcpy(probs, p, (size_t)n * NN_CLASSES * sizeof(float));
+  return 0;
+}

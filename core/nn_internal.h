@@ -1,0 +1,95 @@
+/* Private to core/: pieces shared between the core's translation units. */
+#ifndef MNISTD_NN_INTERNAL_H
+#define MNISTD_NN_INTERNAL_H
+
+#include "nn.h"
+
+/* Hot element-wise kernels get an AVX2 clone picked at load time, so one
+ * binary runs everywhere and uses the wide units where they exist. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(NN_NO_CLONES)
+#define NN_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define NN_HOT
+#endif
+
+/* xoshiro256** seeded through splitmix64: fast, good enough for shuffling
+ * and dropout, and identical on every platform. */
+typedef struct nn_rng { uint64_t s[4]; } nn_rng;
+void nn_rng_seed(nn_rng *r, uint64_t seed);
+uint64_t nn_rng_next(nn_rng *r);
+/* Uniform in [0, 1) with 24 bits of precision. */
+float nn_rng_uniform(nn_rng *r);
+/* Uniform integer in [0, n), n > 0, without modulo bias. */
+uint32_t nn_rng_below(nn_rng *r, uint32_t n);
+
+struct nn_workspace {
+  uint32_t max_batch;
+  uint32_t n_layers;
+  float *x;                         /* [B][n_inputs] input as floats */
+  float *act[NN_MAX_LAYERS];        /* output buffer of each layer */
+  const float *cur[NN_MAX_LAYERS];  /* output of each layer in the last pass:
+                                       act[i], or the input for an identity */
+  float *anti_y[NN_MAX_LAYERS];     /* ANTIRECT: normalised centred input */
+  float *anti_inv[NN_MAX_LAYERS];   /* ANTIRECT: 1/norm per row */
+  uint8_t *mask[NN_MAX_LAYERS];     /* DROPOUT: 1 = kept */
+  float *g[2];                      /* gradient ping-pong, [B][max_width] */
+  void *block;                      /* the single allocation behind all */
+};
+
+/* Element-wise kernels (layers.c). n counts floats unless said otherwise. */
+void nn_k_rows_set(float *y, const float *b, uint32_t rows, uint32_t d);
+void nn_k_colsum(float *db, const float *g, uint32_t rows, uint32_t d);
+void nn_k_relu_fwd(float *y, const float *x, size_t n);
+void nn_k_relu_bwd(float *dx, const float *y, const float *g, size_t n);
+/* Dropout mask from a counter-based hash: mask[k] = hash(key, k) >= thr,
+ * vectorisable and reproducible from the key alone. */
+void nn_k_dropout_mask(uint8_t *mask, size_t n, uint32_t key, uint32_t thr);
+void nn_k_dropout_apply(float *y, const float *x, const uint8_t *mask, float scale,
+                        size_t n);
+void nn_k_u8_to_f32(float *x, const uint8_t *px, size_t n);
+void nn_k_add(float *acc, const float *x, size_t n);
+
+/* Softmax + cross-entropy of n rows: writes p, and when dz is not NULL
+ * dz = (p - onehot) * dz_scale; returns the summed (not mean) clipped loss. */
+double nn_xent_sum(const float *z, const uint8_t *labels, uint32_t n, uint32_t k,
+                   float *p, float *dz, float dz_scale, uint32_t *correct);
+
+/* nn_opt_step on a slice of n parameters whose optimizer slots are `stride`
+ * floats apart (the full parameter count). */
+void nn_opt_step_range(const nn_opt_config *c, float *w, const float *g, float *state,
+                       size_t n, size_t stride, uint64_t t);
+
+/* Forward pass of n rows already in ws->x. training != 0 enables dropout,
+ * drawing masks from rng. Returns the last layer's output (probabilities). */
+const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
+                        int training, nn_rng *rng);
+
+/* Backward pass from dz (gradient w.r.t. the logits, [n][classes]) into
+ * grad (same layout as m->params). training must match the forward pass. */
+void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n,
+                 const float *dz, float *grad, int training);
+
+/* The layer before the softmax: the logits of the last forward pass. */
+const float *nn_logits(const nn_model *m, const nn_workspace *ws);
+
+/* Serialisation shared by model files and checkpoints. */
+typedef struct nn_ckpt_info {
+  nn_train_config cfg;
+  uint32_t epoch;
+  uint64_t steps;
+  const float *state;   /* slots * n_params floats */
+} nn_ckpt_info;
+int nn_file_save(const nn_model *m, const nn_ckpt_info *ck, const char *path,
+                 nn_err *err);
+/* Parses buf; when ck_state is not NULL and the file is a checkpoint,
+ * *ck_state receives a malloc'd copy of the optimizer state and *ck the
+ * config and counters. */
+int nn_file_parse(nn_model **out, const void *buf, size_t len,
+                  const char *name, nn_ckpt_info *ck, float **ck_state,
+                  nn_err *err);
+
+/* Fills err (if any) and returns code. */
+int nn_fail(nn_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

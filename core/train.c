@@ -1,0 +1,452 @@
+/* Training: shuffled mini-batches split across worker threads, one
+ * optimizer step per batch, and evaluation. */
+#include "nn_internal.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* What the threads work on for the current batch; written by the main
+ * thread only while the workers wait at the start barrier. */
+typedef struct batch_desc {
+  uint32_t n;                /* rows in the batch */
+  const uint8_t *images;     /* dataset images, rows picked through idx */
+  const uint8_t *ds_labels;
+  const uint32_t *idx;
+  const float *x;            /* or explicit float rows */
+  const uint8_t *labels;     /* with explicit labels */
+  int training;              /* dropout on, and an optimizer step */
+  int stop;                  /* workers exit */
+} batch_desc;
+
+/* A barrier whose size can shrink while threads wait on it (needed when
+ * thread creation fails half-way), and which spins briefly before sleeping:
+ * a training step lasts ~1 ms, so a futex round trip per phase would show. */
+typedef struct barrier {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  uint32_t count, waiting;
+  _Atomic uint64_t gen;
+} barrier;
+
+static int barrier_init(barrier *b, uint32_t count) {
+  b->count = count;
+  b->waiting = 0;
+  atomic_init(&b->gen, 0);
+  if (pthread_mutex_init(&b->mu, NULL)) return -1;
+  if (pthread_cond_init(&b->cv, NULL)) {
+    pthread_mutex_destroy(&b->mu);
+    return -1;
+  }
+  return 0;
+}
+
+static void barrier_destroy(barrier *b) {
+  pthread_cond_destroy(&b->cv);
+  pthread_mutex_destroy(&b->mu);
+}
+
+static void barrier_wait(barrier *b) {
+  pthread_mutex_lock(&b->mu);
+  uint64_t gen = atomic_load(&b->gen);
+  if (++b->waiting >= b->count) {
+    b->waiting = 0;
+    atomic_store(&b->gen, gen + 1);
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return;
+  }
+  pthread_mutex_unlock(&b->mu);
+  for (int i = 0; i < 20000; i++)
+    if (atomic_load_explicit(&b->gen, memory_order_acquire) != gen) {
+      /* Pairs with the release in the unlock of the last arriver. */
+      pthread_mutex_lock(&b->mu);
+      pthread_mutex_unlock(&b->mu);
+      return;
+    }
+  pthread_mutex_lock(&b->mu);
+  while (atomic_load(&b->gen) == gen) pthread_cond_wait(&b->cv, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+}
+
+static void barrier_resize(barrier *b, uint32_t count) {
+  pthread_mutex_lock(&b->mu);
+  b->count = count;
+  pthread_mutex_unlock(&b->mu);
+}
+
+typedef struct shard {
+  nn_workspace *ws;
+  float *grad;               /* n_params */
+  float *dz;                 /* [rows][classes] */
+  uint8_t *labels;
+  nn_rng rng;
+  double loss_sum;           /* results of the last batch */
+  uint32_t correct;
+  uint32_t k;                /* index of this shard and its thread */
+  struct pool *pool;
+} shard;
+
+typedef struct pool {
+  uint32_t n;                /* threads including the caller */
+  uint32_t n_alloc;          /* shards allocated (n unless creation failed) */
+  shard *shards;
+  pthread_t *tids;           /* n - 1 workers */
+  barrier start, mid, end;
+  int barriers;              /* initialised */
+  struct nn_trainer *t;
+} pool;
+
+struct nn_trainer {
+  nn_model *m;
+  nn_train_config cfg;
+  float *state;              /* slots * n_params */
+  uint32_t *order;           /* shuffled sample indices, grown on demand */
+  uint32_t order_cap;
+  uint32_t epoch;
+  uint64_t steps;
+  batch_desc batch;
+  pool *pool;
+};
+
+void nn_train_defaults(nn_train_config *c) {
+  memset(c, 0, sizeof *c);
+  c->batch_size = 128;
+  c->seed = 1;
+  c->threads = 1;
+  nn_opt_defaults(&c->opt, NN_OPT_RMSPROP);
+}
+
+/* ---------------------------------------------------------------- batch */
+
+static void row_range(uint32_t n, uint32_t parts, uint32_t k, uint32_t *lo, uint32_t *hi) {
+  *lo = (uint32_t)((uint64_t)n * k / parts);
+  *hi = (uint32_t)((uint64_t)n * (k + 1) / parts);
+}
+
+/* Forward and backward of shard k's rows into its own gradient block. */
+static void phase_grad(nn_trainer *t, uint32_t k) {
+  pool *p = t->pool;
+  shard *s = &p->shards[k];
+  const batch_desc *b = &t->batch;
+  uint32_t lo, hi;
+  row_range(b->n, p->n, k, &lo, &hi);
+  uint32_t n = hi - lo;
+  s->loss_sum = 0;
+  s->correct = 0;
+  if (n == 0) {
+    memset(s->grad, 0, t->m->n_params * sizeof(float));
+    return;
+  }
+  for (uint32_t r = 0; r < n; r++) {
+    float *dst = s->ws->x + (size_t)r * NN_IMAGE_SIZE;
+    if (b->x) {
+      memcpy(dst, b->x + (size_t)(lo + r) * NN_IMAGE_SIZE, NN_IMAGE_SIZE * sizeof(float));
+      s->labels[r] = b->labels[lo + r];
+    } else {
+      uint32_t i = b->idx ? b->idx[lo + r] : lo + r;
+      nn_k_u8_to_f32(dst, b->images + (size_t)i * NN_IMAGE_SIZE, NN_IMAGE_SIZE);
+      s->labels[r] = b->ds_labels[i];
+    }
+  }
+  nn_forward(t->m, s->ws, n, b->training, &s->rng);
+  s->loss_sum = nn_xent_sum(nn_logits(t->m, s->ws), s->labels, n, NN_CLASSES,
+                            s->ws->act[t->m->n_layers - 1], s->dz, 1.0f / (float)b->n,
+                            &s->correct);
+  nn_backward(t->m, s->ws, n, s->dz, s->grad, b->training);
+}
+
+/* Sums the shards' gradients over parameter range k (fixed order, so the
+ * result does not depend on timing) and applies the optimizer to it. */
+static void phase_update(nn_trainer *t, uint32_t k) {
+  pool *p = t->pool;
+  size_t np = t->m->n_params;
+  /* Ranges on 16-float boundaries keep each thread on its own cache lines. */
+  size_t lo = k == 0 ? 0 : (np * k / p->n) & ~(size_t)15;
+  size_t hi = k + 1 == p->n ? np : (np * (k + 1) / p->n) & ~(size_t)15;
+  float *g = p->shards[0].grad;
+  for (uint32_t s = 1; s < p->n; s++) nn_k_add(g + lo, p->shards[s].grad + lo, hi - lo);
+  if (t->batch.training)
+    nn_opt_step_range(&t->cfg.opt, t->m->params + lo, g + lo, t->state + lo, hi - lo, np,
+                      t->steps);
+}
+
+static void *worker(void *arg) {
+  shard *s = arg;
+  pool *p = s->pool;
+  for (;;) {
+    barrier_wait(&p->start);
+    if (p->t->batch.stop) break;
+    phase_grad(p->t, s->k);
+    barrier_wait(&p->mid);
+    phase_update(p->t, s->k);
+    barrier_wait(&p->end);
+  }
+  return NULL;
+}
+
+/* Runs the batch described in t->batch on all threads. Returns the summed
+ * loss; *correct gets the number of right answers. */
+static double run_batch(nn_trainer *t, uint32_t *correct) {
+  pool *p = t->pool;
+  if (t->batch.training) t->steps++;
+  if (p->n > 1) barrier_wait(&p->start);
+  phase_grad(t, 0);
+  if (p->n > 1) barrier_wait(&p->mid);
+  phase_update(t, 0);
+  /* The caller may read the weights (checkpoint, evaluation) as soon as we
+   * return: wait until every range is updated. */
+  if (p->n > 1) barrier_wait(&p->end);
+  double loss = 0;
+  uint32_t ok = 0;
+  for (uint32_t k = 0; k < p->n; k++) {
+    loss += p->shards[k].loss_sum;
+    ok += p->shards[k].correct;
+  }
+  if (correct) *correct = ok;
+  return loss;
+}
+
+static void pool_free(pool *p) {
+  if (!p) return;
+  if (p->tids) {
+    p->t->batch.stop = 1;
+    barrier_wait(&p->start);
+    for (uint32_t k = 1; k < p->n; k++) pthread_join(p->tids[k - 1], NULL);
+    p->t->batch.stop = 0;
+  }
+  if (p->barriers) {
+    barrier_destroy(&p->end);
+    barrier_destroy(&p->mid);
+    barrier_destroy(&p->start);
+  }
+  for (uint32_t k = 0; p->shards && k < p->n_alloc; k++) {
+    nn_workspace_free(p->shards[k].ws);
+    free(p->shards[k].grad);
+    free(p->shards[k].dz);
+    free(p->shards[k].labels);
+  }
+  free(p->shards);
+  free(p->tids);
+  free(p);
+}
+
+static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
+  pool *p = calloc(1, sizeof *p);
+  if (!p) return NN_ENOMEM;
+  p->n = p->n_alloc = n;
+  p->t = t;
+  int rc = NN_ENOMEM;
+  uint32_t rows = (t->cfg.batch_size + n - 1) / n;
+  if (!(p->shards = calloc(n, sizeof *p->shards))) goto fail;
+  for (uint32_t k = 0; k < n; k++) {
+    shard *s = &p->shards[k];
+    s->k = k;
+    s->pool = p;
+    if ((rc = nn_workspace_create(&s->ws, t->m, rows))) goto fail;
+    rc = NN_ENOMEM;
+    if (!(s->grad = calloc(t->m->n_params, sizeof(float)))) goto fail;
+    if (!(s->dz = calloc((size_t)rows * NN_CLASSES, sizeof(float)))) goto fail;
+    if (!(s->labels = calloc(rows, 1))) goto fail;
+  }
+  if (n > 1) {
+    if (barrier_init(&p->start, n)) goto fail;
+    if (barrier_init(&p->mid, n)) {
+      barrier_destroy(&p->start);
+      goto fail;
+    }
+    if (barrier_init(&p->end, n)) {
+      barrier_destroy(&p->mid);
+      barrier_destroy(&p->start);
+      goto fail;
+    }
+    p->barriers = 1;
+    if (!(p->tids = calloc(n - 1, sizeof *p->tids))) goto fail;
+    for (uint32_t k = 1; k < n; k++) {
+      if (pthread_create(&p->tids[k - 1], NULL, worker, &p->shards[k])) {
+        /* Threads already started wait at the start barrier, which needs
+         * all n: shrink it to what exists so they can be told to stop. */
+        barrier_resize(&p->start, k);
+        p->n = k;
+        goto fail;
+      }
+    }
+    nn_set_threads(1);
+  }
+  *out = p;
+  return 0;
+fail:
+  pool_free(p);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- trainer */
+
+int nn_trainer_create(nn_trainer **out, nn_model *m, const nn_train_config *cfg) {
+  if (!out || !m || !cfg || cfg->batch_size == 0 || cfg->batch_size > 65536 ||
+      cfg->threads > NN_MAX_THREADS || !(cfg->opt.lr > 0.f) || !isfinite(cfg->opt.lr) ||
+      (uint32_t)cfg->opt.kind > NN_OPT_ADAM || m->n_inputs != NN_IMAGE_SIZE)
+    return NN_EINVAL;
+  *out = NULL;
+  nn_trainer *t = calloc(1, sizeof *t);
+  if (!t) return NN_ENOMEM;
+  t->m = m;
+  t->cfg = *cfg;
+  if (t->cfg.threads == 0) t->cfg.threads = 1;
+  int rc = NN_ENOMEM;
+  if (!(t->state = calloc((size_t)nn_opt_slots(cfg->opt.kind) * m->n_params, sizeof(float))))
+    goto fail;
+  if ((rc = pool_create(&t->pool, t, t->cfg.threads))) goto fail;
+  *out = t;
+  return 0;
+fail:
+  nn_trainer_free(t);
+  return rc;
+}
+
+void nn_trainer_free(nn_trainer *t) {
+  if (!t) return;
+  pool_free(t->pool);
+  free(t->order);
+  free(t->state);
+  free(t);
+}
+
+int nn_trainer_set_threads(nn_trainer *t, uint32_t threads) {
+  if (!t || threads == 0 || threads > NN_MAX_THREADS) return NN_EINVAL;
+  if (threads == t->pool->n) return 0;
+  pool *p;
+  int rc = pool_create(&p, t, threads);
+  if (rc) return rc;
+  pool_free(t->pool);
+  t->pool = p;
+  t->cfg.threads = threads;
+  return 0;
+}
+
+uint32_t nn_trainer_epoch(const nn_trainer *t) { return t->epoch; }
+nn_model *nn_trainer_model(nn_trainer *t) { return t->m; }
+const nn_train_config *nn_trainer_config(const nn_trainer *t) { return &t->cfg; }
+
+float *nn_trainer_opt_state(nn_trainer *t, uint64_t *steps) {
+  if (steps) *steps = t->steps;
+  return t->state;
+}
+
+void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps) {
+  t->epoch = epoch;
+  t->steps = steps;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels, uint32_t n,
+                   float *loss) {
+  if (!t || !x || !labels || n == 0 || n > t->cfg.batch_size) return NN_EINVAL;
+  for (uint32_t i = 0; i < n; i++)
+    if (labels[i] >= NN_CLASSES) return NN_EINVAL;
+  t->batch = (batch_desc){.n = n, .x = x, .labels = labels, .training = 1};
+  double l = run_batch(t, NULL);
+  if (loss) *loss = (float)(l / n);
+  return 0;
+}
+
+float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels, uint32_t n,
+                          const float **grad) {
+  t->batch = (batch_desc){.n = n, .x = x, .labels = labels, .training = 0};
+  double l = run_batch(t, NULL);
+  if (grad) *grad = t->pool->shards[0].grad;
+  return (float)(l / n);
+}
+
+static int check_dataset(const nn_dataset *ds) {
+  if (!ds || ds->n == 0 || !ds->images || !ds->labels ||
+      (uint64_t)ds->rows * ds->cols != NN_IMAGE_SIZE)
+    return NN_EINVAL;
+  return 0;
+}
+
+int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb, void *user,
+                   const volatile int *cancel, nn_epoch_metrics *out) {
+  if (!t || check_dataset(ds)) return NN_EINVAL;
+  if (ds->n > t->order_cap) {
+    uint32_t *o = realloc(t->order, (size_t)ds->n * sizeof *o);
+    if (!o) return NN_ENOMEM;
+    t->order = o;
+    t->order_cap = ds->n;
+  }
+  uint32_t epoch = t->epoch + 1;
+  /* Every stream depends on (seed, epoch, shard) only, so resuming from a
+   * checkpoint after epoch k replays what an uninterrupted run would do. */
+  uint64_t base = t->cfg.seed * 0x9e3779b97f4a7c15ull + epoch;
+  nn_rng rng;
+  nn_rng_seed(&rng, base);
+  for (uint32_t i = 0; i < ds->n; i++) t->order[i] = i;
+  for (uint32_t i = ds->n - 1; i > 0; i--) {
+    uint32_t j = nn_rng_below(&rng, i + 1), tmp = t->order[i];
+    t->order[i] = t->order[j];
+    t->order[j] = tmp;
+  }
+  for (uint32_t k = 0; k < t->pool->n; k++)
+    nn_rng_seed(&t->pool->shards[k].rng, base ^ ((uint64_t)(k + 1) << 48));
+
+  const uint32_t bs = t->cfg.batch_size;
+  nn_progress pr = {.epoch = epoch, .batches = (ds->n + bs - 1) / bs};
+  double loss_sum = 0.0, t0 = now_s();
+  uint64_t correct_sum = 0;
+  for (uint32_t off = 0; off < ds->n; off += bs) {
+    uint32_t n = ds->n - off < bs ? ds->n - off : bs, correct = 0;
+    t->batch = (batch_desc){.n = n, .images = ds->images, .ds_labels = ds->labels,
+                            .idx = t->order + off, .training = 1};
+    loss_sum += run_batch(t, &correct);
+    correct_sum += correct;
+    pr.batch++;
+    pr.samples += n;
+    pr.loss = (float)(loss_sum / pr.samples);
+    pr.accuracy = (float)((double)correct_sum / pr.samples);
+    if ((cb && cb(&pr, user)) || (cancel && *cancel)) return NN_ECANCELED;
+  }
+  double secs = now_s() - t0;
+  t->epoch = epoch;
+  if (out) {
+    memset(out, 0, sizeof *out);
+    out->epoch = epoch;
+    out->loss = pr.loss;
+    out->accuracy = pr.accuracy;
+    out->val_loss = NAN;
+    out->val_accuracy = NAN;
+    out->seconds = secs;
+    out->samples_per_second = secs > 0 ? ds->n / secs : 0;
+  }
+  return 0;
+}
+
+int nn_evaluate(const nn_model *m, nn_workspace *ws, const nn_dataset *ds, float *loss,
+                float *accuracy, uint8_t *predictions) {
+  if (!m || !ws || check_dataset(ds) || ws->n_layers != m->n_layers) return NN_EINVAL;
+  double loss_sum = 0.0;
+  uint64_t correct_sum = 0;
+  for (uint32_t off = 0; off < ds->n; off += ws->max_batch) {
+    uint32_t n = ds->n - off < ws->max_batch ? ds->n - off : ws->max_batch, correct = 0;
+    nn_k_u8_to_f32(ws->x, ds->images + (size_t)off * NN_IMAGE_SIZE, (size_t)n * NN_IMAGE_SIZE);
+    const float *p = nn_forward(m, ws, n, 0, NULL);
+    /* Recomputes the softmax from the logits so the loss uses the same
+     * clipping as training. */
+    loss_sum += nn_xent_sum(nn_logits(m, ws), ds->labels + off, n, NN_CLASSES, (float *)p,
+                            NULL, 0.f, &correct);
+    correct_sum += correct;
+    if (predictions)
+      for (uint32_t r = 0; r < n; r++)
+        predictions[off + r] = (uint8_t)nn_argmax(p + (size_t)r * NN_CLASSES);
+  }
+  if (loss) *loss = (float)(loss_sum / ds->n);
+  if (accuracy) *accuracy = (float)((double)correct_sum / ds->n);
+  return 0;
+}

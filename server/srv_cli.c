@@ -1,0 +1,432 @@
+/* `mnistd train` and `mnistd predict`: translate flags to core calls and
+ * print results. */
+#include "srv_cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nn.h"
+
+int srv_parse_long(const char *s, long lo, long hi, long *out) {
+  if (!s || !*s) return -1;
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+int srv_parse_float(const char *s, double lo, double hi, double *out) {
+  if (!s || !*s) return -1;
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || *end || !isfinite(v) || v <= lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+static int file_exists(const char *dir, const char *name) {
+  char p[PATH_MAX];
+  struct stat st;
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  if (stat(p, &st) == 0) return 1;
+  snprintf(p, sizeof p, "%s/%s.gz", dir, name);
+  return stat(p, &st) == 0;
+}
+
+int srv_dataset_dir(const char *data_dir, const char *name, char *buf, size_t len) {
+  snprintf(buf, len, "%s/%s", data_dir, name);
+  if (file_exists(buf, "train-images-idx3-ubyte") || file_exists(buf, "t10k-images-idx3-ubyte"))
+    return 0;
+  if (file_exists(data_dir, "train-images-idx3-ubyte")) {
+    snprintf(buf, len, "%s", data_dir);
+    return 0;
+  }
+  return -ENOENT;
+}
+
+static int usage_error(const char *cmd, const char *fmt, const char *arg) {
+  fprintf(stderr, "mnistd %s: ", cmd);
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, " (see 'mnistd %s --help')\n", cmd);
+  return SRV_EXIT_USAGE;
+}
+
+static const char TRAIN_HELP[] =
+    "usage: mnistd train [options]\n"
+    "Trains a network and prints one line per epoch (Keras style).\n"
+    "  --arch antirectifier|relu   network (default antirectifier)\n"
+    "  --dataset mnist|fashion-mnist  (default mnist)\n"
+    "  --data-dir DIR              folder holding mnist/ and fashion-mnist/ (default data,\n"
+    "                              or $MNISTD_DATA_DIR)\n"
+    "  --epochs N                  (default 4)\n"
+    "  --batch-size N              (default 128)\n"
+    "  --optimizer rmsprop|sgd|adam (default rmsprop)\n"
+    "  --lr X                      learning rate (default 0.001; sgd 0.01)\n"
+    "  --seed N                    shuffling, dropout and initialisation (default 1)\n"
+    "  --threads N                 training threads (default: one per core, up to 8)\n"
+    "  --train-limit N             use only the first N training images\n"
+    "  --test-limit N              evaluate on only the first N test images\n"
+    "  --out FILE                  save the trained model (atomically)\n"
+    "  --json                      one JSON object per epoch instead of the log\n";
+
+struct progress_ctx { int tty; };
+
+static int on_progress(const nn_progress *p, void *user) {
+  struct progress_ctx *c = user;
+  if (c->tty && (p->batch % 20 == 0 || p->batch == p->batches))
+    fprintf(stderr, "\r%u/%u - loss: %.4f - accuracy: %.4f ", p->batch, p->batches,
+            p->loss, p->accuracy);
+  return 0;
+}
+
+static volatile sig_atomic_t g_interrupted; /* set by SIGINT only */
+static volatile int g_cancel;
+static void on_sigint(int sig) {
+  (void)sig;
+  g_interrupted = 1;
+  g_cancel = 1;
+}
+
+int srv_cli_train(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"arch", required_argument, 0, 'a'},      {"dataset", required_argument, 0, 'd'},
+      {"data-dir", required_argument, 0, 'D'},  {"epochs", required_argument, 0, 'e'},
+      {"batch-size", required_argument, 0, 'b'}, {"lr", required_argument, 0, 'l'},
+      {"optimizer", required_argument, 0, 'o'}, {"seed", required_argument, 0, 's'},
+      {"threads", required_argument, 0, 't'},   {"out", required_argument, 0, 'O'},
+      {"json", no_argument, 0, 'j'},            {"train-limit", required_argument, 0, 'L'},
+      {"test-limit", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *arch = "antirectifier", *dataset = "mnist", *out_path = NULL;
+  const char *data_dir = getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data";
+  long epochs = 4, batch = 128, seed = 1, threads = 0, train_limit = 0, test_limit = 0;
+  double lr = 0;
+  int json = 0;
+  nn_opt_kind opt = NN_OPT_RMSPROP;
+  int c;
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'a':
+      if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu"))
+        return usage_error("train", "--arch must be antirectifier or relu, not '%s'", optarg);
+      arch = optarg;
+      break;
+    case 'd':
+      if (strcmp(optarg, "mnist") && strcmp(optarg, "fashion-mnist"))
+        return usage_error("train", "--dataset must be mnist or fashion-mnist, not '%s'",
+                           optarg);
+      dataset = optarg;
+      break;
+    case 'D': data_dir = optarg; break;
+    case 'e':
+      if (srv_parse_long(optarg, 1, 1000, &epochs))
+        return usage_error("train", "--epochs must be an integer in 1..1000, not '%s'", optarg);
+      break;
+    case 'b':
+      if (srv_parse_long(optarg, 1, 65536, &batch))
+        return usage_error("train", "--batch-size must be an integer in 1..65536, not '%s'",
+                           optarg);
+      break;
+    case 'l':
+      if (srv_parse_float(optarg, 0, 10, &lr))
+        return usage_error("train", "--lr must be a number in (0, 10], not '%s'", optarg);
+      break;
+    case 'o':
+      if (nn_opt_parse(optarg, &opt))
+        return usage_error("train", "--optimizer must be rmsprop, sgd or adam, not '%s'",
+                           optarg);
+      break;
+    case 's':
+      if (srv_parse_long(optarg, 0, LONG_MAX, &seed))
+        return usage_error("train", "--seed must be a non-negative integer, not '%s'", optarg);
+      break;
+    case 't':
+      if (srv_parse_long(optarg, 1, NN_MAX_THREADS, &threads))
+        return usage_error("train", "--threads must be an integer in 1..64, not '%s'", optarg);
+      break;
+    case 'L':
+      if (srv_parse_long(optarg, 1, 100000000, &train_limit))
+        return usage_error("train", "--train-limit must be a positive integer, not '%s'",
+                           optarg);
+      break;
+    case 'T':
+      if (srv_parse_long(optarg, 1, 100000000, &test_limit))
+        return usage_error("train", "--test-limit must be a positive integer, not '%s'",
+                           optarg);
+      break;
+    case 'O': out_path = optarg; break;
+    case 'j': json = 1; break;
+    case 'h': fputs(TRAIN_HELP, stdout); return SRV_EXIT_OK;
+    case ':':
+      return usage_error("train", "option '%s' needs a value", argv[optind - 1]);
+    default:
+      return usage_error("train", "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return usage_error("train", "unexpected argument '%s'", argv[optind]);
+
+  char dir[PATH_MAX];
+  if (srv_dataset_dir(data_dir, dataset, dir, sizeof dir)) {
+    fprintf(stderr, "mnistd train: no %s data under '%s' (run 'make data')\n", dataset, data_dir);
+    return SRV_EXIT_FAIL;
+  }
+  if (!threads) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = cpus < 1 ? 1 : cpus > 8 ? 8 : cpus;
+  }
+
+  int status = SRV_EXIT_FAIL, rc;
+  nn_err err = {0};
+  nn_dataset train = {0}, test = {0};
+  nn_model *m = NULL;
+  nn_trainer *t = NULL;
+  nn_workspace *ews = NULL;
+  if ((rc = nn_dataset_load_dir(&train, dir, NN_SPLIT_TRAIN, &err)) ||
+      (rc = nn_dataset_load_dir(&test, dir, NN_SPLIT_TEST, &err))) {
+    fprintf(stderr, "mnistd train: %s\n", err.msg);
+    goto done;
+  }
+  if (train_limit) nn_dataset_truncate(&train, (uint32_t)train_limit);
+  if (test_limit) nn_dataset_truncate(&test, (uint32_t)test_limit);
+
+  nn_train_config cfg;
+  nn_train_defaults(&cfg);
+  nn_opt_defaults(&cfg.opt, opt);
+  if (lr > 0) cfg.opt.lr = (float)lr;
+  cfg.batch_size = (uint32_t)batch;
+  cfg.seed = (uint64_t)seed;
+  cfg.threads = (uint32_t)threads;
+  if ((rc = nn_model_create_preset(&m, arch)) || (rc = nn_trainer_create(&t, m, &cfg)) ||
+      (rc = nn_workspace_create(&ews, m, 1000))) {
+    fprintf(stderr, "mnistd train: cannot create the model: %s\n", nn_strerror(rc));
+    goto done;
+  }
+  nn_model_init(m, cfg.seed);
+  if (!json)
+    printf("%s on %s: %zu parameters, %u train / %u test images, batch %u, %s lr %g\n", arch,
+           dataset, m->n_params, train.n, test.n, cfg.batch_size, nn_opt_name(opt),
+           (double)cfg.opt.lr);
+
+  struct sigaction sa = {.sa_handler = on_sigint};
+  sigaction(SIGINT, &sa, NULL);
+  struct progress_ctx pc = {.tty = !json && isatty(STDERR_FILENO)};
+  for (long e = 1; e <= epochs; e++) {
+    nn_epoch_metrics mt;
+    if (!json) printf("Epoch %ld/%ld\n", e, epochs), fflush(stdout);
+    rc = nn_train_epoch(t, &train, on_progress, &pc, &g_cancel, &mt);
+    if (rc) {
+      if (pc.tty) fputc('\n', stderr);
+      fprintf(stderr, "mnistd train: %s\n",
+              g_interrupted ? "interrupted" : nn_strerror(rc));
+      goto done;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    nn_evaluate(m, ews, &test, &mt.val_loss, &mt.val_accuracy, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (pc.tty) fputs("\r\033[K", stderr);
+    if (json)
+      printf("{\"epoch\":%u,\"loss\":%.6f,\"accuracy\":%.6f,\"val_loss\":%.6f,"
+             "\"val_accuracy\":%.6f,\"seconds\":%.4f,\"samples_per_second\":%.1f}\n",
+             mt.epoch, (double)mt.loss, (double)mt.accuracy, (double)mt.val_loss,
+             (double)mt.val_accuracy, mt.seconds, mt.samples_per_second);
+    else
+      printf("%u/%u - %.2fs - loss: %.4f - accuracy: %.4f - val_loss: %.4f - "
+             "val_accuracy: %.4f - %.0f samples/s\n",
+             (train.n + cfg.batch_size - 1) / cfg.batch_size,
+             (train.n + cfg.batch_size - 1) / cfg.batch_size, mt.seconds, (double)mt.loss,
+             (double)mt.accuracy, (double)mt.val_loss, (double)mt.val_accuracy,
+             mt.samples_per_second);
+    fflush(stdout);
+  }
+  if (out_path) {
+    if ((rc = nn_model_save(m, out_path, &err))) {
+      fprintf(stderr, "mnistd train: %s\n", err.msg);
+      goto done;
+    }
+    if (!json) printf("saved %s\n", out_path);
+  }
+  status = SRV_EXIT_OK;
+done:
+  nn_workspace_free(ews);
+  nn_trainer_free(t);
+  nn_model_free(m);
+  nn_dataset_free(&test);
+  nn_dataset_free(&train);
+  return status;
+}
+
+static const char PREDICT_HELP[] =
+    "usage: mnistd predict --model FILE [--json] [--limit N] [--labels FILE] IMAGE...\n"
+    "Prints the digit and the ten probabilities for every image in each IMAGE file:\n"
+    "an IDX image file (plain or .gz, e.g. t10k-images-idx3-ubyte) or raw bytes\n"
+    "(N x 784, MNIST style: 0 = background, 255 = ink).\n"
+    "  --model FILE     model written by 'mnistd train --out' or the daemon\n"
+    "  --limit N        at most N images per file\n"
+    "  --labels FILE    IDX labels for the (single) image file: also print accuracy\n"
+    "  --json           one JSON object per image\n";
+
+/* Loads every image of one input file: IDX when the magic says so, raw
+ * 784-byte records otherwise. */
+static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, size_t len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(msg, len, "%s: %s", path, strerror(errno));
+    return -1;
+  }
+  uint8_t head[4] = {0};
+  size_t got = fread(head, 1, 4, f);
+  int gz = got >= 2 && head[0] == 0x1f && head[1] == 0x8b;
+  int idx = got == 4 && head[0] == 0 && head[1] == 0 && head[2] == 8 && head[3] == 3;
+  if (gz || idx) {
+    fclose(f);
+    uint32_t rows, cols;
+    nn_err err = {0};
+    if (nn_idx_read_images(path, px, n, &rows, &cols, &err)) {
+      snprintf(msg, len, "%s", err.msg);
+      return -1;
+    }
+    if (rows != NN_IMAGE_SIDE || cols != NN_IMAGE_SIDE) {
+      snprintf(msg, len, "%s: images are %ux%u, expected 28x28", path, rows, cols);
+      free(*px);
+      *px = NULL;
+      return -1;
+    }
+    return 0;
+  }
+  struct stat st;
+  if (fstat(fileno(f), &st) < 0 || st.st_size <= 0 || st.st_size % NN_IMAGE_SIZE ||
+      st.st_size > (off_t)NN_IDX_MAX_BYTES) {
+    snprintf(msg, len,
+             "%s: not an IDX image file, and its size is not a multiple of 784 bytes "
+             "(raw 28x28 images)", path);
+    fclose(f);
+    return -1;
+  }
+  *n = (uint32_t)(st.st_size / NN_IMAGE_SIZE);
+  *px = malloc((size_t)st.st_size);
+  rewind(f);
+  if (!*px || fread(*px, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+    snprintf(msg, len, "%s: read failed", path);
+    free(*px);
+    *px = NULL;
+    fclose(f);
+    return -1;
+  }
+  fclose(f);
+  return 0;
+}
+
+int srv_cli_predict(int argc, char **argv) {
+  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"limit", required_argument, 0, 'n'},
+                                       {"labels", required_argument, 0, 'L'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  const char *model_path = NULL, *labels_path = NULL;
+  long limit = 0;
+  int json = 0, c;
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'm': model_path = optarg; break;
+    case 'j': json = 1; break;
+    case 'L': labels_path = optarg; break;
+    case 'n':
+      if (srv_parse_long(optarg, 1, 100000000, &limit))
+        return usage_error("predict", "--limit must be a positive integer, not '%s'", optarg);
+      break;
+    case 'h': fputs(PREDICT_HELP, stdout); return SRV_EXIT_OK;
+    case ':': return usage_error("predict", "option '%s' needs a value", argv[optind - 1]);
+    default: return usage_error("predict", "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (!model_path) return usage_error("predict", "%s", "--model FILE is required");
+  if (optind >= argc) return usage_error("predict", "%s", "no IMAGE file given");
+  if (labels_path && argc - optind != 1)
+    return usage_error("predict", "%s", "--labels needs exactly one IMAGE file");
+
+  nn_err err = {0};
+  nn_model *m = NULL;
+  nn_workspace *ws = NULL;
+  uint8_t *labels = NULL;
+  uint32_t n_labels = 0, correct = 0, total = 0;
+  int status = SRV_EXIT_FAIL;
+  if (nn_model_load(&m, model_path, &err)) {
+    fprintf(stderr, "mnistd predict: %s\n", err.msg);
+    return SRV_EXIT_FAIL;
+  }
+  if (nn_workspace_create(&ws, m, 256)) goto done;
+  if (labels_path && nn_idx_read_labels(labels_path, &labels, &n_labels, &err)) {
+    fprintf(stderr, "mnistd predict: %s\n", err.msg);
+    goto done;
+  }
+  for (int a = optind; a < argc; a++) {
+    uint8_t *px = NULL;
+    uint32_t n = 0;
+    char msg[512];
+    if (load_images(argv[a], &px, &n, msg, sizeof msg)) {
+      fprintf(stderr, "mnistd predict: %s\n", msg);
+      goto done;
+    }
+    if (limit && n > (uint32_t)limit) n = (uint32_t)limit;
+    if (labels && n_labels < n) {
+      fprintf(stderr, "mnistd predict: %s has %u labels for %u images\n", labels_path,
+              n_labels, n);
+      free(px);
+      goto done;
+    }
+    float probs[256 * NN_CLASSES];
+    for (uint32_t off = 0; off < n; off += 256) {
+      uint32_t k = n - off < 256 ? n - off : 256;
+      nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs);
+      for (uint32_t i = 0; i < k; i++) {
+        const float *p = probs + (size_t)i * NN_CLASSES;
+        int d = nn_argmax(p);
+        if (labels) correct += labels[off + i] == d;
+        total++;
+        if (json) {
+          printf("{\"file\":\"%s\",\"index\":%u,\"label\":%d,\"confidence\":%.6f,"
+                 "\"probabilities\":[", argv[a], off + i, d, (double)p[d]);
+          for (int j = 0; j < NN_CLASSES; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
+          printf("]}\n");
+        } else {
+          printf("%s[%u]: %d (%.3f)  ", argv[a], off + i, d, (double)p[d]);
+          for (int j = 0; j < NN_CLASSES; j++) printf(" %d:%.3f", j, (double)p[j]);
+          putchar('\n');
+        }
+      }
+    }
+    free(px);
+  }
+  if (labels) {
+    if (json)
+      printf("{\"accuracy\":%.6f,\"correct\":%u,\"total\":%u}\n",
+             total ? (double)correct / total : 0.0, correct, total);
+    else
+      printf("accuracy: %.4f (%u/%u)\n", total ? (double)correct / total : 0.0, correct, total);
+  }
+  status = SRV_EXIT_OK;
+done:
+  free(labels);
+  nn_workspace_free(ws);
+  nn_model_free(m);
+  return status;
+}
