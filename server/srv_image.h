@@ -107,7 +107,9 @@ srv_image_format srv_image_sniff(const char *content_type, const uint8_t *buf,
 
 /* Decodes a PNG (gray, gray+alpha, RGB, RGBA or palette; 1 to 16 bits;
  * interlaced or not) into 8-bit gray as described under "Decisions" above.
- * On success *out holds a malloc'd image the caller frees with
+ * The file is read through to IEND, so every CRC is checked and a file cut
+ * short anywhere before IEND is refused (16-bit samples keep their high
+ * byte). On success *out holds a malloc'd image the caller frees with
  * srv_gray_free(). On failure *out is {0, 0, NULL}.
  * Errors: -EINVAL (not a PNG, corrupt, truncated, bad CRC, zero size),
  * -E2BIG (a side above SRV_IMAGE_MAX_SIDE, checked from the IHDR before any
