@@ -5,8 +5,10 @@ CC      ?= cc
 BUILD   ?= build
 PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng
 OPT     ?= -O2
+SAN     ?=
 CFLAGS  ?=
-CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -Iserver \
+LDFLAGS += $(SAN)
+CFLAGS  += $(SAN) -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -Iserver \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 TEST_LDLIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
@@ -19,12 +21,14 @@ CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ  := $(CORE_OBJ) $(SRV_OBJ)
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+SH_TESTS := $(wildcard tests/test_*.sh)
 BENCHES  := $(BUILD)/bench/bench_core
 
 DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
 .PHONY: all deps data run test unit asan bench clean distclean check-deps
+.SECONDARY:
 all: $(BUILD)/mnistd
 
 deps:
@@ -63,15 +67,14 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJ)
 
 # Unit and integration tests against an already-built tree.
 unit: $(BUILD)/mnistd $(TESTS)
-	@MNISTD_DATA=$(DATA_DIR) MNISTD_BIN=$(BUILD)/mnistd tests/run.sh $(TESTS)
+	@MNISTD_DATA=$(DATA_DIR) MNISTD_BIN=$(BUILD)/mnistd tests/run.sh $(TESTS) $(SH_TESTS)
 
 test: deps data
 	@$(MAKE) --no-print-directory unit
 
 asan: deps data
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer" \
-	  CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  LDFLAGS="-fsanitize=address,undefined" unit
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" unit
 
 bench: deps data $(BUILD)/mnistd $(BENCHES)
 	@MNISTD_DATA=$(DATA_DIR) bench/run.sh $(BUILD)

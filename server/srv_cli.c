@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "nn.h"
+#include "srv_image.h"
 
 int srv_parse_long(const char *s, long lo, long hi, long *out) {
   if (!s || !*s) return -1;
@@ -274,8 +275,10 @@ done:
 static const char PREDICT_HELP[] =
     "usage: mnistd predict --model FILE [--json] [--limit N] [--labels FILE] IMAGE...\n"
     "Prints the digit and the ten probabilities for every image in each IMAGE file:\n"
-    "an IDX image file (plain or .gz, e.g. t10k-images-idx3-ubyte) or raw bytes\n"
-    "(N x 784, MNIST style: 0 = background, 255 = ink).\n"
+    "an IDX image file (plain or .gz, e.g. t10k-images-idx3-ubyte), raw bytes\n"
+    "(N x 784, MNIST style: 0 = background, 255 = ink), or one PNG or PGM picture of\n"
+    "any size (preprocessed the way MNIST was made: inverted if light, cropped,\n"
+    "scaled to 20x20, centred by mass).\n"
     "  --model FILE     model written by 'mnistd train --out' or the daemon\n"
     "  --limit N        at most N images per file\n"
     "  --labels FILE    IDX labels for the (single) image file: also print accuracy\n"
@@ -310,6 +313,30 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
     return 0;
   }
   struct stat st;
+  int is_picture = got >= 2 && ((head[0] == 0x89 && head[1] == 'P') ||
+                                (head[0] == 'P' && (head[1] == '5' || head[1] == '2')));
+  if (is_picture && fstat(fileno(f), &st) == 0 && st.st_size > 0 &&
+      st.st_size <= (64 << 20)) {
+    /* A PNG or PGM picture: decode and preprocess like the daemon does. */
+    uint8_t *buf = malloc((size_t)st.st_size);
+    rewind(f);
+    int ok = buf && fread(buf, 1, (size_t)st.st_size, f) == (size_t)st.st_size;
+    fclose(f);
+    *px = malloc(NN_IMAGE_SIZE);
+    int empty = 0;
+    char why[256] = "read failed";
+    if (!ok || !*px ||
+        srv_image_from_bytes(NULL, buf, (size_t)st.st_size, *px, &empty, why, sizeof why) < 0) {
+      snprintf(msg, len, "%.200s: %s", path, why);
+      free(buf);
+      free(*px);
+      *px = NULL;
+      return -1;
+    }
+    free(buf);
+    *n = 1;
+    return 0;
+  }
   if (fstat(fileno(f), &st) < 0 || st.st_size <= 0 || st.st_size % NN_IMAGE_SIZE ||
       st.st_size > (off_t)NN_IDX_MAX_BYTES) {
     snprintf(msg, len,

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Command-line behaviour of build/mnistd: help, version, usage errors with
+# exit code 2, a short real training with --json, and predict on IDX, raw
+# and PGM inputs. Needs MNISTD_BIN and MNISTD_DATA.
+set -u
+BIN=${MNISTD_BIN:-build/mnistd}
+DATA=${MNISTD_DATA:-data}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+check() { # name, then a command that must succeed
+  local name=$1; shift
+  if "$@" >/dev/null 2>&1; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $name"; fi
+}
+exit_code() { "$@" >"$T/out" 2>"$T/err"; echo $?; }
+
+check "--help exits 0 and lists commands" bash -c "'$BIN' --help | grep -q 'train'"
+check "--version prints the version" bash -c "'$BIN' --version | grep -Eq '^mnistd [0-9]+\.[0-9]+'"
+check "train --help" bash -c "'$BIN' train --help | grep -q -- '--optimizer'"
+for bad in "train --epochs 0" "train --epochs abc" "train --lr -1" "train --lr nan" \
+           "train --arch lenet" "train --optimizer adagrad" "train --bogus" "train --batch-size" \
+           "train extra" "predict" "predict --model" "frobnicate" "train --threads 0"; do
+  # shellcheck disable=SC2086
+  rc=$(exit_code "$BIN" $bad)
+  lines=$(wc -l < "$T/err")
+  check "'$bad' exits 2 with one line" test "$rc" = 2 -a "$lines" = 1
+done
+rc=$(exit_code "$BIN" train --data-dir "$T/nowhere")
+check "missing data exits 1 and says make data" bash -c "test $rc = 1 && grep -q 'make data' '$T/err'"
+
+# A short real training, JSON lines with the documented keys.
+"$BIN" train --data-dir "$DATA" --train-limit 3000 --test-limit 1000 --epochs 2 --json \
+  --out "$T/m.model" > "$T/train.json" 2> "$T/train.err"
+check "train --json succeeds" test $? = 0
+check "train --json prints one line per epoch" test "$(wc -l < "$T/train.json")" = 2
+check "train --json has every key" python3 -c "
+import json,sys
+for l in open('$T/train.json'):
+    d = json.loads(l)
+    assert set(d) == {'epoch','loss','accuracy','val_loss','val_accuracy','seconds','samples_per_second'}, d
+    assert 0 <= d['val_accuracy'] <= 1 and d['seconds'] > 0
+"
+check "model file written" test -s "$T/m.model"
+check "no temp files next to the model" test "$(ls "$T" | grep -c tmp)" = 0
+
+# Predict: IDX with labels, raw bytes, a PGM picture, and a broken model.
+"$BIN" predict --model "$T/m.model" --labels "$DATA/mnist/t10k-labels-idx1-ubyte" --limit 500 \
+  "$DATA/mnist/t10k-images-idx3-ubyte" > "$T/pred.txt"
+check "predict IDX + labels reports accuracy > 0.8" python3 -c "
+import re; a = float(re.search(r'accuracy: ([0-9.]+)', open('$T/pred.txt').read()).group(1)); assert a > 0.8, a"
+check "predict prints one line per image" test "$(grep -c '\]: ' "$T/pred.txt")" = 500
+head -c $((16 + 784 * 3)) "$DATA/mnist/t10k-images-idx3-ubyte" | tail -c $((784 * 3)) > "$T/three.raw"
+"$BIN" predict --model "$T/m.model" --json "$T/three.raw" > "$T/raw.json"
+check "predict raw: 3 JSON lines, labels 7 2 1" python3 -c "
+import json; ls = [json.loads(l)['label'] for l in open('$T/raw.json')]; assert ls == [7, 2, 1], ls"
+python3 -c "
+d = open('$T/three.raw','rb').read()[:784]
+rows = [bytes(255 - d[(y//10)*28 + x//10] for x in range(280)) for y in range(280)]
+open('$T/seven.pgm','wb').write(b'P5\n280 280\n255\n' + b''.join(rows))"
+check "predict a 280x280 black-on-white PGM as 7" bash -c "'$BIN' predict --model '$T/m.model' --json '$T/seven.pgm' | grep -q '\"label\":7'"
+head -c 1000 "$T/m.model" > "$T/cut.model"
+rc=$(exit_code "$BIN" predict --model "$T/cut.model" "$T/three.raw")
+check "truncated model: exit 1 with a message naming the file" bash -c "test $rc = 1 && grep -q 'cut.model: truncated' '$T/err'"
+rc=$(exit_code "$BIN" predict --model "$T/m.model" /etc/hostname)
+check "unreadable image file: exit 1 with a message" bash -c "test $rc = 1 && grep -q hostname '$T/err'"
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
