@@ -3,7 +3,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng
+PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng libsystemd
 OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
@@ -18,8 +18,13 @@ CORE_CFLAGS := -ftree-vectorize -fno-math-errno -fopenmp-simd
 CORE_SRC := $(wildcard core/*.c)
 SRV_SRC  := $(filter-out server/main.c,$(wildcard server/*.c))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
-SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
+SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/srv_assets_data.o
 LIB_OBJ  := $(CORE_OBJ) $(SRV_OBJ)
+
+# The web page is built into the binary: every file under web/, and the
+# chart library from npm (node_modules/uplot, installed by `make deps`).
+WEB_FILES := $(shell find web -type f 2>/dev/null | LC_ALL=C sort)
+VENDOR    := $(wildcard node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css)
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 SH_TESTS := $(wildcard tests/test_*.sh)
 BENCHES  := $(BUILD)/bench/bench_core
@@ -47,6 +52,19 @@ $(BUILD)/obj/core/%.o: core/%.c core/*.h | check-deps
 	$(CC) $(CFLAGS) $(CORE_CFLAGS) -c $< -o $@
 
 $(BUILD)/obj/server/%.o: server/%.c core/*.h $(wildcard server/*.h) | check-deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tools/embed: scripts/embed.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror $< -o $@
+
+$(BUILD)/gen/srv_assets_data.c: $(BUILD)/tools/embed $(WEB_FILES) $(VENDOR) Makefile
+	@mkdir -p $(dir $@)
+	$(BUILD)/tools/embed $@ $(foreach f,$(WEB_FILES),$(patsubst web/%,/%,$(f))=$(f)) \
+	  $(foreach f,$(VENDOR),/vendor/$(notdir $(f))=$(f))
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c server/srv_assets.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 

@@ -3,27 +3,33 @@
 #include <string.h>
 
 #include "nn.h"
+#include "srv.h"
 #include "srv_cli.h"
 
 static const char HELP[] =
     "mnistd " NN_VERSION " — MNIST training and inference daemon\n"
     "usage: mnistd [COMMAND] [options]\n"
     "commands:\n"
+    "  serve     run the daemon (the default; 'mnistd serve --help')\n"
+    "  healthcheck  exit 0 if the daemon answers /healthz (for containers)\n"
     "  train     train a network and print per-epoch metrics ('mnistd train --help')\n"
     "  predict   classify images with a saved model ('mnistd predict --help')\n"
     "  --help    this text\n"
     "  --version print the version\n";
 
 int main(int argc, char **argv) {
-  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
-      !strcmp(argv[1], "help")) {
+  if (argc < 2) return srv_serve_main(argc, argv);
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     fputs(HELP, stdout);
-    return argc < 2 ? SRV_EXIT_USAGE : SRV_EXIT_OK;
+    return SRV_EXIT_OK;
   }
   if (!strcmp(argv[1], "--version")) {
     printf("mnistd %s\n", NN_VERSION);
     return SRV_EXIT_OK;
   }
+  if (!strcmp(argv[1], "serve")) return srv_serve_main(argc - 1, argv + 1);
+  if (argv[1][0] == '-') return srv_serve_main(argc, argv); /* flags of serve */
+  if (!strcmp(argv[1], "healthcheck")) return srv_healthcheck_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "train")) return srv_cli_train(argc - 1, argv + 1);
   if (!strcmp(argv[1], "predict")) return srv_cli_predict(argc - 1, argv + 1);
   fprintf(stderr, "mnistd: unknown command '%s' (see 'mnistd --help')\n", argv[1]);

@@ -1,0 +1,87 @@
+/* The daemon: configuration, shared state and the HTTP front end.
+ *
+ * Threads: libmicrohttpd's pool (--threads) serves requests and runs
+ * predictions inline; the main thread runs the libuv loop (job scheduling,
+ * stream wake-ups, signals); training runs on libuv's thread pool. The
+ * configuration is read-only once serving starts. */
+#ifndef MNISTD_SRV_H
+#define MNISTD_SRV_H
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "srv_jobs.h"
+#include "srv_registry.h"
+#include "srv_store.h"
+
+typedef struct srv_config {
+  char listen[128];          /* host:port, default 127.0.0.1:8080 */
+  char state_dir[PATH_MAX];  /* default ./state */
+  char data_dir[PATH_MAX];   /* default ./data */
+  char web_dir[PATH_MAX];    /* empty: assets built into the binary */
+  char api_token[512];       /* empty: no token needed */
+  size_t max_body;           /* bytes, default 8 MiB */
+  int threads;               /* HTTP threads, default 2 */
+  int train_threads;         /* per job, default: cores (max 8) */
+  int max_running_jobs;      /* default 1 */
+  int log_json;              /* --log-format json */
+  int bootstrap;             /* default on */
+  int conn_limit;            /* default 4096 (bounded by RLIMIT_NOFILE) */
+  int conn_timeout;          /* seconds, default 30 */
+} srv_config;
+
+/* Fills defaults, then MNISTD_* variables, then flags (argv after the
+ * subcommand). Returns 0, or 2 after printing a one-line usage error, or
+ * 1 when --help was printed. */
+int srv_config_parse(srv_config *c, int argc, char **argv);
+
+#define SRV_MAX_ROUTES 32
+#define SRV_LAT_BUCKETS 12
+
+typedef struct srv_metrics {
+  /* route (table index; then static files, then unmatched) x status code */
+  atomic_ulong requests[SRV_MAX_ROUTES + 2][600];
+  atomic_ulong lat_buckets[SRV_LAT_BUCKETS];
+  atomic_ulong lat_count, lat_sum_ns;
+  atomic_ulong predictions;
+} srv_metrics;
+
+typedef struct srv {
+  srv_config cfg;
+  srv_store *store;
+  srv_models *models;
+  srv_data *data;
+  srv_jobs *jobs;
+  uv_loop_t *loop;
+  struct MHD_Daemon *mhd;
+  srv_metrics metrics;
+  int64_t started_ms;
+  atomic_int stopping;
+} srv;
+
+/* Starts libmicrohttpd on cfg.listen. */
+int srv_http_start(srv *S, char *msg, size_t msglen);
+/* Stops accepting new connections (existing ones finish). */
+void srv_http_quiesce(srv *S);
+void srv_http_stop(srv *S);
+
+/* Writes one log line (text or JSON per configuration) to stderr. */
+void srv_log(const srv *S, const char *level, const char *msg);
+
+/* `mnistd serve` and `mnistd healthcheck`: exit statuses. */
+int srv_serve_main(int argc, char **argv);
+int srv_healthcheck_main(int argc, char **argv);
+
+/* The route table, for tests that walk it (every mutating route must ask
+ * for the token). */
+typedef struct srv_route_info {
+  const char *method;
+  const char *pattern;   /* ":id" stands for a number */
+  int mutating;
+} srv_route_info;
+size_t srv_routes(const srv_route_info **out);
+
+#endif

@@ -1,0 +1,1232 @@
+/* HTTP front end: one table of routes, each a small handler that turns the
+ * request into calls on the jobs, registry and core, and the result into
+ * JSON. Everything about bodies, errors, auth, logging and metrics lives
+ * here once, not in the handlers. */
+#include "srv.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "srv_assets.h"
+#include "srv_image.h"
+#include "srv_validate.h"
+
+typedef struct req req;
+typedef enum MHD_Result (*handler)(req *r);
+
+typedef struct route {
+  const char *method, *pattern;
+  handler h;
+  int mutating;
+} route;
+
+struct req {
+  srv *S;
+  struct MHD_Connection *conn;
+  const char *method, *url;
+  int route;              /* index into ROUTES, or STATIC/NOT_FOUND */
+  int64_t id;             /* the :id of the path */
+  char *body;
+  size_t len, cap;
+  int too_big;
+  int status;             /* sent status, for the log and metrics */
+  double t0;
+  int is_predict;
+};
+
+#define ROUTE_STATIC SRV_MAX_ROUTES
+#define ROUTE_NONE (SRV_MAX_ROUTES + 1)
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---------------------------------------------------------------- responses */
+
+static void common_headers(struct MHD_Response *resp) {
+  MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+}
+
+static enum MHD_Result send_buf(req *r, int status, const char *type, const void *data,
+                                size_t len, enum MHD_ResponseMemoryMode mode) {
+  struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)data, mode);
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, "Content-Type", type);
+  common_headers(resp);
+  r->status = status;
+  enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+/* Sends a cJSON document and frees it. */
+static enum MHD_Result send_json(req *r, int status, cJSON *doc) {
+  char *s = doc ? cJSON_PrintUnformatted(doc) : NULL;
+  cJSON_Delete(doc);
+  if (!s) return send_buf(r, 500, "application/json",
+                          "{\"error\":{\"code\":500,\"message\":\"out of memory\"}}", 49,
+                          MHD_RESPMEM_PERSISTENT);
+  size_t n = strlen(s);
+  s[n] = 0;
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, s, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(s);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  MHD_add_response_header(resp, "Cache-Control", "no-store");
+  common_headers(resp);
+  r->status = status;
+  enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+static enum MHD_Result send_error(req *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result send_error(req *r, int status, const char *fmt, ...) {
+  char msg[768];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  cJSON *doc = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(doc, "error");
+  cJSON_AddNumberToObject(e, "code", status);
+  cJSON_AddStringToObject(e, "message", msg);
+  return send_json(r, status, doc);
+}
+
+static const char *query(req *r, const char *key) {
+  return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static const char *header(req *r, const char *key) {
+  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
+}
+
+/* Media type without parameters, lower case, into buf ("" if none). */
+static const char *media_type(req *r, char *buf, size_t len) {
+  const char *ct = header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+  size_t i = 0;
+  for (; ct && ct[i] && ct[i] != ';' && ct[i] != ' ' && i + 1 < len; i++)
+    buf[i] = (char)(ct[i] >= 'A' && ct[i] <= 'Z' ? ct[i] + 32 : ct[i]);
+  buf[i] = 0;
+  return buf;
+}
+
+/* JSON bodies: application/json, or nothing said (curl -d sends a form
+ * type; a JSON-looking body is then taken as JSON). */
+static int json_body_ok(req *r) {
+  char ct[96];
+  media_type(r, ct, sizeof ct);
+  if (!strcmp(ct, "application/json") || !ct[0]) return 1;
+  if (!strcmp(ct, "application/x-www-form-urlencoded")) {
+    for (size_t i = 0; i < r->len; i++)
+      if (r->body[i] != ' ' && r->body[i] != '\n' && r->body[i] != '\t' && r->body[i] != '\r')
+        return r->body[i] == '{';
+    return 1;
+  }
+  return 0;
+}
+
+static enum MHD_Result need_json(req *r) {
+  char ct[96];
+  return send_error(r, 415, "send the body as application/json (got %s)",
+                    media_type(r, ct, sizeof ct)[0] ? ct : "no Content-Type");
+}
+
+/* ---------------------------------------------------------------- handlers */
+
+static enum MHD_Result h_healthz(req *r) {
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddStringToObject(d, "status", "ok");
+  return send_json(r, 200, d);
+}
+
+static enum MHD_Result h_readyz(req *r) {
+  srv_model *m = srv_models_active(r->S->models);
+  if (!m) {
+    char note[256];
+    srv_jobs_pending_note(r->S->jobs, note, sizeof note);
+    return send_error(r, 503, "no model loaded yet%s%s", note[0] ? ": " : "",
+                      note[0] ? note : " (start a training job: POST /v1/jobs)");
+  }
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddStringToObject(d, "status", "ready");
+  cJSON_AddNumberToObject(d, "model", (double)m->id);
+  srv_model_unref(m);
+  return send_json(r, 200, d);
+}
+
+static enum MHD_Result h_datasets(req *r) {
+  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "datasets");
+  static const char *names[] = {"mnist", "fashion-mnist"};
+  for (size_t i = 0; i < 2; i++) {
+    uint32_t tr, te;
+    if (srv_data_count(r->S->data, names[i], &tr, &te)) continue;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", names[i]);
+    cJSON_AddNumberToObject(o, "train", tr);
+    cJSON_AddNumberToObject(o, "test", te);
+    cJSON_AddItemToArray(a, o);
+  }
+  return send_json(r, 200, d);
+}
+
+static enum MHD_Result h_job_create(req *r) {
+  if (!json_body_ok(r)) return need_json(r);
+  srv_job_config c;
+  char msg[512];
+  if (srv_job_config_parse(r->body, r->len, &c, msg, sizeof msg))
+    return send_error(r, 400, "%s", msg);
+  uint32_t tr, te;
+  if (srv_data_count(r->S->data, c.dataset, &tr, &te))
+    return send_error(r, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
+                      c.dataset);
+  int64_t id;
+  int rc = srv_jobs_submit(r->S->jobs, &c, &id);
+  if (rc) return send_error(r, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
+                            rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(r->S->store));
+  cJSON *job = srv_jobs_json(r->S->jobs, id);
+  char loc[64];
+  snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
+  char *s = cJSON_PrintUnformatted(job);
+  cJSON_Delete(job);
+  if (!s) return send_error(r, 500, "out of memory");
+  struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(s);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  MHD_add_response_header(resp, "Location", loc);
+  common_headers(resp);
+  r->status = 202;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 202, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+static enum MHD_Result h_jobs(req *r) {
+  int state = -1;
+  long limit = 100;
+  const char *q = query(r, "state");
+  if (q && (state = srv_job_state_parse(q)) < 0)
+    return send_error(r, 400,
+                      "state must be one of queued, running, succeeded, failed, cancelled");
+  q = query(r, "limit");
+  if (q) {
+    char *end;
+    limit = strtol(q, &end, 10);
+    if (*end || limit < 1 || limit > 1000)
+      return send_error(r, 400, "limit must be an integer from 1 to 1000");
+  }
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddItemToObject(d, "jobs", srv_jobs_list_json(r->S->jobs, state, (int)limit));
+  return send_json(r, 200, d);
+}
+
+static enum MHD_Result h_job(req *r) {
+  cJSON *j = srv_jobs_json(r->S->jobs, r->id);
+  if (!j) return send_error(r, 404, "job %lld not found", (long long)r->id);
+  return send_json(r, 200, j);
+}
+
+static enum MHD_Result h_job_cancel(req *r) {
+  int rc = srv_jobs_cancel(r->S->jobs, r->id);
+  if (rc == -ENOENT) return send_error(r, 404, "job %lld not found", (long long)r->id);
+  if (rc == -EALREADY) return send_error(r, 409, "job %lld has already finished", (long long)r->id);
+  return send_json(r, 202, srv_jobs_json(r->S->jobs, r->id));
+}
+
+/* ---- event streams */
+
+typedef struct stream {
+  struct MHD_Connection *conn;
+  srv_sub *sub;
+} stream;
+
+static void stream_suspend(void *ctx) { MHD_suspend_connection(((stream *)ctx)->conn); }
+static void stream_wake(void *ctx) { MHD_resume_connection(((stream *)ctx)->conn); }
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)pos;
+  stream *s = cls;
+  ssize_t n = srv_sub_read(s->sub, buf, max, stream_suspend);
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void stream_free(void *cls) {
+  stream *s = cls;
+  srv_sub_close(s->sub);
+  free(s);
+}
+
+static enum MHD_Result h_job_events(req *r) {
+  const char *fmt = query(r, "format");
+  int ndjson = fmt && !strcmp(fmt, "ndjson");
+  if (fmt && !ndjson && strcmp(fmt, "sse"))
+    return send_error(r, 400, "format must be sse (default) or ndjson");
+  uint64_t last = 0;
+  const char *lei = header(r, "Last-Event-ID");
+  if (!lei) lei = query(r, "last_event_id");
+  if (lei) {
+    char *end;
+    last = strtoull(lei, &end, 10);
+    if (*end || !*lei) return send_error(r, 400, "Last-Event-ID must be an event id (a number)");
+  }
+  stream *s = calloc(1, sizeof *s);
+  if (!s) return send_error(r, 500, "out of memory");
+  s->conn = r->conn;
+  int rc = srv_sub_open(r->S->jobs, r->id, last, ndjson, stream_wake, s, &s->sub);
+  if (rc) {
+    free(s);
+    return rc == -ENOENT ? send_error(r, 404, "job %lld not found", (long long)r->id)
+                         : send_error(r, 500, "out of memory");
+  }
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
+  if (!resp) {
+    stream_free(s);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type",
+                          ndjson ? "application/x-ndjson" : "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  common_headers(resp);
+  r->status = 200;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+/* ---- models */
+
+static char *iso8601(int64_t ms, char *buf, size_t len) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+static cJSON *model_json(const srv_model *m, int active) {
+  cJSON *o = cJSON_CreateObject();
+  char t[32];
+  cJSON_AddNumberToObject(o, "id", (double)m->id);
+  cJSON_AddStringToObject(o, "arch", m->arch);
+  cJSON_AddNumberToObject(o, "parameters", (double)m->m->n_params);
+  cJSON_AddStringToObject(o, "dataset", m->dataset);
+  cJSON_AddNumberToObject(o, "test_accuracy", round(m->test_accuracy * 1e6) / 1e6);
+  cJSON_AddNumberToObject(o, "test_loss", round(m->test_loss * 1e6) / 1e6);
+  if (m->job_id) cJSON_AddNumberToObject(o, "job_id", (double)m->job_id);
+  else cJSON_AddNullToObject(o, "job_id");
+  cJSON_AddStringToObject(o, "created_at", iso8601(m->created_ms, t, sizeof t));
+  cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_bytes);
+  cJSON_AddBoolToObject(o, "active", active);
+  return o;
+}
+
+static void add_model(const srv_model *m, int active, void *u) {
+  cJSON_AddItemToArray((cJSON *)u, model_json(m, active));
+}
+
+static enum MHD_Result h_models(req *r) {
+  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "models");
+  srv_models_each(r->S->models, add_model, a);
+  /* Newest first, like the job list. */
+  cJSON *rev = cJSON_CreateArray();
+  int n = cJSON_GetArraySize(a);
+  for (int i = n - 1; i >= 0; i--) cJSON_AddItemToArray(rev, cJSON_DetachItemFromArray(a, i));
+  cJSON_ReplaceItemInObject(d, "models", rev);
+  return send_json(r, 200, d);
+}
+
+static enum MHD_Result h_model(req *r) {
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  cJSON *o = model_json(m, srv_models_active_id(r->S->models) == m->id);
+  srv_model_unref(m);
+  return send_json(r, 200, o);
+}
+
+static enum MHD_Result h_model_file(req *r) {
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  srv_model_unref(m);
+  char path[PATH_MAX + 64];
+  srv_models_path(r->S->models, r->id, path, sizeof path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0) {
+    if (fd >= 0) close(fd);
+    return send_error(r, 500, "model file of %lld is unreadable", (long long)r->id);
+  }
+  struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
+  if (!resp) {
+    close(fd);
+    return MHD_NO;
+  }
+  char disp[96];
+  snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.model\"",
+           (long long)r->id);
+  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+  MHD_add_response_header(resp, "Content-Disposition", disp);
+  common_headers(resp);
+  r->status = 200;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+static enum MHD_Result h_model_activate(req *r) {
+  int rc = srv_models_activate(r->S->models, r->id);
+  if (rc == -ENOENT) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (rc) return send_error(r, 500, "could not record the active model: %s",
+                            srv_store_errmsg(r->S->store));
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  cJSON *o = model_json(m, 1);
+  srv_model_unref(m);
+  return send_json(r, 200, o);
+}
+
+static enum MHD_Result h_model_delete(req *r) {
+  int rc = srv_models_delete(r->S->models, r->id);
+  if (rc == -ENOENT) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (rc == -EBUSY)
+    return send_error(r, 409, "model %lld is the active model; activate another one first",
+                      (long long)r->id);
+  if (rc) return send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
+  r->status = 204;
+  return send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
+}
+
+/* ---- prediction */
+
+/* One workspace per HTTP thread, rebuilt when the model changes (by
+ * pointer and id, so a freed model's address reused later cannot fool it:
+ * the thread holds a reference to the model it built for). */
+#define PREDICT_CHUNK 64
+static _Thread_local struct {
+  srv_model *m;
+  nn_workspace *ws;
+} tl;
+
+static nn_workspace *workspace_for(srv_model *m) {
+  if (tl.m != m) {
+    nn_workspace_free(tl.ws);
+    srv_model_unref(tl.m);
+    tl.m = NULL;
+    tl.ws = NULL;
+    if (nn_workspace_create(&tl.ws, m->m, PREDICT_CHUNK)) return NULL;
+    atomic_fetch_add(&m->refs, 1);
+    tl.m = m;
+  }
+  return tl.ws;
+}
+
+static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
+  const char *q = query(r, "model");
+  srv_model *m;
+  if (q) {
+    char *end;
+    long long id = strtoll(q, &end, 10);
+    if (*end || id <= 0) {
+      *status = 400;
+      snprintf(msg, len, "model must be a model id (a number)");
+      return NULL;
+    }
+    if (!(m = srv_models_get(r->S->models, id))) {
+      *status = 404;
+      snprintf(msg, len, "model %lld not found", id);
+    }
+    return m;
+  }
+  if (!(m = srv_models_active(r->S->models))) {
+    char note[200];
+    srv_jobs_pending_note(r->S->jobs, note, sizeof note);
+    *status = 503;
+    snprintf(msg, len, "no model loaded yet%s%s", note[0] ? ": " : "",
+             note[0] ? note : " (start a training job: POST /v1/jobs)");
+  }
+  return m;
+}
+
+static void observe_latency(srv *S, double secs) {
+  static const double edges[SRV_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
+  for (int i = 0; i < SRV_LAT_BUCKETS; i++)
+    if (secs <= edges[i]) atomic_fetch_add(&S->metrics.lat_buckets[i], 1);
+  atomic_fetch_add(&S->metrics.lat_count, 1);
+  atomic_fetch_add(&S->metrics.lat_sum_ns, (unsigned long)(secs * 1e9));
+}
+
+static enum MHD_Result h_predict(req *r) {
+  char ct[96], msg[512];
+  media_type(r, ct, sizeof ct);
+  uint8_t *px = NULL, one[NN_IMAGE_SIZE];
+  uint32_t n = 0;
+  int empty = 0, rc, explain = 0;
+  const char *ex = query(r, "explain");
+  if (ex) explain = !strcmp(ex, "1") || !strcmp(ex, "true");
+  int is_json = !strcmp(ct, "application/json") ||
+                ((!ct[0] || !strcmp(ct, "application/x-www-form-urlencoded")) && r->len &&
+                 r->body[0] == '{');
+  if (is_json) {
+    rc = srv_predict_json_parse(r->body, r->len, &px, &n, msg, sizeof msg);
+    if (rc) return send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
+  } else {
+    srv_image_format f = srv_image_sniff(ct, (const uint8_t *)r->body, r->len);
+    int known = !ct[0] || !strcmp(ct, "application/octet-stream") || !strcmp(ct, "image/png") ||
+                !strcmp(ct, "image/x-portable-graymap") || !strcmp(ct, "image/x-pgm") ||
+                !strcmp(ct, "application/x-www-form-urlencoded");
+    if (!known || f == SRV_IMAGE_UNKNOWN)
+      return send_error(r, 415,
+                        "unsupported body (%s): send application/json {\"image\":[784 numbers]}, "
+                        "image/png, image/x-portable-graymap (PGM) or application/octet-stream "
+                        "(N x 784 bytes)",
+                        ct[0] ? ct : "no Content-Type");
+    if (f == SRV_IMAGE_RAW) {
+      size_t cnt = 0;
+      if (srv_image_raw_count(r->len, &cnt, msg, sizeof msg) < 0)
+        return send_error(r, 400, "%s", msg);
+      if (cnt > SRV_MAX_PREDICT_IMAGES)
+        return send_error(r, 413, "%zu images in one request; at most %d", cnt,
+                          SRV_MAX_PREDICT_IMAGES);
+      px = malloc(r->len);
+      if (!px) return send_error(r, 500, "out of memory");
+      memcpy(px, r->body, r->len);
+      n = (uint32_t)cnt;
+    } else {
+      rc = srv_image_from_bytes(ct, (const uint8_t *)r->body, r->len, one, &empty, msg,
+                                sizeof msg);
+      if (rc == -E2BIG) return send_error(r, 413, "%s", msg);
+      if (rc == -ENOTSUP) return send_error(r, 415, "%s", msg);
+      if (rc == -ENOMEM) return send_error(r, 500, "out of memory");
+      if (rc) return send_error(r, 400, "%s", msg);
+      n = 1;
+    }
+  }
+  int status = 500;
+  srv_model *m = predict_model(r, &status, msg, sizeof msg);
+  if (!m) {
+    free(px);
+    return send_error(r, status, "%s", msg);
+  }
+  const uint8_t *images = px ? px : one;
+  float *probs = malloc((size_t)n * NN_CLASSES * sizeof(float));
+  nn_workspace *ws = workspace_for(m);
+  if (!probs || !ws) {
+    free(px);
+    free(probs);
+    srv_model_unref(m);
+    return send_error(r, 500, "out of memory");
+  }
+  for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
+    uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
+    nn_predict_u8(m->m, ws, images + (size_t)off * NN_IMAGE_SIZE, k,
+                  probs + (size_t)off * NN_CLASSES);
+  }
+  atomic_fetch_add(&r->S->metrics.predictions, n);
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddNumberToObject(d, "model", (double)m->id);
+  cJSON *preds = cJSON_AddArrayToObject(d, "predictions");
+  for (uint32_t i = 0; i < n; i++) {
+    const float *p = probs + (size_t)i * NN_CLASSES;
+    int label = nn_argmax(p);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "label", label);
+    cJSON_AddNumberToObject(o, "confidence", round(p[label] * 1e6) / 1e6);
+    double pr[NN_CLASSES];
+    for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(p[k] * 1e6) / 1e6;
+    cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, NN_CLASSES));
+    if (!px) cJSON_AddBoolToObject(o, "empty", empty);
+    if (explain) {
+      int v[NN_IMAGE_SIZE];
+      for (int k = 0; k < NN_IMAGE_SIZE; k++) v[k] = images[(size_t)i * NN_IMAGE_SIZE + k];
+      cJSON_AddItemToObject(o, "pixels", cJSON_CreateIntArray(v, NN_IMAGE_SIZE));
+    }
+    cJSON_AddItemToArray(preds, o);
+  }
+  srv_model_unref(m);
+  free(probs);
+  free(px);
+  return send_json(r, 200, d);
+}
+
+static enum MHD_Result h_tfs_predict(req *r) {
+  if (!json_body_ok(r)) return need_json(r);
+  char msg[512];
+  float *x = NULL;
+  uint32_t n = 0;
+  int rc = srv_tfs_parse(r->body, r->len, &x, &n, msg, sizeof msg);
+  if (rc) return send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
+  int status = 500;
+  srv_model *m = predict_model(r, &status, msg, sizeof msg);
+  if (!m) {
+    free(x);
+    return send_error(r, status, "%s", msg);
+  }
+  nn_workspace *ws = workspace_for(m);
+  float *probs = malloc((size_t)n * NN_CLASSES * sizeof(float));
+  if (!ws || !probs) {
+    free(x);
+    free(probs);
+    srv_model_unref(m);
+    return send_error(r, 500, "out of memory");
+  }
+  for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
+    uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
+    nn_predict_f32(m->m, ws, x + (size_t)off * NN_IMAGE_SIZE, k,
+                   probs + (size_t)off * NN_CLASSES);
+  }
+  atomic_fetch_add(&r->S->metrics.predictions, n);
+  srv_model_unref(m);
+  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "predictions");
+  for (uint32_t i = 0; i < n; i++) {
+    double pr[NN_CLASSES];
+    for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(probs[i * NN_CLASSES + k] * 1e6) / 1e6;
+    cJSON_AddItemToArray(a, cJSON_CreateDoubleArray(pr, NN_CLASSES));
+  }
+  free(probs);
+  free(x);
+  return send_json(r, 200, d);
+}
+
+/* ---- samples and evaluation */
+
+static cJSON *pixels_json(const uint8_t *px) {
+  int v[NN_IMAGE_SIZE];
+  for (int k = 0; k < NN_IMAGE_SIZE; k++) v[k] = px[k];
+  return cJSON_CreateIntArray(v, NN_IMAGE_SIZE);
+}
+
+static enum MHD_Result h_sample(req *r) {
+  const char *name = query(r, "dataset");
+  if (!name) name = "mnist";
+  if (strcmp(name, "mnist") && strcmp(name, "fashion-mnist"))
+    return send_error(r, 400, "dataset must be mnist or fashion-mnist");
+  const nn_dataset *ds;
+  char msg[512];
+  if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg))
+    return send_error(r, 404, "%s", msg);
+  static _Thread_local unsigned seed;
+  if (!seed) seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;
+  uint32_t idx = (uint32_t)rand_r(&seed) % ds->n;
+  const char *q = query(r, "index");
+  if (q) {
+    char *end;
+    long v = strtol(q, &end, 10);
+    if (*end || v < 0 || (uint32_t)v >= ds->n) {
+      srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+      return send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
+    }
+    idx = (uint32_t)v;
+  }
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddStringToObject(d, "dataset", name);
+  cJSON_AddNumberToObject(d, "index", idx);
+  cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
+  cJSON_AddItemToObject(d, "pixels", pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
+  srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+  return send_json(r, 200, d);
+}
+
+#define EVAL_MISSES 60
+
+static enum MHD_Result h_evaluation(req *r) {
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  char *cached = srv_models_eval_get(r->S->models, m);
+  if (cached) {
+    srv_model_unref(m);
+    return send_buf(r, 200, "application/json", cached, strlen(cached), MHD_RESPMEM_MUST_FREE);
+  }
+  const nn_dataset *ds;
+  char msg[512];
+  if (srv_data_get(r->S->data, m->dataset, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
+    srv_model_unref(m);
+    return send_error(r, 404, "%s", msg);
+  }
+  uint8_t *pred = malloc(ds->n);
+  float *probs = malloc(PREDICT_CHUNK * NN_CLASSES * sizeof(float));
+  nn_workspace *ws = workspace_for(m);
+  cJSON *d = NULL;
+  if (pred && probs && ws) {
+    int conf[NN_CLASSES][NN_CLASSES] = {{0}};
+    uint32_t correct = 0, misses = 0;
+    d = cJSON_CreateObject();
+    cJSON_AddNumberToObject(d, "model", (double)m->id);
+    cJSON_AddStringToObject(d, "dataset", m->dataset);
+    cJSON *mis = cJSON_CreateArray();
+    for (uint32_t off = 0; off < ds->n; off += PREDICT_CHUNK) {
+      uint32_t k = ds->n - off < PREDICT_CHUNK ? ds->n - off : PREDICT_CHUNK;
+      nn_predict_u8(m->m, ws, ds->images + (size_t)off * NN_IMAGE_SIZE, k, probs);
+      for (uint32_t i = 0; i < k; i++) {
+        const float *p = probs + (size_t)i * NN_CLASSES;
+        int y = ds->labels[off + i], yh = nn_argmax(p);
+        conf[y][yh]++;
+        correct += y == yh;
+        if (y != yh && misses < EVAL_MISSES) {
+          misses++;
+          cJSON *o = cJSON_CreateObject();
+          cJSON_AddNumberToObject(o, "index", off + i);
+          cJSON_AddNumberToObject(o, "label", y);
+          cJSON_AddNumberToObject(o, "predicted", yh);
+          cJSON_AddNumberToObject(o, "confidence", round(p[yh] * 1e4) / 1e4);
+          cJSON_AddItemToObject(o, "pixels",
+                                pixels_json(ds->images + (size_t)(off + i) * NN_IMAGE_SIZE));
+          cJSON_AddItemToArray(mis, o);
+        }
+      }
+    }
+    cJSON_AddNumberToObject(d, "accuracy", round(1e6 * correct / ds->n) / 1e6);
+    cJSON_AddNumberToObject(d, "images", ds->n);
+    cJSON *cm = cJSON_AddArrayToObject(d, "confusion");
+    for (int y = 0; y < NN_CLASSES; y++) cJSON_AddItemToArray(cm, cJSON_CreateIntArray(conf[y], NN_CLASSES));
+    cJSON_AddItemToObject(d, "misclassified", mis);
+  }
+  free(pred);
+  free(probs);
+  srv_data_put(r->S->data, m->dataset, NN_SPLIT_TEST);
+  if (!d) {
+    srv_model_unref(m);
+    return send_error(r, 500, "out of memory");
+  }
+  char *s = cJSON_PrintUnformatted(d);
+  cJSON_Delete(d);
+  if (s) srv_models_eval_set(r->S->models, m, s);
+  srv_model_unref(m);
+  if (!s) return send_error(r, 500, "out of memory");
+  return send_buf(r, 200, "application/json", s, strlen(s), MHD_RESPMEM_MUST_FREE);
+}
+
+/* ---- metrics */
+
+typedef struct sbuf {
+  char *p;
+  size_t len, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (b->p && b->len + (size_t)n < b->cap) {
+      b->len += (size_t)n;
+      return;
+    }
+    size_t cap = (b->cap ? b->cap * 2 : 8192) + (size_t)n;
+    char *p = realloc(b->p, cap);
+    if (!p) return;
+    b->p = p;
+    b->cap = cap;
+  }
+}
+
+/* ---------------------------------------------------------------- static files */
+
+static const char CSP[] =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'";
+
+static const char *type_of(const char *path) {
+  const char *dot = strrchr(path, '.');
+  static const struct { const char *ext, *type; } T[] = {
+      {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+      {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+      {".svg", "image/svg+xml"}, {".png", "image/png"}, {".ico", "image/x-icon"},
+      {".json", "application/json"}, {".txt", "text/plain; charset=utf-8"},
+      {".webmanifest", "application/manifest+json"}};
+  for (size_t i = 0; dot && i < sizeof T / sizeof *T; i++)
+    if (!strcmp(dot, T[i].ext)) return T[i].type;
+  return "application/octet-stream";
+}
+
+static enum MHD_Result send_asset(req *r, const char *path, const void *data, size_t len,
+                                  const char *etag, enum MHD_ResponseMemoryMode mode) {
+  const char *inm = header(r, "If-None-Match");
+  int not_modified = inm && etag && !strcmp(inm, etag);
+  struct MHD_Response *resp = not_modified
+                                  ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
+                                  : MHD_create_response_from_buffer(len, (void *)data, mode);
+  if (not_modified && mode == MHD_RESPMEM_MUST_FREE) free((void *)data);
+  if (!resp) return MHD_NO;
+  const char *type = type_of(path);
+  MHD_add_response_header(resp, "Content-Type", type);
+  if (etag) MHD_add_response_header(resp, "ETag", etag);
+  /* Revalidate every time: the ETag makes that a cheap 304, and a new
+   * binary never serves stale scripts. */
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  if (!strncmp(type, "text/html", 9)) {
+    MHD_add_response_header(resp, "Content-Security-Policy", CSP);
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+  }
+  common_headers(resp);
+  int status = not_modified ? 304 : 200;
+  r->status = status;
+  enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+/* Paths are checked segment by segment: no "..", no ".", no empty or
+ * hidden segment, no backslash or NUL — nothing can leave the web root. */
+static int safe_path(const char *p) {
+  if (p[0] != '/' || strlen(p) > 200) return 0;
+  for (const char *s = p + 1; *s;) {
+    const char *e = strchr(s, '/');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    if (n == 0 || s[0] == '.') return 0;
+    for (size_t i = 0; i < n; i++)
+      if (s[i] == '\\' || (unsigned char)s[i] < 0x20) return 0;
+    s += n + (e ? 1 : 0);
+    if (e && !*s) return 0;
+  }
+  return 1;
+}
+
+static enum MHD_Result h_static(req *r) {
+  const char *path = !strcmp(r->url, "/") ? "/index.html" : r->url;
+  if (!safe_path(path)) return send_error(r, 404, "not found: %s", r->url);
+  if (r->S->cfg.web_dir[0]) {
+    /* From disk (development): web/ plus the vendored chart library. */
+    char file[PATH_MAX + 256];
+    if (!strncmp(path, "/vendor/", 8))
+      snprintf(file, sizeof file, "%s/../node_modules/uplot/dist/%s", r->S->cfg.web_dir, path + 8);
+    else
+      snprintf(file, sizeof file, "%s%s", r->S->cfg.web_dir, path);
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (16 << 20)) {
+      if (fd >= 0) close(fd);
+      return send_error(r, 404, "not found: %s", r->url);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    ssize_t got = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+    close(fd);
+    if (got != st.st_size) {
+      free(buf);
+      return send_error(r, 500, "could not read %s", path);
+    }
+    char etag[48];
+    snprintf(etag, sizeof etag, "\"%lx-%lx\"", (unsigned long)st.st_mtime,
+             (unsigned long)st.st_size);
+    return send_asset(r, path, buf, (size_t)st.st_size, etag, MHD_RESPMEM_MUST_FREE);
+  }
+  const srv_asset *a = srv_asset_find(path);
+  if (!a) return send_error(r, 404, "not found: %s", r->url);
+  return send_asset(r, path, a->data, a->len, a->etag, MHD_RESPMEM_PERSISTENT);
+}
+
+/* ---------------------------------------------------------------- routing */
+
+static enum MHD_Result h_metrics(req *r);
+
+static const route ROUTES[] = {
+    {"GET", "/healthz", h_healthz, 0},
+    {"GET", "/readyz", h_readyz, 0},
+    {"GET", "/metrics", h_metrics, 0},
+    {"GET", "/v1/datasets", h_datasets, 0},
+    {"POST", "/v1/jobs", h_job_create, 1},
+    {"GET", "/v1/jobs", h_jobs, 0},
+    {"GET", "/v1/jobs/:id", h_job, 0},
+    {"GET", "/v1/jobs/:id/events", h_job_events, 0},
+    {"POST", "/v1/jobs/:id/cancel", h_job_cancel, 1},
+    {"POST", "/v1/models/mnist:predict", h_tfs_predict, 0},
+    {"GET", "/v1/models", h_models, 0},
+    {"GET", "/v1/models/:id", h_model, 0},
+    {"DELETE", "/v1/models/:id", h_model_delete, 1},
+    {"GET", "/v1/models/:id/file", h_model_file, 0},
+    {"GET", "/v1/models/:id/evaluation", h_evaluation, 0},
+    {"POST", "/v1/models/:id/activate", h_model_activate, 1},
+    {"POST", "/v1/predict", h_predict, 0},
+    {"GET", "/v1/samples/random", h_sample, 0},
+};
+static const size_t N_ROUTES = sizeof ROUTES / sizeof *ROUTES;
+
+
+static enum MHD_Result h_metrics(req *r) {
+  srv *S = r->S;
+  sbuf b = {0};
+  sb_printf(&b, "# HELP mnistd_http_requests_total HTTP requests by route and status.\n"
+                "# TYPE mnistd_http_requests_total counter\n");
+  for (size_t i = 0; i < SRV_MAX_ROUTES + 2; i++) {
+    char name[96];
+    if (i < N_ROUTES) snprintf(name, sizeof name, "%s %s", ROUTES[i].method, ROUTES[i].pattern);
+    else snprintf(name, sizeof name, "%s", i == ROUTE_STATIC ? "GET static" : "unmatched");
+    for (int st = 100; st < 600; st++) {
+      unsigned long v = atomic_load(&S->metrics.requests[i][st]);
+      if (v) sb_printf(&b, "mnistd_http_requests_total{route=\"%s\",status=\"%d\"} %lu\n", name,
+                       st, v);
+    }
+  }
+  static const char *edges[SRV_LAT_BUCKETS] = {"0.0001", "0.00025", "0.0005", "0.001",
+                                               "0.0025", "0.005",   "0.01",   "0.025",
+                                               "0.05",   "0.1",     "0.25",   "1"};
+  sb_printf(&b, "# HELP mnistd_predict_duration_seconds Time to answer POST /v1/predict.\n"
+                "# TYPE mnistd_predict_duration_seconds histogram\n");
+  for (int i = 0; i < SRV_LAT_BUCKETS; i++)
+    sb_printf(&b, "mnistd_predict_duration_seconds_bucket{le=\"%s\"} %lu\n", edges[i],
+              atomic_load(&S->metrics.lat_buckets[i]));
+  unsigned long cnt = atomic_load(&S->metrics.lat_count);
+  sb_printf(&b, "mnistd_predict_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
+  sb_printf(&b, "mnistd_predict_duration_seconds_sum %.9f\n",
+            atomic_load(&S->metrics.lat_sum_ns) * 1e-9);
+  sb_printf(&b, "mnistd_predict_duration_seconds_count %lu\n", cnt);
+  sb_printf(&b, "# HELP mnistd_predictions_total Images classified.\n"
+                "# TYPE mnistd_predictions_total counter\nmnistd_predictions_total %lu\n",
+            atomic_load(&S->metrics.predictions));
+  int counts[SRV_JOB_NSTATES];
+  double sps;
+  uint64_t total;
+  srv_jobs_counts(S->jobs, counts, &sps, &total);
+  sb_printf(&b, "# HELP mnistd_jobs Training jobs by state.\n# TYPE mnistd_jobs gauge\n");
+  for (int i = 0; i < SRV_JOB_NSTATES; i++)
+    sb_printf(&b, "mnistd_jobs{state=\"%s\"} %d\n", srv_job_state_name((srv_job_state)i),
+              counts[i]);
+  sb_printf(&b,
+            "# HELP mnistd_training_samples_per_second Training speed of the running jobs.\n"
+            "# TYPE mnistd_training_samples_per_second gauge\n"
+            "mnistd_training_samples_per_second %.1f\n"
+            "# HELP mnistd_training_samples_total Images trained on since start.\n"
+            "# TYPE mnistd_training_samples_total counter\n"
+            "mnistd_training_samples_total %llu\n",
+            sps, (unsigned long long)total);
+  sb_printf(&b, "# HELP mnistd_sse_subscribers Open event streams.\n"
+                "# TYPE mnistd_sse_subscribers gauge\nmnistd_sse_subscribers %d\n",
+            srv_jobs_subscribers(S->jobs));
+  srv_model *m = srv_models_active(S->models);
+  sb_printf(&b, "# HELP mnistd_active_model_info The model answering predictions.\n"
+                "# TYPE mnistd_active_model_info gauge\n");
+  if (m) {
+    sb_printf(&b,
+              "mnistd_active_model_info{id=\"%lld\",arch=\"%s\",dataset=\"%s\"} 1\n"
+              "# HELP mnistd_active_model_test_accuracy Test accuracy of the active model.\n"
+              "# TYPE mnistd_active_model_test_accuracy gauge\n"
+              "mnistd_active_model_test_accuracy %.6f\n",
+              (long long)m->id, m->arch, m->dataset, m->test_accuracy);
+    srv_model_unref(m);
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  sb_printf(&b, "# HELP mnistd_start_time_seconds Unix time the daemon started.\n"
+                "# TYPE mnistd_start_time_seconds gauge\nmnistd_start_time_seconds %.3f\n",
+            S->started_ms / 1000.0);
+  if (!b.p) return send_error(r, 500, "out of memory");
+  return send_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len,
+                  MHD_RESPMEM_MUST_FREE);
+}
+
+size_t srv_routes(const srv_route_info **out) {
+  static srv_route_info info[sizeof ROUTES / sizeof *ROUTES];
+  for (size_t i = 0; i < N_ROUTES; i++)
+    info[i] = (srv_route_info){ROUTES[i].method, ROUTES[i].pattern, ROUTES[i].mutating};
+  *out = info;
+  return N_ROUTES;
+}
+
+/* Matches a path against a pattern; ":id" takes a positive number. */
+static int match(const char *pat, const char *path, int64_t *id) {
+  while (*pat && *path) {
+    if (!strncmp(pat, ":id", 3)) {
+      char *end;
+      if (*path < '1' || *path > '9') return 0;
+      long long v = strtoll(path, &end, 10);
+      if (v <= 0 || (*end && *end != '/')) return 0;
+      *id = v;
+      path = end;
+      pat += 3;
+      continue;
+    }
+    if (*pat++ != *path++) return 0;
+  }
+  return !*pat && !*path;
+}
+
+static int token_ok(req *r) {
+  const char *want = r->S->cfg.api_token;
+  if (!want[0]) return 1;
+  const char *h = header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+  if (!h || strncmp(h, "Bearer ", 7)) return 0;
+  h += 7;
+  /* Constant time in the token's length: no early exit on a mismatch. */
+  size_t a = strlen(h), b = strlen(want);
+  unsigned char diff = (unsigned char)(a != b);
+  for (size_t i = 0; i < b; i++) diff |= (unsigned char)(want[i] ^ (i < a ? h[i] : 0));
+  return diff == 0;
+}
+
+static enum MHD_Result dispatch_first(req *r) {
+  const char *path = r->url;
+  int path_known = 0;
+  char allow[64] = "";
+  for (size_t i = 0; i < N_ROUTES; i++) {
+    int64_t id = 0;
+    if (!match(ROUTES[i].pattern, path, &id)) continue;
+    path_known = 1;
+    if (strstr(allow, ROUTES[i].method) == NULL)
+      snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "",
+               ROUTES[i].method);
+    if (!strcmp(ROUTES[i].method, r->method) ||
+        (!strcmp(r->method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) {
+      r->route = (int)i;
+      r->id = id;
+      return MHD_YES;
+    }
+  }
+  if (path_known) {
+    r->route = ROUTE_NONE;
+    struct MHD_Response *resp;
+    char msg[160];
+    int n = snprintf(msg, sizeof msg,
+                     "{\"error\":{\"code\":405,\"message\":\"%s is not allowed here; use %s\"}}",
+                     r->method, allow);
+    resp = MHD_create_response_from_buffer((size_t)n, msg, MHD_RESPMEM_MUST_COPY);
+    MHD_add_response_header(resp, "Allow", allow);
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    common_headers(resp);
+    r->status = 405;
+    enum MHD_Result ret = MHD_queue_response(r->conn, 405, resp);
+    MHD_destroy_response(resp);
+    return ret;
+  }
+  if (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) {
+    r->route = ROUTE_NONE;
+    return send_error(r, 404, "no such endpoint: %s %s (see the README's API reference)",
+                      r->method, path);
+  }
+  if (strcmp(r->method, "GET") && strcmp(r->method, "HEAD")) {
+    r->route = ROUTE_NONE;
+    return send_error(r, 405, "%s is not allowed on static files", r->method);
+  }
+  r->route = ROUTE_STATIC;
+  return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+  (void)version;
+  srv *S = cls;
+  req *r = *con_cls;
+  if (!r) {
+    r = calloc(1, sizeof *r);
+    if (!r) return MHD_NO;
+    *con_cls = r;
+    r->S = S;
+    r->conn = conn;
+    r->url = url;
+    r->method = method;
+    r->t0 = now_s();
+    r->route = ROUTE_NONE;
+    if (atomic_load(&S->stopping)) return send_error(r, 503, "the server is shutting down");
+    if (dispatch_first(r) != MHD_YES || r->status) return r->status ? MHD_YES : MHD_NO;
+    if (r->route < (int)N_ROUTES && ROUTES[r->route].mutating && !token_ok(r)) {
+      struct MHD_Response *resp = MHD_create_response_from_buffer(
+          strlen("{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
+                 "Authorization: Bearer <token>\"}}"),
+          (void *)"{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
+                  "Authorization: Bearer <token>\"}}",
+          MHD_RESPMEM_PERSISTENT);
+      MHD_add_response_header(resp, "Content-Type", "application/json");
+      MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"mnistd\"");
+      common_headers(resp);
+      r->status = 401;
+      enum MHD_Result ret = MHD_queue_response(conn, 401, resp);
+      MHD_destroy_response(resp);
+      return ret;
+    }
+    const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > S->cfg.max_body)
+      return send_error(r, 413, "the body is %s bytes; this server accepts at most %zu", cl,
+                        S->cfg.max_body);
+    r->is_predict = r->route < (int)N_ROUTES && ROUTES[r->route].h == h_predict;
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    if (r->status) { /* already answered (401, 413...): drop the body */
+      *upload_size = 0;
+      return MHD_YES;
+    }
+    size_t n = *upload_size;
+    *upload_size = 0;
+    if (r->too_big || r->len + n > S->cfg.max_body) {
+      r->too_big = 1;
+      free(r->body);
+      r->body = NULL;
+      r->len = r->cap = 0;
+      return MHD_YES;
+    }
+    if (r->len + n + 1 > r->cap) {
+      size_t cap = r->cap ? r->cap : 4096;
+      while (cap < r->len + n + 1) cap *= 2;
+      if (cap > S->cfg.max_body + 1) cap = S->cfg.max_body + 1;
+      char *b = realloc(r->body, cap);
+      if (!b) return MHD_NO;
+      r->body = b;
+      r->cap = cap;
+    }
+    memcpy(r->body + r->len, upload_data, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return MHD_YES;
+  }
+  if (r->status) return MHD_YES;
+  if (r->too_big)
+    return send_error(r, 413, "the body is larger than %zu bytes, this server's limit",
+                      S->cfg.max_body);
+  if (!r->body) {
+    r->body = calloc(1, 1);
+    if (!r->body) return MHD_NO;
+  }
+  if (r->route == ROUTE_STATIC) return h_static(r);
+  return ROUTES[r->route].h(r);
+}
+
+void srv_log(const srv *S, const char *level, const char *msg) {
+  char t[40];
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  strftime(t, sizeof t, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (S->cfg.log_json) {
+    cJSON *o = cJSON_CreateObject();
+    char tt[64];
+    snprintf(tt, sizeof tt, "%s.%03ldZ", t, ts.tv_nsec / 1000000);
+    cJSON_AddStringToObject(o, "time", tt);
+    cJSON_AddStringToObject(o, "level", level);
+    cJSON_AddStringToObject(o, "msg", msg);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (s) fprintf(stderr, "%s\n", s);
+    free(s);
+  } else {
+    fprintf(stderr, "%s.%03ldZ %s %s\n", t, ts.tv_nsec / 1000000, level, msg);
+  }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  (void)conn;
+  srv *S = cls;
+  req *r = *con_cls;
+  if (!r) return;
+  double ms = (now_s() - r->t0) * 1e3;
+  int st = r->status ? r->status : 500;
+  if (st >= 100 && st < 600) atomic_fetch_add(&S->metrics.requests[r->route][st], 1);
+  if (r->is_predict && st == 200) observe_latency(S, ms / 1e3);
+  /* Event streams log when they end; everything logs once. */
+  if (S->cfg.log_json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "method", r->method);
+    cJSON_AddStringToObject(o, "path", r->url);
+    cJSON_AddNumberToObject(o, "status", st);
+    cJSON_AddNumberToObject(o, "ms", round(ms * 100) / 100);
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) cJSON_AddBoolToObject(o, "aborted", 1);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (s) srv_log(S, "info", s);
+    free(s);
+  } else {
+    char line[600];
+    snprintf(line, sizeof line, "%s %.300s %d %.2fms%s", r->method, r->url, st, ms,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
+    srv_log(S, "info", line);
+  }
+  free(r->body);
+  free(r);
+  *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+  srv *S = cls;
+  char buf[512];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  size_t n = strlen(buf);
+  while (n && buf[n - 1] == '\n') buf[--n] = 0;
+  srv_log(S, "warn", buf);
+}
+
+int srv_http_start(srv *S, char *msg, size_t msglen) {
+  char host[128];
+  snprintf(host, sizeof host, "%s", S->cfg.listen);
+  char *colon = strrchr(host, ':');
+  if (!colon) {
+    snprintf(msg, msglen, "--listen must be HOST:PORT, not %s", S->cfg.listen);
+    return -EINVAL;
+  }
+  *colon = 0;
+  long port = strtol(colon + 1, NULL, 10);
+  struct sockaddr_in sa = {0};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  const char *h = host[0] == '[' ? NULL : host;
+  if (!h || inet_pton(AF_INET, !strcmp(h, "localhost") ? "127.0.0.1" : h, &sa.sin_addr) != 1) {
+    snprintf(msg, msglen, "--listen host must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, not %s",
+             host);
+    return -EINVAL;
+  }
+  /* Leave room under the descriptor limit for files and the database. */
+  struct rlimit rl;
+  unsigned limit = (unsigned)S->cfg.conn_limit;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    if (rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+      getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < limit + 64)
+      limit = rl.rlim_cur > 128 ? (unsigned)rl.rlim_cur - 64 : 64;
+  }
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                   MHD_USE_ERROR_LOG;
+  S->mhd = MHD_start_daemon(
+      flags, (uint16_t)port, NULL, NULL, on_request, S, MHD_OPTION_SOCK_ADDR, &sa,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)S->cfg.threads, MHD_OPTION_CONNECTION_LIMIT, limit,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S->cfg.conn_timeout,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
+      MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      (size_t)64 * 1024, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+  if (!S->mhd) {
+    snprintf(msg, msglen, "cannot listen on %s (address in use, or not allowed)", S->cfg.listen);
+    return -EADDRINUSE;
+  }
+  return 0;
+}
+
+void srv_http_quiesce(srv *S) {
+  if (S->mhd) {
+    MHD_socket s = MHD_quiesce_daemon(S->mhd);
+    if (s != MHD_INVALID_SOCKET) close(s);
+  }
+}
+
+void srv_http_stop(srv *S) {
+  if (S->mhd) MHD_stop_daemon(S->mhd);
+  S->mhd = NULL;
+}

@@ -1,0 +1,936 @@
+/* Training jobs. One mutex (J->mu) guards every job's fields, event logs
+ * and subscriber lists; the store has its own and is always taken second. */
+#include "srv_jobs.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HEARTBEAT_MS 15000
+#define PROGRESS_MS 250
+
+typedef struct event {
+  uint64_t id;
+  uint32_t epoch;
+  char type[12];
+  char *data;
+} event;
+
+typedef struct job job;
+
+struct srv_sub {
+  srv_jobs *J;
+  job *j;
+  uint64_t last;          /* id of the last event sent */
+  int ndjson;
+  int waiting;            /* reported "no data"; wake on news */
+  int heartbeat;          /* a comment is due */
+  int closing;            /* the daemon stops: end the stream */
+  char *pending;          /* formatted bytes not yet copied out */
+  size_t pending_len, pending_off;
+  void (*wake)(void *);
+  void *ctx;
+  srv_sub *next;
+};
+
+struct job {
+  int64_t id;
+  srv_job_state state;
+  srv_job_config cfg;
+  char *config_json;
+  int64_t created_ms, started_ms, finished_ms, model_id;
+  char error[512];
+  uint64_t parameters;
+  /* progress of the running epoch */
+  uint32_t epoch, epochs_done, batch, batches;
+  float loss, accuracy;
+  double sps, eta;
+  uint64_t samples_done;
+  double last_progress;   /* monotonic seconds of the last progress event */
+  /* finished epochs: JSON rows */
+  char **metrics;
+  uint32_t n_metrics;
+  /* event log */
+  event *events;
+  size_t n_events, cap_events;
+  uint64_t seq;
+  srv_sub *subs;
+  int dirty;              /* new events since the last publish */
+  volatile int cancel;    /* read by the trainer between batches */
+  int shutdown;           /* cancel came from the daemon stopping */
+  int resume;             /* continue from a checkpoint */
+  uv_work_t work;
+  srv_jobs *J;
+  job *next;              /* id order */
+};
+
+struct srv_jobs {
+  pthread_mutex_t mu;
+  uv_loop_t *loop;
+  uv_async_t publish;     /* training threads -> loop: wake streams, schedule */
+  uv_timer_t heartbeat;
+  srv_store *st;
+  srv_models *models;
+  srv_data *data;
+  srv_jobs_options opt;
+  char state_dir[PATH_MAX];
+  job *jobs, *tail;
+  int running;
+  int stopping;
+  int handles_closed;
+  int n_subs;
+  uint64_t samples_total; /* trained samples since start, for /metrics */
+  double last_sps;
+};
+
+static const char *STATE_NAMES[SRV_JOB_NSTATES] = {"queued", "running", "succeeded", "failed",
+                                                  "cancelled"};
+
+const char *srv_job_state_name(srv_job_state s) {
+  return (unsigned)s < SRV_JOB_NSTATES ? STATE_NAMES[s] : "unknown";
+}
+
+int srv_job_state_parse(const char *name) {
+  for (int i = 0; i < SRV_JOB_NSTATES; i++)
+    if (name && !strcmp(name, STATE_NAMES[i])) return i;
+  return -1;
+}
+
+static int finished(srv_job_state s) { return s >= SRV_JOB_SUCCEEDED; }
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void logf_(srv_jobs *J, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logf_(srv_jobs *J, const char *fmt, ...) {
+  if (!J->opt.log) return;
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  J->opt.log(buf);
+}
+
+static void checkpoint_path(srv_jobs *J, int64_t id, char *buf, size_t len) {
+  snprintf(buf, len, "%s/checkpoints/%lld.ckpt", J->state_dir, (long long)id);
+}
+
+static job *find(srv_jobs *J, int64_t id) {
+  for (job *j = J->jobs; j; j = j->next)
+    if (j->id == id) return j;
+  return NULL;
+}
+
+static void job_free(job *j) {
+  for (size_t i = 0; i < j->n_events; i++) free(j->events[i].data);
+  free(j->events);
+  for (uint32_t i = 0; i < j->n_metrics; i++) free(j->metrics[i]);
+  free(j->metrics);
+  free(j->config_json);
+  free(j);
+}
+
+static void append(srv_jobs *J, job *j) {
+  if (J->tail) J->tail->next = j;
+  else J->jobs = j;
+  J->tail = j;
+}
+
+/* Adds an event to the log (memory and store). Caller holds J->mu. */
+static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *data) {
+  char *s = cJSON_PrintUnformatted(data);
+  cJSON_Delete(data);
+  if (!s) return;
+  if (j->n_events == j->cap_events) {
+    size_t cap = j->cap_events ? j->cap_events * 2 : 16;
+    event *e = realloc(j->events, cap * sizeof *e);
+    if (!e) {
+      free(s);
+      return;
+    }
+    j->events = e;
+    j->cap_events = cap;
+  }
+  event *e = &j->events[j->n_events++];
+  e->id = ++j->seq;
+  e->epoch = epoch;
+  snprintf(e->type, sizeof e->type, "%s", type);
+  e->data = s;
+  /* Progress is ephemeral; losing it in a crash costs nothing. */
+  if (strcmp(type, "progress"))
+    srv_store_event_add(J->st, j->id, e->id, epoch, type, s);
+  j->dirty = 1;
+  uv_async_send(&J->publish);
+}
+
+static cJSON *state_event(job *j) {
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddNumberToObject(d, "job", (double)j->id);
+  cJSON_AddStringToObject(d, "state", srv_job_state_name(j->state));
+  if (j->error[0]) cJSON_AddStringToObject(d, "error", j->error);
+  return d;
+}
+
+static void persist(srv_jobs *J, job *j) {
+  srv_job_row r = {j->id, srv_job_state_name(j->state), j->config_json, j->created_ms,
+                   j->started_ms, j->finished_ms, j->model_id, j->error[0] ? j->error : NULL};
+  int rc = srv_store_job_update(J->st, &r);
+  if (rc) logf_(J, "job %lld: could not record state %s: %s", (long long)j->id,
+                r.state, srv_store_errmsg(J->st));
+}
+
+/* Moves a job to a new state, records it and tells the streams. Caller
+ * holds J->mu. */
+static void set_state(srv_jobs *J, job *j, srv_job_state s) {
+  j->state = s;
+  if (s == SRV_JOB_RUNNING && !j->started_ms) j->started_ms = wall_ms();
+  if (finished(s)) j->finished_ms = wall_ms();
+  persist(J, j);
+  emit(J, j, "state", 0, state_event(j));
+  if (finished(s)) {
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddNumberToObject(d, "job", (double)j->id);
+    cJSON_AddStringToObject(d, "state", srv_job_state_name(s));
+    if (j->model_id) cJSON_AddNumberToObject(d, "model_id", (double)j->model_id);
+    else cJSON_AddNullToObject(d, "model_id");
+    emit(J, j, "end", 0, d);
+  }
+}
+
+/* ---------------------------------------------------------------- runner */
+
+static cJSON *progress_json(const job *j) {
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddNumberToObject(d, "epoch", j->epoch);
+  cJSON_AddNumberToObject(d, "epochs", j->cfg.epochs);
+  cJSON_AddNumberToObject(d, "batch", j->batch);
+  cJSON_AddNumberToObject(d, "batches", j->batches);
+  cJSON_AddNumberToObject(d, "loss", round(j->loss * 1e6) / 1e6);
+  cJSON_AddNumberToObject(d, "accuracy", round(j->accuracy * 1e6) / 1e6);
+  cJSON_AddNumberToObject(d, "samples_per_second", round(j->sps));
+  cJSON_AddNumberToObject(d, "eta_seconds", round(j->eta * 10) / 10);
+  return d;
+}
+
+typedef struct run_ctx {
+  job *j;
+  double t0;
+  uint32_t train_n;
+} run_ctx;
+
+static int on_progress(const nn_progress *p, void *user) {
+  run_ctx *c = user;
+  job *j = c->j;
+  srv_jobs *J = j->J;
+  double now = mono_s();
+  pthread_mutex_lock(&J->mu);
+  j->epoch = p->epoch;
+  j->batch = p->batch;
+  j->batches = p->batches;
+  j->loss = p->loss;
+  j->accuracy = p->accuracy;
+  j->sps = now > c->t0 ? p->samples / (now - c->t0) : 0;
+  /* ETA of the whole job: the rest of this epoch plus the epochs to come. */
+  double left = (double)(c->train_n - p->samples) +
+                (double)(j->cfg.epochs - p->epoch) * c->train_n;
+  j->eta = j->sps > 0 ? left / j->sps : 0;
+  if (now - j->last_progress >= PROGRESS_MS / 1000.0 || p->batch == p->batches) {
+    j->last_progress = now;
+    emit(J, j, "progress", p->epoch, progress_json(j));
+  }
+  pthread_mutex_unlock(&J->mu);
+  return 0;
+}
+
+static char *metrics_json(const nn_epoch_metrics *m) {
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "{\"epoch\":%u,\"loss\":%.6f,\"accuracy\":%.6f,\"val_loss\":%.6f,"
+           "\"val_accuracy\":%.6f,\"seconds\":%.4f,\"samples_per_second\":%.1f}",
+           m->epoch, (double)m->loss, (double)m->accuracy, (double)m->val_loss,
+           (double)m->val_accuracy, m->seconds, m->samples_per_second);
+  return strdup(buf);
+}
+
+/* Fails the job with a message (training thread, lock not held). */
+static void fail_job(srv_jobs *J, job *j, const char *msg) {
+  pthread_mutex_lock(&J->mu);
+  snprintf(j->error, sizeof j->error, "%s", msg);
+  set_state(J, j, SRV_JOB_FAILED);
+  pthread_mutex_unlock(&J->mu);
+  logf_(J, "job %lld failed: %s", (long long)j->id, msg);
+}
+
+static void work_cb(uv_work_t *w) {
+  job *j = w->data;
+  srv_jobs *J = j->J;
+  char msg[700], ck[PATH_MAX + 64];
+  const nn_dataset *train = NULL, *test = NULL;
+  nn_model *m = NULL;
+  nn_trainer *t = NULL;
+  nn_workspace *ews = NULL;
+  nn_err err = {0};
+  int rc;
+  checkpoint_path(J, j->id, ck, sizeof ck);
+
+  if ((rc = srv_data_get(J->data, j->cfg.dataset, NN_SPLIT_TRAIN, &train, msg, sizeof msg)) ||
+      (rc = srv_data_get(J->data, j->cfg.dataset, NN_SPLIT_TEST, &test, msg, sizeof msg))) {
+    fail_job(J, j, msg);
+    goto out;
+  }
+  /* Views that stop at the limits; the buffers stay the cache's. */
+  nn_dataset tv = *train, sv = *test;
+  if (j->cfg.train_limit && j->cfg.train_limit < tv.n) tv.n = j->cfg.train_limit;
+  if (j->cfg.test_limit && j->cfg.test_limit < sv.n) sv.n = j->cfg.test_limit;
+
+  if (j->resume && access(ck, F_OK) == 0) {
+    if ((rc = nn_checkpoint_load(&m, &t, ck, &err))) {
+      logf_(J, "job %lld: checkpoint unusable (%s); starting over", (long long)j->id, err.msg);
+    } else {
+      nn_trainer_set_threads(t, (uint32_t)J->opt.train_threads);
+      logf_(J, "job %lld: resuming after epoch %u", (long long)j->id, nn_trainer_epoch(t));
+    }
+  }
+  if (!t) {
+    nn_train_config tc;
+    nn_train_defaults(&tc);
+    nn_opt_defaults(&tc.opt, j->cfg.optimizer);
+    tc.opt.lr = j->cfg.learning_rate;
+    tc.opt.momentum = j->cfg.momentum;
+    tc.batch_size = j->cfg.batch_size;
+    tc.seed = j->cfg.seed;
+    tc.threads = (uint32_t)J->opt.train_threads;
+    if ((rc = nn_model_create_preset(&m, j->cfg.arch)) ||
+        (rc = nn_trainer_create(&t, m, &tc))) {
+      snprintf(msg, sizeof msg, "cannot create the model: %s", nn_strerror(rc));
+      fail_job(J, j, msg);
+      goto out;
+    }
+    nn_model_init(m, j->cfg.seed);
+  }
+  if ((rc = nn_workspace_create(&ews, m, 500))) {
+    fail_job(J, j, "out of memory");
+    goto out;
+  }
+  uint32_t done = nn_trainer_epoch(t);
+  srv_store_job_rewind(J->st, j->id, done);
+  pthread_mutex_lock(&J->mu);
+  /* Drop what the crashed run logged past the checkpoint. */
+  while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
+  j->epochs_done = done;
+  j->parameters = m->n_params;
+  j->batches = (tv.n + j->cfg.batch_size - 1) / j->cfg.batch_size;
+  set_state(J, j, SRV_JOB_RUNNING);
+  pthread_mutex_unlock(&J->mu);
+  logf_(J, "job %lld running: %s on %s, %u epochs from epoch %u", (long long)j->id,
+        j->cfg.arch, j->cfg.dataset, j->cfg.epochs, done + 1);
+
+  nn_epoch_metrics mt = {0};
+  float vloss = NAN, vacc = NAN;
+  for (uint32_t e = done + 1; e <= j->cfg.epochs; e++) {
+    run_ctx rc_ = {j, mono_s(), tv.n};
+    rc = nn_train_epoch(t, &tv, on_progress, &rc_, &j->cancel, &mt);
+    if (rc == NN_ECANCELED) break;
+    if (rc) {
+      snprintf(msg, sizeof msg, "training failed: %s", nn_strerror(rc));
+      fail_job(J, j, msg);
+      goto out;
+    }
+    double t1 = mono_s();
+    nn_evaluate(m, ews, &sv, &vloss, &vacc, NULL);
+    mt.val_loss = vloss;
+    mt.val_accuracy = vacc;
+    mt.eval_seconds = mono_s() - t1;
+    if (!isfinite(mt.loss)) {
+      fail_job(J, j, "training diverged (the loss is not a number); try a lower learning_rate");
+      goto out;
+    }
+    char *row = metrics_json(&mt);
+    /* The row first, then the checkpoint: after a crash between the two the
+     * epoch is redone and, being deterministic, rewrites the same row. */
+    if (!row || (rc = srv_store_metric_put(J->st, j->id, e, row))) {
+      free(row);
+      snprintf(msg, sizeof msg, "could not record epoch %u: %s", e,
+               rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(J->st));
+      fail_job(J, j, msg);
+      goto out;
+    }
+    if ((rc = nn_checkpoint_save(t, ck, &err))) {
+      free(row);
+      snprintf(msg, sizeof msg, "could not write the checkpoint: %s", err.msg);
+      fail_job(J, j, msg);
+      goto out;
+    }
+    pthread_mutex_lock(&J->mu);
+    char **mr = realloc(j->metrics, (j->n_metrics + 1) * sizeof *mr);
+    if (mr) {
+      j->metrics = mr;
+      j->metrics[j->n_metrics++] = row;
+    } else {
+      free(row);
+    }
+    j->epochs_done = e;
+    J->samples_total += tv.n;
+    J->last_sps = mt.samples_per_second;
+    cJSON *d = cJSON_Parse(j->metrics[j->n_metrics - 1]);
+    emit(J, j, "epoch", e, d);
+    pthread_mutex_unlock(&J->mu);
+  }
+
+  if (j->cancel) {
+    pthread_mutex_lock(&J->mu);
+    if (j->shutdown) {
+      /* Stays "running" in the store: the next start resumes it. */
+      logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
+            j->epochs_done);
+    } else {
+      set_state(J, j, SRV_JOB_CANCELLED);
+      unlink(ck);
+    }
+    pthread_mutex_unlock(&J->mu);
+    goto out;
+  }
+
+  /* Register the model and finish the job in one transaction. */
+  pthread_mutex_lock(&J->mu);
+  srv_job_row row = {j->id, "succeeded", j->config_json, j->created_ms, j->started_ms,
+                     wall_ms(), 0, NULL};
+  pthread_mutex_unlock(&J->mu);
+  int64_t prev = srv_models_active_id(J->models);
+  srv_model *pm = prev ? srv_models_get(J->models, prev) : NULL;
+  double prev_acc = pm ? pm->test_accuracy : -1;
+  int same_data = pm && !strcmp(pm->dataset, j->cfg.dataset);
+  srv_model_unref(pm);
+  int64_t mid = 0;
+  if ((rc = srv_models_add(J->models, m, j->cfg.dataset, vacc, vloss, j->id, &row, &mid, msg,
+                           sizeof msg))) {
+    fail_job(J, j, msg);
+    goto out;
+  }
+  m = NULL; /* the registry owns it now */
+  int activate = j->cfg.activate == SRV_ACTIVATE_ALWAYS ||
+                 (j->cfg.activate == SRV_ACTIVATE_IF_BETTER &&
+                  (!prev || !same_data || vacc > prev_acc));
+  if (activate) srv_models_activate(J->models, mid);
+  unlink(ck);
+  pthread_mutex_lock(&J->mu);
+  j->model_id = mid;
+  j->finished_ms = row.finished_ms;
+  /* The store already holds the final row; emit the events. */
+  j->state = SRV_JOB_SUCCEEDED;
+  emit(J, j, "state", 0, state_event(j));
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddNumberToObject(d, "job", (double)j->id);
+  cJSON_AddStringToObject(d, "state", "succeeded");
+  cJSON_AddNumberToObject(d, "model_id", (double)mid);
+  cJSON_AddBoolToObject(d, "activated", activate);
+  emit(J, j, "end", 0, d);
+  pthread_mutex_unlock(&J->mu);
+  logf_(J, "job %lld succeeded: model %lld, test accuracy %.4f%s", (long long)j->id,
+        (long long)mid, (double)vacc, activate ? " (active)" : "");
+out:
+  nn_workspace_free(ews);
+  nn_trainer_free(t);
+  nn_model_free(m);
+  if (train) srv_data_put(J->data, j->cfg.dataset, NN_SPLIT_TRAIN);
+  if (test) srv_data_put(J->data, j->cfg.dataset, NN_SPLIT_TEST);
+}
+
+static void schedule(srv_jobs *J);
+
+static void after_work_cb(uv_work_t *w, int status) {
+  (void)status;
+  job *j = w->data;
+  srv_jobs *J = j->J;
+  pthread_mutex_lock(&J->mu);
+  J->running--;
+  pthread_mutex_unlock(&J->mu);
+  schedule(J);
+}
+
+/* Starts queued jobs while there is room (loop thread). */
+static void schedule(srv_jobs *J) {
+  pthread_mutex_lock(&J->mu);
+  for (job *j = J->jobs; j && !J->stopping && J->running < J->opt.max_running; j = j->next) {
+    if (j->state != SRV_JOB_QUEUED && !(j->state == SRV_JOB_RUNNING && j->resume)) continue;
+    if (j->work.data) continue; /* already started */
+    j->work.data = j;
+    j->cancel = 0;
+    J->running++;
+    uv_queue_work(J->loop, &j->work, work_cb, after_work_cb);
+  }
+  pthread_mutex_unlock(&J->mu);
+}
+
+/* Loop thread: wakes the streams of jobs with news, starts queued jobs. */
+static void on_publish(uv_async_t *a) {
+  srv_jobs *J = a->data;
+  pthread_mutex_lock(&J->mu);
+  for (job *j = J->jobs; j; j = j->next) {
+    if (!j->dirty) continue;
+    j->dirty = 0;
+    for (srv_sub *s = j->subs; s; s = s->next)
+      if (s->waiting) {
+        s->waiting = 0;
+        s->wake(s->ctx);
+      }
+  }
+  pthread_mutex_unlock(&J->mu);
+  schedule(J);
+}
+
+static void on_heartbeat(uv_timer_t *t) {
+  srv_jobs *J = t->data;
+  pthread_mutex_lock(&J->mu);
+  for (job *j = J->jobs; j; j = j->next)
+    for (srv_sub *s = j->subs; s; s = s->next) {
+      s->heartbeat = 1;
+      if (s->waiting) {
+        s->waiting = 0;
+        s->wake(s->ctx);
+      }
+    }
+  pthread_mutex_unlock(&J->mu);
+}
+
+/* ---------------------------------------------------------------- loading */
+
+static int load_event(uint64_t seq, const char *type, const char *data, void *u) {
+  job *j = u;
+  if (j->n_events == j->cap_events) {
+    size_t cap = j->cap_events ? j->cap_events * 2 : 16;
+    event *e = realloc(j->events, cap * sizeof *e);
+    if (!e) return 1;
+    j->events = e;
+    j->cap_events = cap;
+  }
+  event *e = &j->events[j->n_events];
+  e->data = strdup(data);
+  if (!e->data) return 1;
+  e->id = seq;
+  e->epoch = 0;
+  snprintf(e->type, sizeof e->type, "%s", type);
+  j->n_events++;
+  if (seq > j->seq) j->seq = seq;
+  return 0;
+}
+
+static int load_metric(uint32_t epoch, const char *data, void *u) {
+  job *j = u;
+  char **m = realloc(j->metrics, (j->n_metrics + 1) * sizeof *m);
+  if (!m) return 1;
+  j->metrics = m;
+  if (!(j->metrics[j->n_metrics] = strdup(data))) return 1;
+  j->n_metrics++;
+  j->epochs_done = epoch;
+  return 0;
+}
+
+static int load_job(const srv_job_row *r, void *u) {
+  srv_jobs *J = u;
+  job *j = calloc(1, sizeof *j);
+  if (!j) return 1;
+  j->J = J;
+  j->id = r->id;
+  int st = srv_job_state_parse(r->state);
+  j->state = st < 0 ? SRV_JOB_FAILED : (srv_job_state)st;
+  j->config_json = strdup(r->config_json);
+  char msg[256];
+  if (!j->config_json ||
+      srv_job_config_parse(r->config_json, strlen(r->config_json), &j->cfg, msg, sizeof msg)) {
+    /* A record this build cannot read: keep it visible, never run it. */
+    srv_job_config_defaults(&j->cfg);
+    if (!finished(j->state)) {
+      j->state = SRV_JOB_FAILED;
+      snprintf(j->error, sizeof j->error, "unreadable configuration: %s", msg);
+    }
+  }
+  j->created_ms = r->created_ms;
+  j->started_ms = r->started_ms;
+  j->finished_ms = r->finished_ms;
+  j->model_id = r->model_id;
+  if (r->error) snprintf(j->error, sizeof j->error, "%s", r->error);
+  nn_model *tmp = NULL;
+  if (nn_model_create_preset(&tmp, j->cfg.arch) == 0) j->parameters = tmp->n_params;
+  nn_model_free(tmp);
+  srv_store_metrics_each(J->st, j->id, load_metric, j);
+  srv_store_events_each(J->st, j->id, load_event, j);
+  j->epoch = j->epochs_done;
+  if (j->state == SRV_JOB_RUNNING) j->resume = 1;
+  append(J, j);
+  return 0;
+}
+
+int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *models,
+                  srv_data *data, const srv_jobs_options *opt) {
+  *out = NULL;
+  srv_jobs *J = calloc(1, sizeof *J);
+  if (!J) return -ENOMEM;
+  pthread_mutex_init(&J->mu, NULL);
+  J->loop = loop;
+  J->st = st;
+  J->models = models;
+  J->data = data;
+  J->opt = *opt;
+  if (J->opt.max_running < 1) J->opt.max_running = 1;
+  if (J->opt.train_threads < 1) J->opt.train_threads = 1;
+  snprintf(J->state_dir, sizeof J->state_dir, "%s", opt->state_dir);
+  char sub[PATH_MAX + 16];
+  snprintf(sub, sizeof sub, "%s/checkpoints", opt->state_dir);
+  if (mkdir(sub, 0750) < 0 && errno != EEXIST) {
+    int rc = -errno;
+    free(J);
+    return rc;
+  }
+  int rc = srv_store_jobs_each(st, load_job, J);
+  if (rc) {
+    srv_jobs_close(J);
+    return rc;
+  }
+  int pending = 0;
+  for (job *j = J->jobs; j; j = j->next) {
+    if (j->resume) logf_(J, "job %lld was interrupted after epoch %u; it will resume",
+                         (long long)j->id, j->epochs_done);
+    pending |= !finished(j->state);
+  }
+  uv_async_init(loop, &J->publish, on_publish);
+  J->publish.data = J;
+  uv_timer_init(loop, &J->heartbeat);
+  J->heartbeat.data = J;
+  uv_timer_start(&J->heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
+  *out = J;
+  if (opt->bootstrap && !pending && srv_models_active_id(models) == 0) {
+    srv_job_config c;
+    srv_job_config_defaults(&c);
+    c.activate = SRV_ACTIVATE_ALWAYS;
+    int64_t id;
+    if (srv_jobs_submit(J, &c, &id) == 0)
+      logf_(J, "no model yet: queued bootstrap job %lld (the seed's settings, 4 epochs)",
+            (long long)id);
+  }
+  uv_async_send(&J->publish); /* schedules once the loop runs */
+  return 0;
+}
+
+static void close_noop(uv_handle_t *h) { (void)h; }
+
+void srv_jobs_shutdown(srv_jobs *J) {
+  pthread_mutex_lock(&J->mu);
+  J->stopping = 1;
+  for (job *j = J->jobs; j; j = j->next) {
+    if (j->work.data && !finished(j->state)) {
+      j->shutdown = 1;
+      j->cancel = 1;
+    }
+    for (srv_sub *s = j->subs; s; s = s->next) {
+      s->closing = 1;
+      if (s->waiting) {
+        s->waiting = 0;
+        s->wake(s->ctx);
+      }
+    }
+  }
+  pthread_mutex_unlock(&J->mu);
+  uv_timer_stop(&J->heartbeat);
+}
+
+int srv_jobs_idle(srv_jobs *J) {
+  pthread_mutex_lock(&J->mu);
+  int idle = J->running == 0;
+  pthread_mutex_unlock(&J->mu);
+  return idle;
+}
+
+void srv_jobs_close_handles(srv_jobs *J) {
+  if (J->handles_closed) return;
+  J->handles_closed = 1;
+  uv_close((uv_handle_t *)&J->heartbeat, close_noop);
+  uv_close((uv_handle_t *)&J->publish, close_noop);
+}
+
+void srv_jobs_close(srv_jobs *J) {
+  if (!J) return;
+  for (job *j = J->jobs, *n; j; j = n) {
+    n = j->next;
+    /* Streams still open belong to connections MHD has already closed. */
+    job_free(j);
+  }
+  pthread_mutex_destroy(&J->mu);
+  free(J);
+}
+
+/* ---------------------------------------------------------------- API */
+
+int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
+  job *j = calloc(1, sizeof *j);
+  if (!j) return -ENOMEM;
+  j->J = J;
+  j->cfg = *cfg;
+  j->config_json = srv_job_config_json(cfg);
+  if (!j->config_json) {
+    free(j);
+    return -ENOMEM;
+  }
+  nn_model *tmp = NULL;
+  if (nn_model_create_preset(&tmp, cfg->arch) == 0) j->parameters = tmp->n_params;
+  nn_model_free(tmp);
+  j->created_ms = wall_ms();
+  pthread_mutex_lock(&J->mu);
+  /* Insert under the jobs lock so ids and list order agree. */
+  int rc = srv_store_job_insert(J->st, j->config_json, j->created_ms, &j->id);
+  if (rc) {
+    pthread_mutex_unlock(&J->mu);
+    free(j->config_json);
+    free(j);
+    return rc;
+  }
+  j->state = SRV_JOB_QUEUED;
+  append(J, j);
+  emit(J, j, "state", 0, state_event(j));
+  *id = j->id;
+  pthread_mutex_unlock(&J->mu);
+  return 0;
+}
+
+int srv_jobs_cancel(srv_jobs *J, int64_t id) {
+  pthread_mutex_lock(&J->mu);
+  job *j = find(J, id);
+  int rc = 0;
+  if (!j) rc = -ENOENT;
+  else if (finished(j->state)) rc = -EALREADY;
+  else if (j->work.data) j->cancel = 1; /* the runner sets the state */
+  else set_state(J, j, SRV_JOB_CANCELLED);
+  pthread_mutex_unlock(&J->mu);
+  return rc;
+}
+
+static char *iso8601(int64_t ms, char *buf, size_t len) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+static void add_time(cJSON *o, const char *k, int64_t ms) {
+  char buf[32];
+  if (ms) cJSON_AddStringToObject(o, k, iso8601(ms, buf, sizeof buf));
+  else cJSON_AddNullToObject(o, k);
+}
+
+static cJSON *job_json(const job *j) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "id", (double)j->id);
+  cJSON_AddStringToObject(o, "state", srv_job_state_name(j->state));
+  cJSON *cfg = cJSON_Parse(j->config_json);
+  if (cfg) cJSON_AddItemToObject(o, "config", cfg);
+  cJSON_AddNumberToObject(o, "parameters", (double)j->parameters);
+  cJSON *p = cJSON_AddObjectToObject(o, "progress");
+  cJSON_AddNumberToObject(p, "epoch", j->state == SRV_JOB_RUNNING ? j->epoch : j->epochs_done);
+  cJSON_AddNumberToObject(p, "epochs", j->cfg.epochs);
+  cJSON_AddNumberToObject(p, "epochs_done", j->epochs_done);
+  cJSON_AddNumberToObject(p, "batch", j->state == SRV_JOB_RUNNING ? j->batch : 0);
+  cJSON_AddNumberToObject(p, "batches", j->batches);
+  if (j->state == SRV_JOB_RUNNING) {
+    cJSON_AddNumberToObject(p, "samples_per_second", round(j->sps));
+    cJSON_AddNumberToObject(p, "eta_seconds", round(j->eta * 10) / 10);
+  }
+  cJSON *ms = cJSON_AddArrayToObject(o, "metrics");
+  for (uint32_t i = 0; i < j->n_metrics; i++) {
+    cJSON *r = cJSON_Parse(j->metrics[i]);
+    if (r) cJSON_AddItemToArray(ms, r);
+  }
+  if (j->model_id) cJSON_AddNumberToObject(o, "model_id", (double)j->model_id);
+  else cJSON_AddNullToObject(o, "model_id");
+  if (j->error[0]) cJSON_AddStringToObject(o, "error", j->error);
+  else cJSON_AddNullToObject(o, "error");
+  add_time(o, "created_at", j->created_ms);
+  add_time(o, "started_at", j->started_ms);
+  add_time(o, "finished_at", j->finished_ms);
+  return o;
+}
+
+cJSON *srv_jobs_json(srv_jobs *J, int64_t id) {
+  pthread_mutex_lock(&J->mu);
+  job *j = find(J, id);
+  cJSON *o = j ? job_json(j) : NULL;
+  pthread_mutex_unlock(&J->mu);
+  return o;
+}
+
+cJSON *srv_jobs_list_json(srv_jobs *J, int state, int limit) {
+  cJSON *arr = cJSON_CreateArray();
+  pthread_mutex_lock(&J->mu);
+  /* The list is in id order; walk it into a small array to go backwards. */
+  size_t n = 0;
+  for (job *j = J->jobs; j; j = j->next) n++;
+  job **v = malloc((n ? n : 1) * sizeof *v);
+  if (v) {
+    size_t i = 0;
+    for (job *j = J->jobs; j; j = j->next) v[i++] = j;
+    int added = 0;
+    for (size_t k = n; k-- > 0 && added < limit;) {
+      if (state >= 0 && (int)v[k]->state != state) continue;
+      cJSON_AddItemToArray(arr, job_json(v[k]));
+      added++;
+    }
+    free(v);
+  }
+  pthread_mutex_unlock(&J->mu);
+  return arr;
+}
+
+void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *sps, uint64_t *total) {
+  memset(counts, 0, SRV_JOB_NSTATES * sizeof *counts);
+  pthread_mutex_lock(&J->mu);
+  double cur = 0;
+  for (job *j = J->jobs; j; j = j->next) {
+    counts[j->state]++;
+    if (j->state == SRV_JOB_RUNNING) cur += j->sps;
+  }
+  *sps = cur;
+  *total = J->samples_total;
+  pthread_mutex_unlock(&J->mu);
+}
+
+void srv_jobs_pending_note(srv_jobs *J, char *buf, size_t len) {
+  buf[0] = 0;
+  pthread_mutex_lock(&J->mu);
+  for (job *j = J->jobs; j; j = j->next) {
+    if (j->state == SRV_JOB_RUNNING) {
+      snprintf(buf, len, "job %lld is training (epoch %u of %u)", (long long)j->id,
+               j->epoch ? j->epoch : 1, j->cfg.epochs);
+      break;
+    }
+    if (j->state == SRV_JOB_QUEUED && !buf[0])
+      snprintf(buf, len, "job %lld is queued", (long long)j->id);
+  }
+  pthread_mutex_unlock(&J->mu);
+}
+
+/* ---------------------------------------------------------------- streams */
+
+int srv_sub_open(srv_jobs *J, int64_t id, uint64_t last_id, int ndjson, void (*wake)(void *),
+                 void *ctx, srv_sub **out) {
+  srv_sub *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  pthread_mutex_lock(&J->mu);
+  job *j = find(J, id);
+  if (!j) {
+    pthread_mutex_unlock(&J->mu);
+    free(s);
+    return -ENOENT;
+  }
+  s->J = J;
+  s->j = j;
+  s->last = last_id;
+  s->ndjson = ndjson;
+  s->wake = wake;
+  s->ctx = ctx;
+  s->closing = J->stopping;
+  s->next = j->subs;
+  j->subs = s;
+  J->n_subs++;
+  pthread_mutex_unlock(&J->mu);
+  *out = s;
+  return 0;
+}
+
+void srv_sub_close(srv_sub *s) {
+  if (!s) return;
+  srv_jobs *J = s->J;
+  pthread_mutex_lock(&J->mu);
+  for (srv_sub **pp = &s->j->subs; *pp; pp = &(*pp)->next)
+    if (*pp == s) {
+      *pp = s->next;
+      break;
+    }
+  J->n_subs--;
+  pthread_mutex_unlock(&J->mu);
+  free(s->pending);
+  free(s);
+}
+
+int srv_jobs_subscribers(srv_jobs *J) {
+  pthread_mutex_lock(&J->mu);
+  int n = J->n_subs;
+  pthread_mutex_unlock(&J->mu);
+  return n;
+}
+
+/* Formats one event for the wire. */
+static char *frame(const event *e, int ndjson, size_t *len) {
+  size_t n = strlen(e->data) + strlen(e->type) + 64;
+  char *b = malloc(n);
+  if (!b) return NULL;
+  int w = ndjson ? snprintf(b, n, "{\"id\":%llu,\"event\":\"%s\",\"data\":%s}\n",
+                            (unsigned long long)e->id, e->type, e->data)
+                 : snprintf(b, n, "id: %llu\nevent: %s\ndata: %s\n\n",
+                            (unsigned long long)e->id, e->type, e->data);
+  *len = (size_t)w;
+  return b;
+}
+
+ssize_t srv_sub_read(srv_sub *s, char *buf, size_t max, void (*suspend)(void *)) {
+  srv_jobs *J = s->J;
+  pthread_mutex_lock(&J->mu);
+  job *j = s->j;
+  ssize_t out = 0;
+  if (!s->pending || s->pending_off == s->pending_len) {
+    free(s->pending);
+    s->pending = NULL;
+    s->pending_len = s->pending_off = 0;
+    const event *next = NULL;
+    for (size_t i = 0; i < j->n_events; i++)
+      if (j->events[i].id > s->last) {
+        next = &j->events[i];
+        break;
+      }
+    if (next) {
+      s->pending = frame(next, s->ndjson, &s->pending_len);
+      s->last = next->id;
+      if (!s->pending) {
+        out = -1;
+        goto done;
+      }
+    } else if (finished(j->state) || s->closing) {
+      out = -1; /* everything up to "end" is out */
+      goto done;
+    } else if (s->heartbeat) {
+      s->heartbeat = 0;
+      const char *hb = s->ndjson ? "\n" : ": heartbeat\n\n";
+      s->pending = strdup(hb);
+      s->pending_len = s->pending ? strlen(hb) : 0;
+    } else {
+      s->waiting = 1;
+      suspend(s->ctx);
+      goto done;
+    }
+  }
+  size_t n = s->pending_len - s->pending_off;
+  if (n > max) n = max;
+  memcpy(buf, s->pending + s->pending_off, n);
+  s->pending_off += n;
+  out = (ssize_t)n;
+done:
+  pthread_mutex_unlock(&J->mu);
+  return out;
+}

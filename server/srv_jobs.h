@@ -1,0 +1,99 @@
+/* srv_jobs: training jobs — queue, runner, durable records, event streams.
+ *
+ * Jobs run on libuv's thread pool (uv_queue_work), at most max_running at
+ * a time, the rest wait in id order. The training thread appends events
+ * (state, progress at most 4/s, epoch, end) to the job's log and to the
+ * store, then signals a uv_async; the loop thread wakes the streams waiting
+ * for them. Every epoch ends with a checkpoint, so a job interrupted by a
+ * crash or a shutdown resumes from its last finished epoch at the next
+ * start, and replays exactly (same seed, same thread count).
+ *
+ * Functions may be called from any thread unless noted. */
+#ifndef MNISTD_SRV_JOBS_H
+#define MNISTD_SRV_JOBS_H
+
+#include <cJSON.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "srv_registry.h"
+#include "srv_store.h"
+#include "srv_validate.h"
+
+typedef enum {
+  SRV_JOB_QUEUED = 0,
+  SRV_JOB_RUNNING,
+  SRV_JOB_SUCCEEDED,
+  SRV_JOB_FAILED,
+  SRV_JOB_CANCELLED,
+  SRV_JOB_NSTATES
+} srv_job_state;
+
+const char *srv_job_state_name(srv_job_state s);
+/* -1 for an unknown name. */
+int srv_job_state_parse(const char *name);
+
+typedef struct srv_jobs srv_jobs;
+
+typedef struct srv_jobs_options {
+  const char *state_dir;
+  int max_running;      /* >= 1 */
+  int train_threads;    /* threads per job */
+  int bootstrap;        /* queue the seed's job when there is no model */
+  void (*log)(const char *msg);
+} srv_jobs_options;
+
+/* Loads the job records, marks interrupted jobs for resumption and queues
+ * the bootstrap job if asked and needed. Call on the loop thread before
+ * uv_run; scheduling starts when the loop runs. */
+int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *models,
+                  srv_data *data, const srv_jobs_options *opt);
+/* Closes the libuv handles (loop thread, once srv_jobs_idle) so uv_run
+ * can return. */
+void srv_jobs_close_handles(srv_jobs *J);
+/* Frees everything; call after the loop has stopped. */
+void srv_jobs_close(srv_jobs *J);
+
+/* Starts stopping (loop thread): running jobs stop at the next batch and
+ * stay "running" in the store so they resume at the next start; streams
+ * end. *idle is set once no job runs. */
+void srv_jobs_shutdown(srv_jobs *J);
+int srv_jobs_idle(srv_jobs *J);
+
+/* Queues a job; *id receives its id. -EIO/-ENOSPC from the store. */
+int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id);
+/* Asks a queued or running job to stop: 0, -ENOENT, or -EALREADY when the
+ * job has already finished. */
+int srv_jobs_cancel(srv_jobs *J, int64_t id);
+
+/* JSON views (caller frees with cJSON_Delete). NULL if the job is unknown. */
+cJSON *srv_jobs_json(srv_jobs *J, int64_t id);
+/* Newest first; state < 0 means any; at most limit. */
+cJSON *srv_jobs_list_json(srv_jobs *J, int state, int limit);
+
+/* Numbers for /metrics and /readyz. */
+void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *samples_per_second,
+                     uint64_t *samples_total);
+/* A sentence about the job that will produce the first model, for /readyz
+ * (empty when none runs or waits). */
+void srv_jobs_pending_note(srv_jobs *J, char *buf, size_t len);
+
+/* ---- event streams */
+typedef struct srv_sub srv_sub;
+
+/* Subscribes to a job's events with ids > last_id (0 = from the start).
+ * wake(ctx) is called, from any thread, when a stream that reported "no
+ * data now" has data again. -ENOENT for an unknown job. */
+int srv_sub_open(srv_jobs *J, int64_t job, uint64_t last_id, int ndjson,
+                 void (*wake)(void *ctx), void *ctx, srv_sub **out);
+/* Copies the next bytes of the stream into buf. Returns > 0 bytes; 0 when
+ * nothing is ready — then suspend(ctx) has been called under the jobs lock
+ * and wake(ctx) will follow; -1 at the end of the stream. Comment lines
+ * keep idle streams alive every 15 s. */
+ssize_t srv_sub_read(srv_sub *s, char *buf, size_t max, void (*suspend)(void *ctx));
+void srv_sub_close(srv_sub *s);
+/* Number of open streams. */
+int srv_jobs_subscribers(srv_jobs *J);
+
+#endif

@@ -1,0 +1,349 @@
+/* `mnistd serve`: configuration, start-up, signals and orderly shutdown;
+ * `mnistd healthcheck`: a tiny HTTP client for container health checks. */
+#include "srv.h"
+
+#include <limits.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "srv_cli.h"
+
+static const char SERVE_HELP[] =
+    "usage: mnistd serve [options]      (also the default command)\n"
+    "Runs the daemon: REST API, event streams, predictions and the web page.\n"
+    "Every option can also be set as MNISTD_<OPTION> in the environment\n"
+    "(e.g. MNISTD_LISTEN=0.0.0.0:8080); flags win over the environment.\n"
+    "  --listen HOST:PORT        address to serve on (default 127.0.0.1:8080)\n"
+    "  --state-dir DIR           database, models, checkpoints (default ./state)\n"
+    "  --data-dir DIR            holds mnist/ and fashion-mnist/ (default ./data)\n"
+    "  --web-dir DIR             serve the page from DIR instead of the built-in copy\n"
+    "  --api-token TOKEN         require 'Authorization: Bearer TOKEN' on POST and DELETE\n"
+    "  --api-token-file FILE     the same, read from a file (first line)\n"
+    "  --max-body BYTES          largest request body (default 8388608 = 8 MiB)\n"
+    "  --threads N               HTTP worker threads (default 2)\n"
+    "  --train-threads N         threads per training job (default: cores, up to 8)\n"
+    "  --max-running-jobs N      jobs training at once (default 1; the rest queue)\n"
+    "  --conn-limit N            open connections at most (default 4096)\n"
+    "  --conn-timeout SECONDS    idle connections are closed after this (default 30)\n"
+    "  --log-format text|json    one line per request on stderr (default text)\n"
+    "  --no-bootstrap            do not train a first model when there is none\n";
+
+enum {
+  O_LISTEN = 1, O_STATE, O_DATA, O_WEB, O_TOKEN, O_TOKEN_FILE, O_MAX_BODY, O_THREADS,
+  O_TRAIN_THREADS, O_MAX_JOBS, O_CONN_LIMIT, O_CONN_TIMEOUT, O_LOG, O_NO_BOOT, O_HELP
+};
+
+static const struct option OPTS[] = {
+    {"listen", required_argument, 0, O_LISTEN},
+    {"state-dir", required_argument, 0, O_STATE},
+    {"data-dir", required_argument, 0, O_DATA},
+    {"web-dir", required_argument, 0, O_WEB},
+    {"api-token", required_argument, 0, O_TOKEN},
+    {"api-token-file", required_argument, 0, O_TOKEN_FILE},
+    {"max-body", required_argument, 0, O_MAX_BODY},
+    {"threads", required_argument, 0, O_THREADS},
+    {"train-threads", required_argument, 0, O_TRAIN_THREADS},
+    {"max-running-jobs", required_argument, 0, O_MAX_JOBS},
+    {"conn-limit", required_argument, 0, O_CONN_LIMIT},
+    {"conn-timeout", required_argument, 0, O_CONN_TIMEOUT},
+    {"log-format", required_argument, 0, O_LOG},
+    {"no-bootstrap", no_argument, 0, O_NO_BOOT},
+    {"help", no_argument, 0, O_HELP},
+    {0, 0, 0, 0}};
+
+static int usage(const char *fmt, const char *a) {
+  fprintf(stderr, "mnistd serve: ");
+  fprintf(stderr, fmt, a);
+  fprintf(stderr, " (see 'mnistd serve --help')\n");
+  return 2;
+}
+
+static int read_token_file(srv_config *c, const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) return usage("cannot read --api-token-file %s", path);
+  char buf[sizeof c->api_token];
+  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+  fclose(f);
+  buf[strcspn(buf, "\r\n")] = 0;
+  if (!buf[0]) return usage("--api-token-file %s is empty", path);
+  snprintf(c->api_token, sizeof c->api_token, "%s", buf);
+  return 0;
+}
+
+/* Applies one option; `from` names its source for messages. */
+static int apply(srv_config *c, int opt, const char *v) {
+  long n;
+  switch (opt) {
+  case O_LISTEN:
+    if (!strchr(v, ':')) return usage("--listen must be HOST:PORT, not '%s'", v);
+    if (srv_parse_long(strrchr(v, ':') + 1, 0, 65535, &n))
+      return usage("--listen port must be 0..65535 in '%s'", v);
+    snprintf(c->listen, sizeof c->listen, "%s", v);
+    break;
+  case O_STATE: snprintf(c->state_dir, sizeof c->state_dir, "%s", v); break;
+  case O_DATA: snprintf(c->data_dir, sizeof c->data_dir, "%s", v); break;
+  case O_WEB: snprintf(c->web_dir, sizeof c->web_dir, "%s", v); break;
+  case O_TOKEN:
+    if (!*v) return usage("%s", "--api-token must not be empty");
+    snprintf(c->api_token, sizeof c->api_token, "%s", v);
+    break;
+  case O_TOKEN_FILE: return read_token_file(c, v);
+  case O_MAX_BODY:
+    if (srv_parse_long(v, 1024, 1L << 30, &n))
+      return usage("--max-body must be a number of bytes from 1024 to 1073741824, not '%s'", v);
+    c->max_body = (size_t)n;
+    break;
+  case O_THREADS:
+    if (srv_parse_long(v, 1, 64, &n)) return usage("--threads must be 1..64, not '%s'", v);
+    c->threads = (int)n;
+    break;
+  case O_TRAIN_THREADS:
+    if (srv_parse_long(v, 1, NN_MAX_THREADS, &n))
+      return usage("--train-threads must be 1..64, not '%s'", v);
+    c->train_threads = (int)n;
+    break;
+  case O_MAX_JOBS:
+    if (srv_parse_long(v, 1, 16, &n)) return usage("--max-running-jobs must be 1..16, not '%s'", v);
+    c->max_running_jobs = (int)n;
+    break;
+  case O_CONN_LIMIT:
+    if (srv_parse_long(v, 16, 1000000, &n))
+      return usage("--conn-limit must be 16..1000000, not '%s'", v);
+    c->conn_limit = (int)n;
+    break;
+  case O_CONN_TIMEOUT:
+    if (srv_parse_long(v, 1, 3600, &n)) return usage("--conn-timeout must be 1..3600, not '%s'", v);
+    c->conn_timeout = (int)n;
+    break;
+  case O_LOG:
+    if (strcmp(v, "text") && strcmp(v, "json"))
+      return usage("--log-format must be text or json, not '%s'", v);
+    c->log_json = !strcmp(v, "json");
+    break;
+  case O_NO_BOOT:
+    c->bootstrap = !(v && (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")));
+    break;
+  }
+  return 0;
+}
+
+int srv_config_parse(srv_config *c, int argc, char **argv) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->listen, sizeof c->listen, "127.0.0.1:8080");
+  snprintf(c->state_dir, sizeof c->state_dir, "state");
+  snprintf(c->data_dir, sizeof c->data_dir, "data");
+  c->max_body = 8u << 20;
+  c->threads = 2;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  c->train_threads = cpus < 1 ? 1 : cpus > 8 ? 8 : (int)cpus;
+  c->max_running_jobs = 1;
+  c->bootstrap = 1;
+  c->conn_limit = 4096;
+  c->conn_timeout = 30;
+  /* Environment first: MNISTD_ + the flag in upper snake case. */
+  for (const struct option *o = OPTS; o->name; o++) {
+    if (o->val == O_HELP) continue;
+    char env[64] = "MNISTD_";
+    for (size_t i = 0; o->name[i] && i < 50; i++)
+      env[7 + i] = o->name[i] == '-' ? '_' : (char)(o->name[i] & ~0x20);
+    const char *v = getenv(env);
+    if (!v || !*v) continue;
+    int rc = apply(c, o->val, v);
+    if (rc) {
+      fprintf(stderr, "mnistd serve: (from %s)\n", env);
+      return rc;
+    }
+  }
+  int opt;
+  opterr = 0;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "h", OPTS, NULL)) != -1) {
+    if (opt == O_HELP || opt == 'h') {
+      fputs(SERVE_HELP, stdout);
+      return 1;
+    }
+    if (opt == '?' || opt == ':')
+      return usage(opt == ':' ? "option '%s' needs a value" : "unknown option '%s'",
+                   argv[optind - 1]);
+    int rc = apply(c, opt, opt == O_NO_BOOT ? "1" : optarg);
+    if (rc) return rc;
+  }
+  if (optind < argc) return usage("unexpected argument '%s'", argv[optind]);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- serve */
+
+static srv *g_log_srv; /* read-only after start: for the jobs' log callback */
+
+static void jobs_log(const char *msg) { srv_log(g_log_srv, "info", msg); }
+
+typedef struct shutdown_ctx {
+  srv *S;
+  uv_signal_t sigterm, sigint;
+  uv_timer_t poll;
+  double t0;
+} shutdown_ctx;
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void poll_idle(uv_timer_t *t) {
+  shutdown_ctx *c = t->data;
+  if (!srv_jobs_idle(c->S->jobs)) return;
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)&c->poll, close_cb);
+  uv_close((uv_handle_t *)&c->sigterm, close_cb);
+  uv_close((uv_handle_t *)&c->sigint, close_cb);
+  srv_jobs_close_handles(c->S->jobs);
+}
+
+static void on_signal(uv_signal_t *h, int sig) {
+  shutdown_ctx *c = h->data;
+  srv *S = c->S;
+  if (atomic_exchange(&S->stopping, 1)) return;
+  srv_log(S, "info", sig == SIGTERM ? "SIGTERM: shutting down" : "SIGINT: shutting down");
+  sd_notify(0, "STOPPING=1");
+  srv_http_quiesce(S);
+  srv_jobs_shutdown(S->jobs);
+  uv_timer_start(&c->poll, poll_idle, 0, 20);
+}
+
+int srv_serve_main(int argc, char **argv) {
+  static srv S; /* large (metrics tables): not on the stack */
+  int rc = srv_config_parse(&S.cfg, argc, argv);
+  if (rc) return rc == 1 ? 0 : rc;
+  g_log_srv = &S;
+  setvbuf(stderr, NULL, _IOLBF, 0);
+  signal(SIGPIPE, SIG_IGN);
+  /* Training parallelises itself; predictions run one per HTTP thread. */
+  nn_set_threads(1);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  S.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+
+  char msg[2 * PATH_MAX + 512];
+  int status = 1;
+  uv_loop_t loop;
+  int loop_ok = 0;
+  if ((rc = srv_store_open(&S.store, S.cfg.state_dir, msg, sizeof msg))) {
+    fprintf(stderr, "mnistd serve: %s\n", msg);
+    return 1;
+  }
+  if (srv_store_check(S.store))
+    srv_log(&S, "warn", "database integrity check failed; continuing with what is readable");
+  if ((rc = srv_models_open(&S.models, S.store, S.cfg.state_dir, jobs_log))) {
+    fprintf(stderr, "mnistd serve: cannot read the model records: %s\n", strerror(-rc));
+    goto out;
+  }
+  if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) goto out;
+  uint32_t tr, te;
+  if (srv_data_count(S.data, "mnist", &tr, &te)) {
+    snprintf(msg, sizeof msg, "no MNIST under %s (run 'make data' or set --data-dir)",
+             S.cfg.data_dir);
+    srv_log(&S, "warn", msg);
+  }
+  if (uv_loop_init(&loop)) goto out;
+  loop_ok = 1;
+  S.loop = &loop;
+  srv_jobs_options jo = {S.cfg.state_dir, S.cfg.max_running_jobs, S.cfg.train_threads,
+                         S.cfg.bootstrap, jobs_log};
+  if ((rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
+    fprintf(stderr, "mnistd serve: cannot read the job records: %s\n", strerror(-rc));
+    goto out;
+  }
+  if ((rc = srv_http_start(&S, msg, sizeof msg))) {
+    fprintf(stderr, "mnistd serve: %s\n", msg);
+    goto out;
+  }
+  shutdown_ctx sc = {.S = &S};
+  uv_signal_init(&loop, &sc.sigterm);
+  uv_signal_init(&loop, &sc.sigint);
+  uv_timer_init(&loop, &sc.poll);
+  sc.sigterm.data = sc.sigint.data = sc.poll.data = &sc;
+  uv_signal_start(&sc.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&sc.sigint, on_signal, SIGINT);
+
+  snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)", NN_VERSION,
+           S.cfg.listen, S.cfg.state_dir, S.cfg.data_dir,
+           S.cfg.api_token[0] ? ", API token required for changes" : "");
+  srv_log(&S, "info", msg);
+  sd_notify(0, "READY=1");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  srv_http_stop(&S);
+  srv_log(&S, "info", "stopped cleanly");
+  status = 0;
+out:
+  srv_http_stop(&S);
+  srv_jobs_close(S.jobs);
+  if (loop_ok) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_loop_close(&loop);
+  }
+  srv_models_close(S.models);
+  srv_data_close(S.data);
+  srv_store_close(S.store);
+  return status;
+}
+
+/* ---------------------------------------------------------------- healthcheck */
+
+int srv_healthcheck_main(int argc, char **argv) {
+  const char *url = argc > 2 && !strcmp(argv[1], "--url") ? argv[2] : NULL;
+  char host[128] = "127.0.0.1", port[16] = "8080", path[256] = "/healthz";
+  const char *listen = getenv("MNISTD_LISTEN");
+  if (url) {
+    if (sscanf(url, "http://%127[^:/]:%15[0-9]%255s", host, port, path) < 2) {
+      fprintf(stderr, "mnistd healthcheck: --url must look like http://127.0.0.1:8080/healthz\n");
+      return 2;
+    }
+  } else if (listen && strchr(listen, ':')) {
+    snprintf(port, sizeof port, "%s", strrchr(listen, ':') + 1);
+    size_t hl = (size_t)(strrchr(listen, ':') - listen);
+    if (hl && hl < sizeof host) {
+      memcpy(host, listen, hl);
+      host[hl] = 0;
+    }
+    if (!strcmp(host, "0.0.0.0")) snprintf(host, sizeof host, "127.0.0.1");
+  }
+  struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai;
+  if (getaddrinfo(host, port, &hints, &ai)) {
+    fprintf(stderr, "mnistd healthcheck: cannot resolve %s\n", host);
+    return 1;
+  }
+  int fd = socket(ai->ai_family, ai->ai_socktype, 0);
+  struct timeval tv = {3, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  int ok = fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+  freeaddrinfo(ai);
+  char buf[256];
+  if (ok) {
+    int n = snprintf(buf, sizeof buf, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host);
+    ok = write(fd, buf, (size_t)n) == n;
+  }
+  ssize_t got = ok ? read(fd, buf, sizeof buf - 1) : -1;
+  if (fd >= 0) close(fd);
+  if (got < 12) {
+    fprintf(stderr, "mnistd healthcheck: no answer from %s:%s\n", host, port);
+    return 1;
+  }
+  buf[got] = 0;
+  int code = atoi(buf + 9);
+  if (code != 200) {
+    fprintf(stderr, "mnistd healthcheck: %s:%s%s answered %d\n", host, port, path, code);
+    return 1;
+  }
+  return 0;
+}

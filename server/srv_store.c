@@ -1,0 +1,369 @@
+/* SQLite persistence. Statements are prepared per call: the daemon writes a
+ * few rows a second at most, and it keeps the code obvious. */
+#include "srv_store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct srv_store {
+  sqlite3 *db;
+  pthread_mutex_t mu;
+};
+
+static const char SCHEMA[] =
+    "CREATE TABLE IF NOT EXISTS jobs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL, config TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL, started_ms INTEGER, finished_ms INTEGER,"
+    " model_id INTEGER, error TEXT);"
+    "CREATE TABLE IF NOT EXISTS metrics ("
+    " job INTEGER NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL,"
+    " PRIMARY KEY (job, epoch));"
+    "CREATE TABLE IF NOT EXISTS events ("
+    " job INTEGER NOT NULL, seq INTEGER NOT NULL, epoch INTEGER NOT NULL,"
+    " type TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job, seq));"
+    "CREATE TABLE IF NOT EXISTS models ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, arch TEXT NOT NULL, dataset TEXT NOT NULL,"
+    " parameters INTEGER NOT NULL, test_accuracy REAL, test_loss REAL,"
+    " job_id INTEGER, created_ms INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+static int map_rc(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_OK: case SQLITE_DONE: case SQLITE_ROW: return 0;
+  case SQLITE_FULL: return -ENOSPC;
+  case SQLITE_NOMEM: return -ENOMEM;
+  case SQLITE_NOTFOUND: return -ENOENT;
+  default: return -EIO;
+  }
+}
+
+int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
+  *out = NULL;
+  char path[4096];
+  if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
+    snprintf(msg, msglen, "cannot create state directory %s: %s", dir, strerror(errno));
+    return -errno;
+  }
+  snprintf(path, sizeof path, "%s/mnistd.db", dir);
+  srv_store *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  int rc = sqlite3_open_v2(path, &s->db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_busy_timeout(s->db, 5000);
+    rc = sqlite3_exec(s->db,
+                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                      "PRAGMA foreign_keys=ON;",
+                      NULL, NULL, NULL);
+  }
+  if (rc == SQLITE_OK) rc = sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(msg, msglen, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+    sqlite3_close(s->db);
+    free(s);
+    return map_rc(rc) ? map_rc(rc) : -EIO;
+  }
+  pthread_mutex_init(&s->mu, NULL);
+  *out = s;
+  return 0;
+}
+
+void srv_store_close(srv_store *s) {
+  if (!s) return;
+  /* Folds the WAL back so the directory holds one self-contained file. */
+  sqlite3_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE);", NULL, NULL, NULL);
+  sqlite3_close(s->db);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}
+
+const char *srv_store_errmsg(srv_store *s) { return s ? sqlite3_errmsg(s->db) : "no store"; }
+
+int srv_store_check(srv_store *s) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int ok = 0;
+  if (sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK) {
+    if (sqlite3_step(st) == SQLITE_ROW)
+      ok = !strcmp((const char *)sqlite3_column_text(st, 0), "ok");
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return ok ? 0 : -EIO;
+}
+
+/* Binds "?" parameters from a format: i = int64, t = text (NULL -> NULL),
+ * d = double, z = int64 where 0 means NULL. */
+static int bind_fmt(sqlite3_stmt *st, const char *fmt, va_list ap) {
+  for (int i = 1; *fmt; fmt++, i++) {
+    int rc;
+    switch (*fmt) {
+    case 'i': rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t)); break;
+    case 'z': {
+      int64_t v = va_arg(ap, int64_t);
+      rc = v ? sqlite3_bind_int64(st, i, v) : sqlite3_bind_null(st, i);
+      break;
+    }
+    case 'd': rc = sqlite3_bind_double(st, i, va_arg(ap, double)); break;
+    case 't': {
+      const char *v = va_arg(ap, const char *);
+      rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+      break;
+    }
+    default: return SQLITE_MISUSE;
+    }
+    if (rc != SQLITE_OK) return rc;
+  }
+  return SQLITE_OK;
+}
+
+/* Runs one statement that returns no rows; the caller holds the mutex. */
+static int exec_locked(srv_store *s, const char *sql, const char *fmt, ...) {
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (rc != SQLITE_OK) return map_rc(rc);
+  va_list ap;
+  va_start(ap, fmt);
+  rc = bind_fmt(st, fmt, ap);
+  va_end(ap);
+  if (rc == SQLITE_OK) rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  return rc == SQLITE_DONE ? 0 : map_rc(rc) ? map_rc(rc) : -EIO;
+}
+
+int srv_store_job_insert(srv_store *s, const char *config_json, int64_t created_ms,
+                         int64_t *id) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "INSERT INTO jobs (state, config, created_ms) VALUES ('queued', ?, ?)",
+                       "ti", config_json, created_ms);
+  if (!rc) *id = sqlite3_last_insert_rowid(s->db);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+static int job_update_locked(srv_store *s, const srv_job_row *r) {
+  return exec_locked(s,
+                     "UPDATE jobs SET state=?, started_ms=?, finished_ms=?, model_id=?, "
+                     "error=? WHERE id=?",
+                     "tzzzti", r->state, r->started_ms, r->finished_ms, r->model_id, r->error,
+                     r->id);
+}
+
+int srv_store_job_update(srv_store *s, const srv_job_row *row) {
+  pthread_mutex_lock(&s->mu);
+  int rc = job_update_locked(s, row);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+static const char *col_text(sqlite3_stmt *st, int i) {
+  return (const char *)sqlite3_column_text(st, i);
+}
+
+int srv_store_jobs_each(srv_store *s, int (*cb)(const srv_job_row *, void *), void *user) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db,
+                              "SELECT id, state, config, created_ms, started_ms, finished_ms,"
+                              " model_id, error FROM jobs ORDER BY id",
+                              -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      srv_job_row r = {sqlite3_column_int64(st, 0), col_text(st, 1), col_text(st, 2),
+                       sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
+                       sqlite3_column_int64(st, 5), sqlite3_column_int64(st, 6),
+                       col_text(st, 7)};
+      if (cb(&r, user)) {
+        rc = SQLITE_DONE;
+        break;
+      }
+    }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+int srv_store_metric_put(srv_store *s, int64_t job, uint32_t epoch, const char *json) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "INSERT OR REPLACE INTO metrics (job, epoch, data) VALUES (?, ?, ?)",
+                       "iit", job, (int64_t)epoch, json);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_metrics_each(srv_store *s, int64_t job,
+                           int (*cb)(uint32_t, const char *, void *), void *user) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db, "SELECT epoch, data FROM metrics WHERE job=? ORDER BY epoch",
+                              -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, job);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+      if (cb((uint32_t)sqlite3_column_int64(st, 0), col_text(st, 1), user)) {
+        rc = SQLITE_DONE;
+        break;
+      }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+int srv_store_event_add(srv_store *s, int64_t job, uint64_t seq, uint32_t epoch,
+                        const char *type, const char *json) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s,
+                       "INSERT OR REPLACE INTO events (job, seq, epoch, type, data) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       "iiitt", job, (int64_t)seq, (int64_t)epoch, type, json);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_events_each(srv_store *s, int64_t job,
+                          int (*cb)(uint64_t, const char *, const char *, void *),
+                          void *user) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db,
+                              "SELECT seq, type, data FROM events WHERE job=? ORDER BY seq", -1,
+                              &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, job);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+      if (cb((uint64_t)sqlite3_column_int64(st, 0), col_text(st, 1), col_text(st, 2), user)) {
+        rc = SQLITE_DONE;
+        break;
+      }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+int srv_store_job_rewind(srv_store *s, int64_t job, uint32_t epoch) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "DELETE FROM metrics WHERE job=? AND epoch>?", "ii", job,
+                       (int64_t)epoch);
+  /* Events carry the epoch they belong to: progress of epoch k+1 and the
+   * epoch event of k+1 are redone; state events (epoch 0) stay. */
+  if (!rc)
+    rc = exec_locked(s, "DELETE FROM events WHERE job=? AND epoch>? AND type!='state'", "ii",
+                     job, (int64_t)epoch);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_model_next_id(srv_store *s, int64_t *id) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(
+      s->db,
+      "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name='models'), 0),"
+      " COALESCE((SELECT MAX(id) FROM models), 0)) + 1",
+      -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *id = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+int srv_store_model_insert(srv_store *s, const srv_model_row *m, const srv_job_row *job,
+                           int64_t *id) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "BEGIN IMMEDIATE", "");
+  if (rc) goto out;
+  rc = exec_locked(s,
+                   "INSERT INTO models (id, arch, dataset, parameters, test_accuracy, test_loss,"
+                   " job_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   "zttiddzi", m->id, m->arch, m->dataset, (int64_t)m->parameters,
+                   m->test_accuracy, m->test_loss, m->job_id, m->created_ms);
+  if (!rc) {
+    *id = sqlite3_last_insert_rowid(s->db);
+    if (job) {
+      srv_job_row j = *job;
+      j.model_id = *id;
+      rc = job_update_locked(s, &j);
+    }
+  }
+  if (rc) {
+    exec_locked(s, "ROLLBACK", "");
+    goto out;
+  }
+  rc = exec_locked(s, "COMMIT", "");
+  if (rc) exec_locked(s, "ROLLBACK", "");
+out:
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_model_delete(srv_store *s, int64_t id) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "DELETE FROM models WHERE id=?", "i", id);
+  if (!rc && sqlite3_changes(s->db) == 0) rc = -ENOENT;
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_models_each(srv_store *s, int (*cb)(const srv_model_row *, void *), void *user) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db,
+                              "SELECT id, arch, dataset, parameters, test_accuracy, test_loss,"
+                              " job_id, created_ms FROM models ORDER BY id",
+                              -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      srv_model_row m = {sqlite3_column_int64(st, 0),        col_text(st, 1),
+                         col_text(st, 2),                    (uint64_t)sqlite3_column_int64(st, 3),
+                         sqlite3_column_double(st, 4),       sqlite3_column_double(st, 5),
+                         sqlite3_column_int64(st, 6),        sqlite3_column_int64(st, 7)};
+      if (cb(&m, user)) {
+        rc = SQLITE_DONE;
+        break;
+      }
+    }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+int srv_store_setting_set(srv_store *s, const char *key, const char *value) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", "tt",
+                       key, value);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_setting_get(srv_store *s, const char *key, char *buf, size_t len) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db, "SELECT value FROM settings WHERE key=?", -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      snprintf(buf, len, "%s", col_text(st, 0));
+      rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+      rc = SQLITE_NOTFOUND;
+    }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}

@@ -1,0 +1,365 @@
+/* Request bodies to structs. cJSON rejects NaN/Infinity literals and limits
+ * nesting (CJSON_NESTING_LIMIT), so hostile JSON ends up here as a parse
+ * error, never as a crash. */
+#include "srv_validate.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void srv_job_config_defaults(srv_job_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->arch, sizeof c->arch, "antirectifier");
+  snprintf(c->dataset, sizeof c->dataset, "mnist");
+  c->epochs = 4;
+  c->batch_size = 128;
+  c->optimizer = NN_OPT_RMSPROP;
+  c->learning_rate = 0.001f;
+  c->seed = 1;
+  c->activate = SRV_ACTIVATE_IF_BETTER;
+}
+
+static int fail(char *msg, size_t len, const char *fmt, const char *a) {
+  snprintf(msg, len, fmt, a);
+  return -EINVAL;
+}
+
+/* An integer-valued JSON number in [lo, hi]. */
+static int get_uint(const cJSON *v, double lo, double hi, double *out) {
+  if (!cJSON_IsNumber(v)) return -1;
+  double d = v->valuedouble;
+  if (!isfinite(d) || d != floor(d) || d < lo || d > hi) return -1;
+  *out = d;
+  return 0;
+}
+
+static cJSON *parse_object(const char *body, size_t len, char *msg, size_t msglen) {
+  if (len == 0) return cJSON_CreateObject();
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+  if (!root) {
+    size_t at = end && end >= body ? (size_t)(end - body) : 0;
+    snprintf(msg, msglen, "the body is not valid JSON (error near byte %zu)", at);
+    return NULL;
+  }
+  /* Only whitespace may follow the value. */
+  for (const char *p = end; p && p < body + len; p++)
+    if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
+      snprintf(msg, msglen, "unexpected data after the JSON value at byte %zu",
+               (size_t)(p - body));
+      cJSON_Delete(root);
+      return NULL;
+    }
+  if (!cJSON_IsObject(root)) {
+    snprintf(msg, msglen, "the body must be a JSON object");
+    cJSON_Delete(root);
+    return NULL;
+  }
+  return root;
+}
+
+static int parse_optimizer(const cJSON *o, srv_job_config *c, int *lr_set, char *msg,
+                           size_t msglen) {
+  if (cJSON_IsString(o)) {
+    if (nn_opt_parse(o->valuestring, &c->optimizer))
+      return fail(msg, msglen, "optimizer must be \"rmsprop\", \"sgd\" or \"adam\", not \"%.40s\"",
+                  o->valuestring);
+    return 0;
+  }
+  if (!cJSON_IsObject(o))
+    return fail(msg, msglen, "%s must be an object like {\"name\":\"rmsprop\",\"learning_rate\":0.001}",
+                "optimizer");
+  const cJSON *f;
+  cJSON_ArrayForEach(f, o) {
+    if (!strcmp(f->string, "name")) {
+      if (!cJSON_IsString(f) || nn_opt_parse(f->valuestring, &c->optimizer))
+        return fail(msg, msglen, "%s must be \"rmsprop\", \"sgd\" or \"adam\"", "optimizer.name");
+    } else if (!strcmp(f->string, "learning_rate")) {
+      if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble) || f->valuedouble <= 0 ||
+          f->valuedouble > 10)
+        return fail(msg, msglen, "%s must be a number in (0, 10]", "optimizer.learning_rate");
+      c->learning_rate = (float)f->valuedouble;
+      *lr_set = 1;
+    } else if (!strcmp(f->string, "momentum")) {
+      if (!cJSON_IsNumber(f) || !(f->valuedouble >= 0 && f->valuedouble < 1))
+        return fail(msg, msglen, "%s must be a number in [0, 1)", "optimizer.momentum");
+      c->momentum = (float)f->valuedouble;
+    } else {
+      return fail(msg, msglen,
+                  "unknown field optimizer.%.40s (allowed: name, learning_rate, momentum)",
+                  f->string);
+    }
+  }
+  return 0;
+}
+
+int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *msg,
+                         size_t msglen) {
+  srv_job_config_defaults(c);
+  cJSON *root = parse_object(body, len, msg, msglen);
+  if (!root) return -EINVAL;
+  int rc = 0, lr_set = 0;
+  const cJSON *f;
+  double d;
+  cJSON_ArrayForEach(f, root) {
+    const char *k = f->string;
+    if (!strcmp(k, "arch")) {
+      if (!cJSON_IsString(f) ||
+          (strcmp(f->valuestring, "antirectifier") && strcmp(f->valuestring, "relu"))) {
+        rc = fail(msg, msglen, "%s must be \"antirectifier\" or \"relu\"", "arch");
+        break;
+      }
+      snprintf(c->arch, sizeof c->arch, "%s", f->valuestring);
+    } else if (!strcmp(k, "dataset")) {
+      if (!cJSON_IsString(f) ||
+          (strcmp(f->valuestring, "mnist") && strcmp(f->valuestring, "fashion-mnist"))) {
+        rc = fail(msg, msglen, "%s must be \"mnist\" or \"fashion-mnist\"", "dataset");
+        break;
+      }
+      snprintf(c->dataset, sizeof c->dataset, "%s", f->valuestring);
+    } else if (!strcmp(k, "epochs")) {
+      if (get_uint(f, 1, SRV_MAX_EPOCHS, &d)) {
+        rc = fail(msg, msglen, "%s must be an integer from 1 to 1000", "epochs");
+        break;
+      }
+      c->epochs = (uint32_t)d;
+    } else if (!strcmp(k, "batch_size")) {
+      if (get_uint(f, 1, SRV_MAX_BATCH, &d)) {
+        rc = fail(msg, msglen, "%s must be an integer from 1 to 4096", "batch_size");
+        break;
+      }
+      c->batch_size = (uint32_t)d;
+    } else if (!strcmp(k, "seed")) {
+      if (get_uint(f, 0, 9007199254740991.0, &d)) {
+        rc = fail(msg, msglen, "%s must be a non-negative integer", "seed");
+        break;
+      }
+      c->seed = (uint64_t)d;
+    } else if (!strcmp(k, "train_limit") || !strcmp(k, "test_limit")) {
+      if (cJSON_IsNull(f)) continue;
+      if (get_uint(f, 1, 10000000, &d)) {
+        rc = fail(msg, msglen, "%s must be a positive integer (a number of images) or null", k);
+        break;
+      }
+      *(k[1] == 'r' ? &c->train_limit : &c->test_limit) = (uint32_t)d;
+    } else if (!strcmp(k, "activate")) {
+      if (!cJSON_IsString(f)) {
+        rc = fail(msg, msglen, "%s must be \"if_better\", \"always\" or \"never\"", "activate");
+        break;
+      }
+      if (!strcmp(f->valuestring, "if_better")) c->activate = SRV_ACTIVATE_IF_BETTER;
+      else if (!strcmp(f->valuestring, "always")) c->activate = SRV_ACTIVATE_ALWAYS;
+      else if (!strcmp(f->valuestring, "never")) c->activate = SRV_ACTIVATE_NEVER;
+      else {
+        rc = fail(msg, msglen, "%s must be \"if_better\", \"always\" or \"never\"", "activate");
+        break;
+      }
+    } else if (!strcmp(k, "optimizer")) {
+      nn_opt_kind before = c->optimizer;
+      if ((rc = parse_optimizer(f, c, &lr_set, msg, msglen))) break;
+      (void)before;
+    } else {
+      rc = fail(msg, msglen,
+                "unknown field \"%.40s\" (allowed: arch, dataset, epochs, batch_size, optimizer, "
+                "seed, activate, train_limit, test_limit)",
+                k);
+      break;
+    }
+  }
+  if (!rc && !lr_set) {
+    nn_opt_config o;
+    nn_opt_defaults(&o, c->optimizer);
+    c->learning_rate = o.lr;
+  }
+  cJSON_Delete(root);
+  return rc;
+}
+
+static const char *activate_name(srv_activate a) {
+  return a == SRV_ACTIVATE_ALWAYS ? "always" : a == SRV_ACTIVATE_NEVER ? "never" : "if_better";
+}
+
+char *srv_job_config_json(const srv_job_config *c) {
+  cJSON *o = cJSON_CreateObject();
+  if (!o) return NULL;
+  cJSON_AddStringToObject(o, "arch", c->arch);
+  cJSON_AddStringToObject(o, "dataset", c->dataset);
+  cJSON_AddNumberToObject(o, "epochs", c->epochs);
+  cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
+  cJSON *opt = cJSON_AddObjectToObject(o, "optimizer");
+  if (opt) {
+    cJSON_AddStringToObject(opt, "name", nn_opt_name(c->optimizer));
+    /* Printed through float so 0.001f shows as 0.001. */
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.6g", (double)c->learning_rate);
+    cJSON_AddNumberToObject(opt, "learning_rate", strtod(buf, NULL));
+    if (c->optimizer == NN_OPT_SGD) cJSON_AddNumberToObject(opt, "momentum", c->momentum);
+  }
+  cJSON_AddNumberToObject(o, "seed", (double)c->seed);
+  cJSON_AddStringToObject(o, "activate", activate_name(c->activate));
+  if (c->train_limit) cJSON_AddNumberToObject(o, "train_limit", c->train_limit);
+  else cJSON_AddNullToObject(o, "train_limit");
+  if (c->test_limit) cJSON_AddNumberToObject(o, "test_limit", c->test_limit);
+  else cJSON_AddNullToObject(o, "test_limit");
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  return s;
+}
+
+/* Fills 784 bytes from an array of numbers in [0, 255]. */
+static int image_from_array(const cJSON *a, uint8_t *out, const char *what, char *msg,
+                            size_t msglen) {
+  if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != NN_IMAGE_SIZE)
+    return fail(msg, msglen, "%s must be an array of 784 numbers from 0 to 255 (28x28, row by row)",
+                what);
+  int i = 0;
+  const cJSON *v;
+  cJSON_ArrayForEach(v, a) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 255)) {
+      snprintf(msg, msglen, "%.40s[%d] must be a number from 0 to 255", what, i);
+      return -EINVAL;
+    }
+    out[i++] = (uint8_t)lround(v->valuedouble);
+  }
+  return 0;
+}
+
+int srv_predict_json_parse(const char *body, size_t len, uint8_t **pixels, uint32_t *n,
+                           char *msg, size_t msglen) {
+  *pixels = NULL;
+  *n = 0;
+  cJSON *root = parse_object(body, len, msg, msglen);
+  if (!root) return -EINVAL;
+  int rc = 0;
+  const cJSON *img = NULL, *imgs = NULL, *f;
+  cJSON_ArrayForEach(f, root) {
+    if (!strcmp(f->string, "image")) img = f;
+    else if (!strcmp(f->string, "images")) imgs = f;
+    else {
+      rc = fail(msg, msglen, "unknown field \"%.40s\" (send \"image\" or \"images\")", f->string);
+      goto out;
+    }
+  }
+  if (!!img == !!imgs) {
+    rc = fail(msg, msglen, "%s", "send either \"image\": [784 numbers] or \"images\": [[784 numbers], ...]");
+    goto out;
+  }
+  uint32_t count = 1;
+  if (imgs) {
+    if (!cJSON_IsArray(imgs) || cJSON_GetArraySize(imgs) < 1) {
+      rc = fail(msg, msglen, "%s must be a non-empty array of images", "images");
+      goto out;
+    }
+    if (cJSON_GetArraySize(imgs) > SRV_MAX_PREDICT_IMAGES) {
+      snprintf(msg, msglen, "images holds %d images; at most %d per request",
+               cJSON_GetArraySize(imgs), SRV_MAX_PREDICT_IMAGES);
+      rc = -E2BIG;
+      goto out;
+    }
+    count = (uint32_t)cJSON_GetArraySize(imgs);
+  }
+  uint8_t *px = malloc((size_t)count * NN_IMAGE_SIZE);
+  if (!px) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  if (img) {
+    rc = image_from_array(img, px, "image", msg, msglen);
+  } else {
+    uint32_t i = 0;
+    char what[32];
+    cJSON_ArrayForEach(f, imgs) {
+      snprintf(what, sizeof what, "images[%u]", i);
+      if ((rc = image_from_array(f, px + (size_t)i * NN_IMAGE_SIZE, what, msg, msglen))) break;
+      i++;
+    }
+  }
+  if (rc) {
+    free(px);
+    goto out;
+  }
+  *pixels = px;
+  *n = count;
+out:
+  cJSON_Delete(root);
+  return rc;
+}
+
+/* One TF-Serving instance: 784 numbers or 28 arrays of 28, in [0, 1]. */
+static int tfs_instance(const cJSON *a, float *out, uint32_t idx, char *msg, size_t msglen) {
+  int size = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+  const cJSON *v;
+  int i = 0;
+  if (size == NN_IMAGE_SIZE) {
+    cJSON_ArrayForEach(v, a) {
+      if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 1)) goto bad;
+      out[i++] = (float)v->valuedouble;
+    }
+    return 0;
+  }
+  if (size == NN_IMAGE_SIDE) {
+    const cJSON *row;
+    cJSON_ArrayForEach(row, a) {
+      if (!cJSON_IsArray(row) || cJSON_GetArraySize(row) != NN_IMAGE_SIDE) goto bad;
+      cJSON_ArrayForEach(v, row) {
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 1)) goto bad;
+        out[i++] = (float)v->valuedouble;
+      }
+    }
+    return 0;
+  }
+bad:
+  snprintf(msg, msglen,
+           "instances[%u] must be 784 numbers or 28 rows of 28 numbers, each from 0 to 1", idx);
+  return -EINVAL;
+}
+
+int srv_tfs_parse(const char *body, size_t len, float **x, uint32_t *n, char *msg,
+                  size_t msglen) {
+  *x = NULL;
+  *n = 0;
+  cJSON *root = parse_object(body, len, msg, msglen);
+  if (!root) return -EINVAL;
+  int rc = 0;
+  const cJSON *inst = NULL, *f;
+  cJSON_ArrayForEach(f, root) {
+    if (!strcmp(f->string, "instances")) inst = f;
+    else if (strcmp(f->string, "signature_name")) {
+      rc = fail(msg, msglen, "unknown field \"%.40s\" (send \"instances\")", f->string);
+      goto out;
+    }
+  }
+  if (!inst || !cJSON_IsArray(inst) || cJSON_GetArraySize(inst) < 1) {
+    rc = fail(msg, msglen, "%s must be a non-empty array", "instances");
+    goto out;
+  }
+  int count = cJSON_GetArraySize(inst);
+  if (count > SRV_MAX_PREDICT_IMAGES) {
+    snprintf(msg, msglen, "instances holds %d images; at most %d per request", count,
+             SRV_MAX_PREDICT_IMAGES);
+    rc = -E2BIG;
+    goto out;
+  }
+  float *buf = malloc((size_t)count * NN_IMAGE_SIZE * sizeof(float));
+  if (!buf) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  uint32_t i = 0;
+  cJSON_ArrayForEach(f, inst) {
+    if ((rc = tfs_instance(f, buf + (size_t)i * NN_IMAGE_SIZE, i, msg, msglen))) break;
+    i++;
+  }
+  if (rc) {
+    free(buf);
+    goto out;
+  }
+  *x = buf;
+  *n = (uint32_t)count;
+out:
+  cJSON_Delete(root);
+  return rc;
+}
