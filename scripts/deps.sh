@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libcjson-dev libuv1-dev
       libcmocka-dev libopenblas-dev zlib1g-dev libsqlite3-dev libspng-dev libsystemd-dev
-      dataset-fashion-mnist curl ca-certificates)
+      dataset-fashion-mnist curl ca-certificates prometheus chromium)
 # Node.js may come from elsewhere (nodesource, nvm): only ask Debian when absent.
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 for g in "$@"; do
@@ -18,10 +18,18 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "deps: installing ${missing[*]}"
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The web page's chart library and the browser-test driver come from npm,
+# pinned by package-lock.json; nothing happens when they are in place.
+cd "$(dirname "$0")/.."
+if [ -f package-lock.json ] && [ ! -f node_modules/.package-lock.json -o package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "deps: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi

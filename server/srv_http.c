@@ -1206,11 +1206,12 @@ int srv_http_start(srv *S, char *msg, size_t msglen) {
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                    MHD_USE_ERROR_LOG;
   S->mhd = MHD_start_daemon(
-      flags, (uint16_t)port, NULL, NULL, on_request, S, MHD_OPTION_SOCK_ADDR, &sa,
+      flags, (uint16_t)port, NULL, NULL, on_request, S, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+      S, MHD_OPTION_SOCK_ADDR, &sa,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)S->cfg.threads, MHD_OPTION_CONNECTION_LIMIT, limit,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S->cfg.conn_timeout,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
-      MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       (size_t)64 * 1024, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
   if (!S->mhd) {
     snprintf(msg, msglen, "cannot listen on %s (address in use, or not allowed)", S->cfg.listen);

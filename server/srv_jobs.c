@@ -571,6 +571,11 @@ static int load_job(const srv_job_row *r, void *u) {
   nn_model *tmp = NULL;
   if (nn_model_create_preset(&tmp, j->cfg.arch) == 0) j->parameters = tmp->n_params;
   nn_model_free(tmp);
+  uint32_t tr, te;
+  if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
+    if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
+    j->batches = (tr + j->cfg.batch_size - 1) / j->cfg.batch_size;
+  }
   srv_store_metrics_each(J->st, j->id, load_metric, j);
   srv_store_events_each(J->st, j->id, load_event, j);
   j->epoch = j->epochs_done;

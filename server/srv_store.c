@@ -70,7 +70,13 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
     free(s);
     return map_rc(rc) ? map_rc(rc) : -EIO;
   }
-  pthread_mutex_init(&s->mu, NULL);
+  /* Recursive: the *_each callbacks may read other tables (loading a job
+   * reads its metrics and events while the job walk is under way). */
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&s->mu, &attr);
+  pthread_mutexattr_destroy(&attr);
   *out = s;
   return 0;
 }

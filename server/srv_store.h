@@ -3,7 +3,8 @@
  * checkpoints are files beside the database; this module only knows their
  * ids.
  *
- * Every function takes the store's mutex, so any thread may call it.
+ * Every function takes the store's (recursive) mutex, so any thread may
+ * call it, and a *_each callback may call back into the store.
  * Functions return 0 or a negative errno-style code (-EIO for SQLite
  * failures, -ENOSPC when the disk is full, -ENOENT for a missing row);
  * srv_store_errmsg() has SQLite's last message. Strings passed in are

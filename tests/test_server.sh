@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Integration tests of `mnistd serve`: the real binary on a free loopback
+# port with a temporary state directory, driven with curl. Covers jobs and
+# their event streams, predictions in every format, the model registry,
+# token enforcement, bad input, SIGKILL during training then restart, and
+# graceful SIGTERM. Needs MNISTD_BIN and MNISTD_DATA (with mnist/).
+set -u
+BIN=$(realpath "${MNISTD_BIN:-build/mnistd}")
+DATA=$(realpath "${MNISTD_DATA:-data}")
+T=$(mktemp -d)
+TOKEN=s3cret-token
+PID=
+cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$T"; echo "tmp: $T"; }
+trap cleanup EXIT
+pass=0; fail=0
+ok() { pass=$((pass+1)); }
+bad() { fail=$((fail+1)); echo "FAIL: $*"; }
+check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok; else bad "$name"; fi; }
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+B=http://127.0.0.1:$PORT
+start() { # extra flags...
+  "$BIN" serve --listen 127.0.0.1:$PORT --state-dir "$T/state" --data-dir "$DATA" \
+    --api-token "$TOKEN" --no-bootstrap --train-threads 2 "$@" >>"$T/daemon.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do curl -sf "$B/healthz" >/dev/null && return 0; sleep 0.05; done
+  echo "daemon did not start:"; tail -5 "$T/daemon.log"; return 1
+}
+# curl wrapper: prints the body, status in $T/code
+req() { curl -s -o "$T/body" -w '%{http_code}' "$@" > "$T/code"; cat "$T/body"; }
+code() { cat "$T/code"; }
+auth=(-H "Authorization: Bearer $TOKEN")
+json() { python3 -c "import json,sys; d=json.load(open('$T/body')); print($1)"; }
+wait_state() { # job id, state regex, seconds
+  for _ in $(seq $(( $3 * 10 ))); do
+    s=$(curl -s "$B/v1/jobs/$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null)
+    [[ "$s" =~ ^($2)$ ]] && return 0; sleep 0.1
+  done; echo "job $1 is $s, wanted $2"; return 1
+}
+
+start || exit 1
+
+# ---- health and readiness
+req "$B/healthz" >/dev/null; check "healthz 200" test "$(code)" = 200
+req "$B/readyz" >/dev/null
+check "readyz 503 without a model, with a reason" bash -c "test $(code) = 503 && grep -q 'no model' '$T/body'"
+req "$B/v1/datasets" >/dev/null
+check "datasets lists mnist 60000/10000" python3 -c "
+import json; d = json.load(open('$T/body'))['datasets']; m = [x for x in d if x['name'] == 'mnist'][0]
+assert (m['train'], m['test']) == (60000, 10000)"
+
+# ---- token enforcement: every mutating route from the table
+req -XPOST -H 'Content-Type: application/json' -d '{}' "$B/v1/jobs" >/dev/null
+check "POST /v1/jobs without token: 401" test "$(code)" = 401
+req -XPOST -H 'Authorization: Bearer wrong' -d '{}' "$B/v1/jobs" >/dev/null
+check "wrong token: 401" test "$(code)" = 401
+for r in "POST /v1/jobs/1/cancel" "POST /v1/models/1/activate" "DELETE /v1/models/1"; do
+  set -- $r; req -X "$1" "$B$2" >/dev/null
+  check "$r without token: 401" test "$(code)" = 401
+done
+
+# ---- a short job, its event stream read to the end
+req -XPOST "${auth[@]}" -H 'Content-Type: application/json' -D "$T/headers" \
+  -d '{"epochs":2,"train_limit":8000,"test_limit":2000,"activate":"always"}' "$B/v1/jobs" >/dev/null
+check "job accepted: 202" test "$(code)" = 202
+check "Location header" grep -qi '^Location: /v1/jobs/1' "$T/headers"
+JOB=$(json 'd["id"]')
+timeout 120 curl -sN "$B/v1/jobs/$JOB/events" > "$T/sse.txt"
+check "SSE stream closes after end" test $? = 0
+check "SSE events: state, progress, 2 epochs, end" python3 - "$T/sse.txt" <<'EOF'
+import json, sys
+evs, cur = [], {}
+for line in open(sys.argv[1]).read().split("\n"):
+    if line.startswith("id: "): cur["id"] = int(line[4:])
+    elif line.startswith("event: "): cur["event"] = line[7:]
+    elif line.startswith("data: "): cur["data"] = json.loads(line[6:])
+    elif line == "" and cur: evs.append(cur); cur = {}
+types = [e["event"] for e in evs]
+assert types[0] == "state" and evs[0]["data"]["state"] == "queued", types
+assert "progress" in types and types.count("epoch") == 2 and types[-1] == "end", types
+ids = [e["id"] for e in evs]; assert ids == sorted(set(ids)), ids
+ep = [e["data"] for e in evs if e["event"] == "epoch"]
+assert set(ep[0]) == {"epoch","loss","accuracy","val_loss","val_accuracy","seconds","samples_per_second"}
+assert evs[-1]["data"]["state"] == "succeeded" and evs[-1]["data"]["model_id"] == 1
+EOF
+# Resumption: Last-Event-ID 3 gives exactly the events after 3.
+curl -sN -H 'Last-Event-ID: 3' "$B/v1/jobs/$JOB/events" > "$T/sse2.txt"
+check "Last-Event-ID resumes without duplicates" python3 -c "
+a = [l for l in open('$T/sse.txt') if l.startswith('id: ')]
+b = [l for l in open('$T/sse2.txt') if l.startswith('id: ')]
+assert b == [l for l in a if int(l[4:]) > 3] and b, (a, b)"
+curl -sN "$B/v1/jobs/$JOB/events?format=ndjson" > "$T/nd.txt"
+check "ndjson: one JSON object per line, ends with end" python3 -c "
+import json; L = [json.loads(l) for l in open('$T/nd.txt') if l.strip()]
+assert L[-1]['event'] == 'end' and all('id' in x and 'data' in x for x in L)"
+req "$B/v1/jobs/$JOB" >/dev/null
+check "job record: succeeded, 2 metrics rows, model 1, timestamps" python3 -c "
+import json; d = json.load(open('$T/body'))
+assert d['state'] == 'succeeded' and len(d['metrics']) == 2 and d['model_id'] == 1
+assert d['created_at'] and d['started_at'] and d['finished_at'] and d['config']['train_limit'] == 8000"
+req "$B/readyz" >/dev/null; check "readyz 200 with the model" bash -c "test $(code) = 200 && grep -q '\"model\":1' '$T/body'"
+
+# ---- predictions: real test digits as a raw batch, JSON, PNG, PGM
+python3 - "$DATA/mnist" "$T" <<'EOF'
+import json, struct, sys, zlib
+d, t = sys.argv[1], sys.argv[2]
+img = open(d + "/t10k-images-idx3-ubyte", "rb").read()[16:16 + 784 * 200]
+lab = open(d + "/t10k-labels-idx1-ubyte", "rb").read()[8:8 + 200]
+open(t + "/batch.raw", "wb").write(img)
+open(t + "/labels.json", "w").write(json.dumps(list(lab)))
+open(t + "/one.json", "w").write(json.dumps({"image": list(img[:784])}))
+open(t + "/two.json", "w").write(json.dumps({"images": [list(img[:784]), list(img[784:1568])]}))
+def big(k, scale=10):  # digit k as a black-on-white drawing, scale x
+    px = img[784 * k: 784 * (k + 1)]
+    return [[255 - px[(y // scale) * 28 + x // scale] for x in range(28 * scale)] for y in range(28 * scale)]
+def png(rows, path, rgba=False):
+    w, h = len(rows[0]), len(rows)
+    if rgba:  # transparent background, black strokes, like a canvas
+        raw = b"".join(b"\0" + b"".join(bytes([0, 0, 0, 255 - v]) for v in r) for r in rows)
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+    else:
+        raw = b"".join(b"\0" + bytes(r) for r in rows)
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    def chunk(t, b): return struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))
+    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+png(big(0), t + "/seven.png")
+png(big(1, 12), t + "/two_rgba.png", rgba=True)
+rows = big(2, 9)
+open(t + "/one.pgm", "wb").write(b"P5\n# a comment\n%d %d\n255\n" % (len(rows[0]), len(rows)) + b"".join(bytes(r) for r in rows))
+open(t + "/one_ascii.pgm", "w").write("P2\n%d %d\n255\n" % (len(rows[0]), len(rows)) + "\n".join(" ".join(map(str, r)) for r in rows))
+png(big(0), t + "/broken.png"); b = bytearray(open(t + "/broken.png", "rb").read()); b[60] ^= 0xff
+open(t + "/broken.png", "wb").write(bytes(b[:len(b) - 20]))
+EOF
+req -XPOST -H 'Content-Type: application/octet-stream' --data-binary @"$T/batch.raw" "$B/v1/predict" >/dev/null
+check "raw batch of 200 real digits: > 90% right" python3 -c "
+import json; d = json.load(open('$T/body')); lab = json.load(open('$T/labels.json'))
+p = [x['label'] for x in d['predictions']]; acc = sum(a == b for a, b in zip(p, lab)) / len(lab)
+assert len(p) == 200 and acc > 0.9, acc
+x = d['predictions'][0]; assert abs(sum(x['probabilities']) - 1) < 1e-3 and x['confidence'] == max(x['probabilities'])"
+req -XPOST -H 'Content-Type: application/json' --data-binary @"$T/one.json" "$B/v1/predict?explain=1" >/dev/null
+check "JSON image with explain: label 7 and 784 pixels" python3 -c "
+import json; p = json.load(open('$T/body'))['predictions'][0]; assert p['label'] == 7 and len(p['pixels']) == 784"
+req -XPOST -H 'Content-Type: application/json' --data-binary @"$T/two.json" "$B/v1/predict" >/dev/null
+check "JSON images: 7 and 2" bash -c "grep -q '\"label\":7' '$T/body' && test \$(grep -o '\"label\"' '$T/body' | wc -l) = 2"
+req -XPOST -H 'Content-Type: image/png' --data-binary @"$T/seven.png" "$B/v1/predict" >/dev/null
+check "PNG 280x280 black on white: 7" grep -q '"label":7' "$T/body"
+req -XPOST --data-binary @"$T/two_rgba.png" "$B/v1/predict" >/dev/null
+check "RGBA canvas PNG (no Content-Type): 2" grep -q '"label":2' "$T/body"
+req -XPOST -H 'Content-Type: image/x-portable-graymap' --data-binary @"$T/one.pgm" "$B/v1/predict" >/dev/null
+check "PGM P5: 1" grep -q '"label":1' "$T/body"
+req -XPOST -H 'Content-Type: image/x-portable-graymap' --data-binary @"$T/one_ascii.pgm" "$B/v1/predict" >/dev/null
+check "PGM P2: 1" grep -q '"label":1' "$T/body"
+python3 -c "
+import json; px = json.load(open('$T/one.json'))['image']
+print(json.dumps({'instances': [[v / 255 for v in px], [[v / 255 for v in px[r*28:(r+1)*28]] for r in range(28)]]}))" > "$T/tfs.json"
+req -XPOST -H 'Content-Type: application/json' --data-binary @"$T/tfs.json" "$B/v1/models/mnist:predict" >/dev/null
+check "TF-Serving predict: two rows of 10, argmax 7" python3 -c "
+import json; p = json.load(open('$T/body'))['predictions']
+assert len(p) == 2 and all(len(r) == 10 and r.index(max(r)) == 7 for r in p)"
+
+# ---- bad input: each a JSON error with the right status; the daemon survives
+python3 -c "print('[' * 100000 + ']' * 100000)" > "$T/deep.json"
+head -c $((9 * 1024 * 1024)) /dev/zero > "$T/huge.bin"
+badcase() { # expected status, name, curl args...
+  local want=$1 name=$2; shift 2
+  req "$@" >/dev/null
+  if [ "$(code)" = "$want" ] && python3 -c "
+import json; e = json.load(open('$T/body'))['error']; assert e['code'] == $want and len(e['message']) > 10" 2>/dev/null
+  then ok; else bad "$name: got $(code) $(head -c 200 "$T/body")"; fi
+}
+J=(-H 'Content-Type: application/json' "${auth[@]}")
+badcase 400 "malformed JSON" -XPOST "${J[@]}" -d '{"epochs":' "$B/v1/jobs"
+badcase 400 "deep nesting" -XPOST "${J[@]}" --data-binary @"$T/deep.json" "$B/v1/jobs"
+badcase 400 "NaN" -XPOST "${J[@]}" -d '{"epochs":NaN}' "$B/v1/jobs"
+badcase 400 "Infinity in image" -XPOST -H 'Content-Type: application/json' -d '{"image":[Infinity]}' "$B/v1/predict"
+badcase 400 "unknown field named" -XPOST "${J[@]}" -d '{"epoch":3}' "$B/v1/jobs"
+badcase 400 "wrong type" -XPOST "${J[@]}" -d '{"epochs":"3"}' "$B/v1/jobs"
+badcase 400 "out of range" -XPOST "${J[@]}" -d '{"batch_size":0}' "$B/v1/jobs"
+badcase 400 "bad optimizer" -XPOST "${J[@]}" -d '{"optimizer":{"name":"adagrad"}}' "$B/v1/jobs"
+badcase 400 "pixel out of range" -XPOST -H 'Content-Type: application/json' -d "{\"image\":[$(python3 -c "print(','.join(['300']*784))")]}" "$B/v1/predict"
+badcase 415 "wrong content type for jobs" -XPOST "${auth[@]}" -H 'Content-Type: text/csv' -d 'a,b' "$B/v1/jobs"
+badcase 415 "wrong content type for predict" -XPOST -H 'Content-Type: image/jpeg' --data-binary @"$T/seven.png" "$B/v1/predict"
+badcase 400 "broken PNG" -XPOST -H 'Content-Type: image/png' --data-binary @"$T/broken.png" "$B/v1/predict"
+badcase 400 "raw bytes not a multiple of 784" -XPOST -H 'Content-Type: application/octet-stream' --data-binary 'hello' "$B/v1/predict"
+badcase 413 "body over --max-body" -XPOST -H 'Content-Type: application/octet-stream' --data-binary @"$T/huge.bin" "$B/v1/predict"
+badcase 405 "wrong method" -XPUT "$B/v1/jobs"
+check "405 carries Allow" bash -c "curl -si -XPUT '$B/v1/jobs' | grep -qi '^Allow: POST, GET'"
+badcase 404 "unknown path" "$B/v1/nothing"
+badcase 404 "unknown job" "$B/v1/jobs/999"
+badcase 404 "path traversal" --path-as-is "$B/../../etc/passwd"
+badcase 404 "encoded traversal" --path-as-is "$B/%2e%2e/%2e%2e/etc/passwd"
+badcase 400 "bad state filter" "$B/v1/jobs?state=sleeping"
+badcase 409 "delete the active model" -XDELETE "${auth[@]}" "$B/v1/models/1"
+# A body cut short: the client sends half and hangs up.
+python3 - "$PORT" <<'EOF'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 784\r\n\r\n" + b"\0" * 100)
+s.close()
+EOF
+req "$B/healthz" >/dev/null; check "still serving after bad input" test "$(code)" = 200
+
+# ---- models: list, get, file, activate, delete
+req -XPOST "${J[@]}" -d '{"epochs":1,"train_limit":3000,"test_limit":1000,"activate":"never","arch":"relu"}' "$B/v1/jobs" >/dev/null
+JOB2=$(json 'd["id"]')
+wait_state "$JOB2" succeeded 60; check "second job (relu) succeeded" test $? = 0
+req "$B/v1/models" >/dev/null
+check "two models, newest first, 1 active" python3 -c "
+import json; m = json.load(open('$T/body'))['models']
+assert [x['id'] for x in m] == [2, 1] and m[1]['active'] and not m[0]['active']
+assert m[0]['arch'] == 'relu' and m[0]['parameters'] == 669706 and m[1]['parameters'] == 337418"
+curl -s -o "$T/dl.model" "$B/v1/models/2/file"
+check "model download loads in mnistd predict" bash -c "'$BIN' predict --model '$T/dl.model' --limit 3 '$DATA/mnist/t10k-images-idx3-ubyte' | grep -c ']: ' | grep -qx 3"
+req -XPOST "${auth[@]}" "$B/v1/models/2/activate" >/dev/null; check "activate 2" test "$(code)" = 200
+req "$B/readyz" >/dev/null; check "readyz shows model 2" grep -q '"model":2' "$T/body"
+req -XPOST --data-binary @"$T/seven.png" "$B/v1/predict?model=1" >/dev/null
+check "?model=1 predicts with model 1" grep -q '"model":1' "$T/body"
+req "$B/v1/models/2/evaluation" >/dev/null
+check "evaluation: 10x10 confusion summing to 1000" python3 -c "
+import json; d = json.load(open('$T/body')); assert sum(map(sum, d['confusion'])) == 10000 or sum(map(sum, d['confusion'])) == d['images']
+assert all(len(r) == 10 for r in d['confusion']) and all(len(x['pixels']) == 784 for x in d['misclassified'])"
+req "$B/v1/samples/random" >/dev/null
+check "random sample: label and 784 pixels" python3 -c "
+import json; d = json.load(open('$T/body')); assert 0 <= d['label'] <= 9 and len(d['pixels']) == 784"
+req -XDELETE "${auth[@]}" "$B/v1/models/1" >/dev/null; check "delete inactive model: 204" test "$(code)" = 204
+req "$B/v1/models/1" >/dev/null; check "deleted model is gone" test "$(code)" = 404
+
+# ---- cancel
+req -XPOST "${J[@]}" -d '{"epochs":50}' "$B/v1/jobs" >/dev/null
+JOB3=$(json 'd["id"]')
+wait_state "$JOB3" running 20 >/dev/null
+req -XPOST "${auth[@]}" "$B/v1/jobs/$JOB3/cancel" >/dev/null; check "cancel accepted" test "$(code)" = 202
+wait_state "$JOB3" cancelled 10; check "job cancelled" test $? = 0
+timeout 5 curl -sN "$B/v1/jobs/$JOB3/events" | tail -3 > "$T/end.txt"
+check "cancelled job's stream ends with end" grep -q '"state":"cancelled"' "$T/end.txt"
+req "$B/v1/jobs?state=cancelled&limit=5" >/dev/null
+check "job list filters by state" python3 -c "
+import json; j = json.load(open('$T/body'))['jobs']; assert [x['id'] for x in j] == [$JOB3]"
+
+# ---- metrics pass promtool
+curl -s "$B/metrics" > "$T/metrics.txt"
+if command -v promtool >/dev/null; then
+  check "promtool check metrics" bash -c "promtool check metrics < '$T/metrics.txt'"
+else
+  bad "promtool missing (make deps installs prometheus)"
+fi
+check "metrics count requests by route" grep -q 'mnistd_http_requests_total{route="POST /v1/predict",status="200"}' "$T/metrics.txt"
+
+# ---- SIGKILL during training, then restart: records intact, job resumes
+req -XPOST "${J[@]}" -d '{"epochs":4,"test_limit":1000,"activate":"never"}' "$B/v1/jobs" >/dev/null
+JOB4=$(json 'd["id"]')
+for _ in $(seq 200); do
+  n=$(curl -s "$B/v1/jobs/$JOB4" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["metrics"]))')
+  [ "$n" -ge 1 ] && break; sleep 0.05
+done
+curl -s "$B/v1/models" > "$T/models_before.json"
+curl -s "$B/v1/jobs/$JOB" > "$T/job1_before.json"
+kill -9 "$PID"; wait "$PID" 2>/dev/null
+start || exit 1
+curl -s "$B/v1/models" > "$T/models_after.json"
+curl -s "$B/v1/jobs/$JOB" > "$T/job1_after.json"
+check "models identical after SIGKILL" cmp -s "$T/models_before.json" "$T/models_after.json"
+check "finished job record identical after SIGKILL" cmp -s "$T/job1_before.json" "$T/job1_after.json"
+check "log says the job resumes" grep -q "job $JOB4 was interrupted after epoch" "$T/daemon.log"
+wait_state "$JOB4" succeeded 90; check "interrupted job completes after restart" test $? = 0
+req "$B/v1/jobs/$JOB4" >/dev/null
+check "resumed job has exactly epochs 1,2,3,4" python3 -c "
+import json; d = json.load(open('$T/body')); assert [m['epoch'] for m in d['metrics']] == [1, 2, 3, 4], d['metrics']"
+check "database integrity" bash -c "sqlite3 '$T/state/mnistd.db' 'PRAGMA integrity_check' | grep -qx ok || python3 -c \"import sqlite3; assert sqlite3.connect('$T/state/mnistd.db').execute('PRAGMA integrity_check').fetchone()[0] == 'ok'\""
+
+# ---- SIGTERM while training: exit 0 within 5 s, job resumes next time
+req -XPOST "${J[@]}" -d '{"epochs":40,"activate":"never"}' "$B/v1/jobs" >/dev/null
+JOB5=$(json 'd["id"]')
+wait_state "$JOB5" running 20 >/dev/null; sleep 0.5
+t0=$(date +%s.%N); kill -TERM "$PID"; wait "$PID"; rc=$?; t1=$(date +%s.%N); PID=
+check "SIGTERM: exit status 0" test "$rc" = 0
+check "SIGTERM: stopped within 5 s" python3 -c "assert $t1 - $t0 < 5, $t1 - $t0"
+check "SIGTERM: logged a clean stop" grep -q "stopped cleanly" "$T/daemon.log"
+start || exit 1
+req "$B/v1/jobs/$JOB5" >/dev/null
+check "job interrupted by SIGTERM is running again" python3 -c "
+import json; assert json.load(open('$T/body'))['state'] in ('running', 'queued')"
+req -XPOST "${auth[@]}" "$B/v1/jobs/$JOB5/cancel" >/dev/null
+kill -TERM "$PID"; wait "$PID"; PID=
+
+echo "server: $pass passed, $fail failed"
+[ "$fail" = 0 ]
