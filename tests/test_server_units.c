@@ -1,0 +1,295 @@
+/* Unit tests of the daemon's pieces: request validation (table driven),
+ * the job state machine and the event stream framing and resumption. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "srv.h"
+#include "srv_jobs.h"
+#include "srv_store.h"
+#include "srv_validate.h"
+
+/* ---------------------------------------------------------------- validation */
+
+typedef struct {
+  const char *body;
+  int rc;
+  const char *needle; /* in the message, or NULL */
+} vcase;
+
+static void test_job_config_table(void **state) {
+  (void)state;
+  static const vcase cases[] = {
+      {"", 0, NULL},
+      {"{}", 0, NULL},
+      {"  {\"epochs\": 2}  \n", 0, NULL},
+      {"{\"arch\":\"relu\",\"dataset\":\"fashion-mnist\",\"epochs\":1,\"batch_size\":64,"
+       "\"optimizer\":{\"name\":\"adam\",\"learning_rate\":0.002},\"seed\":7,"
+       "\"activate\":\"never\",\"train_limit\":500,\"test_limit\":null}",
+       0, NULL},
+      {"{\"optimizer\":\"sgd\"}", 0, NULL},
+      {"{", -EINVAL, "not valid JSON"},
+      {"[1,2]", -EINVAL, "JSON object"},
+      {"{} {}", -EINVAL, "after the JSON value"},
+      {"{\"epochs\":0}", -EINVAL, "epochs"},
+      {"{\"epochs\":1001}", -EINVAL, "epochs"},
+      {"{\"epochs\":2.5}", -EINVAL, "epochs"},
+      {"{\"epochs\":\"4\"}", -EINVAL, "epochs"},
+      {"{\"epochs\":NaN}", -EINVAL, "not valid JSON"},
+      {"{\"epochs\":Infinity}", -EINVAL, "not valid JSON"},
+      {"{\"epochs\":1e999}", -EINVAL, "epochs"},
+      {"{\"batch_size\":0}", -EINVAL, "batch_size"},
+      {"{\"batch_size\":5000}", -EINVAL, "batch_size"},
+      {"{\"arch\":\"lenet\"}", -EINVAL, "arch"},
+      {"{\"arch\":1}", -EINVAL, "arch"},
+      {"{\"dataset\":\"cifar\"}", -EINVAL, "dataset"},
+      {"{\"seed\":-1}", -EINVAL, "seed"},
+      {"{\"activate\":\"sometimes\"}", -EINVAL, "activate"},
+      {"{\"train_limit\":0}", -EINVAL, "train_limit"},
+      {"{\"optimizer\":{\"name\":\"adagrad\"}}", -EINVAL, "optimizer.name"},
+      {"{\"optimizer\":{\"learning_rate\":0}}", -EINVAL, "optimizer.learning_rate"},
+      {"{\"optimizer\":{\"learning_rate\":-1}}", -EINVAL, "optimizer.learning_rate"},
+      {"{\"optimizer\":{\"lr\":0.1}}", -EINVAL, "optimizer.lr"},
+      {"{\"optimizer\":[1]}", -EINVAL, "optimizer"},
+      {"{\"epoch\":3}", -EINVAL, "unknown field \"epoch\""},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    srv_job_config c;
+    char msg[512] = "";
+    int rc = srv_job_config_parse(cases[i].body, strlen(cases[i].body), &c, msg, sizeof msg);
+    if (rc != cases[i].rc || (cases[i].needle && !strstr(msg, cases[i].needle)))
+      fail_msg("case %zu (%s): rc %d msg '%s'", i, cases[i].body, rc, msg);
+  }
+  /* Defaults are the seed's settings; canonical JSON round-trips. */
+  srv_job_config c, d;
+  char msg[256];
+  assert_int_equal(srv_job_config_parse("{}", 2, &c, msg, sizeof msg), 0);
+  assert_string_equal(c.arch, "antirectifier");
+  assert_int_equal(c.epochs, 4);
+  assert_int_equal(c.batch_size, 128);
+  assert_int_equal(c.optimizer, NN_OPT_RMSPROP);
+  assert_float_equal(c.learning_rate, 0.001f, 1e-9);
+  char *js = srv_job_config_json(&c);
+  assert_int_equal(srv_job_config_parse(js, strlen(js), &d, msg, sizeof msg), 0);
+  assert_memory_equal(&c, &d, sizeof c);
+  free(js);
+  /* sgd gets its own default learning rate unless one is given. */
+  assert_int_equal(srv_job_config_parse("{\"optimizer\":\"sgd\"}", 19, &c, msg, sizeof msg), 0);
+  assert_float_equal(c.learning_rate, 0.01f, 1e-9);
+}
+
+static void test_predict_json_table(void **state) {
+  (void)state;
+  char ok784[8000], img[9000];
+  size_t o = 0;
+  for (int i = 0; i < 784; i++) o += (size_t)snprintf(ok784 + o, sizeof ok784 - o, "%s%d", i ? "," : "", i % 256);
+  uint8_t *px;
+  uint32_t n;
+  char msg[256];
+  snprintf(img, sizeof img, "{\"image\":[%s]}", ok784);
+  assert_int_equal(srv_predict_json_parse(img, strlen(img), &px, &n, msg, sizeof msg), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(px[783], 783 % 256);
+  free(px);
+  snprintf(img, sizeof img, "{\"images\":[[%s]]}", ok784);
+  assert_int_equal(srv_predict_json_parse(img, strlen(img), &px, &n, msg, sizeof msg), 0);
+  free(px);
+  static const vcase bad[] = {
+      {"{}", -EINVAL, "either"},
+      {"{\"image\":[1,2,3]}", -EINVAL, "784"},
+      {"{\"image\":\"abc\"}", -EINVAL, "784"},
+      {"{\"images\":[]}", -EINVAL, "non-empty"},
+      {"{\"image\":[1],\"images\":[[1]]}", -EINVAL, "either"},
+      {"{\"pixels\":[1]}", -EINVAL, "unknown field"},
+      {"nonsense", -EINVAL, "not valid JSON"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    int rc = srv_predict_json_parse(bad[i].body, strlen(bad[i].body), &px, &n, msg, sizeof msg);
+    if (rc != bad[i].rc || !strstr(msg, bad[i].needle) || px)
+      fail_msg("predict case %zu (%s): rc %d msg '%s'", i, bad[i].body, rc, msg);
+  }
+  /* A pixel out of range is named by its index. */
+  char *big = malloc(9000);
+  snprintf(big, 9000, "{\"image\":[%s]}", ok784);
+  char *p = strstr(big, ",5,");
+  memcpy(p, ",9,", 3);
+  p[1] = '-';
+  assert_int_equal(srv_predict_json_parse(big, strlen(big), &px, &n, msg, sizeof msg), -EINVAL);
+  free(big);
+  /* More than 1024 images: too big. */
+  size_t cap = 1100 * 4 + 64;
+  char *many = malloc(cap);
+  o = (size_t)snprintf(many, cap, "{\"images\":[");
+  for (int i = 0; i < 1025; i++) o += (size_t)snprintf(many + o, cap - o, "%s[0]", i ? "," : "");
+  snprintf(many + o, cap - o, "]}");
+  assert_int_equal(srv_predict_json_parse(many, strlen(many), &px, &n, msg, sizeof msg), -E2BIG);
+  free(many);
+}
+
+static void test_tfs_parse(void **state) {
+  (void)state;
+  char buf[20000];
+  size_t o = (size_t)snprintf(buf, sizeof buf, "{\"instances\":[[");
+  for (int r = 0; r < 28; r++) {
+    o += (size_t)snprintf(buf + o, sizeof buf - o, "%s[", r ? "," : "");
+    for (int c = 0; c < 28; c++) o += (size_t)snprintf(buf + o, sizeof buf - o, "%s0.5", c ? "," : "");
+    o += (size_t)snprintf(buf + o, sizeof buf - o, "]");
+  }
+  snprintf(buf + o, sizeof buf - o, "]]}");
+  float *x;
+  uint32_t n;
+  char msg[256];
+  assert_int_equal(srv_tfs_parse(buf, strlen(buf), &x, &n, msg, sizeof msg), 0);
+  assert_int_equal(n, 1);
+  assert_float_equal(x[783], 0.5f, 0);
+  free(x);
+  const char *bad = "{\"instances\":[[2]]}";
+  assert_int_equal(srv_tfs_parse(bad, strlen(bad), &x, &n, msg, sizeof msg), -EINVAL);
+  assert_non_null(strstr(msg, "instances[0]"));
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+static char dir[256];
+
+static void rm_rf(const char *d) {
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
+  if (system(cmd)) {
+  }
+}
+
+static void woke(void *ctx) { (*(int *)ctx)++; }
+static void suspended(void *ctx) { (void)ctx; }
+
+/* Reads the whole stream that is ready now into buf. */
+static size_t drain(srv_sub *s, char *buf, size_t cap, int *ended) {
+  size_t n = 0;
+  *ended = 0;
+  for (;;) {
+    ssize_t k = srv_sub_read(s, buf + n, 7 /* small, to test partial copies */, suspended);
+    if (k < 0) {
+      *ended = 1;
+      break;
+    }
+    if (k == 0) break;
+    n += (size_t)k;
+    assert_true(n < cap);
+  }
+  buf[n] = 0;
+  return n;
+}
+
+static void test_job_state_machine_and_streams(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[256];
+  srv_store *st;
+  srv_models *models;
+  srv_data *data;
+  srv_jobs *J;
+  uv_loop_t loop;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&models, st, dir, NULL), 0);
+  assert_int_equal(srv_data_open(&data, "/nonexistent"), 0);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  srv_jobs_options opt = {dir, 1, 1, 0, NULL};
+  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+
+  /* The loop never runs here, so the job stays queued. */
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  int64_t id;
+  assert_int_equal(srv_jobs_submit(J, &c, &id), 0);
+  assert_int_equal(id, 1);
+  int wakes = 0;
+  srv_sub *s;
+  assert_int_equal(srv_sub_open(J, 99, 0, 0, woke, &wakes, &s), -ENOENT);
+  assert_int_equal(srv_sub_open(J, id, 0, 0, woke, &wakes, &s), 0);
+  char buf[4096];
+  int ended;
+  drain(s, buf, sizeof buf, &ended);
+  assert_false(ended);
+  assert_string_equal(buf, "id: 1\nevent: state\ndata: {\"job\":1,\"state\":\"queued\"}\n\n");
+
+  /* Cancelling a queued job finishes it: state, then end. */
+  assert_int_equal(srv_jobs_cancel(J, id), 0);
+  assert_int_equal(srv_jobs_cancel(J, id), -EALREADY);
+  assert_int_equal(srv_jobs_cancel(J, 42), -ENOENT);
+  drain(s, buf, sizeof buf, &ended);
+  assert_true(ended);
+  assert_non_null(strstr(buf, "id: 2\nevent: state\ndata: {\"job\":1,\"state\":\"cancelled\"}"));
+  assert_non_null(strstr(buf, "id: 3\nevent: end\ndata: {\"job\":1,\"state\":\"cancelled\",\"model_id\":null}"));
+  srv_sub_close(s);
+
+  /* Resumption: after id 2 only the end; ndjson framing. */
+  assert_int_equal(srv_sub_open(J, id, 2, 1, woke, &wakes, &s), 0);
+  drain(s, buf, sizeof buf, &ended);
+  assert_true(ended);
+  assert_string_equal(buf, "{\"id\":3,\"event\":\"end\",\"data\":{\"job\":1,\"state\":\"cancelled\","
+                           "\"model_id\":null}}\n");
+  srv_sub_close(s);
+
+  cJSON *j = srv_jobs_json(J, id);
+  assert_string_equal(cJSON_GetObjectItem(j, "state")->valuestring, "cancelled");
+  assert_non_null(cJSON_GetObjectItem(j, "finished_at")->valuestring);
+  cJSON_Delete(j);
+  assert_int_equal(srv_jobs_subscribers(J), 0);
+
+  /* The records survive a reopen: state and events come back. */
+  srv_jobs_close_handles(J);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  srv_jobs_close(J);
+  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+  j = srv_jobs_json(J, id);
+  assert_string_equal(cJSON_GetObjectItem(j, "state")->valuestring, "cancelled");
+  cJSON_Delete(j);
+  assert_int_equal(srv_sub_open(J, id, 0, 0, woke, &wakes, &s), 0);
+  drain(s, buf, sizeof buf, &ended);
+  assert_true(ended);
+  assert_non_null(strstr(buf, "id: 3\nevent: end"));
+  srv_sub_close(s);
+  assert_int_equal(srv_store_check(st), 0);
+
+  srv_jobs_close_handles(J);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  srv_jobs_close(J);
+  uv_loop_close(&loop);
+  srv_data_close(data);
+  srv_models_close(models);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
+static void test_route_table_mutating_routes(void **state) {
+  (void)state;
+  const srv_route_info *r;
+  size_t n = srv_routes(&r);
+  assert_true(n > 10);
+  for (size_t i = 0; i < n; i++) {
+    int writes = !strcmp(r[i].method, "DELETE") ||
+                 (!strcmp(r[i].method, "POST") && strstr(r[i].pattern, "predict") == NULL);
+    if (writes != r[i].mutating) fail_msg("%s %s: mutating flag is wrong", r[i].method, r[i].pattern);
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_job_config_table),
+      cmocka_unit_test(test_predict_json_table),
+      cmocka_unit_test(test_tfs_parse),
+      cmocka_unit_test(test_job_state_machine_and_streams),
+      cmocka_unit_test(test_route_table_mutating_routes),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
