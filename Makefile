@@ -32,7 +32,7 @@ BENCHES  := $(BUILD)/bench/bench_core
 DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
-.PHONY: all deps data run test unit asan bench clean distclean check-deps
+.PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd
 .SECONDARY:
 all: $(BUILD)/mnistd
 
@@ -97,9 +97,21 @@ asan: deps data
 bench: deps data $(BUILD)/mnistd $(BENCHES)
 	@MNISTD_DATA=$(DATA_DIR) bench/run.sh $(BUILD)
 
+# Serves on 127.0.0.1:8080 (override: make run ARGS="--listen 127.0.0.1:9000").
 run: deps data
 	@$(MAKE) --no-print-directory $(BUILD)/mnistd
-	$(BUILD)/mnistd train --data-dir $(DATA_DIR)/mnist --epochs 4 --out $(BUILD)/default.model
+	$(BUILD)/mnistd serve --data-dir $(DATA_DIR) --state-dir state $(ARGS)
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: $(BUILD)/mnistd
+	@BUILD=$(BUILD) DATA_DIR=$(DATA_DIR) scripts/install.sh "$(PREFIX)" "$(DESTDIR)"
+
+test-docker:
+	@scripts/test-docker.sh
+
+test-systemd: $(BUILD)/mnistd
+	@scripts/test-systemd.sh
 
 clean:
 	rm -rf build

@@ -10,7 +10,7 @@ DATA=$(realpath "${MNISTD_DATA:-data}")
 T=$(mktemp -d)
 TOKEN=s3cret-token
 PID=
-cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$T"; echo "tmp: $T"; }
+cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; if [ -n "${KEEP:-}" ]; then echo "kept $T"; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 pass=0; fail=0
 ok() { pass=$((pass+1)); }
