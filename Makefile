@@ -32,7 +32,8 @@ BENCHES  := $(BUILD)/bench/bench_core
 DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
-.PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd
+.PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd \
+        fuzz reliability valgrind
 .SECONDARY:
 all: $(BUILD)/mnistd
 
@@ -95,7 +96,19 @@ asan: deps data
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" unit
 
 bench: deps data $(BUILD)/mnistd $(BENCHES)
+	@scripts/deps.sh bench
 	@MNISTD_DATA=$(DATA_DIR) bench/run.sh $(BUILD)
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The reliability battery: fault injection, load, Valgrind (tests/README.md).
+reliability: $(BUILD)/mnistd
+	@scripts/reliability.sh
+
+valgrind: $(BUILD)/mnistd $(TESTS)
+	@scripts/valgrind.sh
 
 # Serves on 127.0.0.1:8080 (override: make run ARGS="--listen 127.0.0.1:9000").
 run: deps data

@@ -21,6 +21,8 @@ subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)' \
   "$B"/mnistd train --data-dir "${MNISTD_DATA:-data}" --epochs 1)
 
+http=$(bench/http.sh "$B" "${MNISTD_DATA:-data}")
+
 torch=""
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   torch=$(/usr/bin/python3 bench/torch_ref.py --data-dir "$D" --json 2>/dev/null || true)
@@ -44,6 +46,12 @@ printf '| test accuracy after 4 epochs, seeds%s | worst %.2f%% | >= 97.6%% | %s 
 printf '| inference, one image, median (us) | %s | <= 30 | %s |\n' "$(get infer_single_us_median "$infer")" "$(tj infer_single_us_median)"
 printf '| inference, batches of 1000 (images/s) | %s | >= 200000 | %s |\n' "$(get infer_batch_images_per_second "$infer")" "$(tj infer_batch_images_per_second)"
 printf '| peak RSS of mnistd train (MB) | %s | < 150 | |\n' "$rss"
+printf '| daemon: POST /v1/predict, 1 image, keep-alive, wrk -t2 -c16 (req/s) | %s | >= 15000 | |\n' "$(get predict_requests_per_second "$http")"
+printf '| daemon: predict p99 latency (ms) | %s | <= 2 | |\n' "$(get predict_p99_ms "$http")"
+printf '| daemon: predict req/s while a job trains | %s | | |\n' "$(get predict_training_requests_per_second "$http")"
+printf '| daemon: predict p99 while a job trains (ms) | %s | <= 10 | |\n' "$(get predict_training_p99_ms "$http")"
+printf '| daemon: idle RSS with a model loaded (MB) | %s | <= 40 | |\n' "$(get idle_rss_mb "$http")"
+printf '| daemon: peak RSS while training MNIST (MB) | %s | <= 150 | |\n' "$(get training_rss_mb "$http")"
 if [ "${BENCH_EPOCHS40:-0}" = 1 ]; then
   a40=$("$B"/mnistd train --data-dir "${MNISTD_DATA:-data}" --epochs 40 --json | tail -1 |
         python3 -c 'import json,sys; print("%.2f%%" % (100*json.load(sys.stdin)["val_accuracy"]))')

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -290,6 +292,10 @@ static void work_cb(uv_work_t *w) {
   nn_err err = {0};
   int rc;
   checkpoint_path(J, j->id, ck, sizeof ck);
+  /* Training yields to request handling: predictions stay fast while a job
+   * runs. Linux nice values are per thread and inherited by the trainer's
+   * workers. */
+  setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
 
   if ((rc = srv_data_get(J->data, j->cfg.dataset, NN_SPLIT_TRAIN, &train, msg, sizeof msg)) ||
       (rc = srv_data_get(J->data, j->cfg.dataset, NN_SPLIT_TEST, &test, msg, sizeof msg))) {
