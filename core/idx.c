@@ -17,7 +17,7 @@
  * checked before it is trusted and the payload size is bounded before
  * anything is allocated.
  */
-#include "nn.h"
+#include "nn_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,28 +48,9 @@
 #define IDX_PATH_MAX 4096
 #endif
 
-#if defined(__GNUC__)
-#define IDX_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#else
-#define IDX_PRINTF(f, a)
-#endif
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Fills err (when given) and returns code, so failures read
- * `return idx_fail(err, NN_E..., "...", ...)`. */
-IDX_PRINTF(3, 4)
-static int idx_fail(nn_err *err, int code, const char *fmt, ...) {
-  va_list ap;
-
-  if (err == NULL)
-    return code;
-  err->code = code;
-  va_start(ap, fmt);
-  vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
-  va_end(ap);
-  return code;
-}
 
 /* strerror() is not thread-safe and the daemon may load data sets from a
  * worker thread, so use strerror_r, whose return type depends on the libc. */
@@ -88,11 +69,11 @@ static int idx_errno_fail(nn_err *err, const char *path, const char *what,
   char buf[128];
 
   if (e == ENOENT)
-    return idx_fail(err, NN_ENOENT, "%s: no such file", path);
+    return nn_fail(err, NN_ENOENT, "%s: no such file", path);
   if (e == ENOMEM)
-    return idx_fail(err, NN_ENOMEM, "%s: out of memory while opening",
+    return nn_fail(err, NN_ENOMEM, "%s: out of memory while opening",
                     path);
-  return idx_fail(err, NN_EIO, "%s: %s: %s", path, what,
+  return nn_fail(err, NN_EIO, "%s: %s: %s", path, what,
                   idx_errno_text(e, buf, sizeof(buf)));
 }
 
@@ -125,12 +106,12 @@ static int idx_gz_fail(nn_err *err, gzFile gz, const char *path) {
     msg = sep + 2;
   switch (zerr) {
   case Z_MEM_ERROR:
-    return idx_fail(err, NN_ENOMEM, "%s: out of memory while decompressing",
+    return nn_fail(err, NN_ENOMEM, "%s: out of memory while decompressing",
                     path);
   case Z_DATA_ERROR:
-    return idx_fail(err, NN_EFORMAT, "%s: corrupt gzip data: %s", path, msg);
+    return nn_fail(err, NN_EFORMAT, "%s: corrupt gzip data: %s", path, msg);
   default:
-    return idx_fail(err, NN_EIO, "%s: read error: %s", path, msg);
+    return nn_fail(err, NN_EIO, "%s: read error: %s", path, msg);
   }
 }
 
@@ -186,12 +167,12 @@ static int idx_check_magic(const char *path, const uint8_t *m,
   const char *hint = "";
 
   if (m[0] != 0 || m[1] != 0)
-    return idx_fail(err, NN_EFORMAT,
+    return nn_fail(err, NN_EFORMAT,
                     "%s: not an IDX file: magic 0x%08x, expected 0x%08x "
                     "(uint8 %s)",
                     path, idx_be32(m), 0x0800u | ndims, want);
   if (m[2] != IDX_TYPE_U8)
-    return idx_fail(err, NN_EFORMAT,
+    return nn_fail(err, NN_EFORMAT,
                     "%s: IDX data type 0x%02x (%s), expected 0x08 (unsigned "
                     "byte)",
                     path, (unsigned)m[2], idx_type_name(m[2]));
@@ -201,7 +182,7 @@ static int idx_check_magic(const char *path, const uint8_t *m,
       hint = " (is this a label file?)";
     else if (ndims == IDX_LABEL_DIMS && m[3] == IDX_IMAGE_DIMS)
       hint = " (is this an image file?)";
-    return idx_fail(err, NN_EFORMAT,
+    return nn_fail(err, NN_EFORMAT,
                     "%s: IDX file has %u dimension%s, expected %u for %s%s",
                     path, (unsigned)m[3], m[3] == 1 ? "" : "s", ndims, want, hint);
   }
@@ -224,11 +205,11 @@ static int idx_check_dims(const char *path, const uint8_t *hdr,
   for (i = 0; i < ndims; i++) {
     dims[i] = idx_be32(hdr + 4 + 4 * i);
     if (dims[i] == 0)
-      return idx_fail(err, NN_EFORMAT, "%s: IDX header says %s is 0", path,
+      return nn_fail(err, NN_EFORMAT, "%s: IDX header says %s is 0", path,
                       name[i]);
   }
   if (dims[0] > NN_IDX_MAX_ITEMS)
-    return idx_fail(err, NN_ETOOBIG,
+    return nn_fail(err, NN_ETOOBIG,
                     "%s: IDX header says %s is %u, more than the limit of %u",
                     path, name[0], dims[0], NN_IDX_MAX_ITEMS);
   /* Multiply one dimension at a time, checking before each step, so the
@@ -236,12 +217,12 @@ static int idx_check_dims(const char *path, const uint8_t *hdr,
   for (i = 0; i < ndims; i++) {
     if (dims[i] > NN_IDX_MAX_BYTES / total) {
       if (ndims == IDX_IMAGE_DIMS)
-        return idx_fail(err, NN_ETOOBIG,
+        return nn_fail(err, NN_ETOOBIG,
                         "%s: IDX header says %u x %u x %u %s bytes, more "
                         "than the limit of %u",
                         path, dims[0], dims[1], dims[2], unit,
                         NN_IDX_MAX_BYTES);
-      return idx_fail(err, NN_ETOOBIG,
+      return nn_fail(err, NN_ETOOBIG,
                       "%s: IDX header says %u %s bytes, more than the limit "
                       "of %u",
                       path, dims[0], unit, NN_IDX_MAX_BYTES);
@@ -279,14 +260,14 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
     goto out;
   }
   if (S_ISDIR(st.st_mode)) {
-    rc = idx_fail(err, NN_EIO, "%s: is a directory, not an IDX file", path);
+    rc = nn_fail(err, NN_EIO, "%s: is a directory, not an IDX file", path);
     goto out;
   }
   gz = gzdopen(fd, "rb");
   if (gz == NULL) {
     /* gzdopen fails only for lack of memory (the mode is fixed); fd is
      * still ours to close. */
-    rc = idx_fail(err, NN_ENOMEM, "%s: out of memory opening the file", path);
+    rc = nn_fail(err, NN_ENOMEM, "%s: out of memory opening the file", path);
     goto out;
   }
   /* Must come before the first read; it cannot fail then. */
@@ -303,7 +284,7 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
       goto out;
   }
   if (got < hdr_len) {
-    rc = idx_fail(err, NN_ETRUNC,
+    rc = nn_fail(err, NN_ETRUNC,
                   "%s: truncated: an IDX %s header is %zu bytes, file has %s",
                   path, kind, hdr_len,
                   idx_found(gz, got, found, sizeof(found)));
@@ -321,13 +302,13 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
     uint64_t have = size > hdr_len ? size - hdr_len : 0;
 
     if (have < payload) {
-      rc = idx_fail(err, NN_ETRUNC,
+      rc = nn_fail(err, NN_ETRUNC,
                     "%s: truncated: header says %zu %s bytes, file has %llu",
                     path, payload, unit, (unsigned long long)have);
       goto out;
     }
     if (have > payload) {
-      rc = idx_fail(err, NN_EFORMAT,
+      rc = nn_fail(err, NN_EFORMAT,
                     "%s: %llu trailing bytes after the %zu %s bytes the "
                     "header declares",
                     path, (unsigned long long)(have - payload), payload,
@@ -338,7 +319,7 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
 
   buf = malloc(payload);
   if (buf == NULL) {
-    rc = idx_fail(err, NN_ENOMEM, "%s: out of memory for %zu %s bytes", path,
+    rc = nn_fail(err, NN_ENOMEM, "%s: out of memory for %zu %s bytes", path,
                   payload, unit);
     goto out;
   }
@@ -346,7 +327,7 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
   if (rc != 0)
     goto out;
   if (got < payload) {
-    rc = idx_fail(err, NN_ETRUNC,
+    rc = nn_fail(err, NN_ETRUNC,
                   "%s: truncated: header says %zu %s bytes, file has %s", path,
                   payload, unit, idx_found(gz, got, found, sizeof(found)));
     goto out;
@@ -358,14 +339,14 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
   if (rc != 0)
     goto out;
   if (got != 0) {
-    rc = idx_fail(err, NN_EFORMAT,
+    rc = nn_fail(err, NN_EFORMAT,
                   "%s: trailing data after the %zu %s bytes the header "
                   "declares",
                   path, payload, unit);
     goto out;
   }
   if (idx_gz_cut(gz)) {
-    rc = idx_fail(err, NN_ETRUNC,
+    rc = nn_fail(err, NN_ETRUNC,
                   "%s: truncated: the gzip stream ends before its trailer",
                   path);
     goto out;
@@ -397,7 +378,7 @@ int nn_idx_read_images(const char *path, uint8_t **images, uint32_t *n,
 
   if (path == NULL || images == NULL || n == NULL || rows == NULL ||
       cols == NULL)
-    return idx_fail(err, NN_EINVAL, "nn_idx_read_images: NULL argument");
+    return nn_fail(err, NN_EINVAL, "nn_idx_read_images: NULL argument");
   /* Failure leaves the outputs empty, so the caller can free *images
    * unconditionally. */
   *images = NULL;
@@ -421,7 +402,7 @@ int nn_idx_read_labels(const char *path, uint8_t **labels, uint32_t *n,
   int rc;
 
   if (path == NULL || labels == NULL || n == NULL)
-    return idx_fail(err, NN_EINVAL, "nn_idx_read_labels: NULL argument");
+    return nn_fail(err, NN_EINVAL, "nn_idx_read_labels: NULL argument");
   *labels = NULL;
   *n = 0;
 
@@ -432,7 +413,7 @@ int nn_idx_read_labels(const char *path, uint8_t **labels, uint32_t *n,
    * range would be an out-of-bounds access later, so refuse it here. */
   for (i = 0; i < len; i++) {
     if (buf[i] >= NN_CLASSES) {
-      rc = idx_fail(err, NN_EFORMAT,
+      rc = nn_fail(err, NN_EFORMAT,
                     "%s: label at index %zu is %u, must be below %u", path,
                     i, (unsigned)buf[i], (unsigned)NN_CLASSES);
       free(buf);
@@ -451,7 +432,7 @@ int nn_dataset_load(nn_dataset *ds, const char *images_path,
   int rc;
 
   if (ds == NULL || images_path == NULL || labels_path == NULL)
-    return idx_fail(err, NN_EINVAL, "nn_dataset_load: NULL argument");
+    return nn_fail(err, NN_EINVAL, "nn_dataset_load: NULL argument");
   /* ds is overwritten, not freed: it may hold garbage. Build into tmp and
    * publish only a complete data set. */
   memset(ds, 0, sizeof(*ds));
@@ -464,7 +445,7 @@ int nn_dataset_load(nn_dataset *ds, const char *images_path,
   /* Checked before reading labels: no point reading them for unusable
    * images. */
   if (tmp.rows != NN_IMAGE_SIDE || tmp.cols != NN_IMAGE_SIDE) {
-    rc = idx_fail(err, NN_EMISMATCH, "%s: images are %ux%u, expected %dx%d",
+    rc = nn_fail(err, NN_EMISMATCH, "%s: images are %ux%u, expected %dx%d",
                   images_path, tmp.rows, tmp.cols, NN_IMAGE_SIDE,
                   NN_IMAGE_SIDE);
     goto out_images;
@@ -473,7 +454,7 @@ int nn_dataset_load(nn_dataset *ds, const char *images_path,
   if (rc != 0)
     goto out_images;
   if (n_labels != tmp.n) {
-    rc = idx_fail(err, NN_EMISMATCH, "%s has %u images but %s has %u labels",
+    rc = nn_fail(err, NN_EMISMATCH, "%s has %u images but %s has %u labels",
                   images_path, tmp.n, labels_path, n_labels);
     goto out_labels;
   }
@@ -500,7 +481,7 @@ static int idx_find(const char *dir, const char *name, char *path,
 
   len = snprintf(path, size, "%s%s%s.gz", dir, sep, name);
   if (len < 0 || (size_t)len >= size)
-    return idx_fail(err, NN_EINVAL, "%s: path too long", dir);
+    return nn_fail(err, NN_EINVAL, "%s: path too long", dir);
 
   path[len - 3] = '\0'; /* the plain name wins when both exist */
   if (stat(path, &st) == 0 || errno != ENOENT)
@@ -509,7 +490,7 @@ static int idx_find(const char *dir, const char *name, char *path,
   if (stat(path, &st) == 0 || errno != ENOENT)
     return 0;
   path[len - 3] = '\0';
-  return idx_fail(err, NN_ENOENT, "%s: neither %s nor %s.gz found there",
+  return nn_fail(err, NN_ENOENT, "%s: neither %s nor %s.gz found there",
                   dir, name, name);
 }
 
@@ -525,17 +506,17 @@ int nn_dataset_load_dir(nn_dataset *ds, const char *dir, nn_split split,
 
   if (ds == NULL || dir == NULL || dir[0] == '\0' ||
       (split != NN_SPLIT_TRAIN && split != NN_SPLIT_TEST))
-    return idx_fail(err, NN_EINVAL, "nn_dataset_load_dir: bad argument");
+    return nn_fail(err, NN_EINVAL, "nn_dataset_load_dir: bad argument");
   memset(ds, 0, sizeof(*ds));
 
   /* Say plainly when the directory itself is the problem, rather than
    * reporting a missing file inside it. */
   if (stat(dir, &st) != 0) {
     if (errno == ENOENT)
-      return idx_fail(err, NN_ENOENT,
+      return nn_fail(err, NN_ENOENT,
                       "%s: data set directory does not exist", dir);
   } else if (!S_ISDIR(st.st_mode)) {
-    return idx_fail(err, NN_EINVAL, "%s: not a directory", dir);
+    return nn_fail(err, NN_EINVAL, "%s: not a directory", dir);
   }
 
   rc = idx_find(dir, names[split][0], images_path, sizeof(images_path), err);

@@ -11,6 +11,7 @@
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -420,26 +421,44 @@ static enum MHD_Result h_model_delete(req *r) {
 
 /* ---- prediction */
 
-/* One workspace per HTTP thread, rebuilt when the model changes (by
- * pointer and id, so a freed model's address reused later cannot fool it:
- * the thread holds a reference to the model it built for). */
+/* One workspace per HTTP thread, rebuilt when the model changes. The
+ * thread holds a reference to the model its workspace was built for, so a
+ * freed model's address reused later cannot fool the check; a thread-key
+ * destructor gives both back when libmicrohttpd's threads end. */
 #define PREDICT_CHUNK 64
-static _Thread_local struct {
+typedef struct tl_ws {
   srv_model *m;
   nn_workspace *ws;
-} tl;
+} tl_ws;
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+
+static void tl_free(void *p) {
+  tl_ws *t = p;
+  nn_workspace_free(t->ws);
+  srv_model_unref(t->m);
+  free(t);
+}
+
+static void tl_init(void) { pthread_key_create(&tl_key, tl_free); }
 
 static nn_workspace *workspace_for(srv_model *m) {
-  if (tl.m != m) {
-    nn_workspace_free(tl.ws);
-    srv_model_unref(tl.m);
-    tl.m = NULL;
-    tl.ws = NULL;
-    if (nn_workspace_create(&tl.ws, m->m, PREDICT_CHUNK)) return NULL;
-    atomic_fetch_add(&m->refs, 1);
-    tl.m = m;
+  pthread_once(&tl_once, tl_init);
+  tl_ws *t = pthread_getspecific(tl_key);
+  if (!t) {
+    if (!(t = calloc(1, sizeof *t))) return NULL;
+    pthread_setspecific(tl_key, t);
   }
-  return tl.ws;
+  if (t->m != m) {
+    nn_workspace_free(t->ws);
+    srv_model_unref(t->m);
+    t->m = NULL;
+    t->ws = NULL;
+    if (nn_workspace_create(&t->ws, m->m, PREDICT_CHUNK)) return NULL;
+    atomic_fetch_add(&m->refs, 1);
+    t->m = m;
+  }
+  return t->ws;
 }
 
 static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
