@@ -93,7 +93,8 @@ test: deps data
 
 asan: deps data
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer" \
-	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" unit
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" \
+	  SH_TESTS="$(filter-out tests/test_browser.sh,$(SH_TESTS))" unit
 
 bench: deps data $(BUILD)/mnistd $(BENCHES)
 	@scripts/deps.sh bench
@@ -117,14 +118,14 @@ run: deps data
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
-install: $(BUILD)/mnistd
+install: $(BUILD)/mnistd data
 	@BUILD=$(BUILD) DATA_DIR=$(DATA_DIR) scripts/install.sh "$(PREFIX)" "$(DESTDIR)"
 
 test-docker:
 	@scripts/test-docker.sh
 
-test-systemd: $(BUILD)/mnistd
-	@scripts/test-systemd.sh
+test-systemd: $(BUILD)/mnistd data
+	@BUILD=$(BUILD) scripts/test-systemd.sh
 
 clean:
 	rm -rf build

@@ -9,7 +9,6 @@
 # Layout (paths below are under DESTDIR):
 #   PREFIX/bin/mnistd                      the daemon
 #   PREFIX/share/mnistd/data/{mnist,fashion-mnist}/   IDX files, copied (symlinks dereferenced)
-#   PREFIX/share/mnistd/web/               the web page, when web/ has files
 #   PREFIX/share/doc/mnistd/               README.md, mnistd.env.example
 #   UNITDIR/mnistd.service                 unit, its paths rewritten to PREFIX
 #   /etc/mnistd/mnistd.env                 only when absent (never overwritten)
@@ -54,15 +53,6 @@ for set in mnist fashion-mnist; do
   done
   say "$dst ($n files)"
 done
-
-# The web page, when there is one (files only; node_modules stays behind).
-if [ -d web ] && [ -n "$(ls -A web 2>/dev/null)" ]; then
-  install -d -m 0755 "$DESTDIR$SHARE/web"
-  cp -RL --no-preserve=ownership web/. "$DESTDIR$SHARE/web/"
-  rm -rf "$DESTDIR$SHARE/web/node_modules"
-  chmod -R u=rwX,go=rX "$DESTDIR$SHARE/web"
-  say "$DESTDIR$SHARE/web"
-fi
 
 install -d -m 0755 "$DESTDIR$P/share/doc/mnistd"
 [ -f README.md ] && install -m 0644 README.md "$DESTDIR$P/share/doc/mnistd/README.md"
