@@ -9,22 +9,23 @@
 #include <string.h>
 
 #define ALIGN 64
+/* A model file or checkpoint may describe a network whose scratch memory no
+ * machine has: refuse instead of asking the allocator. The presets at the
+ * largest batch the CLI accepts (65536) need about 1.3 GiB. */
+#define NN_WORKSPACE_MAX_BYTES ((size_t)2 << 30)
 
 static size_t round_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
 
-int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
+int nn_model_layout(nn_model *m, const char *arch, uint32_t n_inputs,
                     const nn_layer_spec *specs, uint32_t n_specs) {
-  if (!out || !specs || n_specs < 2 || n_specs > NN_MAX_LAYERS || n_inputs == 0 ||
+  if (!m || !specs || n_specs < 2 || n_specs > NN_MAX_LAYERS || n_inputs == 0 ||
       n_inputs > NN_MAX_WIDTH)
     return NN_EINVAL;
-  *out = NULL;
   if (specs[n_specs - 1].type != NN_LAYER_SOFTMAX ||
       specs[n_specs - 2].type != NN_LAYER_DENSE ||
       specs[n_specs - 2].units != NN_CLASSES)
     return NN_EINVAL;
-
-  nn_model *m = calloc(1, sizeof *m);
-  if (!m) return NN_ENOMEM;
+  memset(m, 0, sizeof *m);
   snprintf(m->arch, sizeof m->arch, "%s", arch ? arch : "custom");
   m->n_inputs = n_inputs;
   m->n_layers = n_specs;
@@ -37,7 +38,7 @@ int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
     l->in = width;
     switch (l->type) {
     case NN_LAYER_DENSE:
-      if (specs[i].units == 0 || specs[i].units > NN_MAX_WIDTH) goto bad;
+      if (specs[i].units == 0 || specs[i].units > NN_MAX_WIDTH) return NN_EINVAL;
       l->out = specs[i].units;
       l->w_off = np;
       np += (size_t)l->in * l->out;
@@ -45,7 +46,7 @@ int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
       np += l->out;
       break;
     case NN_LAYER_ANTIRECT:
-      if ((uint64_t)width * 2 > NN_MAX_WIDTH) goto bad;
+      if ((uint64_t)width * 2 > NN_MAX_WIDTH) return NN_EINVAL;
       l->out = width * 2;
       break;
     case NN_LAYER_RELU:
@@ -53,31 +54,42 @@ int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
       break;
     case NN_LAYER_DROPOUT:
       /* NaN fails both comparisons. */
-      if (!(specs[i].rate >= 0.f && specs[i].rate < 1.f)) goto bad;
+      if (!(specs[i].rate >= 0.f && specs[i].rate < 1.f)) return NN_EINVAL;
       l->rate = specs[i].rate;
       l->out = width;
       break;
     case NN_LAYER_SOFTMAX:
-      if (i != n_specs - 1) goto bad;
+      if (i != n_specs - 1) return NN_EINVAL;
       l->out = width;
       break;
     default:
-      goto bad;
+      return NN_EINVAL;
     }
     width = l->out;
     if (width > m->max_width) m->max_width = width;
   }
   m->n_params = np;
-  m->params = calloc(np, sizeof(float));
+  return 0;
+}
+
+int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
+                    const nn_layer_spec *specs, uint32_t n_specs) {
+  if (!out) return NN_EINVAL;
+  *out = NULL;
+  nn_model *m = malloc(sizeof *m);
+  if (!m) return NN_ENOMEM;
+  int rc = nn_model_layout(m, arch, n_inputs, specs, n_specs);
+  if (rc) {
+    free(m);
+    return rc;
+  }
+  m->params = calloc(m->n_params, sizeof(float));
   if (!m->params) {
     free(m);
     return NN_ENOMEM;
   }
   *out = m;
   return 0;
-bad:
-  free(m);
-  return NN_EINVAL;
 }
 
 int nn_model_create_preset(nn_model **out, const char *arch) {
@@ -159,6 +171,10 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
     }
   }
   size_t gsz = round_up(B * m->max_width * sizeof(float));
+  if (total + 2 * gsz > NN_WORKSPACE_MAX_BYTES) {
+    free(ws);
+    return NN_ETOOBIG;
+  }
   ws->block = aligned_alloc(ALIGN, total + 2 * gsz);
   if (!ws->block) {
     free(ws);

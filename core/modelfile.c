@@ -224,15 +224,21 @@ int nn_file_parse(nn_model **out, const void *buf, size_t len, const char *name,
   }
   uint64_t n_params = get_u64(p + off);
   off += 8;
+  /* Bound every allocation by the file's size before making any: a layer
+   * list of a few bytes may describe billions of parameters. */
+  nn_model shape;
+  if (nn_model_layout(&shape, arch, n_inputs, specs, n_layers))
+    return nn_fail(err, NN_EFORMAT, "%s: invalid layer list", name);
+  if (n_params != shape.n_params)
+    return nn_fail(err, NN_EMISMATCH, "%s: header says %llu parameters, layers need %zu", name,
+                   (unsigned long long)n_params, shape.n_params);
+  if (n_params > (len - off - 4) / 4)
+    return nn_fail(err, NN_ETRUNC, "%s: truncated: %llu parameters do not fit in %zu bytes",
+                   name, (unsigned long long)n_params, len);
   nn_model *m = NULL;
   int rc = nn_model_create(&m, arch, n_inputs, specs, n_layers);
   if (rc == NN_ENOMEM) return nn_fail(err, rc, "%s: out of memory", name);
   if (rc) return nn_fail(err, NN_EFORMAT, "%s: invalid layer list", name);
-  if (n_params != m->n_params) {
-    rc = nn_fail(err, NN_EMISMATCH, "%s: header says %llu parameters, layers need %zu",
-                 name, (unsigned long long)n_params, m->n_params);
-    goto fail;
-  }
   int is_ck = flags & FLAG_CKPT;
   /* The sizes are bounded by the layer checks, so this cannot overflow. */
   size_t need = off + m->n_params * 4 + 4;

@@ -72,6 +72,12 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n,
 /* The layer before the softmax: the logits of the last forward pass. */
 const float *nn_logits(const nn_model *m, const nn_workspace *ws);
 
+/* Fills m's layer table and parameter count from a layer list without
+ * allocating the parameters (m->params is NULL). Same checks as
+ * nn_model_create. Lets a loader bound a file's claims before allocating. */
+int nn_model_layout(nn_model *m, const char *arch, uint32_t n_inputs,
+                    const nn_layer_spec *specs, uint32_t n_specs);
+
 /* Serialisation shared by model files and checkpoints. */
 typedef struct nn_ckpt_info {
   nn_train_config cfg;

@@ -82,11 +82,15 @@ static int parse_optimizer(const cJSON *o, srv_job_config *c, int *lr_set, char 
           f->valuedouble > 10)
         return fail(msg, msglen, "%s must be a number in (0, 10]", "optimizer.learning_rate");
       c->learning_rate = (float)f->valuedouble;
+      if (!(c->learning_rate > 0.0f))
+        return fail(msg, msglen, "%s must be a number in (0, 10]", "optimizer.learning_rate");
       *lr_set = 1;
     } else if (!strcmp(f->string, "momentum")) {
       if (!cJSON_IsNumber(f) || !(f->valuedouble >= 0 && f->valuedouble < 1))
         return fail(msg, msglen, "%s must be a number in [0, 1)", "optimizer.momentum");
       c->momentum = (float)f->valuedouble;
+      if (!(c->momentum < 1.0f))
+        return fail(msg, msglen, "%s must be a number in [0, 1)", "optimizer.momentum");
     } else {
       return fail(msg, msglen,
                   "unknown field optimizer.%.40s (allowed: name, learning_rate, momentum)",
@@ -169,6 +173,7 @@ int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *
       break;
     }
   }
+  if (!rc && c->optimizer != NN_OPT_SGD) c->momentum = 0;
   if (!rc && !lr_set) {
     nn_opt_config o;
     nn_opt_defaults(&o, c->optimizer);
@@ -194,11 +199,16 @@ char *srv_job_config_json(const srv_job_config *c) {
     cJSON_AddStringToObject(opt, "name", nn_opt_name(c->optimizer));
     /* Printed through float so 0.001f shows as 0.001. */
     char buf[32];
-    snprintf(buf, sizeof buf, "%.6g", (double)c->learning_rate);
+    for (int prec = 6; prec <= 9; prec++) {
+      snprintf(buf, sizeof buf, "%.*g", prec, (double)c->learning_rate);
+      if ((float)strtod(buf, NULL) == c->learning_rate) break;
+    }
     cJSON_AddNumberToObject(opt, "learning_rate", strtod(buf, NULL));
     if (c->optimizer == NN_OPT_SGD) cJSON_AddNumberToObject(opt, "momentum", c->momentum);
   }
-  cJSON_AddNumberToObject(o, "seed", (double)c->seed);
+  char seed[24];
+  snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->seed);
+  cJSON_AddRawToObject(o, "seed", seed);
   cJSON_AddStringToObject(o, "activate", activate_name(c->activate));
   if (c->train_limit) cJSON_AddNumberToObject(o, "train_limit", c->train_limit);
   else cJSON_AddNullToObject(o, "train_limit");
