@@ -350,7 +350,7 @@ import json,sys; m = json.load(sys.stdin)[\"models\"]; assert [x[\"id\"] for x i
     -H 'Content-Type: application/octet-stream' --data-binary @"$RL_TMP/digit.raw" "$B/v1/predict?model=2")" = 404
   # A corrupt checkpoint: kill a job after its first epoch, damage the
   # checkpoint, restart: the job starts over and still finishes.
-  local k; k=$(post_job "$B" '{"epochs":3,"train_limit":6000,"test_limit":500,"activate":"never"}')
+  local k; k=$(post_job "$B" '{"epochs":3,"train_limit":40000,"test_limit":500,"activate":"never"}')
   for i in $(seq 300); do
     [ "$(curl -s "$B/v1/jobs/$k" | jget /dev/stdin 'len(d["metrics"])' 2>/dev/null)" -ge 1 ] 2>/dev/null && break
     sleep 0.1

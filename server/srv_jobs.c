@@ -272,8 +272,12 @@ static char *metrics_json(const nn_epoch_metrics *m) {
   return strdup(buf);
 }
 
-/* Fails the job with a message (training thread, lock not held). */
+/* Fails the job with a message (training thread, lock not held). A failed
+ * job never resumes, so its checkpoint only takes space. */
 static void fail_job(srv_jobs *J, job *j, const char *msg) {
+  char ck[PATH_MAX + 64];
+  checkpoint_path(J, j->id, ck, sizeof ck);
+  unlink(ck);
   pthread_mutex_lock(&J->mu);
   snprintf(j->error, sizeof j->error, "%s", msg);
   set_state(J, j, SRV_JOB_FAILED);
