@@ -319,14 +319,6 @@ static enum MHD_Result h_job_events(req *r) {
 
 /* ---- models */
 
-static char *iso8601(int64_t ms, char *buf, size_t len) {
-  time_t s = (time_t)(ms / 1000);
-  struct tm tm;
-  gmtime_r(&s, &tm);
-  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 static cJSON *model_json(const srv_model *m, int active) {
   cJSON *o = cJSON_CreateObject();
   char t[32];
@@ -338,7 +330,7 @@ static cJSON *model_json(const srv_model *m, int active) {
   cJSON_AddNumberToObject(o, "test_loss", round(m->test_loss * 1e6) / 1e6);
   if (m->job_id) cJSON_AddNumberToObject(o, "job_id", (double)m->job_id);
   else cJSON_AddNullToObject(o, "job_id");
-  cJSON_AddStringToObject(o, "created_at", iso8601(m->created_ms, t, sizeof t));
+  cJSON_AddStringToObject(o, "created_at", srv_iso8601(m->created_ms, t, sizeof t));
   cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_bytes);
   cJSON_AddBoolToObject(o, "active", active);
   return o;

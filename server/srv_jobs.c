@@ -737,7 +737,7 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   return rc;
 }
 
-static char *iso8601(int64_t ms, char *buf, size_t len) {
+char *srv_iso8601(int64_t ms, char *buf, size_t len) {
   time_t s = (time_t)(ms / 1000);
   struct tm tm;
   gmtime_r(&s, &tm);
@@ -747,7 +747,7 @@ static char *iso8601(int64_t ms, char *buf, size_t len) {
 
 static void add_time(cJSON *o, const char *k, int64_t ms) {
   char buf[32];
-  if (ms) cJSON_AddStringToObject(o, k, iso8601(ms, buf, sizeof buf));
+  if (ms) cJSON_AddStringToObject(o, k, srv_iso8601(ms, buf, sizeof buf));
   else cJSON_AddNullToObject(o, k);
 }
 

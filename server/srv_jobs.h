@@ -79,6 +79,10 @@ void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *samples_p
  * (empty when none runs or waits). */
 void srv_jobs_pending_note(srv_jobs *J, char *buf, size_t len);
 
+/* Formats a Unix time in milliseconds as "2026-11-27T03:00:00Z" into buf
+ * (at least 21 bytes) and returns buf. */
+char *srv_iso8601(int64_t ms, char *buf, size_t len);
+
 /* ---- event streams */
 typedef struct srv_sub srv_sub;
 
