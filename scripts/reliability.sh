@@ -7,7 +7,7 @@
 # failed. Each script's full output goes to stdout as it runs.
 #   scripts/reliability.sh [--short] [--only faults|load|valgrind]...
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 DUR=60
 ONLY=()
 while [ $# -gt 0 ]; do

@@ -14,7 +14,7 @@
 # Prints the numbers and "load: N passed, N failed"; exit 1 on failure.
 #   scripts/test-load.sh [SECONDS]    (KEEP=1 keeps the temporary directory)
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
 . tests/reliability/lib.sh
 
