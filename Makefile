@@ -3,14 +3,17 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng libsystemd
+PKGS    := libmicrohttpd libcjson libuv zlib sqlite3 spng libsystemd
+# oneDNN ships no .pc file: Debian's libdnnl-dev, OpenMP runtime (libgomp,
+# whose omp_set_num_threads the core calls to size the team per thread).
+DNNL_LIBS := -ldnnl -lgomp
 OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
 LDFLAGS += $(SAN)
 CFLAGS  += $(SAN) -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -Iserver \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(DNNL_LIBS) -lpthread -lm
 TEST_LDLIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 # The hot element-wise loops in core/ are written to vectorise; let them.
 CORE_CFLAGS := -ftree-vectorize -fno-math-errno -fopenmp-simd
@@ -44,6 +47,7 @@ deps:
 # never runs apt-get behind the user's back; `make run`/`make test` do.
 check-deps:
 	@pkg-config --exists $(PKGS) cmocka || { echo "missing libraries: run 'make deps'" >&2; exit 1; }
+	@test -f /usr/include/oneapi/dnnl/dnnl.h || { echo "missing oneDNN (libdnnl-dev): run 'make deps'" >&2; exit 1; }
 
 data:
 	@scripts/fetch-data.sh $(DATA_DIR)

@@ -12,7 +12,8 @@
  *     `err` may be NULL.
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
  *   - The core is pure: no sockets, no JSON, no printing, no mutable globals.
- *     The one process-wide knob, nn_set_threads(), configures BLAS.
+ *     The one process-wide knob, nn_set_threads(), sets the team size of the
+ *     matrix products (oneDNN).
  *
  * Numbers: float32 everywhere. Images are 28x28 uint8 (0 = background,
  * 255 = ink, as in MNIST) and are converted to x/255 floats batch by batch.
@@ -60,10 +61,26 @@ const char *nn_strerror(int code);
 
 /* ---------------------------------------------------------------- threads */
 
-/* Sets the number of threads BLAS may use for every later call in this
- * process (n >= 1). Process-wide; call it before training, not concurrently
- * with it. Same seed + same thread count gives bit-identical training. */
+/* Sets the number of threads each matrix product may use, for every later
+ * call from any thread of this process (n >= 1; applied per call, on the
+ * calling thread). Until it is called, oneDNN's OpenMP default applies
+ * (OMP_NUM_THREADS, or one per core). A trainer with T > 1 worker threads
+ * ignores it: each worker runs single-threaded products. Same seed + same
+ * thread count gives bit-identical training. */
 void nn_set_threads(int n);
+
+/* Which matrix-product kernels this process runs. library: "oneDNN 2.6.3";
+ * isa: the instruction set oneDNN dispatches to on this CPU (after any
+ * ONEDNN_MAX_CPU_ISA cap), e.g. "avx512_core_amx", "avx2"; kernel: the
+ * implementation it picks for the seed network's first layer, e.g.
+ * "brg:avx512_core". Costs a kernel compilation (~1 ms): call it at start-up,
+ * not per request. Never fails; unknown parts read "unknown". */
+typedef struct nn_backend_info {
+  char library[32];
+  char isa[32];
+  char kernel[48];
+} nn_backend_info;
+void nn_backend_info_get(nn_backend_info *out);
 
 /* ---------------------------------------------------------------- data */
 
@@ -300,8 +317,9 @@ void nn_train_defaults(nn_train_config *c);
  * runs forward and backward on its rows with its own dropout stream, and the
  * gradient reduction and optimizer update are split by parameter range, so
  * the result depends on the seed and T only (bit-identical between runs).
- * BLAS must then run single-threaded inside each worker: T > 1 calls
- * nn_set_threads(1), which is process-wide. */
+ * The matrix products then run single-threaded inside each worker (the
+ * workers set their own OpenMP team size; nothing process-wide changes), so
+ * T threads use T cores. With T = 1 the products follow nn_set_threads(). */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,

@@ -160,18 +160,26 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
 }
 
 /* Sums the shards' gradients over parameter range k (fixed order, so the
- * result does not depend on timing) and applies the optimizer to it. */
+ * result does not depend on timing) and applies the optimizer to it; for
+ * RMSprop (the default) in one pass, chunk by chunk. */
 static void phase_update(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
   size_t np = t->m->n_params;
   /* Ranges on 16-float boundaries keep each thread on its own cache lines. */
   size_t lo = k == 0 ? 0 : (np * k / p->n) & ~(size_t)15;
   size_t hi = k + 1 == p->n ? np : (np * (k + 1) / p->n) & ~(size_t)15;
+  const nn_opt_config *c = &t->cfg.opt;
+  if (t->batch.training && c->kind == NN_OPT_RMSPROP) {
+    const float *g[NN_MAX_THREADS];
+    for (uint32_t s = 0; s < p->n; s++) g[s] = p->shards[s].grad + lo;
+    nn_k_rmsprop_sum(t->m->params + lo, t->state + lo, g, p->n, hi - lo, c->lr, c->rho,
+                     c->epsilon);
+    return;
+  }
   float *g = p->shards[0].grad;
   for (uint32_t s = 1; s < p->n; s++) nn_k_add(g + lo, p->shards[s].grad + lo, hi - lo);
   if (t->batch.training)
-    nn_opt_step_range(&t->cfg.opt, t->m->params + lo, g + lo, t->state + lo, hi - lo, np,
-                      t->steps);
+    nn_opt_step_range(c, t->m->params + lo, g + lo, t->state + lo, hi - lo, np, t->steps);
 }
 
 static void *worker(void *arg) {
@@ -264,6 +272,9 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
       goto fail;
     }
     p->barriers = 1;
+    /* Each worker runs its own single-threaded products: T threads on T
+     * cores, no OpenMP team on top. */
+    for (uint32_t k = 0; k < n; k++) nn_dnn_set_threads(p->shards[k].ws->dnn, 1);
     if (!(p->tids = calloc(n - 1, sizeof *p->tids))) goto fail;
     for (uint32_t k = 1; k < n; k++) {
       if (pthread_create(&p->tids[k - 1], NULL, worker, &p->shards[k])) {
@@ -274,7 +285,6 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
         goto fail;
       }
     }
-    nn_set_threads(1);
   }
   *out = p;
   return 0;
