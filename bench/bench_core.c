@@ -7,14 +7,19 @@
  *   train THREADS EPOCHS [ARCH]  time per epoch (best), val accuracy
  *   seeds EPOCHS SEED...         final test accuracy for each seed
  *   infer [THREADS]              single-image median us, batch images/s
- *   gemm THREADS                 the GEMMs of one epoch, nothing else */
-#include <cblas.h>
+ *   gemm THREADS                 the GEMMs of one epoch, nothing else: the
+ *                                trainer's 8 products per step, each thread
+ *                                a 128/THREADS-row shard, as the trainer
+ *                                issues them (same oneDNN primitives)
+ *   peak THREADS                 best GFLOP/s of one large single GEMM
+ *   backend                      oneDNN version, ISA and kernel */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "nn.h"
+#include "nn_internal.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -37,6 +42,75 @@ static void load(const char *dir, nn_dataset *train, nn_dataset *test) {
 }
 
 static uint32_t g_threads = 2;
+
+/* FLOP of the matrix products of one training pass over `samples` images:
+ * forward and weight gradient of every dense layer, input gradient of all
+ * but the first. */
+static double epoch_flop(const nn_model *m, double samples) {
+  double f = 0;
+  int first = 1;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_DENSE) continue;
+    f += 2.0 * l->in * l->out * (first ? 2 : 3);
+    first = 0;
+  }
+  return f * samples;
+}
+
+/* One thread's share of the GEMM-only epoch. */
+typedef struct gemm_shard {
+  const nn_model *m;
+  uint32_t rows, steps;
+  nn_dnn *d;
+  float *x[NN_MAX_LAYERS], *y[NN_MAX_LAYERS], *g[NN_MAX_LAYERS], *dx[NN_MAX_LAYERS], *grad;
+} gemm_shard;
+
+static int gemm_shard_init(gemm_shard *s) {
+  if (nn_dnn_create(&s->d)) return -1;
+  nn_dnn_set_threads(s->d, 1);
+  if (!(s->grad = calloc(s->m->n_params, sizeof(float)))) return -1;
+  for (uint32_t i = 0; i < s->m->n_layers; i++) {
+    const nn_layer *l = &s->m->layers[i];
+    if (l->type != NN_LAYER_DENSE) continue;
+    size_t in = (size_t)s->rows * l->in, out = (size_t)s->rows * l->out;
+    s->x[i] = calloc(in, 4), s->dx[i] = calloc(in, 4);
+    s->y[i] = calloc(out, 4), s->g[i] = calloc(out, 4);
+    if (!s->x[i] || !s->dx[i] || !s->y[i] || !s->g[i]) return -1;
+    for (size_t k = 0; k < in; k++) s->x[i][k] = (float)(k % 13) * 0.05f;
+    for (size_t k = 0; k < out; k++) s->g[i][k] = (float)(k % 11) * 0.01f;
+  }
+  return 0;
+}
+
+static void gemm_shard_free(gemm_shard *s) {
+  for (uint32_t i = 0; i < NN_MAX_LAYERS; i++)
+    free(s->x[i]), free(s->dx[i]), free(s->y[i]), free(s->g[i]);
+  free(s->grad);
+  nn_dnn_free(s->d);
+}
+
+static void *gemm_run(void *arg) {
+  gemm_shard *s = arg;
+  const nn_model *m = s->m;
+  for (uint32_t it = 0; it < s->steps; it++) {
+    for (uint32_t i = 0; i < m->n_layers; i++) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type == NN_LAYER_DENSE)
+        nn_dnn_dense_fwd(s->d, i, l, s->x[i], s->rows, m->params + l->w_off,
+                         m->params + l->b_off, s->y[i]);
+    }
+    for (int i = (int)m->n_layers - 1; i >= 0; i--) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type != NN_LAYER_DENSE) continue;
+      nn_dnn_dense_dw(s->d, (uint32_t)i, l, s->g[i], s->x[i], s->rows, s->grad + l->w_off);
+      if (i > 0)
+        nn_dnn_dense_dx(s->d, (uint32_t)i, l, s->g[i], m->params + l->w_off, s->rows,
+                        s->dx[i]);
+    }
+  }
+  return NULL;
+}
 
 static void train_run(nn_dataset *train, nn_dataset *test, const char *arch, uint64_t seed,
                       int epochs, double *best_s, float *acc, float *vloss) {
@@ -126,31 +200,59 @@ int main(int argc, char **argv) {
     nn_workspace_free(ws1);
     nn_model_free(m);
   } else if (!strcmp(mode, "gemm") && argc >= 4) {
-    /* The 8 products of one training step of the antirectifier network
-     * (forward 3, weight gradients 3, input gradients 2), 469 times. */
-    nn_set_threads(atoi(argv[3]));
-    int B = 128, dims[4] = {784, 256, 256, 10}, ins[3] = {784, 512, 512};
-    float *a = calloc((size_t)B * 1024, 4), *w = calloc(784 * 512, 4),
-          *y = calloc((size_t)B * 1024, 4);
+    int T = atoi(argv[3]);
+    if (T < 1 || T > 8) return 2;
+    nn_model *m;
+    if (nn_model_create_preset(&m, "antirectifier")) return 1;
+    nn_model_init(m, 1);
+    gemm_shard sh[8];
+    for (int k = 0; k < T; k++) {
+      sh[k] = (gemm_shard){.m = m, .rows = 128 / T, .steps = 469};
+      if (gemm_shard_init(&sh[k])) return 1;
+    }
     double best = 1e9;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 5; rep++) {
+      pthread_t tid[8];
       double t0 = now_s();
-      for (int s = 0; s < 469; s++)
-        for (int l = 0; l < 3; l++) {
-          int in = ins[l], out = dims[l + 1];
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, out, in, 1, a, in, w, in,
-                      0, y, out);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, B, 1, y, out, a, in,
-                      0, w, in);
-          if (l)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, in, out, 1, y, out, w,
-                        in, 0, a, in);
-        }
+      for (int k = 1; k < T; k++) pthread_create(&tid[k], NULL, gemm_run, &sh[k]);
+      gemm_run(&sh[0]);
+      for (int k = 1; k < T; k++) pthread_join(tid[k], NULL);
       double t = now_s() - t0;
       if (t < best) best = t;
     }
-    printf("gemm_epoch_seconds %.3f\n", best);
-    free(a), free(w), free(y);
+    double flop = epoch_flop(m, 469 * 128);
+    printf("gemm_epoch_seconds %.3f\ngemm_epoch_gflop %.1f\ngemm_gflops %.0f\n", best,
+           flop * 1e-9, flop * 1e-9 / best);
+    for (int k = 0; k < T; k++) gemm_shard_free(&sh[k]);
+    nn_model_free(m);
+  } else if (!strcmp(mode, "peak") && argc >= 4) {
+    /* One large product with a team of THREADS: what oneDNN can do on this
+     * machine when nothing but arithmetic matters. */
+    nn_set_threads(atoi(argv[3]));
+    double best_gf = 0;
+    int best_n = 0;
+    for (int n = 256; n <= 2048; n *= 2) {
+      nn_layer l = {.type = NN_LAYER_DENSE, .in = (uint32_t)n, .out = (uint32_t)n};
+      float *a = calloc((size_t)n * n, 4), *w = calloc((size_t)n * n, 4),
+            *b = calloc(n, 4), *y = calloc((size_t)n * n, 4);
+      nn_dnn *d;
+      if (!a || !w || !b || !y || nn_dnn_create(&d)) return 1;
+      for (size_t i = 0; i < (size_t)n * n; i++) a[i] = w[i] = (float)(i % 7) * 0.1f;
+      int reps = n <= 512 ? 200 : 2048 / n * 4;
+      for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        for (int r = 0; r < reps; r++) nn_dnn_dense_fwd(d, 0, &l, a, (uint32_t)n, w, b, y);
+        double gf = 2.0 * n * n * n * reps / (now_s() - t0) * 1e-9;
+        if (gf > best_gf) best_gf = gf, best_n = n;
+      }
+      nn_dnn_free(d);
+      free(a), free(w), free(b), free(y);
+    }
+    printf("peak_gflops %.0f\npeak_size %d\n", best_gf, best_n);
+  } else if (!strcmp(mode, "backend")) {
+    nn_backend_info bi;
+    nn_backend_info_get(&bi);
+    printf("library %s\nisa %s\nkernel %s\n", bi.library, bi.isa, bi.kernel);
   } else {
     fprintf(stderr, "bench_core: bad mode\n");
     return 2;

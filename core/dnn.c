@@ -186,6 +186,16 @@ static void must(int ok) {
 
 void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *x,
                       uint32_t n, const float *w, const float *b, float *y) {
+  if (n == 1) {
+    /* One row: a matrix-vector product, where dnnl_sgemm's GEMV path is
+     * about twice as fast as a matmul primitive (measured: 35 vs 67 us for
+     * the seed network's single-image prediction). */
+    dnn_team(d);
+    memcpy(y, b, l->out * sizeof(float));
+    must(dnnl_sgemm('N', 'N', l->out, 1, l->in, 1.f, w, l->in, x, 1, 1.f, y, 1) ==
+         dnnl_success);
+    return;
+  }
   mm *m = mm_get(d, layer, OP_FWD, n, l);
   must(m && !mm_run(d, m, x, w, b, y));
 }
