@@ -16,6 +16,7 @@
 
 #include <dnnl.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,8 +229,11 @@ static const char *isa_name(dnnl_cpu_isa_t isa) {
   }
 }
 
-void nn_backend_info_get(nn_backend_info *out) {
-  memset(out, 0, sizeof *out);
+static nn_backend_info g_info; /* written once, under g_info_once */
+static pthread_once_t g_info_once = PTHREAD_ONCE_INIT;
+
+static void backend_probe(void) {
+  nn_backend_info *out = &g_info;
   const dnnl_version_t *v = dnnl_version();
   snprintf(out->library, sizeof out->library, "oneDNN %d.%d.%d", v->major, v->minor,
            v->patch);
@@ -247,4 +251,9 @@ void nn_backend_info_get(nn_backend_info *out) {
       impl)
     snprintf(out->kernel, sizeof out->kernel, "%s", impl);
   nn_dnn_free(d);
+}
+
+void nn_backend_info_get(nn_backend_info *out) {
+  pthread_once(&g_info_once, backend_probe);
+  *out = g_info;
 }

@@ -73,8 +73,9 @@ void nn_set_threads(int n);
  * isa: the instruction set oneDNN dispatches to on this CPU (after any
  * ONEDNN_MAX_CPU_ISA cap), e.g. "avx512_core_amx", "avx2"; kernel: the
  * implementation it picks for the seed network's first layer, e.g.
- * "brg:avx512_core". Costs a kernel compilation (~1 ms): call it at start-up,
- * not per request. Never fails; unknown parts read "unknown". */
+ * "brg:avx512_core". The first call compiles a kernel to ask (~1 ms); later
+ * calls return the same answer at once. Never fails; unknown parts read
+ * "unknown". Thread-safe. */
 typedef struct nn_backend_info {
   char library[32];
   char isa[32];

@@ -942,6 +942,12 @@ static enum MHD_Result h_metrics(req *r) {
               (long long)m->id, m->arch, m->dataset, m->test_accuracy);
     srv_model_unref(m);
   }
+  nn_backend_info bi;
+  nn_backend_info_get(&bi);
+  sb_printf(&b, "# HELP mnistd_build_info Version and the matrix-product kernels in use.\n"
+                "# TYPE mnistd_build_info gauge\n"
+                "mnistd_build_info{version=\"%s\",onednn=\"%s\",isa=\"%s\",kernel=\"%s\"} 1\n",
+            NN_VERSION, bi.library, bi.isa, bi.kernel);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   sb_printf(&b, "# HELP mnistd_start_time_seconds Unix time the daemon started.\n"

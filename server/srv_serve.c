@@ -279,6 +279,10 @@ int srv_serve_main(int argc, char **argv) {
            S.cfg.listen, S.cfg.state_dir, S.cfg.data_dir,
            S.cfg.api_token[0] ? ", API token required for changes" : "");
   srv_log(&S, "info", msg);
+  nn_backend_info bi;
+  nn_backend_info_get(&bi);
+  snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
+  srv_log(&S, "info", msg);
   sd_notify(0, "READY=1");
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);

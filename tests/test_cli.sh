@@ -16,6 +16,10 @@ exit_code() { "$@" >"$T/out" 2>"$T/err"; echo $?; }
 
 check "--help exits 0 and lists commands" bash -c "'$BIN' --help | grep -q 'train'"
 check "--version prints the version" bash -c "'$BIN' --version | grep -Eq '^mnistd [0-9]+\.[0-9]+'"
+check "--version names the oneDNN version and ISA" \
+  bash -c "'$BIN' --version | grep -Eq '^kernels: oneDNN [0-9]+\.[0-9]+\.[0-9]+, isa [a-z0-9_]+, matmul '"
+check "--version shows a capped ISA (ONEDNN_MAX_CPU_ISA=SSE41)" \
+  bash -c "ONEDNN_MAX_CPU_ISA=SSE41 '$BIN' --version | grep -q ', isa sse41,'"
 check "train --help" bash -c "'$BIN' train --help | grep -q -- '--optimizer'"
 for bad in "train --epochs 0" "train --epochs abc" "train --lr -1" "train --lr nan" \
            "train --arch lenet" "train --optimizer adagrad" "train --bogus" "train --batch-size" \

@@ -244,6 +244,8 @@ if command -v promtool >/dev/null; then
 else
   bad "promtool missing (make deps installs prometheus)"
 fi
+check "metrics carry the kernels in mnistd_build_info" \
+  grep -Eq '^mnistd_build_info\{version="[^"]+",onednn="oneDNN [0-9.]+",isa="[a-z0-9_]+",kernel="[^"]+"\} 1$' "$T/metrics.txt"
 check "metrics count requests by route" grep -q 'mnistd_http_requests_total{route="POST /v1/predict",status="200"}' "$T/metrics.txt"
 
 # ---- SIGKILL during training, then restart: records intact, job resumes
