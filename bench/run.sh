@@ -14,7 +14,7 @@ B=${1:-build}
 D=${MNISTD_DATA:-data}/mnist
 SEEDS=${SEEDS:-1 2 3 4 5}
 SHORT=${BENCH_SHORT:-0}
-get() { awk -v k="$1" '$1==k {print $2}' <<<"$2"; }
+get() { awk -v k="$1" '$1==k {sub(/^[^ ]+ /, ""); print}' <<<"$2"; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v == "") print "n/a"; else printf f, v }'; }
 # Other processes on the CPU over one second (top's second sample), and the load.
 beside() {

@@ -163,7 +163,9 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     off[k++] = total; total += round_up(B * l->out * sizeof(float));
-    if (l->type == NN_LAYER_ANTIRECT) {
+    if (l->type == NN_LAYER_DENSE) {
+      off[k++] = total; total += round_up(B * l->out * sizeof(float));
+    } else if (l->type == NN_LAYER_ANTIRECT) {
       off[k++] = total; total += round_up(B * l->in * sizeof(float));
       off[k++] = total; total += round_up(B * sizeof(float));
     }
@@ -184,7 +186,9 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     ws->act[i] = (float *)(base + off[k++]);
-    if (l->type == NN_LAYER_ANTIRECT) {
+    if (l->type == NN_LAYER_DENSE) {
+      ws->delta[i] = (float *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_ANTIRECT) {
       ws->anti_y[i] = (float *)(base + off[k++]);
       ws->anti_inv[i] = (float *)(base + off[k++]);
     }
@@ -192,6 +196,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   ws->g[0] = (float *)(base + total);
   ws->g[1] = (float *)(base + total + gsz);
   int rc = nn_dnn_create(&ws->dnn);
+  if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
   if (rc) {
     nn_workspace_free(ws);
     return rc;
@@ -283,21 +288,30 @@ const float *nn_logits(const nn_model *m, const nn_workspace *ws) {
 }
 
 void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *dz,
-                 float *grad, int training) {
+                 float *grad, int training, int defer_dw) {
   const float *g = dz;
   int pp = 0, db_done = 0; /* db_done: the layer above summed this bias gradient */
   /* The last layer is the softmax, whose gradient dz already includes. */
   for (int i = (int)m->n_layers - 2; i >= 0; i--) {
     const nn_layer *l = &m->layers[i];
     const float *in = i > 0 ? ws->cur[i - 1] : ws->x;
-    float *dx = ws->g[pp];
+    /* What a layer returns lands in the dense layer's own buffer when one is
+     * right below (it must outlive the pass when defer_dw), else in the
+     * ping-pong pair. */
+    int dense_below = i > 0 && m->layers[i - 1].type == NN_LAYER_DENSE;
+    float *dx = dense_below ? ws->delta[i - 1] : ws->g[pp];
     /* The bias gradient of a dense layer right below is the column sum of
      * what this layer returns: the fused kernels produce it on the way. */
-    float *db_below = i > 0 && m->layers[i - 1].type == NN_LAYER_DENSE
-                          ? grad + m->layers[i - 1].b_off : NULL;
+    float *db_below = dense_below ? grad + m->layers[i - 1].b_off : NULL;
     switch (l->type) {
     case NN_LAYER_DENSE: {
-      nn_dnn_dense_dw(ws->dnn, (uint32_t)i, l, g, in, n, grad + l->w_off);
+      if (defer_dw && g != dz && g != ws->delta[i]) {
+        /* Reached through an identity layer from a ping-pong buffer. */
+        memcpy(ws->delta[i], g, (size_t)n * l->out * sizeof(float));
+        g = ws->delta[i];
+      }
+      ws->dg[i] = g;
+      if (!defer_dw) nn_dnn_dense_dw(ws->dnn, (uint32_t)i, l, g, in, n, grad + l->w_off);
       if (!db_done) nn_k_colsum(grad + l->b_off, g, n, l->out);
       db_done = 0;
       if (i == 0) return; /* nobody needs the gradient of the images */
@@ -324,8 +338,8 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
     case NN_LAYER_SOFTMAX:
       continue;
     }
+    if (dx == ws->g[pp]) pp ^= 1;
     g = dx;
-    pp ^= 1;
   }
 }
 

@@ -315,9 +315,11 @@ void nn_train_defaults(nn_train_config *c);
  *
  * With threads = T > 1 the trainer starts T-1 worker threads that live as
  * long as it does. Each batch is split into T fixed row ranges, each thread
- * runs forward and backward on its rows with its own dropout stream, and the
- * gradient reduction and optimizer update are split by parameter range, so
- * the result depends on the seed and T only (bit-identical between runs).
+ * runs forward and backward on its rows with its own dropout stream; then
+ * each thread forms the weight gradients of its share of every layer's
+ * output rows over all T shards (summed in shard order) and applies the
+ * optimizer to them, so the result depends on the seed and T only
+ * (bit-identical between runs).
  * The matrix products then run single-threaded inside each worker (the
  * workers set their own OpenMP team size; nothing process-wide changes), so
  * T threads use T cores. With T = 1 the products follow nn_set_threads(). */

@@ -27,6 +27,11 @@ uint32_t nn_rng_below(nn_rng *r, uint32_t n);
 typedef struct nn_dnn nn_dnn;
 int nn_dnn_create(nn_dnn **out);
 void nn_dnn_free(nn_dnn *d);
+/* Compiles the forward kernels for full_rows rows now (NN_ENOMEM if it
+ * cannot), so that predictions of that size allocate nothing later; other
+ * row counts use dnnl_sgemm unless any_rows (a trainer shard: every row
+ * count it sees gets its kernels). */
+int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_rows);
 /* Team size of this workspace's products; 0 follows nn_set_threads(). */
 void nn_dnn_set_threads(nn_dnn *d, uint32_t threads);
 /* y[n][out] = x[n][in] W^T + b, W stored [out][in]. */
@@ -35,6 +40,12 @@ void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float 
 /* dw[out][in] = g[n][out]^T x[n][in] (overwrites). */
 void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *x, uint32_t n, float *dw);
+/* Rows [o_lo, o_hi) of dw[out][in] (+)= g[n][out]^T x[n][in]: one part of
+ * the weight gradient, for summing shards in place (accumulate = 1 adds to
+ * what is there). part < n_parts identifies the cached kernel. */
+int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
+                         const nn_layer *l, uint32_t o_lo, uint32_t o_hi, const float *g,
+                         const float *x, uint32_t n, int accumulate, float *dw);
 /* dx[n][in] = g[n][out] W[out][in]. */
 void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *w, uint32_t n, float *dx);
@@ -51,6 +62,8 @@ struct nn_workspace {
   uint32_t drop_key[NN_MAX_LAYERS]; /* DROPOUT: key of the last training pass */
   uint8_t fused[NN_MAX_LAYERS];     /* layer ran inside its predecessor's kernel */
   float *g[2];                      /* gradient ping-pong, [B][max_width] */
+  float *delta[NN_MAX_LAYERS];      /* DENSE: gradient w.r.t. its output, [B][out] */
+  const float *dg[NN_MAX_LAYERS];   /* DENSE: where the last backward pass left it */
   nn_dnn *dnn;
   void *block;                      /* the single allocation behind all */
 };
@@ -118,9 +131,13 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
                         int training, nn_rng *rng);
 
 /* Backward pass from dz (gradient w.r.t. the logits, [n][classes]) into
- * grad (same layout as m->params). training must match the forward pass. */
+ * grad (same layout as m->params). training must match the forward pass.
+ * defer_dw: leave the weight gradients out; ws->dg[i] then holds each dense
+ * layer's output gradient (dz itself for the last), kept until the next
+ * pass, for the caller to form dw = dg^T x over several shards at once.
+ * The bias gradients are always written. */
 void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n,
-                 const float *dz, float *grad, int training);
+                 const float *dz, float *grad, int training, int defer_dw);
 
 /* The layer before the softmax: the logits of the last forward pass. */
 const float *nn_logits(const nn_model *m, const nn_workspace *ws);
