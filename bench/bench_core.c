@@ -8,9 +8,11 @@
  *   seeds EPOCHS SEED...         final test accuracy for each seed
  *   infer [THREADS]              single-image median us, batch images/s
  *   gemm THREADS                 the GEMMs of one epoch, nothing else: the
- *                                trainer's 8 products per step, each thread
- *                                a 128/THREADS-row shard, as the trainer
- *                                issues them (same oneDNN primitives)
+ *                                trainer's products per step as it issues
+ *                                them (same oneDNN kernels): forward and
+ *                                input gradients of a 128/THREADS-row shard,
+ *                                weight gradients of its share of output
+ *                                rows over all shards
  *   peak THREADS                 best GFLOP/s of one large single GEMM
  *   backend                      oneDNN version, ISA and kernel */
 #include <pthread.h>
@@ -61,13 +63,14 @@ static double epoch_flop(const nn_model *m, double samples) {
 /* One thread's share of the GEMM-only epoch. */
 typedef struct gemm_shard {
   const nn_model *m;
-  uint32_t rows, steps;
+  uint32_t rows, steps, k, n_shards;
+  struct gemm_shard *all;
   nn_dnn *d;
   float *x[NN_MAX_LAYERS], *y[NN_MAX_LAYERS], *g[NN_MAX_LAYERS], *dx[NN_MAX_LAYERS], *grad;
 } gemm_shard;
 
 static int gemm_shard_init(gemm_shard *s) {
-  if (nn_dnn_create(&s->d)) return -1;
+  if (nn_dnn_create(&s->d) || nn_dnn_prepare(s->d, s->m, s->rows, 1)) return -1;
   nn_dnn_set_threads(s->d, 1);
   if (!(s->grad = calloc(s->m->n_params, sizeof(float)))) return -1;
   for (uint32_t i = 0; i < s->m->n_layers; i++) {
@@ -100,13 +103,21 @@ static void *gemm_run(void *arg) {
         nn_dnn_dense_fwd(s->d, i, l, s->x[i], s->rows, m->params + l->w_off,
                          m->params + l->b_off, s->y[i]);
     }
-    for (int i = (int)m->n_layers - 1; i >= 0; i--) {
+    for (int i = (int)m->n_layers - 1; i > 0; i--) {
       const nn_layer *l = &m->layers[i];
-      if (l->type != NN_LAYER_DENSE) continue;
-      nn_dnn_dense_dw(s->d, (uint32_t)i, l, s->g[i], s->x[i], s->rows, s->grad + l->w_off);
-      if (i > 0)
+      if (l->type == NN_LAYER_DENSE)
         nn_dnn_dense_dx(s->d, (uint32_t)i, l, s->g[i], m->params + l->w_off, s->rows,
                         s->dx[i]);
+    }
+    /* As the trainer: this thread's output rows of every weight gradient,
+     * over all shards' rows. */
+    for (uint32_t i = 0; i < m->n_layers; i++) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type != NN_LAYER_DENSE) continue;
+      uint32_t lo = l->out * s->k / s->n_shards, hi = l->out * (s->k + 1) / s->n_shards;
+      for (uint32_t j = 0; lo < hi && j < s->n_shards; j++)
+        nn_dnn_dense_dw_rows(s->d, i, j, s->n_shards, l, lo, hi, s->all[j].g[i],
+                             s->all[j].x[i], s->rows, j > 0, s->grad + l->w_off);
     }
   }
   return NULL;
@@ -207,7 +218,8 @@ int main(int argc, char **argv) {
     nn_model_init(m, 1);
     gemm_shard sh[8];
     for (int k = 0; k < T; k++) {
-      sh[k] = (gemm_shard){.m = m, .rows = 128 / T, .steps = 469};
+      sh[k] = (gemm_shard){.m = m, .rows = 128 / T, .steps = 469, .k = (uint32_t)k,
+                           .n_shards = (uint32_t)T, .all = sh};
       if (gemm_shard_init(&sh[k])) return 1;
     }
     double best = 1e9;
@@ -236,7 +248,7 @@ int main(int argc, char **argv) {
       float *a = calloc((size_t)n * n, 4), *w = calloc((size_t)n * n, 4),
             *b = calloc(n, 4), *y = calloc((size_t)n * n, 4);
       nn_dnn *d;
-      if (!a || !w || !b || !y || nn_dnn_create(&d)) return 1;
+      if (!a || !w || !b || !y || nn_dnn_create(&d) || nn_dnn_prepare(d, NULL, 0, 1)) return 1;
       for (size_t i = 0; i < (size_t)n * n; i++) a[i] = w[i] = (float)(i % 7) * 0.1f;
       int reps = n <= 512 ? 200 : 2048 / n * 4;
       for (int rep = 0; rep < 3; rep++) {

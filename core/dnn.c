@@ -254,7 +254,7 @@ void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *
 int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_rows) {
   d->full_rows = full_rows;
   d->any_rows = any_rows;
-  if (full_rows < 2) return 0;
+  if (!m || full_rows < 2) return 0;
   for (uint32_t i = 0; i < m->n_layers; i++)
     if (m->layers[i].type == NN_LAYER_DENSE && !mm_get(d, i, OP_FWD, full_rows, &m->layers[i]))
       return NN_ENOMEM;

@@ -30,7 +30,7 @@ void nn_dnn_free(nn_dnn *d);
 /* Compiles the forward kernels for full_rows rows now (NN_ENOMEM if it
  * cannot), so that predictions of that size allocate nothing later; other
  * row counts use dnnl_sgemm unless any_rows (a trainer shard: every row
- * count it sees gets its kernels). */
+ * count it sees gets its kernels). m = NULL: compile nothing now. */
 int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_rows);
 /* Team size of this workspace's products; 0 follows nn_set_threads(). */
 void nn_dnn_set_threads(nn_dnn *d, uint32_t threads);

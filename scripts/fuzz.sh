@@ -127,7 +127,7 @@ build() {
 pass=0; fail=0; failed=(); summary=()
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1:allocator_may_return_null=0:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export OPENBLAS_NUM_THREADS=1   # no BLAS thread pool inside the fuzzer
+export OMP_NUM_THREADS=1        # no OpenMP team (oneDNN) inside the fuzzer
 # shellcheck disable=SC2206
 EXTRA_ARGS=(${FUZZ_ARGS:-})
 

@@ -42,6 +42,9 @@ VGOPTS=(--error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
         --show-leak-kinds=definite --track-origins=no --num-callers=30)
 # Forced (this sandbox exports OPENBLAS_CORETYPE=Haswell); VG_OPENBLAS_CORETYPE overrides.
 export OPENBLAS_CORETYPE=${VG_OPENBLAS_CORETYPE:-Sandybridge}
+# The matrix products are oneDNN's now: the same reason caps its JIT at AVX
+# (no FMA; memcheck has no AVX-512 either). VG_ONEDNN_MAX_CPU_ISA overrides.
+export ONEDNN_MAX_CPU_ISA=${VG_ONEDNN_MAX_CPU_ISA:-AVX}
 cat >"$RL_TMP/mnistd-vg" <<EOF
 #!/bin/sh
 exec valgrind ${VGOPTS[*]} --log-file=$VG/vg.%p.log "$BIN" "\$@"
