@@ -296,21 +296,20 @@ NN_HOT void nn_k_relu_drop_bwd(float *restrict dx, const float *restrict x,
 NN_HOT void nn_k_rmsprop_sum(float *restrict w, float *restrict a, const float *const *g,
                              uint32_t n_g, size_t n, float lr, float rho, float eps) {
   const float one_m = 1.0f - rho;
-  float sum[RMS_CHUNK] __attribute__((aligned(64)));
+  float buf[RMS_CHUNK] __attribute__((aligned(64)));
   for (size_t off = 0; off < n; off += RMS_CHUNK) {
     size_t m = n - off < RMS_CHUNK ? n - off : RMS_CHUNK;
-    const float *restrict g0 = g[0] + off;
-    if (n_g == 1) {
-      memcpy(sum, g0, m * sizeof(float));
-    } else {
-      const float *restrict g1 = g[1] + off;
+    const float *restrict sum = g[0] + off; /* one block: read it in place */
+    if (n_g > 1) {
+      const float *restrict g0 = g[0] + off, *restrict g1 = g[1] + off;
 #pragma omp simd
-      for (size_t i = 0; i < m; i++) sum[i] = g0[i] + g1[i];
+      for (size_t i = 0; i < m; i++) buf[i] = g0[i] + g1[i];
       for (uint32_t s = 2; s < n_g; s++) {
         const float *restrict gs = g[s] + off;
 #pragma omp simd
-        for (size_t i = 0; i < m; i++) sum[i] += gs[i];
+        for (size_t i = 0; i < m; i++) buf[i] += gs[i];
       }
+      sum = buf;
     }
     float *restrict wo = w + off, *restrict ao = a + off;
 #pragma omp simd
