@@ -64,9 +64,9 @@ const char *nn_strerror(int code);
 /* Sets the number of threads each matrix product may use, for every later
  * call from any thread of this process (n >= 1; applied per call, on the
  * calling thread). Until it is called, oneDNN's OpenMP default applies
- * (OMP_NUM_THREADS, or one per core). A trainer with T > 1 worker threads
- * ignores it: each worker runs single-threaded products. Same seed + same
- * thread count gives bit-identical training. */
+ * (OMP_NUM_THREADS, or one per core). Trainers ignore it: each of their
+ * threads runs single-threaded products. Same seed + same thread count
+ * gives bit-identical training. */
 void nn_set_threads(int n);
 
 /* Which matrix-product kernels this process runs. library: "oneDNN 2.6.3";
@@ -322,7 +322,7 @@ void nn_train_defaults(nn_train_config *c);
  * (bit-identical between runs).
  * The matrix products then run single-threaded inside each worker (the
  * workers set their own OpenMP team size; nothing process-wide changes), so
- * T threads use T cores. With T = 1 the products follow nn_set_threads(). */
+ * T threads use T cores (T = 1 included: nn_set_threads() does not apply). */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,
