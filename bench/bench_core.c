@@ -183,6 +183,8 @@ int main(int argc, char **argv) {
         nn_workspace_create(&wsb, m, 1000))
       return 1;
     nn_model_init(m, 1);
+    /* As the daemon's predictor threads do. */
+    if (nn_workspace_pin(ws1, m)) return 1;
     enum { N = 20000 };
     static double lat[N];
     float probs[1000 * NN_CLASSES];

@@ -290,6 +290,19 @@ NN_HOT void nn_k_relu_drop_bwd(float *restrict dx, const float *restrict x,
   }
 }
 
+NN_HOT void nn_k_sparse_row(float *restrict y, const float *restrict x,
+                            const float *restrict wt, const float *restrict b, uint32_t in,
+                            uint32_t out) {
+  memcpy(y, b, out * sizeof(float));
+  for (uint32_t k = 0; k < in; k++) {
+    const float xk = x[k];
+    if (xk == 0.f) continue;
+    const float *restrict row = wt + (size_t)k * out;
+#pragma omp simd
+    for (uint32_t o = 0; o < out; o++) y[o] += xk * row[o];
+  }
+}
+
 /* The per-chunk sum stays in L1 between the reduction and the update. */
 #define RMS_CHUNK 512
 

@@ -207,6 +207,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
 
 void nn_workspace_free(nn_workspace *ws) {
   if (!ws) return;
+  free(ws->wt_block);
   nn_dnn_free(ws->dnn);
   free(ws->block);
   free(ws);
@@ -243,7 +244,11 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
     ws->fused[i] = 0;
     switch (l->type) {
     case NN_LAYER_DENSE:
-      nn_dnn_dense_fwd(ws->dnn, i, l, in, n, m->params + l->w_off, m->params + l->b_off, out);
+      if (n == 1 && ws->pinned == m && ws->wt[i])
+        nn_k_sparse_row(out, in, ws->wt[i], m->params + l->b_off, l->in, l->out);
+      else
+        nn_dnn_dense_fwd(ws->dnn, i, l, in, n, m->params + l->w_off, m->params + l->b_off,
+                         out);
       break;
     case NN_LAYER_ANTIRECT:
     case NN_LAYER_RELU: {
@@ -344,6 +349,40 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
 }
 
 /* ---------------------------------------------------------------- predict */
+
+/* Only layers at least this wide are worth a transposed copy: a narrow
+ * output row (the 10 logits) is too short to vectorise the sparse loop. */
+#define PIN_MIN_OUT 64
+
+int nn_workspace_pin(nn_workspace *ws, const nn_model *m) {
+  if (!ws || (m && ws->n_layers != m->n_layers)) return NN_EINVAL;
+  free(ws->wt_block);
+  ws->wt_block = NULL;
+  memset(ws->wt, 0, sizeof ws->wt);
+  ws->pinned = NULL;
+  if (!m) return 0;
+  size_t total = 0;
+  for (uint32_t i = 0; i < m->n_layers; i++)
+    if (m->layers[i].type == NN_LAYER_DENSE && m->layers[i].out >= PIN_MIN_OUT)
+      total += round_up((size_t)m->layers[i].in * m->layers[i].out * sizeof(float));
+  if (!total) {
+    ws->pinned = m;
+    return 0;
+  }
+  if (!(ws->wt_block = aligned_alloc(ALIGN, total))) return NN_ENOMEM;
+  char *p = (char *)ws->wt_block;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_DENSE || l->out < PIN_MIN_OUT) continue;
+    float *wt = ws->wt[i] = (float *)p;
+    const float *w = m->params + l->w_off;
+    for (uint32_t o = 0; o < l->out; o++)
+      for (uint32_t k = 0; k < l->in; k++) wt[(size_t)k * l->out + o] = w[(size_t)o * l->in + k];
+    p += round_up((size_t)l->in * l->out * sizeof(float));
+  }
+  ws->pinned = m;
+  return 0;
+}
 
 int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t n,
                    float *probs) {

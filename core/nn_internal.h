@@ -66,6 +66,9 @@ struct nn_workspace {
   const float *dg[NN_MAX_LAYERS];   /* DENSE: where the last backward pass left it */
   nn_dnn *dnn;
   void *block;                      /* the single allocation behind all */
+  const nn_model *pinned;           /* nn_workspace_pin: the model wt copies */
+  float *wt[NN_MAX_LAYERS];         /* DENSE: its weights transposed, [in][out] */
+  void *wt_block;
 };
 
 /* Element-wise kernels (layers.c). n counts floats unless said otherwise. */
@@ -93,6 +96,12 @@ static inline uint32_t nn_drop_hash(uint32_t key, uint32_t k) {
 }
 /* y = dropout(x) over n floats (forward, or backward with the same key). */
 void nn_k_dropout(float *y, const float *x, size_t n, nn_drop dr);
+
+/* y[out] = b + sum over the non-zero x[k] of x[k] * wt[k][out]: one input
+ * row against transposed weights, reading only the rows of inputs that are
+ * not zero. */
+void nn_k_sparse_row(float *y, const float *x, const float *wt, const float *b, uint32_t in,
+                     uint32_t out);
 
 /* Fused antirectifier (+ dropout) forward over n rows of width d: one sweep
  * per row writes y (normalised centred input) and inv (as

@@ -447,6 +447,9 @@ static nn_workspace *workspace_for(srv_model *m) {
     t->m = NULL;
     t->ws = NULL;
     if (nn_workspace_create(&t->ws, m->m, PREDICT_CHUNK)) return NULL;
+    /* Registry models never change: single images may take the sparse path
+     * (on failure the workspace just keeps the dense one). */
+    (void)nn_workspace_pin(t->ws, m->m);
     atomic_fetch_add(&m->refs, 1);
     t->m = m;
   }

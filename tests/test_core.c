@@ -822,6 +822,36 @@ static void test_predict_single_matches_batch(void **state) {
     right += nn_argmax(p1) == synth.labels[i];
   }
   assert_true(right >= 60); /* the synthetic task is easy */
+  /* Pinned: the sparse path over transposed weights gives the same answers,
+   * for u8 and float input; unpinning, or another model, takes the normal
+   * path again. */
+  nn_workspace *wp;
+  assert_int_equal(nn_workspace_create(&wp, m, 1), 0);
+  assert_int_equal(nn_workspace_pin(wp, m), 0);
+  for (int i = 0; i < 64; i++) {
+    float xf[784];
+    for (int k = 0; k < 784; k++) xf[k] = synth.images[(size_t)i * 784 + k] / 255.0f;
+    xf[i] = 0.f; /* some zero inputs */
+    assert_int_equal(nn_predict_u8(m, wp, synth.images + (size_t)i * 784, 1, p1), 0);
+    for (int k = 0; k < 10; k++) assert_float_equal(p1[k], pb[i * 10 + k], 1e-5);
+    float pf[10], pn[10];
+    assert_int_equal(nn_predict_f32(m, wp, xf, 1, pf), 0);
+    assert_int_equal(nn_predict_f32(m, w1, xf, 1, pn), 0);
+    for (int k = 0; k < 10; k++) assert_float_equal(pf[k], pn[k], 1e-5);
+  }
+  nn_model *m2;
+  nn_trainer *t2 = trained(&m2, 1, 10, 1, NN_OPT_RMSPROP);
+  float q1[10], q2[10];
+  assert_int_equal(nn_predict_u8(m2, wp, synth.images, 1, q1), 0); /* not the pinned model */
+  assert_int_equal(nn_predict_u8(m2, w1, synth.images, 1, q2), 0);
+  assert_memory_equal(q1, q2, sizeof q1);
+  assert_int_equal(nn_workspace_pin(wp, NULL), 0);
+  assert_int_equal(nn_predict_u8(m, wp, synth.images, 1, q1), 0);
+  assert_int_equal(nn_predict_u8(m, w1, synth.images, 1, q2), 0);
+  assert_memory_equal(q1, q2, sizeof q1);
+  nn_trainer_free(t2);
+  nn_model_free(m2);
+  nn_workspace_free(wp);
   nn_workspace_free(w1);
   nn_workspace_free(wb);
   nn_trainer_free(t);
