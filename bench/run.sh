@@ -78,7 +78,8 @@ if [ "$SHORT" != 1 ]; then
   printf '| test accuracy after 4 epochs, seeds%s | worst %.2f%% | >= 97.6%% | %s (2 epochs) |\n' "$accs" "$(awk -v w="$worst" 'BEGIN{print w*100}')" "$(tj test_accuracy)"
 fi
 printf '| inference, one image, median (us) | %s | <= 10 | %s |\n' "$(get infer_single_us_median "$infer")" "$(tj infer_single_us_median)"
-printf '| inference, batches of 1000, 2 threads (images/s) | %s | >= 400000 | %s |\n' "$(get infer_batch_images_per_second "$infer")" "$(tj infer_batch_images_per_second)"
+printf '| inference, batches of 1000, one call, OpenMP team of 2 (images/s) | %s | >= 400000 | %s |\n' "$(get infer_batch_images_per_second "$infer")" "$(tj infer_batch_images_per_second)"
+printf '| inference, batches of 1000, 2 threads of 1 core each (images/s) | %s | >= 400000 | |\n' "$(get infer_batch_threads_images_per_second "$infer")"
 if [ "$SHORT" != 1 ]; then
   printf '| peak RSS of mnistd train (MB) | %s | < 150 | |\n' "$rss"
   printf '| daemon: POST /v1/predict, 1 image, keep-alive, wrk -t2 -c16 (req/s) | %s | >= 15000 | |\n' "$(get predict_requests_per_second "$http")"
