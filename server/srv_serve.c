@@ -283,6 +283,9 @@ int srv_serve_main(int argc, char **argv) {
   nn_backend_info_get(&bi);
   snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
   srv_log(&S, "info", msg);
+  if (!strcmp(bi.kernel, "unknown"))
+    srv_log(&S, "warn", "oneDNN cannot compile its kernels: training and predictions will fail "
+                        "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
   sd_notify(0, "READY=1");
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);
