@@ -3,6 +3,7 @@
  * test accuracy, training job configuration). */
 #include "srv_cli.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -36,35 +37,10 @@ static int fail_usage(const char *fmt, const char *arg) {
   return SRV_EXIT_USAGE;
 }
 
-/* The records of one model and its job, copied out of the store. */
-typedef struct found {
-  int64_t id, job_id;
-  int hit;
-  char dataset[32];
-  double acc, loss;
-  char *config;
-} found;
-
-static int find_model(const srv_model_row *m, void *u) {
-  found *f = u;
-  if (m->id != f->id) return 0;
-  f->hit = 1;
-  snprintf(f->dataset, sizeof f->dataset, "%s", m->dataset ? m->dataset : "");
-  f->acc = m->test_accuracy;
-  f->loss = m->test_loss;
-  f->job_id = m->job_id;
-  return 1;
-}
-
-static int find_job(const srv_job_row *j, void *u) {
-  found *f = u;
-  if (j->id != f->job_id) return 0;
-  f->config = j->config_json ? strdup(j->config_json) : NULL;
-  return 1;
-}
-
-/* Looks model `id` up in STATE/mnistd.db and fills f and path. */
-static int from_state(const char *state, int64_t id, found *f, char *path, size_t len) {
+/* Looks model `id` up in STATE/mnistd.db: its records into info, its file
+ * into path. */
+static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *path,
+                      size_t len) {
   char db[PATH_MAX + 16], msg[256];
   struct stat st;
   snprintf(db, sizeof db, "%s/mnistd.db", state);
@@ -77,18 +53,14 @@ static int from_state(const char *state, int64_t id, found *f, char *path, size_
     fprintf(stderr, "mnistd export: %s\n", msg);
     return -1;
   }
-  f->id = id;
-  int rc = srv_store_models_each(s, find_model, f);
-  if (!rc && f->hit && f->job_id) rc = srv_store_jobs_each(s, find_job, f);
-  if (rc) fprintf(stderr, "mnistd export: %s: %s\n", db, srv_store_errmsg(s));
-  srv_store_close(s);
-  if (rc) return -1;
-  if (!f->hit) {
+  int rc = srv_onnx_info_load(info, s, id);
+  if (rc == -ENOENT)
     fprintf(stderr, "mnistd export: model %lld not found in %s\n", (long long)id, state);
-    return -1;
-  }
+  else if (rc)
+    fprintf(stderr, "mnistd export: %s: %s\n", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(s));
+  srv_store_close(s);
   snprintf(path, len, "%s/models/%lld.model", state, (long long)id);
-  return 0;
+  return rc ? -1 : 0;
 }
 
 int srv_cli_export(int argc, char **argv) {
@@ -122,14 +94,17 @@ int srv_cli_export(int argc, char **argv) {
   if (argc - optind != 2) return fail_usage("%s", "give MODEL and OUT");
   const char *model = argv[optind], *out = argv[optind + 1];
 
-  found f = {.acc = NAN, .loss = NAN};
+  srv_onnx_info info;
+  srv_onnx_info_init(&info);
   char path[PATH_MAX + 64];
   snprintf(path, sizeof path, "%s", model);
   if (state) {
     long id;
     if (srv_parse_long(model, 1, LONG_MAX, &id))
       return fail_usage("with --state-dir, MODEL is a model id, not '%s'", model);
-    if (from_state(state, id, &f, path, sizeof path)) return SRV_EXIT_FAIL;
+    if (from_state(state, id, &info, path, sizeof path)) return SRV_EXIT_FAIL;
+  } else if (dataset) {
+    snprintf(info.dataset, sizeof info.dataset, "%s", dataset);
   }
   int status = SRV_EXIT_FAIL;
   nn_err err = {0};
@@ -138,14 +113,6 @@ int srv_cli_export(int argc, char **argv) {
     fprintf(stderr, "mnistd export: %s\n", err.msg);
     goto done;
   }
-  srv_onnx_info info;
-  srv_onnx_info_init(&info);
-  info.dataset = f.hit ? f.dataset : dataset;
-  info.test_accuracy = f.acc;
-  info.test_loss = f.loss;
-  info.model_id = f.hit ? f.id : 0;
-  info.job_id = f.job_id;
-  info.job_config = f.config;
   char msg[512];
   if (srv_onnx_save(m, &info, out, msg, sizeof msg)) {
     fprintf(stderr, "mnistd export: %s\n", msg);
@@ -154,6 +121,6 @@ int srv_cli_export(int argc, char **argv) {
   status = SRV_EXIT_OK;
 done:
   nn_model_free(m);
-  free(f.config);
+  srv_onnx_info_clear(&info);
   return status;
 }

@@ -364,21 +364,17 @@ static enum MHD_Result h_model(req *r) {
  * of it (data set, test accuracy, the training job's configuration). */
 static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
   srv_onnx_info info;
-  srv_onnx_info_init(&info);
-  info.dataset = m->dataset;
-  info.test_accuracy = m->test_accuracy;
-  info.test_loss = m->test_loss;
-  info.model_id = m->id;
-  info.job_id = m->job_id;
-  cJSON *job = m->job_id ? srv_jobs_json(r->S->jobs, m->job_id) : NULL;
-  char *cfg = job ? cJSON_PrintUnformatted(cJSON_GetObjectItem(job, "config")) : NULL;
-  cJSON_Delete(job);
-  info.job_config = cfg;
+  int rc = srv_onnx_info_load(&info, r->S->store, m->id);
+  if (rc) {
+    srv_model_unref(m);
+    return send_error(r, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,
+                      rc == -ENOENT ? "not found" : srv_store_errmsg(r->S->store));
+  }
   uint8_t *buf;
   size_t len;
   char msg[512];
-  int rc = srv_onnx_export(m->m, &info, &buf, &len, msg, sizeof msg);
-  free(cfg);
+  rc = srv_onnx_export(m->m, &info, &buf, &len, msg, sizeof msg);
+  srv_onnx_info_clear(&info);
   srv_model_unref(m);
   if (rc == -EINVAL) return send_error(r, 422, "model %lld cannot be exported to ONNX: %s",
                                        (long long)r->id, msg);

@@ -384,7 +384,7 @@ static void add_metadata(gb *g, Onnx__ModelProto *mp, const nn_model *m,
   meta(g, mp, "output", "probabilities: float32 [N,C], softmax over class_names");
   meta(g, mp, "architecture", m->arch);
   meta(g, mp, "parameters", pstr(g, "%zu", m->n_params));
-  if (in->dataset) meta(g, mp, "dataset", in->dataset);
+  if (in->dataset[0]) meta(g, mp, "dataset", in->dataset);
   if (isfinite(in->test_accuracy)) meta(g, mp, "test_accuracy", pstr(g, "%.6f", in->test_accuracy));
   if (isfinite(in->test_loss)) meta(g, mp, "test_loss", pstr(g, "%.6f", in->test_loss));
   if (in->job_config) meta(g, mp, "training_config", in->job_config);
@@ -396,6 +396,45 @@ void srv_onnx_info_init(srv_onnx_info *info) {
   memset(info, 0, sizeof *info);
   info->test_accuracy = NAN;
   info->test_loss = NAN;
+}
+
+void srv_onnx_info_clear(srv_onnx_info *info) {
+  free(info->job_config);
+  srv_onnx_info_init(info);
+}
+
+static int find_model(const srv_model_row *m, void *u) {
+  srv_onnx_info *in = u;
+  if (m->id != in->model_id) return 0;
+  snprintf(in->dataset, sizeof in->dataset, "%s", m->dataset ? m->dataset : "");
+  in->test_accuracy = m->test_accuracy;
+  in->test_loss = m->test_loss;
+  in->job_id = m->job_id;
+  return 1;
+}
+
+/* A walk stops (returning 0) when the callback returns non-zero: the
+ * callbacks record what they found in info, and a strdup failure as -1
+ * in job_id. */
+static int find_job(const srv_job_row *j, void *u) {
+  srv_onnx_info *in = u;
+  if (j->id != in->job_id) return 0;
+  if (j->config_json && !(in->job_config = strdup(j->config_json))) in->job_id = -1;
+  return 1;
+}
+
+int srv_onnx_info_load(srv_onnx_info *info, srv_store *s, int64_t id) {
+  srv_onnx_info_init(info);
+  info->model_id = id;
+  info->job_id = -1; /* set from the row when found (0 = no job) */
+  int rc = srv_store_models_each(s, find_model, info);
+  if (!rc && info->job_id < 0) rc = -ENOENT;
+  if (!rc && info->job_id > 0) {
+    rc = srv_store_jobs_each(s, find_job, info);
+    if (!rc && info->job_id < 0) rc = -ENOMEM;
+  }
+  if (rc) srv_onnx_info_clear(info);
+  return rc;
 }
 
 /* Builds the whole message tree in g's pool; mp receives the root. */
@@ -447,7 +486,7 @@ static int build(gb *g, const nn_model *m, const srv_onnx_info *in, Onnx__ModelP
   }
   mp->doc_string = pstr(g, "mnistd %s network%s%s; input 'image' [N,1,28,28] in [0,1] "
                            "(white ink on black), output 'probabilities' [N,%u]",
-                        m->arch, in->dataset ? " trained on " : "", in->dataset ? in->dataset : "",
+                        m->arch, in->dataset[0] ? " trained on " : "", in->dataset,
                         g->width);
   mp->graph = gr;
   add_metadata(g, mp, m, in);

@@ -32,17 +32,19 @@
 #include <stdint.h>
 
 #include "nn.h"
+#include "srv_store.h"
 
 #define SRV_ONNX_OPSET 13
 #define SRV_ONNX_IR_VERSION 8
 
 /* What the daemon knows about a model beyond its weights. Every field is
- * optional: NULL strings, NAN numbers and zero ids are left out of the
+ * optional: empty strings, NAN numbers and zero ids are left out of the
  * metadata. */
 typedef struct srv_onnx_info {
-  const char *dataset;      /* "mnist" or "fashion-mnist": picks the class names
+  char dataset[32];         /* "mnist" or "fashion-mnist": picks the class names
                                (anything else: "0".."9") */
-  const char *job_config;   /* the training job's configuration, JSON */
+  char *job_config;         /* the training job's configuration (JSON, as
+                               recorded), malloc'd; srv_onnx_info_clear frees it */
   double test_accuracy;     /* on the data set's test split */
   double test_loss;
   int64_t model_id, job_id;
@@ -50,6 +52,16 @@ typedef struct srv_onnx_info {
 
 /* Fills info with "nothing known". */
 void srv_onnx_info_init(srv_onnx_info *info);
+/* Frees job_config and re-initialises. */
+void srv_onnx_info_clear(srv_onnx_info *info);
+
+/* Fills info from the daemon's records of model `id` in the store (its
+ * data set, test accuracy and loss, and its job's configuration exactly
+ * as recorded). Returns 0, -ENOENT for an unknown model, -EIO (see
+ * srv_store_errmsg) or -ENOMEM; on failure info is left initialised. The
+ * HTTP route and `mnistd export --state-dir` both use this, so they write
+ * the same file. */
+int srv_onnx_info_load(srv_onnx_info *info, srv_store *s, int64_t id);
 
 /* Serialises m (with info, which may be NULL) as an ONNX ModelProto. On
  * success *out is a malloc'd buffer of *len bytes that the caller frees,
