@@ -75,8 +75,8 @@ $(BUILD)/gen/onnx.pb-c.c: $(ONNX_PROTO)
 	@command -v protoc-c >/dev/null || { echo "protoc-c missing: run 'make deps'" >&2; exit 1; }
 	protoc-c --c_out=$(BUILD)/gen -I$(dir $(ONNX_PROTO)) $(ONNX_PROTO)
 $(BUILD)/gen/onnx.pb-c.h: $(BUILD)/gen/onnx.pb-c.c
-$(BUILD)/obj/server/srv_onnx.o: $(BUILD)/gen/onnx.pb-c.h
-$(BUILD)/obj/server/srv_onnx.o: CFLAGS += -I$(BUILD)/gen
+$(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: $(BUILD)/gen/onnx.pb-c.h
+$(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: CFLAGS += -I$(BUILD)/gen
 
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c server/srv_assets.h
 	@mkdir -p $(dir $@)
