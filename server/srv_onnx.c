@@ -32,9 +32,10 @@ typedef struct gb {
   Onnx__TensorProto **init;
   size_t n_init, cap_init;
   /* The value flowing from layer to layer and its per-sample shape: rank 4
-   * is the image [N,1,28,28], rank 2 is [N,width]. */
+   * is [N,C,H,W] (the image, [N,1,28,28]; what conv/pool emitters would
+   * read and update), rank 2 is [N,width]. width is C*H*W at rank 4. */
   const char *cur;
-  uint32_t rank, width;
+  uint32_t rank, width, chw[3];
   const char *axes1, *l2_eps; /* shared constants, made on first use */
 } gb;
 
@@ -445,6 +446,8 @@ static int build(gb *g, const nn_model *m, const srv_onnx_info *in, Onnx__ModelP
   g->init = palloc(g, g->cap_init * sizeof *g->init);
   g->cur = "image";
   g->rank = 4;
+  g->chw[0] = 1;
+  g->chw[1] = g->chw[2] = NN_IMAGE_SIDE;
   g->width = m->n_inputs;
   if (g->rc) return g->rc;
   if (m->n_inputs != NN_IMAGE_SIZE)

@@ -165,6 +165,7 @@ req "$B/v1/models/$M1/file"
 check "native download unchanged (MNISTDNN file)" bash -c "test $(code) = 200 && head -c 8 '$T/body' | grep -q MNISTDNN"
 req "$B/healthz"; check "daemon still healthy" test "$(code)" = 200
 
-kill -TERM "$PID"; wait "$PID"; PID=
+kill -TERM "$PID"; wait "$PID"; rc=$?; PID=
+check "daemon exits 0 on SIGTERM (no leaks under ASan)" test "$rc" = 0
 echo "onnx: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
