@@ -1,7 +1,7 @@
 // The "Models" panel: every trained model with its test accuracy, parameter
 // count and data set; activate / delete; and, for one model, the confusion
 // matrix heat map and a gallery of misclassified test images.
-import { describeError, isAuthError, activateModel, deleteModel, evaluateModel } from './api.js';
+import { describeError, isAuthError, activateModel, deleteModel, evaluateModel, modelFileUrl } from './api.js';
 import { emit, on } from './bus.js';
 import { $, el, setText, fmtInt, fmtPct, fmtAgo, datasetName, className, drawPixels } from './util.js';
 
@@ -62,10 +62,10 @@ function modelRow(m) {
   const del = el('button', { type: 'button', class: 'btn small ghost', onclick: () => remove(m.id, del) }, 'Delete');
   del.setAttribute('aria-label', `Delete model ${m.id}`);
   // Plain links: downloads are GETs and need no token.
-  const file = el('a', { class: 'btn small ghost download', href: `v1/models/${m.id}/file`, download: `mnistd-model-${m.id}.model`,
+  const file = el('a', { class: 'btn small ghost download', href: modelFileUrl(m.id), download: `mnistd-model-${m.id}.model`,
     title: 'The mnistd model file (mnistd predict --model, or another mnistd daemon)' }, 'Download');
   file.setAttribute('aria-label', `Download model ${m.id} as an mnistd file`);
-  const onnx = el('a', { class: 'btn small ghost download', href: `v1/models/${m.id}/file?format=onnx`, download: `mnistd-model-${m.id}.onnx`,
+  const onnx = el('a', { class: 'btn small ghost download', href: modelFileUrl(m.id, 'onnx'), download: `mnistd-model-${m.id}.onnx`,
     title: 'ONNX for onnxruntime and other runtimes: input "image" float32 [N,1,28,28] in 0..1, white ink on black; output "probabilities"' },
   'Download ONNX');
   onnx.setAttribute('aria-label', `Download model ${m.id} as ONNX`);
