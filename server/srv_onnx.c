@@ -374,6 +374,15 @@ static void meta(gb *g, Onnx__ModelProto *mp, const char *key, const char *value
 
 #define META_MAX 16
 
+/* The architecture name comes from a model file and may hold any bytes;
+ * protobuf strings must be UTF-8, so keep printable ASCII only. */
+static const char *arch_name(gb *g, const nn_model *m) {
+  char *s = pstr(g, "%s", m->arch);
+  for (char *c = s; c && *c; c++)
+    if (*c < 0x20 || *c > 0x7e) *c = '_';
+  return s;
+}
+
 static void add_metadata(gb *g, Onnx__ModelProto *mp, const nn_model *m,
                          const srv_onnx_info *in) {
   mp->metadata_props = palloc(g, META_MAX * sizeof *mp->metadata_props);
@@ -383,7 +392,7 @@ static void add_metadata(gb *g, Onnx__ModelProto *mp, const nn_model *m,
        "black, as MNIST); digits centred by mass in a 28x28 field with a 4-pixel margin. "
        "The daemon's preprocessing of drawings and photos is not part of this graph.");
   meta(g, mp, "output", "probabilities: float32 [N,C], softmax over class_names");
-  meta(g, mp, "architecture", m->arch);
+  meta(g, mp, "architecture", arch_name(g, m));
   meta(g, mp, "parameters", pstr(g, "%zu", m->n_params));
   if (in->dataset[0]) meta(g, mp, "dataset", in->dataset);
   if (isfinite(in->test_accuracy)) meta(g, mp, "test_accuracy", pstr(g, "%.6f", in->test_accuracy));
@@ -461,7 +470,7 @@ static int build(gb *g, const nn_model *m, const srv_onnx_info *in, Onnx__ModelP
   ins[0] = value_info(g, "image", 3, (int64_t[]){1, NN_IMAGE_SIDE, NN_IMAGE_SIDE});
   outs[0] = value_info(g, "probabilities", 1, (int64_t[]){g->width});
   onnx__graph_proto__init(gr);
-  gr->name = pstr(g, "mnistd_%s", m->arch);
+  gr->name = pstr(g, "mnistd_%s", arch_name(g, m));
   gr->n_node = g->n_node;
   gr->node = g->node;
   gr->n_initializer = g->n_init;
@@ -489,7 +498,7 @@ static int build(gb *g, const nn_model *m, const srv_onnx_info *in, Onnx__ModelP
   }
   mp->doc_string = pstr(g, "mnistd %s network%s%s; input 'image' [N,1,28,28] in [0,1] "
                            "(white ink on black), output 'probabilities' [N,%u]",
-                        m->arch, in->dataset[0] ? " trained on " : "", in->dataset,
+                        arch_name(g, m), in->dataset[0] ? " trained on " : "", in->dataset,
                         g->width);
   mp->graph = gr;
   add_metadata(g, mp, m, in);

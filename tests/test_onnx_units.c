@@ -133,10 +133,14 @@ static void test_relu_graph_fashion_names(void **state) {
   assert_null(meta(mp, "mnistd_model_id"));
   assert_false(mp->has_model_version);
   onnx__model_proto__free_unpacked(mp, NULL);
-  /* No info at all is fine too. */
+  /* No info at all is fine too; an architecture name from a file that is
+   * not printable ASCII is made so (protobuf strings are UTF-8). */
+  snprintf(m->arch, sizeof m->arch, "relu\xff\n");
   mp = export_unpack(m, NULL);
   assert_null(meta(mp, "dataset"));
   assert_non_null(meta(mp, "class_names"));
+  assert_string_equal(meta(mp, "architecture"), "relu__");
+  assert_string_equal(mp->graph->name, "mnistd_relu__");
   onnx__model_proto__free_unpacked(mp, NULL);
   nn_model_free(m);
 }
