@@ -120,7 +120,7 @@ jq_() { "$PY" -c "import json,sys; d=json.load(open('$T/body')); print($1)"; }
 submit() { # config -> job id; waits for the job to succeed, prints its model id
   req -XPOST -H 'Content-Type: application/json' -d "$1" "$B/v1/jobs"
   local job; job=$(jq_ 'd["id"]')
-  for _ in $(seq 600); do
+  for _ in $(seq 1800); do   # 3 minutes at most
     req "$B/v1/jobs/$job"
     case $(jq_ 'd["state"]') in succeeded) break ;; failed|cancelled) break ;; esac
     sleep 0.1
