@@ -70,11 +70,10 @@ $(BUILD)/gen/srv_assets_data.c: $(BUILD)/tools/embed $(WEB_FILES) $(VENDOR) Make
 # the onnx.proto that Debian's libonnx-dev ships; the C code is generated
 # here at build time and never committed.
 ONNX_PROTO ?= /usr/include/onnx/onnx.proto
-$(BUILD)/gen/onnx.pb-c.c: $(ONNX_PROTO)
-	@mkdir -p $(dir $@)
+$(BUILD)/gen/onnx.pb-c.c $(BUILD)/gen/onnx.pb-c.h &: $(ONNX_PROTO)
+	@mkdir -p $(BUILD)/gen
 	@command -v protoc-c >/dev/null || { echo "protoc-c missing: run 'make deps'" >&2; exit 1; }
 	protoc-c --c_out=$(BUILD)/gen -I$(dir $(ONNX_PROTO)) $(ONNX_PROTO)
-$(BUILD)/gen/onnx.pb-c.h: $(BUILD)/gen/onnx.pb-c.c
 $(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: $(BUILD)/gen/onnx.pb-c.h
 $(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: CFLAGS += -I$(BUILD)/gen
 
