@@ -19,7 +19,8 @@ fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v == "") print "n/a"; else printf f
 # Other processes on the CPU over one second (top's second sample), and the load.
 beside() {
   local others
-  others=$(top -bn2 -d1 -w 200 2>/dev/null | awk '/^top -/ {n++} n==2 && $1 ~ /^[0-9]+$/ && $9+0 >= 5 {printf "%s %s%%, ", $12, $9}')
+  others=$(top -bn2 -d1 -w 200 2>/dev/null | awk '/^top -/ {n++} n==2 && $1 ~ /^[0-9]+$/ && $9+0 >= 5 {printf "%s %s%%, ", $12, $9}') ||
+    others="(top not available)"
   echo "load $(cut -d' ' -f1 /proc/loadavg); ${others:-nothing else above 5% CPU}" | sed 's/, $//'
 }
 
