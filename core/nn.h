@@ -216,8 +216,9 @@ void nn_workspace_free(nn_workspace *ws);
  * the seed network) and, for n = 1, reads only the weights of inputs that
  * are not zero (an MNIST digit is ~80% background; an antirectifier output
  * is half zeros), about a third of the bytes of a dense product. The copy
- * is taken now: m's weights must not change while ws is pinned to it, or
- * predictions go on using the old ones. Other models, and n > 1, take the
+ * is taken now: m's weights must not change, and m must not be freed,
+ * while ws is pinned to it (the pin is recognised by m's address), or
+ * predictions go on using the old weights. Other models, and n > 1, take the
  * normal path. m = NULL unpins. Returns 0, NN_EINVAL (ws not made for m's
  * layers), or NN_ENOMEM (ws is then unpinned and works as before). */
 int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
