@@ -900,7 +900,7 @@ static char *frame(const event *e, int ndjson, size_t *len) {
                             (unsigned long long)e->id, e->type, e->data)
                  : snprintf(b, n, "id: %llu\nevent: %s\ndata: %s\n\n",
                             (unsigned long long)e->id, e->type, e->data);
-  *len = (size_t)w;
+  *len = w < 0 ? 0 : (size_t)w < n ? (size_t)w : n - 1; /* never past what was written */
   return b;
 }
 
