@@ -257,6 +257,7 @@ static enum MHD_Result h_job_create(req *r) {
   cJSON *job = srv_jobs_json(r->S->jobs, id);
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
+  srv_json_exact_ints(job);
   char *s = cJSON_PrintUnformatted(job);
   cJSON_Delete(job);
   if (!s) return send_error(r, 500, "out of memory");
