@@ -1166,7 +1166,8 @@ static enum MHD_Result dispatch_first(req *r) {
 /* ---------------------------------------------------------------- connections */
 
 /* Open connections and since when each has been waiting for a complete
- * request head (0: a request is being handled). A watchdog thread shuts
+ * request head (0: a request is being handled; on a kept-alive connection
+ * the clock starts later, see on_completed). A watchdog thread shuts
  * down the socket of any that waits longer than --head-timeout: the idle
  * timeout alone never fires for a client that trickles one header line
  * every few seconds (slowloris). shutdown(2), not close: the descriptor
@@ -1434,9 +1435,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   srv *S = cls;
   req *r = *con_cls;
   conn_state *cs = conn_of(conn);
-  /* Keep-alive: the next request head is due from now. */
-  if (cs && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-    atomic_store(&cs->head_since_ms, mono_ms());
+  /* Keep-alive: the next request head is due within the idle timeout of
+   * this answer (a browser keeps idle connections open and may start a
+   * request on one just before the idle timeout; cutting it earlier would
+   * fail that request). New connections get --head-timeout. */
+  if (cs && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+    int64_t grace = (int64_t)(S->cfg.conn_timeout > S->cfg.head_timeout
+                                  ? S->cfg.conn_timeout - S->cfg.head_timeout : 0) * 1000;
+    atomic_store(&cs->head_since_ms, mono_ms() + grace);
+  }
   if (!r) return;
   *con_cls = NULL;
   if (!r->started) { /* the head never completed (closed, timed out) */

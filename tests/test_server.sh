@@ -385,7 +385,12 @@ req -XPOST -H 'Content-Type: application/json' --data-binary @"$T/max.json" "$B/
 check "#4 a maximal valid body (1024 images, 7.7 MB) is answered" test "$(code)" = 200
 sleep 0.5; rss1=$(rss)
 echo "  #4 idle RSS: ${rss0} MB before, ${rss1} MB after 10 maximal bodies (4 pairs concurrent)"
-check "#4 idle RSS within 20 MB of before (${rss0} -> ${rss1} MB)" test $((rss1 - rss0)) -lt 20
+if ldd "$BIN" 2>/dev/null | grep -q libasan; then
+  # ASan keeps freed memory in its quarantine and ignores malloc_trim.
+  echo "  #4 RSS check skipped: the daemon is built with AddressSanitizer"
+else
+  check "#4 idle RSS within 20 MB of before (${rss0} -> ${rss1} MB)" test $((rss1 - rss0)) -lt 20
+fi
 req "$B/healthz" >/dev/null; check "still serving after the attack variants" test "$(code)" = 200
 
 # ---- #5 #6 #7 a second daemon: per-address limit, head deadline, long token, allow lists
@@ -444,6 +449,14 @@ assert float(l[1]) < 1 and 'ok' in l[2], l"
 check "#5 trickling sockets cut off by --head-timeout 2 (not the 30 s idle timeout)" python3 -c "
 l = [x for x in open('$T/slow.txt') if x.startswith('trickling_closed_after')][0].split()
 assert float(l[1]) < 5 and l[3] == '0', l"
+check "#5 a kept-alive connection idle past --head-timeout still gets its next answer" python3 - "$P2" <<'EOF'
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+req = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+s.sendall(req); assert b"200 OK" in s.recv(4096)
+time.sleep(3)
+s.sendall(req); assert b"200 OK" in s.recv(4096)
+EOF
 kill -TERM "$PID2"; wait "$PID2"
 check "#7 a token over 4096 bytes is refused at start, exit 2" bash -c "
   '$BIN' serve --listen 127.0.0.1:1 --api-token \$(printf 'k%.0s' \$(seq 4097)) 2>'$T/tok.err'; test \$? = 2 && grep -q '4097 bytes' '$T/tok.err'"
