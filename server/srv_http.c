@@ -1024,12 +1024,17 @@ size_t srv_routes(const srv_route_info **out) {
 static int match(const char *pat, const char *path, int64_t *id) {
   while (*pat && *path) {
     if (!strncmp(pat, ":id", 3)) {
-      char *end;
-      if (*path < '1' || *path > '9') return 0;
-      long long v = strtoll(path, &end, 10);
-      if (v <= 0 || (*end && *end != '/')) return 0;
-      *id = v;
-      path = end;
+      /* Digits up to the next '/', at most INT64_MAX: an id that does not
+       * fit is no id (strtoll would clamp it to another number). */
+      char num[24];
+      size_t n = strcspn(path, "/");
+      uint64_t v;
+      if (n == 0 || n >= sizeof num) return 0;
+      memcpy(num, path, n);
+      num[n] = 0;
+      if (parse_dec(num, INT64_MAX, &v) || v == 0) return 0;
+      *id = (int64_t)v;
+      path += n;
       pat += 3;
       continue;
     }

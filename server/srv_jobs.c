@@ -158,6 +158,7 @@ static void append(srv_jobs *J, job *j) {
 
 /* Adds an event to the log (memory and store). Caller holds J->mu. */
 static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *data) {
+  srv_json_exact_ints(data); /* integers digit for digit (issue 9 #15) */
   char *s = cJSON_PrintUnformatted(data);
   cJSON_Delete(data);
   if (!s) return;

@@ -277,6 +277,8 @@ for q in -1 18446744073709551617 %201; do
   badcase 400 "#9 predict model=$q" -XPOST -H 'Content-Type: application/octet-stream' --data-binary @"$T/blank.raw" "$B/v1/predict?model=$q"
 done
 badcase 400 "#9 limit=4294967297" "$B/v1/jobs?limit=4294967297"
+badcase 404 "#9 a path id past 2^63 is no id (not clamped to another)" "$B/v1/jobs/18446744073709551617"
+check "#9 ... and says so" grep -q 'no such endpoint' "$T/body"
 # #10 NUL in the path: refused, nothing created
 njobs() { curl -s "$B/v1/jobs?limit=1000" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))'; }
 before=$(njobs)
