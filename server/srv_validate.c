@@ -109,7 +109,10 @@ int srv_json_prescan(const char *body, size_t len, size_t max_values, char *msg,
     }
     if (in_str) {
       if (ch == '"') in_str = 0;
-      else if (ch == '\\' && i + 1 < len) {
+      else if (ch == '\\' && i + 1 < len && p[i + 1] < 0x80) {
+        /* Skip the escaped byte (an escaped '"' does not end the string).
+         * A non-ASCII byte after '\\' is a bad escape cJSON reports; it is
+         * not skipped so the UTF-8 check stays in step. */
         if (p[i + 1] == 'u' && i + 5 < len && !memcmp(p + i + 2, "0000", 4)) {
           snprintf(msg, msglen, "strings must not contain NUL (\\u0000 at byte %zu)", i);
           return -EINVAL;

@@ -350,6 +350,8 @@ static void test_json_prescan(void **state) {
       {"{\"a\":[0,0.5,-0.25,10,1e-3,-0,0e5]}", 0, NULL},
       {"{\"a\":\"0005 inside a string is text\"}", 0, NULL},
       {"{\"a\":\"\\\\u0000 is an escaped backslash\"}", 0, NULL},
+      /* '\' before a multi-byte character: a bad escape for cJSON, not bad UTF-8 */
+      {"{\"a\":\"x\\\xc3\xa9\"}", 0, NULL},
       {"{\"epochs\":05}", -EINVAL, "leading zeros"},
       {"{\"epochs\":-05}", -EINVAL, "leading zeros"},
       {"{\"a\":[1,00]}", -EINVAL, "leading zeros"},
