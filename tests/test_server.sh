@@ -375,7 +375,14 @@ open(t + "/max.json", "w").write('{"images":[' + ",".join([img] * 1024) + ']}')
 EOF
 rss() { awk '$1=="VmRSS:" {print int($2/1024)}' /proc/$PID/status; }
 rss0=$(rss)
-for _ in 1 2; do
+# The RSS goal holds for the plain binary. Under ASan (quarantine) or a
+# wrapper such as scripts/valgrind.sh's (not an ELF file) malloc_trim has no
+# effect: the bodies are still sent once, the figure only reported.
+plain=1; rounds="1 2"
+if ldd "$BIN" 2>/dev/null | grep -q libasan || [ "$(head -c 4 "$BIN" | tr -d '\177')" != ELF ]; then
+  plain=0; rounds=1
+fi
+for _ in $rounds; do
   for f in amp max; do
     curl -s -o /dev/null -XPOST -H 'Content-Type: application/json' --data-binary @"$T/$f.json" "$B/v1/predict" & c1=$!
     curl -s -o /dev/null -XPOST -H 'Content-Type: application/json' --data-binary @"$T/$f.json" "$B/v1/predict" & c2=$!
@@ -386,10 +393,9 @@ badcase 413 "#4 8 MB of 4M JSON values: 413 before a tree is built" -XPOST -H 'C
 req -XPOST -H 'Content-Type: application/json' --data-binary @"$T/max.json" "$B/v1/predict" >/dev/null
 check "#4 a maximal valid body (1024 images, 7.7 MB) is answered" test "$(code)" = 200
 sleep 0.5; rss1=$(rss)
-echo "  #4 idle RSS: ${rss0} MB before, ${rss1} MB after 10 maximal bodies (4 pairs concurrent)"
-if ldd "$BIN" 2>/dev/null | grep -q libasan; then
-  # ASan keeps freed memory in its quarantine and ignores malloc_trim.
-  echo "  #4 RSS check skipped: the daemon is built with AddressSanitizer"
+echo "  #4 idle RSS: ${rss0} MB before, ${rss1} MB after the maximal bodies (pairs sent concurrently)"
+if [ "$plain" = 0 ]; then
+  echo "  #4 RSS check skipped: the daemon runs under a sanitizer or a wrapper"
 else
   check "#4 idle RSS within 20 MB of before (${rss0} -> ${rss1} MB)" test $((rss1 - rss0)) -lt 20
 fi
