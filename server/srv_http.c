@@ -1559,6 +1559,11 @@ int srv_http_start(srv *S, char *msg, size_t msglen) {
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < limit + 64)
       limit = rl.rlim_cur > 128 ? (unsigned)rl.rlim_cur - 64 : 64;
   }
+  /* One address may hold at most a quarter of all connections, whatever
+   * --per-ip-conn-limit says (0 stays "no limit"): with --conn-limit 100 a
+   * per-address limit of 128 would protect nobody. */
+  unsigned per_ip = (unsigned)S->cfg.per_ip_limit, quarter = limit / 4 ? limit / 4 : 1;
+  if (per_ip > quarter) per_ip = quarter;
   S->loopback = ((const uint8_t *)&sa.sin_addr)[0] == 127;
   /* Big request bodies are mmap'd and so returned on free, whatever
    * glibc's sliding threshold has learnt from earlier ones. */
@@ -1581,7 +1586,7 @@ int srv_http_start(srv *S, char *msg, size_t msglen) {
       S, MHD_OPTION_SOCK_ADDR, &sa,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)S->cfg.threads, MHD_OPTION_CONNECTION_LIMIT, limit,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S->cfg.conn_timeout,
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)S->cfg.per_ip_limit,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, S, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
       S, MHD_OPTION_URI_LOG_CALLBACK, on_uri, S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       (size_t)64 * 1024, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);

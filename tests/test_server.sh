@@ -466,6 +466,38 @@ time.sleep(3)
 s.sendall(req); assert b"200 OK" in s.recv(4096)
 EOF
 kill -TERM "$PID2"; wait "$PID2"
+# The issue's variant: --conn-limit 100 and 100 slow sockets from one address.
+P3=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" serve --listen 127.0.0.1:$P3 --state-dir "$T/state3" --data-dir "$DATA" --no-bootstrap \
+  --conn-limit 100 >>"$T/daemon3.log" 2>&1 &
+PID3=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$P3/healthz" >/dev/null && break; sleep 0.05; done
+python3 - "$P3" > "$T/slow3.txt" 2>&1 <<'EOF'
+import socket, subprocess, sys, time
+port = int(sys.argv[1]); socks = []
+for i in range(100):
+    s = socket.socket(); s.bind(("127.0.0.2", 0))
+    try:
+        s.connect(("127.0.0.1", port)); s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    except OSError: pass
+    socks.append(s)
+time.sleep(0.5)
+held = 0
+for s in socks:
+    s.setblocking(False)
+    try: held += s.recv(10) != b""
+    except BlockingIOError: held += 1
+    except OSError: pass
+t = time.time()
+out = subprocess.run(["curl", "-s", "-m", "5", "--interface", "127.0.0.3", "http://127.0.0.1:%d/healthz" % port],
+                     capture_output=True).stdout
+print("held %d other_address_seconds %.3f %s" % (held, time.time() - t, out.decode()))
+EOF
+sed 's/^/  #5 --conn-limit 100: /' "$T/slow3.txt"
+check "#5 --conn-limit 100: one address holds 25 of 100 slow sockets, another is answered within 1 s" python3 -c "
+l = open('$T/slow3.txt').read().split()
+assert l[0] == 'held' and int(l[1]) == 25 and float(l[3]) < 1 and 'ok' in l[4], l"
+kill -TERM "$PID3"; wait "$PID3"
 check "#7 a token over 4096 bytes is refused at start, exit 2" bash -c "
   '$BIN' serve --listen 127.0.0.1:1 --api-token \$(printf 'k%.0s' \$(seq 4097)) 2>'$T/tok.err'; test \$? = 2 && grep -q '4097 bytes' '$T/tok.err'"
 
