@@ -28,7 +28,9 @@ LIB_OBJ  := $(CORE_OBJ) $(SRV_OBJ)
 # The web page is built into the binary: every file under web/, and the
 # chart library from npm (node_modules/uplot, installed by `make deps`).
 WEB_FILES := $(shell find web -type f 2>/dev/null | LC_ALL=C sort)
-VENDOR    := $(wildcard node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css)
+# Not a wildcard: a build without them would serve a page with no charts
+# (and console errors), so a missing file stops the build and says why.
+VENDOR    := node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 SH_TESTS := $(wildcard tests/test_*.sh)
 BENCHES  := $(BUILD)/bench/bench_core
@@ -69,6 +71,10 @@ $(BUILD)/gen/srv_assets_data.c: $(BUILD)/tools/embed $(WEB_FILES) $(VENDOR) Make
 	@mkdir -p $(dir $@)
 	$(BUILD)/tools/embed $@ $(foreach f,$(WEB_FILES),$(patsubst web/%,/%,$(f))=$(f)) \
 	  $(foreach f,$(VENDOR),/vendor/$(notdir $(f))=$(f))
+
+$(VENDOR):
+	@echo "make: $@ is missing: the web page's chart library (uPlot) comes from npm." >&2; \
+	 echo "      Run 'make deps' (or 'npm ci') first, then 'make' again." >&2; exit 1
 
 # ONNX export (server/srv_onnx.c) writes its protobuf with protobuf-c, from
 # the onnx.proto that Debian's libonnx-dev ships; the C code is generated

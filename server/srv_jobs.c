@@ -158,6 +158,7 @@ static void append(srv_jobs *J, job *j) {
 
 /* Adds an event to the log (memory and store). Caller holds J->mu. */
 static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *data) {
+  srv_json_exact_ints(data); /* integers digit for digit (issue 9 #15) */
   char *s = cJSON_PrintUnformatted(data);
   cJSON_Delete(data);
   if (!s) return;
@@ -900,7 +901,7 @@ static char *frame(const event *e, int ndjson, size_t *len) {
                             (unsigned long long)e->id, e->type, e->data)
                  : snprintf(b, n, "id: %llu\nevent: %s\ndata: %s\n\n",
                             (unsigned long long)e->id, e->type, e->data);
-  *len = (size_t)w;
+  *len = w < 0 ? 0 : (size_t)w < n ? (size_t)w : n - 1; /* never past what was written */
   return b;
 }
 

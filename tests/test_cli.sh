@@ -68,5 +68,16 @@ check "truncated model: exit 1 with a message naming the file" bash -c "test $rc
 rc=$(exit_code "$BIN" predict --model "$T/m.model" /etc/hostname)
 check "unreadable image file: exit 1 with a message" bash -c "test $rc = 1 && grep -q hostname '$T/err'"
 
+# Issue 9 #23: a build without the page's chart library (no node_modules/)
+# stops and says what to run, instead of embedding a page without charts.
+if [ -f Makefile ] && [ -f scripts/embed.c ]; then
+  mkdir -p "$T/src" && cp -R Makefile core server web scripts "$T/src/"
+  # (a clean environment: under `make unit` MAKEFLAGS would pass BUILD, SAN...)
+  (cd "$T/src" && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make BUILD=build build/gen/srv_assets_data.c) > "$T/mk.out" 2>&1
+  check "make without node_modules/ fails, naming the file and 'make deps'" bash -c "
+    ! test -e '$T/src/build/gen/srv_assets_data.c' && grep -q 'uPlot.iife.min.js is missing' '$T/mk.out' &&
+    grep -q \"make deps\" '$T/mk.out'"
+fi
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]
