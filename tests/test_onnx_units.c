@@ -2,7 +2,7 @@
  * becomes, read back with the same generated protobuf-c code; weights
  * carried bit for bit; metadata; refusal of layer kinds and shapes it
  * cannot express; records looked up in the store. Numerical agreement with
- * a real runtime is tests/test_onnx.sh's job. */
+ * a real runtime is tests/system/test_onnx.sh's job. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>

@@ -1,4 +1,4 @@
-// End-to-end browser test of the mnistd web page, run by tests/test_browser.sh
+// End-to-end browser test of the mnistd web page, run by tests/system/test_browser.sh
 // against a real daemon that already has an active model.
 //
 //   node tests/browser/e2e.mjs BASE_URL [OUTDIR]

@@ -1,6 +1,6 @@
 /* LD_PRELOAD shim for the cmocka test binaries: leaves out the tests named
  * in CMOCKA_SKIP (comma-separated, exact names) and prints what it left
- * out. Used by scripts/valgrind.sh to keep the slowest training tests of
+ * out. Used by tests/system/test_valgrind.sh to keep the slowest training tests of
  * test_core out of the default memcheck run (VG_FULL=1 runs everything).
  * Build: cc -shared -fPIC -o cmocka_skip.so cmocka_skip.c -ldl */
 #define _GNU_SOURCE

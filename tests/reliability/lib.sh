@@ -1,5 +1,5 @@
-# Shared helpers for scripts/test-faults.sh, scripts/test-load.sh and
-# scripts/valgrind.sh. Source it; it defines:
+# Shared helpers for tests/system/test_faults.sh, tests/system/test_load.sh and
+# tests/system/test_valgrind.sh. Source it; it defines:
 #   BIN DATA ROOT RL_TMP         paths (MNISTD_BIN / MNISTD_DATA override)
 #   ok / bad / check / info      counters "pass" and "fail", one line per failure
 #   free_port                    prints a free loopback TCP port

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks a freshly (re)started mnistd after a crash; used by scripts/test-faults.sh.
+"""Checks a freshly (re)started mnistd after a crash; used by tests/system/test_faults.sh.
 
 Runs concurrently with the next SIGKILL timer, so it may be cut short: the
 result says how far it got ("complete": false when the daemon went away).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Idle / slow connections against mnistd; used by scripts/test-load.sh.
+"""Idle / slow connections against mnistd; used by tests/system/test_load.sh.
 
   slowloris.py --port P [--conns 2000] [--timeout 5] [--grace 5] [--probes 5]
                [--trickle 0] [--ready FILE] --out FILE

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Holds N Server-Sent-Events clients on one mnistd job; used by scripts/test-load.sh.
+"""Holds N Server-Sent-Events clients on one mnistd job; used by tests/system/test_load.sh.
 
   sse_clients.py --port P --job K [--clients 200] [--max-seconds 300]
                  [--ready FILE] --out FILE

@@ -9,7 +9,7 @@
 #   2. the CLI: `mnistd train` (tiny) and `mnistd predict` (IDX, PNG, JSON);
 #   3. every unit test binary build/tests/test_* (VG_SKIP=name,name leaves
 #      tests out, through the LD_PRELOAD shim tests/reliability/cmocka_skip.c);
-#   4. tests/test_server.sh itself with MNISTD_BIN pointing at a wrapper that
+#   4. tests/system/test_server.sh itself with MNISTD_BIN pointing at a wrapper that
 #      execs valgrind (~12 minutes here; VG_SERVER_SH=0 skips it). Its
 #      SIGKILLed daemon leaves a log without a summary; that one is expected.
 # The daemon and CLI read a 3,000/500-image copy of MNIST (real IDX files).
@@ -20,12 +20,12 @@
 # Every process writes DIR/vg.<pid>.log; a log fails on "definitely lost"
 # > 0 bytes or any Invalid read/write/free, or when a mnistd process has no
 # ERROR SUMMARY (it did not exit normally). OpenBLAS's "still reachable"
-# blocks are not errors. Without the FMA workaround tests/test_server.sh was
+# blocks are not errors. Without the FMA workaround tests/system/test_server.sh was
 # far too slow for its own timeouts under valgrind; with it, it passes.
 # Prints "valgrind: N passed, N failed".
-#   scripts/valgrind.sh          (KEEP=1 keeps the logs)
+#   tests/system/test_valgrind.sh          (KEEP=1 keeps the logs)
 set -u
-cd "$(dirname "$0")/.." || exit 1
+cd "$(dirname "$0")/../.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
 . tests/reliability/lib.sh
 
@@ -237,7 +237,7 @@ for t in build/tests/test_*; do
   check "$t under valgrind: exit 0" test "$rc" = 0
 done
 
-echo "== 4. tests/test_server.sh with the daemon under memcheck"
+echo "== 4. tests/system/test_server.sh with the daemon under memcheck"
 if [ "${VG_SERVER_SH:-1}" = 1 ]; then
   mkdir -p "$VG/server"
   cat >"$RL_TMP/mnistd-vg-server" <<EOF
@@ -247,11 +247,11 @@ EOF
   chmod +x "$RL_TMP/mnistd-vg-server"
   s=$(now)
   MNISTD_BIN=$RL_TMP/mnistd-vg-server MNISTD_DATA=$FULL_DATA timeout "${VG_SERVER_TIMEOUT:-2400}" \
-    tests/test_server.sh >"$D/test_server.out" 2>&1
+    tests/system/test_server.sh >"$D/test_server.out" 2>&1
   rc=$?
   grep '^FAIL' "$D/test_server.out" | sed 's/^/  /'
-  info "tests/test_server.sh: exit $rc in $(elapsed "$s" "$(now)")s: $(tail -1 "$D/test_server.out")"
-  check "tests/test_server.sh with the daemon under memcheck: exit 0" test "$rc" = 0
+  info "tests/system/test_server.sh: exit $rc in $(elapsed "$s" "$(now)")s: $(tail -1 "$D/test_server.out")"
+  check "tests/system/test_server.sh with the daemon under memcheck: exit 0" test "$rc" = 0
 else
   info "skipped (VG_SERVER_SH=0)"
 fi
@@ -278,7 +278,7 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "vg.*.log")) + glob.glob(os.
     # writes no summary; a mnistd process must always end with one.
     must_finish = "mnistd " in cmdline + " "
     if os.path.basename(os.path.dirname(f)) == "server":
-        # tests/test_server.sh SIGKILLs one daemon on purpose: no summary.
+        # tests/system/test_server.sh SIGKILLs one daemon on purpose: no summary.
         must_finish = False
         unfinished_server += not done
     status = "ok" if (done or not must_finish) and defl_b == 0 and invalid == 0 else "FAIL"

@@ -15,7 +15,7 @@
 # (SYSTEMD_LIVE=auto|1|0): notify, sandbox, restarts, state, clean stop.
 # Prints "systemd: N passed, N failed"; exits 1 on any failure.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 MAX_EXPOSURE=${MAX_EXPOSURE:-2.0}
 pass=0 fail=0
@@ -197,7 +197,7 @@ fi
 if [ "$LIVE" = 1 ]; then
   LIVE_IMAGE=${LIVE_IMAGE:-mnistd-systemd-test}
   C=mnistd-systemd-test-$$
-  if [ -z "${CONTAINERS_CONF:-}" ]; then   # runc + our rlimits, as in scripts/test-docker.sh
+  if [ -z "${CONTAINERS_CONF:-}" ]; then   # runc + our rlimits, as in tests/system/test_docker.sh
     nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
     printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n' \
       "$nofile" "$nofile" > "$tmp/containers.conf"

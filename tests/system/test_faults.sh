@@ -16,7 +16,7 @@
 # Options (environment): FAULT_KILLS (10), FAULT_JOB (the killed job's JSON),
 # FAULT_PARTS ("a b c"), KEEP=1 keeps the temporary directory.
 set -u
-cd "$(dirname "$0")/.." || exit 1
+cd "$(dirname "$0")/../.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
 . tests/reliability/lib.sh
 

@@ -8,7 +8,7 @@
 # Plus the metadata and the error cases. Needs MNISTD_BIN and MNISTD_DATA,
 # node_modules (make deps) and python3-onnx.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${MNISTD_BIN:-build/mnistd}
 DATA=${MNISTD_DATA:-data}
 # Debian's python3-onnx lives in the system interpreter (not a pyenv one).

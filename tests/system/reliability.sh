@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the reliability checks one after another and prints a summary:
-#   scripts/test-faults.sh       SIGKILL x10, disk full, corrupted files
-#   scripts/test-load.sh 60      load + 200 SSE clients + 2,000 idle sockets
-#   scripts/valgrind.sh          memcheck over the daemon, CLI and unit tests
+#   tests/system/test_faults.sh       SIGKILL x10, disk full, corrupted files
+#   tests/system/test_load.sh 60      load + 200 SSE clients + 2,000 idle sockets
+#   tests/system/test_valgrind.sh          memcheck over the daemon, CLI and unit tests
 # --short runs the load for 15 s instead of 60 (CI). Exit status 1 if any
 # failed. Each script's full output goes to stdout as it runs.
-#   scripts/reliability.sh [--short] [--only faults|load|valgrind]...
+#   tests/system/reliability.sh [--short] [--only faults|load|valgrind]...
 set -u
-cd "$(dirname "$0")/.." || exit 1
+cd "$(dirname "$0")/../.." || exit 1
 DUR=60
 ONLY=()
 while [ $# -gt 0 ]; do
@@ -22,7 +22,7 @@ done
 [ ${#ONLY[@]} -gt 0 ] || ONLY=(faults load valgrind)
 [ -x build/mnistd ] || make -s build/mnistd || exit 1
 
-declare -A CMD=([faults]="scripts/test-faults.sh" [load]="scripts/test-load.sh $DUR" [valgrind]="scripts/valgrind.sh")
+declare -A CMD=([faults]="tests/system/test_faults.sh" [load]="tests/system/test_load.sh $DUR" [valgrind]="tests/system/test_valgrind.sh")
 summary=()
 rc_all=0
 t_all=$(date +%s)

@@ -12,9 +12,9 @@
 #      server closes all of them within timeout + 5 s; its descriptors go
 #      back to where they were.
 # Prints the numbers and "load: N passed, N failed"; exit 1 on failure.
-#   scripts/test-load.sh [SECONDS]    (KEEP=1 keeps the temporary directory)
+#   tests/system/test_load.sh [SECONDS]    (KEEP=1 keeps the temporary directory)
 set -u
-cd "$(dirname "$0")/.." || exit 1
+cd "$(dirname "$0")/../.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
 . tests/reliability/lib.sh
 

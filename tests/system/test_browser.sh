@@ -12,7 +12,7 @@
 # to docs/screenshot.png to refresh the README's picture; unset, the tree
 # stays clean).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${MNISTD_BIN:-build/mnistd}
 DATA=${MNISTD_DATA:-data}
 OUT=${BROWSER_OUT:-tests/out}

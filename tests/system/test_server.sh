@@ -376,7 +376,7 @@ EOF
 rss() { awk '$1=="VmRSS:" {print int($2/1024)}' /proc/$PID/status; }
 rss0=$(rss)
 # The RSS goal holds for the plain binary. Under ASan (quarantine) or a
-# wrapper such as scripts/valgrind.sh's (not an ELF file) malloc_trim has no
+# wrapper such as tests/system/test_valgrind.sh's (not an ELF file) malloc_trim has no
 # effect: the bodies are still sent once, the figure only reported.
 plain=1; rounds="1 2"
 if ldd "$BIN" 2>/dev/null | grep -q libasan || [ "$(head -c 4 "$BIN" | tr -d '\177')" != ELF ]; then

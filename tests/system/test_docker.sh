@@ -18,7 +18,7 @@
 # Always removed: the test containers and volumes, and untagged images left by
 # earlier builds of this Dockerfile. Kept: the debian:bookworm-slim base.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 IMAGE=${IMAGE:-mnistd}
 KEEP_IMAGE=${KEEP_IMAGE:-1}
 MAX_IMAGE_MB=${MAX_IMAGE_MB:-200}
