@@ -10,6 +10,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 DOC=${COOKBOOK:-docs/cookbook.md}
+README=${COOKBOOK_README:-README.md}   # its "five curl lines" run last
 BIN=$(realpath "${MNISTD_BIN:-build/mnistd}")
 DATA=$(realpath "${MNISTD_DATA:-data}")
 T=$(mktemp -d); PID=
@@ -33,12 +34,13 @@ for tool in curl jq python3; do
 done
 
 # The blocks, as NAME<TAB>first line number, and each block's text in $T/block.NAME.
-python3 - "$DOC" "$T" > "$T/blocks" <<'EOF' || { echo "cookbook: cannot read $1"; exit 1; }
+python3 - "$T" "$DOC" "$README" > "$T/blocks" <<'EOF' || { echo "cookbook: cannot read the pages"; exit 1; }
 import re, sys
-doc, out = sys.argv[1], sys.argv[2]
-lines = open(doc).read().split("\n")
-i = 0
-while i < len(lines):
+out = sys.argv[1]
+for doc in sys.argv[2:]:
+  lines = open(doc).read().split("\n")
+  i = 0
+  while i < len(lines):
     m = re.match(r"<!-- cookbook: ([a-z0-9-]+) -->$", lines[i])
     if m:
         fence = lines[i + 1]
@@ -46,12 +48,12 @@ while i < len(lines):
         j = i + 2
         while not lines[j].startswith("```"): j += 1
         open(f"{out}/block.{m.group(1)}", "w").write("\n".join(lines[i + 2:j]) + "\n")
-        print(f"{m.group(1)}\t{fence[3:] or 'text'}\t{i + 3}")
+        print(f"{m.group(1)}\t{fence[3:] or 'text'}\t{doc}:{i + 3}")
         i = j
     i += 1
 EOF
 NAMES=$(awk -F'\t' '$2=="sh"{print $1}' "$T/blocks")
-EXPECTED="cli pictures health train cancel predict models experiment"
+EXPECTED="cli pictures health train cancel predict models experiment readme"
 check "the page's sh blocks are exactly: $EXPECTED" test "$(echo $NAMES)" = "$EXPECTED"
 check "the page has the keras-log sample" test -s "$T/block.keras-log"
 
@@ -80,7 +82,7 @@ chmod +x "$T/bin/curl"
   echo 'trap '\''echo "cookbook: exit status $? from: $BASH_COMMAND" >&2'\'' ERR'
   for n in $NAMES; do
     echo "exec > '$T/out.$n' 2>&1; echo '## block $n' >> '$T/progress'"
-    sed "s/127\.0\.0\.1:8080/127.0.0.1:$PORT/g" "$T/block.$n"
+    sed "s/127\.0\.0\.1:8080/127.0.0.1:$PORT/g" "$T/block.$n"   # the pages' port, as the page says to change it
   done
   echo "echo \"\$MODEL\" > '$T/run/model.id'; echo done >> '$T/progress'"
 } > "$T/cookbook.sh"
@@ -145,6 +147,12 @@ check "models: metrics in Prometheus format" has models '^# TYPE mnistd_'
 
 check "experiment: antirectifier line" has experiment $'^antirectifier\t337418\t0\\.9[0-9]*$'
 check "experiment: relu line" has experiment $'^relu\t669706\t0\\.9[0-9]*$'
+
+check "readme: ready" has readme '^\{"status":"ready","model":[0-9]+\}$'
+check "readme: job 1's events end" has readme '^data: \{"job":1,"state":"succeeded"'
+check "readme: a new job" has readme '^\{"id":[0-9]+,"state":"queued"'
+check "readme: digit.png is a 7" has readme '"predictions":\[\{"label":7,'
+check "readme: the models" has readme '^\{"models":\['
 
 check "the daemon survived the cookbook" curl -sf "http://127.0.0.1:$PORT/healthz"
 kill -TERM "$PID"; wait "$PID"; rc=$?; PID=
