@@ -90,6 +90,15 @@ $(VENDOR):
 	@echo "make: $@ is missing: the web page's chart library (uPlot) comes from npm." >&2; \
 	 echo "      Run 'make deps' (or 'npm ci') first, then 'make' again." >&2; exit 1
 
+# core/nn.h opens with a usage example; tests/test_nn_example.c compiles
+# that text, cut out of the comment (the lines from its #include to the
+# closing brace, without the comment's indent).
+$(BUILD)/gen/nn_example.c: core/nn.h
+	@mkdir -p $(dir $@)
+	sed -n '/^ \*     #include "nn.h"/,/^ \*     }$$/s/^ \*\( \{5\}\)\{0,1\}//p' $< > $@
+$(BUILD)/obj/tests/test_nn_example.o: $(BUILD)/gen/nn_example.c
+$(BUILD)/obj/tests/test_nn_example.o: CFLAGS += -I$(BUILD)/gen
+
 # ONNX export (server/srv_onnx.c) writes its protobuf with protobuf-c, from
 # the onnx.proto that Debian's libonnx-dev ships; the C code is generated
 # here at build time and never committed.

@@ -1,7 +1,7 @@
 /* Benchmarks of the core on real MNIST: training epoch time, accuracy after
  * a number of epochs for several seeds, inference latency and throughput,
  * and the cost of the bare matrix products of one epoch. Prints
- * "key value" lines that bench/run.sh turns into the README table.
+ * "key value" lines that bench/run.sh turns into the table of docs/benchmarks.md.
  *
  * usage: bench_core DATA_DIR MODE [args]
  *   train THREADS EPOCHS [ARCH]  time per epoch (best), val accuracy

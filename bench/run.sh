@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the benchmark table of the README (make bench). Needs the data
+# Prints the benchmark table of docs/benchmarks.md (make bench). Needs the data
 # (make data); adds PyTorch's figures when Debian's python3-torch is there.
 # Usage: bench/run.sh BUILD_DIR   (env: MNISTD_DATA=data, SEEDS="1 2 3 4 5",
 #                                  BENCH_EPOCHS40=1 to add the 40-epoch run,

@@ -2,6 +2,35 @@
  * nn.h — the mnistd core: data sets, a small sequential network, training,
  * inference and model files. This header is the manual.
  *
+ * Example: train the seed's network for an epoch, measure it, classify an
+ * image and save the model (tests/test_nn_example.c compiles and runs this
+ * very text, so it stays true):
+ *
+ *     #include "nn.h"
+ *
+ *     int example(const char *mnist_dir, const char *path, float *acc, int *label) {
+ *       nn_dataset train = {0}, test = {0};
+ *       nn_model *m = NULL; nn_trainer *t = NULL; nn_workspace *ws = NULL;
+ *       nn_train_config cfg; nn_epoch_metrics em; nn_err err = {0};
+ *       float probs[NN_CLASSES];
+ *       nn_train_defaults(&cfg);                        // batch 128, RMSprop, seed 1
+ *       int rc = nn_dataset_load_dir(&train, mnist_dir, NN_SPLIT_TRAIN, &err);
+ *       if (!rc) rc = nn_dataset_load_dir(&test, mnist_dir, NN_SPLIT_TEST, &err);
+ *       nn_dataset_truncate(&train, 10000);             // a quick run
+ *       if (!rc) rc = nn_model_create_preset(&m, "antirectifier");
+ *       if (!rc) nn_model_init(m, cfg.seed);
+ *       if (!rc) rc = nn_trainer_create(&t, m, &cfg);
+ *       if (!rc) rc = nn_train_epoch(t, &train, NULL, NULL, NULL, &em);
+ *       if (!rc) rc = nn_workspace_create(&ws, m, 500);  // inference, 500 at a time
+ *       if (!rc) rc = nn_evaluate(m, ws, &test, NULL, acc, NULL);
+ *       if (!rc) rc = nn_predict_u8(m, ws, test.images, 1, probs);  // one 28x28 image
+ *       if (!rc) *label = nn_argmax(probs);
+ *       if (!rc) rc = nn_model_save(m, path, &err);      // atomic; nn_model_load reads it
+ *       nn_workspace_free(ws); nn_trainer_free(t); nn_model_free(m);
+ *       nn_dataset_free(&test); nn_dataset_free(&train);
+ *       return rc;                                      // err.msg says why, for files
+ *     }
+ *
  * Rules that hold for every function below unless its contract says otherwise:
  *   - Functions return int: 0 on success, a negative NN_E* code on failure
  *     (errno-style, as in libuv). nn_strerror() names a code.

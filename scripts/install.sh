@@ -9,7 +9,7 @@
 # Layout (paths below are under DESTDIR):
 #   PREFIX/bin/mnistd                      the daemon
 #   PREFIX/share/mnistd/data/{mnist,fashion-mnist}/   IDX files, copied (symlinks dereferenced)
-#   PREFIX/share/doc/mnistd/               README.md, mnistd.env.example
+#   PREFIX/share/doc/mnistd/               README.md, docs/*.md, mnistd.env.example
 #   UNITDIR/mnistd.service                 unit, its paths rewritten to PREFIX
 #   /etc/mnistd/mnistd.env                 only when absent (never overwritten)
 # UNITDIR defaults to PREFIX/lib/systemd/system for PREFIX /usr/local or /usr
@@ -56,6 +56,11 @@ done
 
 install -d -m 0755 "$DESTDIR$P/share/doc/mnistd"
 [ -f README.md ] && install -m 0644 README.md "$DESTDIR$P/share/doc/mnistd/README.md"
+# The README links to docs/ (reference, configuration, operations).
+if ls docs/*.md >/dev/null 2>&1; then
+  install -d -m 0755 "$DESTDIR$P/share/doc/mnistd/docs"
+  install -m 0644 docs/*.md "$DESTDIR$P/share/doc/mnistd/docs/"
+fi
 install -m 0644 systemd/mnistd.env.example "$DESTDIR$P/share/doc/mnistd/mnistd.env.example"
 
 # The unit template carries /usr/local paths; point them at PREFIX.
