@@ -86,6 +86,12 @@ char *srv_iso8601(int64_t ms, char *buf, size_t len);
 /* ---- event streams */
 typedef struct srv_sub srv_sub;
 
+/* Parses a Last-Event-ID value: decimal digits only, surrounding spaces and
+ * tabs ignored (RFC 9110 field-value whitespace), at most 2^53-1 (ids are
+ * JSON numbers in ndjson). -EINVAL for anything else (a sign, "-1", an
+ * overflow, an empty value). */
+int srv_parse_event_id(const char *s, uint64_t *out);
+
 /* Subscribes to a job's events with ids > last_id (0 = from the start).
  * wake(ctx) is called, from any thread, when a stream that reported "no
  * data now" has data again. -ENOENT for an unknown job. */
