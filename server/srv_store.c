@@ -168,9 +168,19 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
   srv_store *s = calloc(1, sizeof *s);
   if (!s) return -ENOMEM;
   struct stat sb;
-  s->fresh = stat(path, &sb) < 0 || sb.st_size == 0;
-  int damaged = 0;
-  int rc = try_open(s, path, &damaged, msg, msglen);
+  int exists = stat(path, &sb) == 0;
+  s->fresh = !exists;
+  int damaged = 0, rc;
+  if (exists && sb.st_size == 0) {
+    /* SQLite would take it for a new database; it is a damaged one (this
+     * daemon never leaves an empty file), and the model files beside it
+     * must be registered again. */
+    rc = SQLITE_CORRUPT;
+    damaged = 1;
+    snprintf(msg, msglen, "%s: the file is empty", path);
+  } else {
+    rc = try_open(s, path, &damaged, msg, msglen);
+  }
   if (rc != SQLITE_OK && damaged) {
     char why[512];
     snprintf(why, sizeof why, "%s", msg);
