@@ -542,6 +542,49 @@ import json,sys; assert len(json.load(sys.stdin)[\"models\"]) == 2'"
 import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and \"checkpoint\" in d[\"error\"], d'"
   check "d: fail_recorded: one end event (failed), last" d_events "$B" "$k" failed
   dstop
+
+  # Recording the activation fails (MNISTD_FAIL_AT=activate: as on a full
+  # disk): the end event must not claim an activation; the job fails with
+  # the reason, nothing half-recorded, the old model stays active.
+  S=$D/actfail; L=$S.log
+  d_setup "$S" "$P" || { bad "d: activation failure: set-up"; return; }
+  DWRAP=(env MNISTD_FAIL_AT=activate)
+  dstart "$S" "$L" "$P"; DWRAP=()
+  k=$(post_job "$B" "$D_JOB")
+  job_wait "$B" "$k" "failed|succeeded" 120 >/dev/null
+  check "d: activation failure: job failed, saying the disk is full" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
+import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and \"disk is full\" in d[\"error\"] and d[\"model_id\"] is None, d'"
+  check "d: activation failure: end event says failed, no activation claimed" bash -c "
+    curl -sN '$B/v1/jobs/$k/events?format=ndjson' | tail -1 | python3 -c '
+import json,sys; e = json.loads(sys.stdin.read()); assert e[\"event\"] == \"end\" and e[\"data\"][\"state\"] == \"failed\" and not e[\"data\"].get(\"activated\"), e'"
+  check "d: activation failure: model 1 still active, no model 2 (record or file)" bash -c "
+    curl -s '$B/readyz' | grep -q '\"model\":1' && test \"\$(curl -s -o /dev/null -w '%{http_code}' '$B/v1/models/2')\" = 404 &&
+    test ! -e '$S/models/2.model' -a ! -e '$S/models/2.json'"
+  dstop
+
+  # The directory fsync after a model's rename fails (EIO): the save is
+  # reported as failed, not recorded (issue 9 #27).
+  if cc -shared -fPIC -o "$D/fsync_fail.so" tests/reliability/fsync_fail.c -ldl 2>"$D/cc.log"; then
+    S=$D/dirsync; L=$S.log
+    d_setup "$S" "$P" || { bad "d: dir fsync: set-up"; return; }
+    DWRAP=(env LD_PRELOAD="$D/fsync_fail.so" FSYNC_FAIL_DIR=/models)
+    dstart "$S" "$L" "$P"; DWRAP=()
+    k=$(post_job "$B" "$D_JOB")
+    job_wait "$B" "$k" "failed|succeeded" 120 >/dev/null
+    check "d: directory fsync failure: job failed naming it, model not recorded" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
+import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and \"fsync of the directory\" in d[\"error\"], d' &&
+      test \"\$(curl -s -o /dev/null -w '%{http_code}' '$B/v1/models/2')\" = 404"
+    dstop
+    # A state directory created new: its entry is fsynced into the parent
+    # and a failure stops the start with a message.
+    mkdir -p "$D/parent"
+    FSYNC_FAIL_DIR=/parent LD_PRELOAD="$D/fsync_fail.so" timeout 20 "$BIN" serve --listen "127.0.0.1:$P" \
+      --state-dir "$D/parent/state" --data-dir "$DATA" --no-bootstrap >"$D/parent.log" 2>&1
+    check "d: new state directory: failed fsync of its parent stops the start (status $?)" \
+      grep -q 'Input/output error' "$D/parent.log"
+  else
+    bad "d: cannot build the fsync shim: $(cat "$D/cc.log")"
+  fi
 }
 
 for p in $PARTS; do "part_$p"; done

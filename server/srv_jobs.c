@@ -408,6 +408,11 @@ static void work_cb(uv_work_t *w) {
   if (j->cfg.train_limit && j->cfg.train_limit < tv.n) tv.n = j->cfg.train_limit;
   if (j->cfg.test_limit && j->cfg.test_limit < sv.n) sv.n = j->cfg.test_limit;
 
+  /* A job that never ran owns no checkpoint: a file under its id is left
+   * from a job of a lost database (ids restart after a recovery) and must
+   * not be resumed from after a crash. */
+  if (!j->resume && unlink(ck) == 0)
+    logf_(J, "job %lld: removed a stale checkpoint left under its id", (long long)j->id);
   if (j->resume && access(ck, F_OK) == 0) {
     if ((rc = nn_checkpoint_load(&m, &t, ck, &err))) {
       logf_(J, "job %lld: checkpoint unusable (%s); starting over", (long long)j->id, err.msg);

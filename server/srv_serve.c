@@ -244,13 +244,15 @@ int srv_serve_main(int argc, char **argv) {
   /* One daemon per state directory: a second one (a restart loop racing
    * the old process, a mistake) must never touch the files of the first,
    * least of all move its database aside. */
-  if (srv_mkdir_durable(S.cfg.state_dir, 0750) == 0) {
+  int mk = srv_mkdir_durable(S.cfg.state_dir, 0750);
+  if (!mk) {
     snprintf(msg, sizeof msg, "%s/mnistd.lock", S.cfg.state_dir);
     S_lock_fd = open(msg, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (S_lock_fd < 0) mk = -errno;
   }
-  if (S_lock_fd < 0) {
+  if (mk) {
     fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", S.cfg.state_dir,
-            strerror(errno));
+            strerror(-mk));
     return 1;
   }
   if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {

@@ -23,6 +23,11 @@ struct srv_store {
   char aside[4200];       /* where a damaged database went; "" if none */
 };
 
+int srv_fail_point(const char *name) {
+  const char *k = getenv("MNISTD_FAIL_AT");
+  return k && !strcmp(k, name);
+}
+
 void srv_crash_point(const char *name) {
   const char *k = getenv("MNISTD_CRASH_AT");
   if (k && !strcmp(k, name)) {
@@ -527,6 +532,9 @@ int srv_store_model_insert(srv_store *s, const srv_model_row *m, const srv_job_r
       if (!rc) rc = events_locked(s, job->id, ev, n_ev);
     }
   }
+  /* Test-only failure injection (inert unless MNISTD_FAIL_AT=activate):
+   * recording the activation fails as on a full disk. */
+  if (!rc && activate && srv_fail_point("activate")) rc = -ENOSPC;
   if (!rc && activate) {
     char buf[32];
     snprintf(buf, sizeof buf, "%lld", (long long)*id);

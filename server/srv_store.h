@@ -43,6 +43,9 @@ int srv_store_fresh(srv_store *s);
  * worst moment, reproducible). MNISTD_TERM_AT=name sends SIGTERM to itself
  * instead (a shutdown arriving at that moment). Inert when unset. */
 void srv_crash_point(const char *name);
+/* Test-only failure injection: 1 if MNISTD_FAIL_AT names this point (the
+ * caller then fails as the real fault would), else 0. */
+int srv_fail_point(const char *name);
 const char *srv_store_errmsg(srv_store *s);
 /* PRAGMA integrity_check == "ok": 0, else -EIO. */
 int srv_store_check(srv_store *s);

@@ -10,7 +10,10 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,6 +502,81 @@ static void test_damaged_database_recovery(void **state) {
   }
 }
 
+/* Item 27: an activation or a deletion waiting on SQLite (here: another
+ * connection holds the write lock, as a slow fsync would) never stalls the
+ * lookups that predictions make. */
+typedef struct slow_op {
+  srv_models *r;
+  int64_t id;
+  int del;
+  int rc;
+  atomic_int done;
+} slow_op;
+
+static void *slow_thread(void *u) {
+  slow_op *o = u;
+  o->rc = o->del ? srv_models_delete(o->r, o->id) : srv_models_activate(o->r, o->id);
+  atomic_store(&o->done, 1);
+  return NULL;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void test_registry_lock_not_held_across_sqlite(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[512], db[400];
+  srv_store *st;
+  srv_models *r;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  int64_t a, b, c;
+  int act;
+  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  assert_int_equal(srv_models_add(r, tiny_model(7), "mnist", 0.5, 1, 0, &always, &a, &act, msg,
+                                  sizeof msg), 0);
+  assert_int_equal(srv_models_add(r, tiny_model(8), "mnist", 0.6, 1, 0, NULL, &b, &act, msg,
+                                  sizeof msg), 0);
+  assert_int_equal(srv_models_add(r, tiny_model(9), "mnist", 0.7, 1, 0, NULL, &c, &act, msg,
+                                  sizeof msg), 0);
+  snprintf(db, sizeof db, "%s/mnistd.db", dir);
+  for (int del = 0; del < 2; del++) {
+    sqlite3 *other;
+    assert_int_equal(sqlite3_open(db, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    slow_op o = {r, del ? c : b, del, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, slow_thread, &o);
+    usleep(200 * 1000); /* the operation is now waiting on SQLite */
+    assert_false(atomic_load(&o.done));
+    double t0 = now_s();
+    for (int i = 0; i < 100; i++) {
+      srv_model *m = srv_models_active(r);
+      assert_non_null(m);
+      assert_int_equal(m->id, del ? b : a); /* unchanged until recorded */
+      srv_model_unref(m);
+      srv_model_unref(srv_models_get(r, c));
+    }
+    double waited = now_s() - t0;
+    if (waited > 0.1) fail_msg("lookups waited %.3f s behind a %s", waited, del ? "delete" : "activation");
+    assert_false(atomic_load(&o.done));
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    pthread_join(t, NULL);
+    assert_int_equal(o.rc, 0);
+  }
+  assert_int_equal(srv_models_active_id(r), b);
+  assert_null(srv_models_get(r, c));
+  srv_models_close(r);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
 static void test_route_table_mutating_routes(void **state) {
   (void)state;
   const srv_route_info *r;
@@ -522,6 +600,7 @@ int main(void) {
       cmocka_unit_test(test_nan_never_stored),
       cmocka_unit_test(test_if_better_is_atomic),
       cmocka_unit_test(test_damaged_database_recovery),
+      cmocka_unit_test(test_registry_lock_not_held_across_sqlite),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
