@@ -1,5 +1,7 @@
-// Talks to the mnistd HTTP API. Paths are relative so the page also works
-// behind a reverse proxy that mounts the daemon under a sub-path.
+// Talks to the mnistd HTTP API. Every URL the page uses is built here and
+// nowhere else (the EventSource ones included), so the API surface the page
+// depends on can be read in one screen. Paths are relative so the page also
+// works behind a reverse proxy that mounts the daemon under a sub-path.
 
 const TOKEN_KEY = 'mnistd.apiToken';
 
@@ -35,7 +37,7 @@ export function setToken(token) {
  * own message ({"error":{"code":...,"message":...}}).
  * options: method, json (object body), body + type (raw body), signal.
  */
-export async function api(path, { method = 'GET', json, body, type, signal } = {}) {
+async function api(path, { method = 'GET', json, body, type, signal } = {}) {
   const headers = { Accept: 'application/json' };
   if (json !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -76,3 +78,45 @@ export function describeError(err) {
 }
 
 export const isAuthError = (err) => err instanceof ApiError && (err.status === 401 || err.status === 403);
+
+const enc = encodeURIComponent;
+const query = (params) => {
+  const q = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => `${enc(k)}=${enc(v)}`).join('&');
+  return q ? `?${q}` : '';
+};
+
+// ------------------------------------------------------------ the routes
+
+/** GET /readyz: {model} while a model is active; ApiError 503 while none is. */
+export const getReady = () => api('readyz');
+
+/** GET /v1/models: {models: [...]}. */
+export const listModels = () => api('v1/models');
+export const activateModel = (id) => api(`v1/models/${enc(id)}/activate`, { method: 'POST' });
+export const deleteModel = (id) => api(`v1/models/${enc(id)}`, { method: 'DELETE' });
+/** GET /v1/models/ID/evaluation: confusion matrix and misclassified images. */
+export const evaluateModel = (id) => api(`v1/models/${enc(id)}/evaluation`);
+/** URL of a model's file, for a download link (format: undefined = native). */
+export const modelFileUrl = (id, format) => `v1/models/${enc(id)}/file${query({ format })}`;
+
+/** GET /v1/jobs: {jobs: [...]}, newest first; filter: {state, limit}. */
+export const listJobs = (filter = {}) => api(`v1/jobs${query(filter)}`);
+export const getJob = (id) => api(`v1/jobs/${enc(id)}`);
+export const createJob = (config) => api('v1/jobs', { method: 'POST', json: config });
+export const cancelJob = (id) => api(`v1/jobs/${enc(id)}/cancel`, { method: 'POST' });
+/**
+ * The job's Server-Sent Events (state, progress, epoch, end). The caller
+ * owns the returned EventSource and closes it.
+ */
+export const jobEvents = (id) => new EventSource(`v1/jobs/${enc(id)}/events`);
+
+/** GET /v1/datasets: {datasets: [...]}. */
+export const listDatasets = () => api('v1/datasets');
+/** A random test image of `dataset` (the active model's when empty). */
+export const randomSample = (dataset) => api(`v1/samples/random${query({ dataset })}`);
+
+/** POST /v1/predict?explain=1 with a PNG blob (the drawing pad). */
+export const predictPng = (blob) => api('v1/predict?explain=1', { method: 'POST', body: blob, type: 'image/png' });
+/** POST /v1/predict?explain=1 with 784 MNIST pixels (0 = background). */
+export const predictPixels = (pixels) => api('v1/predict?explain=1', { method: 'POST', json: { image: pixels } });

@@ -1,12 +1,16 @@
-// Entry point: wires the panels together. No framework; each module owns one
-// part of the page and they talk through the small event hub in util.js.
+// Entry point: starts each panel. No framework; each module owns one part of
+// the page, and they talk only through the bus (bus.js lists every event).
 import { initStatus } from './status.js';
 import { initPredict } from './predict.js';
-import { initTrain } from './train.js';
 import { initModels } from './models.js';
+import { initTrainForm } from './train-form.js';
+import { initRuns } from './runs.js';
+import { initJobs } from './jobs.js';
 
 initStatus();
 initPredict();
 initModels();
-initTrain();
+initRuns();
+initTrainForm();
+initJobs();
 document.documentElement.dataset.ready = 'true';

@@ -1,12 +1,14 @@
 // The "Models" panel: every trained model with its test accuracy, parameter
 // count and data set; activate / delete; and, for one model, the confusion
 // matrix heat map and a gallery of misclassified test images.
-import { api, describeError, isAuthError } from './api.js';
-import { $, el, setText, fmtInt, fmtPct, fmtAgo, datasetName, className, drawPixels, on, emit } from './util.js';
-import { status, refreshModels, checkNow } from './status.js';
+import { describeError, isAuthError, activateModel, deleteModel, evaluateModel } from './api.js';
+import { emit, on } from './bus.js';
+import { $, el, setText, fmtInt, fmtPct, fmtAgo, datasetName, className, drawPixels } from './util.js';
 
 let rows = new Map();     // model id -> row elements
 let evaluated = null;     // model id whose evaluation is shown
+let activeId = null;      // from the last 'status' event
+let models = [];          // from the last 'models' event
 
 function say(text, kind = 'error') {
   const node = $('#models-msg');
@@ -24,10 +26,10 @@ function fail(err) {
 async function activate(id, button) {
   button.disabled = true;
   try {
-    await api(`v1/models/${id}/activate`, { method: 'POST' });
+    await activateModel(id);
     say(`Model #${id} is now the active model: predictions use it.`, 'ok');
-    await refreshModels();
-    checkNow();
+    emit('refresh-models');
+    emit('check-status');
   } catch (err) {
     fail(err);
   } finally {
@@ -40,10 +42,10 @@ async function remove(id, button) {
   if (!window.confirm(`Delete model #${id}? Its file is removed from the daemon's state directory.`)) return;
   button.disabled = true;
   try {
-    await api(`v1/models/${id}`, { method: 'DELETE' });
+    await deleteModel(id);
     say(`Model #${id} deleted.`, 'ok');
     if (evaluated === id) $('#evaluation').hidden = true;
-    await refreshModels();
+    emit('refresh-models');
   } catch (err) {
     fail(err);
     button.disabled = false;
@@ -82,7 +84,7 @@ function renderModels(models) {
   models.forEach((m, i) => {
     const row = modelRow(m);
     seen.add(m.id);
-    const active = m.active || m.id === status.activeId;
+    const active = m.active || m.id === activeId;
     row.tr.classList.toggle('active', active);
     row.tr.dataset.active = active ? 'true' : 'false';
     setText(row.cells.arch, m.arch);
@@ -176,7 +178,7 @@ async function evaluate(id, button) {
   panel.setAttribute('aria-busy', 'true');
   if (button) button.disabled = true;
   try {
-    const ev = await api(`v1/models/${id}/evaluation`);
+    const ev = await evaluateModel(id);
     if (evaluated !== id) return;
     const total = (ev.confusion || []).flat().reduce((a, b) => a + b, 0);
     const errors = total - (ev.confusion || []).reduce((s, row, i) => s + (row[i] || 0), 0);
@@ -193,7 +195,8 @@ async function evaluate(id, button) {
 }
 
 export function initModels() {
-  on('models', (models) => {
+  on('models', (list) => {
+    models = list;
     renderModels(models);
     if ($('#models-msg').classList.contains('load-error')) say('');
   });
@@ -202,10 +205,14 @@ export function initModels() {
     say(`Could not list the models: ${describeError(err)}`);
     $('#models-msg').classList.add('load-error');
   });
-  on('model-changed', () => renderModels(status.models));
+  on('status', (s) => {
+    if (s.activeId === activeId) return;
+    activeId = s.activeId;
+    renderModels(models);
+  });
   $('#evaluation-close').addEventListener('click', () => {
     $('#evaluation').hidden = true;
     evaluated = null;
   });
-  refreshModels();
+  emit('refresh-models');
 }

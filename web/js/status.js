@@ -1,11 +1,12 @@
 // Daemon readiness for the header: GET /readyz while a model is active; while
 // there is none, the (bootstrap) training job's progress from
-// GET /v1/jobs?state=running. Keeps the model list that other panels read
-// (active model, its data set).
-import { api, ApiError } from './api.js';
-import { $, setText, fmtPct, fmtDuration, datasetName, emit } from './util.js';
+// GET /v1/jobs?state=running. Owns the model list and readiness; the other
+// panels learn them only from the 'status' and 'models' events (bus.js).
+import { ApiError, getReady, listModels, listJobs } from './api.js';
+import { emit, on } from './bus.js';
+import { $, setText, fmtPct, fmtDuration, datasetName } from './util.js';
 
-export const status = {
+const status = {
   state: 'unknown',        // 'ready' | 'no-model' | 'down' | 'unknown'
   detail: '',
   activeId: null,
@@ -21,9 +22,9 @@ export const status = {
 let timer = 0;
 let failures = 0;
 
-export async function refreshModels(throwOnError = false) {
+async function refreshModels(throwOnError = false) {
   try {
-    const data = await api('v1/models');
+    const data = await listModels();
     status.models = (data && data.models) || [];
     emit('models', status.models);
   } catch (err) {
@@ -56,7 +57,20 @@ function render() {
   const headline = { ready: `Model #${status.activeId} is ready.`, 'no-model': 'No model is loaded yet.',
     down: 'Cannot reach the mnistd daemon.' }[status.state] || '';
   setText($('#status-announce'), headline);
-  emit('status', status);
+  emit('status', snapshot());
+}
+
+/** What the other panels see: a copy they cannot change. */
+function snapshot() {
+  return Object.freeze({
+    state: status.state,
+    detail: status.detail,
+    activeId: status.activeId,
+    activeModel: status.activeModel,
+    models: status.models,
+    training: status.training || '',
+    fraction: status.fraction,
+  });
 }
 
 /** Fills status.detail/fraction from the running job (e.g. the bootstrap training). */
@@ -65,7 +79,7 @@ async function describeTraining(fallback) {
   status.detail = fallback || 'No model loaded yet.';
   status.training = '';
   try {
-    const { jobs } = await api('v1/jobs?state=running&limit=1');
+    const { jobs } = await listJobs({ state: 'running', limit: 1 });
     const job = jobs && jobs[0];
     if (job && job.progress) {
       const p = job.progress;
@@ -124,7 +138,7 @@ async function poll() {
         return;
       }
     }
-    const r = await api('readyz');
+    const r = await getReady();
     failures = 0;
     const id = r.model ?? (status.models.find((m) => m.active) || {}).id ?? null;
     if (status.state !== 'ready' || id !== status.activeId) await refreshModels(true);
@@ -155,8 +169,9 @@ export function initStatus() {
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) poll();
   });
+  // Requests from the other panels (after a job ends, a model is activated
+  // or deleted): re-read the list, re-check readiness.
+  on('refresh-models', () => refreshModels());
+  on('check-status', () => poll());
   poll();
 }
-
-/** Re-checks readiness now (after a job ends or a model is activated). */
-export const checkNow = () => poll();

@@ -1,4 +1,5 @@
 // Small DOM and formatting helpers shared by the page's modules.
+import { describeError, isAuthError } from './api.js';
 
 /** Creates an element: el('button', {class: 'btn', onclick: fn}, 'Text', child). */
 export function el(tag, props = {}, ...children) {
@@ -101,7 +102,15 @@ export function rafThrottle(fn) {
   };
 }
 
-/** A tiny typed event hub shared by the page's modules. */
-export const bus = new EventTarget();
-export const emit = (type, detail) => bus.dispatchEvent(new CustomEvent(type, { detail }));
-export const on = (type, fn) => bus.addEventListener(type, (e) => fn(e.detail));
+/** Shows `text` in a message area; kind: 'error' | 'ok' | 'warn' | 'info'. */
+export function say(node, text, kind = 'error') {
+  node.classList.remove('error', 'ok', 'warn', 'info');
+  if (text) node.classList.add(kind);
+  setText(node, text);
+}
+
+/** Shows an API error in `node`; a token problem also sends the user to the token field. */
+export function sayError(node, err) {
+  say(node, describeError(err));
+  if (isAuthError(err)) $('#token').focus();
+}
