@@ -543,6 +543,26 @@ import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and
   check "d: fail_recorded: one end event (failed), last" d_events "$B" "$k" failed
   dstop
 
+  # A cancel accepted (202), then a shutdown before the trainer noticed it
+  # (MNISTD_TERM_AT=cancel_requested): the job ends cancelled, it must not
+  # come back as "interrupted" and resume at the next start.
+  S=$D/cancelterm; L=$S.log
+  d_setup "$S" "$P" || { bad "d: cancel+SIGTERM: set-up"; return; }
+  DWRAP=(env MNISTD_TERM_AT=cancel_requested)
+  dstart "$S" "$L" "$P"; DWRAP=()
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"always"}')
+  job_wait "$B" "$k" running 60 >/dev/null; sleep 0.5
+  check "d: cancel then SIGTERM: cancel accepted" test "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$B/v1/jobs/$k/cancel")" = 202
+  d_wait_exit 60
+  check "d: cancel then SIGTERM: exit 0 (status $DRC)" test "$DRC" = 0
+  dstart "$S" "$L" "$P" || { bad "d: cancel+SIGTERM: restart"; return; }
+  sleep 1
+  check "d: cancel then SIGTERM: cancelled after the restart, not resumed" bash -c "
+    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled &&
+    ! grep -q 'job $k was interrupted' '$L'"
+  check "d: cancel then SIGTERM: one end event (cancelled)" d_events "$B" "$k" cancelled
+  dstop
+
   # Recording the activation fails (MNISTD_FAIL_AT=activate: as on a full
   # disk): the end event must not claim an activation; the job fails with
   # the reason, nothing half-recorded, the old model stays active.

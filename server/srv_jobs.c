@@ -73,6 +73,7 @@ struct job {
   int dirty;              /* new events since the last publish */
   atomic_int cancel;      /* set under J->mu, read by the trainer between batches */
   int shutdown;           /* cancel came from the daemon stopping */
+  int user_cancel;        /* a client asked to cancel: wins over a shutdown */
   int resume;             /* continue from a checkpoint */
   uv_work_t work;
   srv_jobs *J;
@@ -524,24 +525,25 @@ static void work_cb(uv_work_t *w) {
 
   if (atomic_load(&j->cancel)) {
     pthread_mutex_lock(&J->mu);
-    int all_done = j->epochs_done == j->cfg.epochs;
-    if (j->shutdown && all_done) {
-      /* Every epoch is trained and evaluated: registering the model takes
-       * a moment, and leaving it for the next start would only redo it. */
-      logf_(J, "job %lld: shutdown after its last epoch; finishing it first", (long long)j->id);
-    } else if (j->shutdown) {
-      /* Stays "running" in the store: the next start resumes it. */
-      logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
-            j->epochs_done);
-      pthread_mutex_unlock(&J->mu);
-      goto out;
-    } else {
+    /* A cancel the client was told about (202) stands even when a shutdown
+     * follows before this thread noticed it: the job must not resume. */
+    if (j->user_cancel || !j->shutdown) {
       set_state(J, j, SRV_JOB_CANCELLED);
       pthread_mutex_unlock(&J->mu);
       srv_crash_point("cancel_recorded");
       unlink(ck);
       goto out;
     }
+    if (j->epochs_done < j->cfg.epochs) {
+      /* Stays "running" in the store: the next start resumes it. */
+      logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
+            j->epochs_done);
+      pthread_mutex_unlock(&J->mu);
+      goto out;
+    }
+    /* Every epoch is trained and evaluated: registering the model takes a
+     * moment, and leaving it for the next start would only redo it. */
+    logf_(J, "job %lld: shutdown after its last epoch; finishing it first", (long long)j->id);
     pthread_mutex_unlock(&J->mu);
   }
 
@@ -918,7 +920,11 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   int rc = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
-  else if (j->work.data) atomic_store(&j->cancel, 1); /* the runner sets the state */
+  else if (j->work.data) { /* the runner sets the state */
+    j->user_cancel = 1;
+    atomic_store(&j->cancel, 1);
+    srv_crash_point("cancel_requested");
+  }
   else set_state(J, j, SRV_JOB_CANCELLED);
   pthread_mutex_unlock(&J->mu);
   return rc;

@@ -343,6 +343,9 @@ import sqlite3; c = sqlite3.connect('$T/state/mnistd.db')
 a = c.execute(\"SELECT value FROM settings WHERE key='active_model'\").fetchone()[0]
 c.execute('UPDATE models SET test_accuracy=NULL, test_loss=NULL WHERE id=?', (a,)); c.commit()"
 start || exit 1
+req "$B/v1/jobs/$JOB5" >/dev/null
+check "a job cancelled just before SIGTERM stays cancelled" python3 -c "
+import json; assert json.load(open('$T/body'))['state'] == 'cancelled'"
 ACT=$(curl -s "$B/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["model"])')
 req "$B/v1/models/$ACT" >/dev/null
 check "NULL accuracy reads back as null, not 0" python3 -c "
