@@ -45,10 +45,11 @@ start || exit 1
 # a second daemon on a state directory in use is refused before it touches it.
 # (The port is held by a plain socket: the daemon's own listening socket
 # allows address reuse.)
-BUSY=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -c "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',$BUSY)); s.listen(); time.sleep(120)" &
+python3 -c "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()
+print(s.getsockname()[1], flush=True); time.sleep(120)" > "$T/busy_port" &
 HOLDER=$!
-sleep 0.3
+for _ in $(seq 100); do [ -s "$T/busy_port" ] && break; sleep 0.05; done
+BUSY=$(cat "$T/busy_port")
 for c in "busy port|127.0.0.1:$BUSY|" "busy port, bootstrap on|127.0.0.1:$BUSY|--bootstrap" \
          "bad address|256.1.2.3:$PORT|"; do
   IFS='|' read -r name addr extra <<<"$c"
