@@ -270,7 +270,7 @@ import json,re; d = json.load(open('$D/j2.json')); assert d['state'] == 'failed'
 import json,re; d = json.load(open('$D/j3.json')); assert d['state'] == 'failed' and re.search('space|disk', d['error'] or '', re.I) and d['model_id'] is None, d"
   check "b: the failed save left no model record or file behind" bash -c "
     test \"\$(curl -s '$B/v1/models' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"models\"]))')\" = 1 &&
-    test \"\$(ls '$S/models' | wc -l)\" = 1"
+    test \"\$(ls '$S/models' | grep -c '\\.model\$')\" = 1 && test ! -e '$S/models/2.json'"
   local ckl; ckl=$(ls "$S/checkpoints" | wc -l)
   [ "$ckl" = 0 ] && ok "b: failed jobs leave no checkpoint behind" \
     || bad "b: failed jobs leave $ckl checkpoint file(s) behind ($(du -ch "$S"/checkpoints/* | tail -1 | cut -f1)); they are never removed"
