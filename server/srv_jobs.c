@@ -383,6 +383,196 @@ static int fin_events(void *u, int64_t model_id, int activated, srv_event_row *e
   return 0;
 }
 
+/* What one run of a job works with (training thread, lock not held). */
+typedef struct run {
+  srv_jobs *J;
+  job *j;
+  nn_model *m;          /* the run's until the registry takes it */
+  nn_trainer *t;
+  nn_workspace *ews;
+  nn_dataset tv, sv;    /* views that stop at the limits */
+  const char *ck;       /* checkpoint path */
+  float vloss, vacc;    /* last evaluation of this run; NaN if none */
+} run;
+
+/* Drops what a crashed run logged past the checkpoint, in memory as in the
+ * store (a job starting over replays only its new epochs), and marks the
+ * job running. Returns the epochs already done. */
+static uint32_t run_begin(run *r) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  uint32_t done = nn_trainer_epoch(r->t);
+  if (done > j->cfg.epochs) done = j->cfg.epochs;
+  srv_store_job_rewind(J->st, j->id, done);
+  pthread_mutex_lock(&J->mu);
+  while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
+  size_t keep = 0;
+  for (size_t i = 0; i < j->n_events; i++) {
+    event *e = &j->events[i];
+    if (e->epoch > done && strcmp(e->type, "state")) free(e->data);
+    else j->events[keep++] = *e;
+  }
+  j->n_events = keep;
+  j->epochs_done = done;
+  j->parameters = r->m->n_params;
+  j->batches = (r->tv.n + j->cfg.batch_size - 1) / j->cfg.batch_size;
+  set_state(J, j, SRV_JOB_RUNNING);
+  pthread_mutex_unlock(&J->mu);
+  logf_(J, "job %lld running: %s on %s, %u epochs from epoch %u", (long long)j->id,
+        j->cfg.arch, j->cfg.dataset, j->cfg.epochs, done + 1);
+  return done;
+}
+
+/* Records a finished epoch: its row and event (one transaction), then the
+ * checkpoint. After a crash between the two the epoch is redone and, being
+ * deterministic, rewrites the same row (its event comes again under a new
+ * id). 0, or -1 when the job failed (recorded). */
+static int run_record_epoch(run *r, uint32_t e, const nn_epoch_metrics *mt) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  char msg[700];
+  nn_err err = {0};
+  int rc = 0;
+  char *row = metrics_json(mt);
+  pthread_mutex_lock(&J->mu);
+  uint64_t seq = next_seq(J, j);
+  pthread_mutex_unlock(&J->mu);
+  srv_event_row ev = {seq, e, "epoch", row};
+  if (!row || !seq || (rc = srv_store_epoch_put(J->st, j->id, e, row, &ev))) {
+    free(row);
+    snprintf(msg, sizeof msg, "could not record epoch %u: %s", e,
+             rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(J->st));
+    fail_job(J, j, msg);
+    return -1;
+  }
+  pthread_mutex_lock(&J->mu);
+  char **mr = realloc(j->metrics, (j->n_metrics + 1) * sizeof *mr);
+  char *copy = strdup(row);
+  if (mr) {
+    j->metrics = mr;
+    j->metrics[j->n_metrics++] = row;
+  } else {
+    free(row);
+  }
+  j->epochs_done = e;
+  J->samples_total += r->tv.n;
+  J->last_sps = mt->samples_per_second;
+  if (copy) push(J, j, seq, "epoch", e, copy);
+  pthread_mutex_unlock(&J->mu);
+  srv_crash_point("epoch_recorded");
+  if (nn_checkpoint_save(r->t, r->ck, &err)) {
+    snprintf(msg, sizeof msg, "could not write the checkpoint: %s", err.msg);
+    fail_job(J, j, msg);
+    return -1;
+  }
+  srv_crash_point(e == j->cfg.epochs ? "last_checkpoint" : "checkpoint_saved");
+  return 0;
+}
+
+/* Trains the epochs after `done`: 0 when they are done or a cancel stopped
+ * them, -1 when the job failed (recorded). */
+static int run_epochs(run *r, uint32_t done) {
+  job *j = r->j;
+  char msg[128];
+  nn_epoch_metrics mt = {0};
+  for (uint32_t e = done + 1; e <= j->cfg.epochs; e++) {
+    run_ctx rc_ = {j, mono_s(), r->tv.n};
+    int rc = nn_train_epoch(r->t, &r->tv, on_progress, &rc_, NULL, &mt);
+    if (rc == NN_ECANCELED) break;
+    if (rc) {
+      snprintf(msg, sizeof msg, "training failed: %s", nn_strerror(rc));
+      fail_job(r->J, j, msg);
+      return -1;
+    }
+    double t1 = mono_s();
+    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    mt.val_loss = r->vloss;
+    mt.val_accuracy = r->vacc;
+    mt.eval_seconds = mono_s() - t1;
+    if (!isfinite(mt.loss) || !isfinite(r->vloss) || !isfinite(r->vacc)) {
+      fail_job(r->J, j, "training diverged (the loss is not a number); try a lower learning_rate");
+      return -1;
+    }
+    if (run_record_epoch(r, e, &mt)) return -1;
+  }
+  return 0;
+}
+
+/* After the epochs: 1 if a cancel or a shutdown stops the job here. */
+static int run_stopped(run *r) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  if (!atomic_load(&j->cancel)) return 0;
+  pthread_mutex_lock(&J->mu);
+  /* A cancel the client was told about (202) stands even when a shutdown
+   * follows before this thread noticed it: the job must not resume. */
+  if (j->user_cancel || !j->shutdown) {
+    set_state(J, j, SRV_JOB_CANCELLED);
+    pthread_mutex_unlock(&J->mu);
+    srv_crash_point("cancel_recorded");
+    unlink(r->ck);
+    return 1;
+  }
+  if (j->epochs_done < j->cfg.epochs) {
+    /* Stays "running" in the store: the next start resumes it. */
+    logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
+          j->epochs_done);
+    pthread_mutex_unlock(&J->mu);
+    return 1;
+  }
+  /* Every epoch is trained and evaluated: registering the model takes a
+   * moment, and leaving it for the next start would only redo it. */
+  logf_(J, "job %lld: shutdown after its last epoch; finishing it first", (long long)j->id);
+  pthread_mutex_unlock(&J->mu);
+  return 0;
+}
+
+/* Registers the model, finishes the job, records its events and the
+ * activation in one transaction. */
+static void run_finish(run *r) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  char msg[700];
+  /* Resumed after its last epoch (a crash or a shutdown between the last
+   * checkpoint and the model's record): evaluate now. A NaN never reaches
+   * the records or a comparison. */
+  if (!isfinite(r->vacc) || !isfinite(r->vloss)) {
+    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    logf_(J, "job %lld: evaluated the trained model after the restart: accuracy %.4f",
+          (long long)j->id, (double)r->vacc);
+  }
+  if (!isfinite(r->vacc) || !isfinite(r->vloss)) {
+    fail_job(J, j, "the evaluation of the trained model gave no number (diverged)");
+    return;
+  }
+  pthread_mutex_lock(&J->mu);
+  srv_job_row row = {j->id, "succeeded", j->config_json, j->created_ms, j->started_ms,
+                     wall_ms(), 0, NULL};
+  pthread_mutex_unlock(&J->mu);
+  fin_ctx fc = {J, j, NULL, NULL, {0, 0}};
+  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc};
+  int64_t mid = 0;
+  int activated = 0;
+  if (srv_models_add(J->models, r->m, j->cfg.dataset, r->vacc, r->vloss, j->id, &fin, &mid,
+                     &activated, msg, sizeof msg)) {
+    free(fc.state_s);
+    free(fc.end_s);
+    fail_job(J, j, msg);
+    return;
+  }
+  r->m = NULL; /* the registry owns it now */
+  pthread_mutex_lock(&J->mu);
+  j->model_id = mid;
+  j->finished_ms = row.finished_ms;
+  j->state = SRV_JOB_SUCCEEDED;
+  push(J, j, fc.seq[0], "state", 0, fc.state_s);
+  push(J, j, fc.seq[1], "end", 0, fc.end_s);
+  pthread_mutex_unlock(&J->mu);
+  unlink(r->ck);
+  logf_(J, "job %lld succeeded: model %lld, test accuracy %.4f%s", (long long)j->id,
+        (long long)mid, (double)r->vacc, activated ? " (active)" : "");
+}
+
 static void work_cb(uv_work_t *w) {
   job *j = w->data;
   srv_jobs *J = j->J;
@@ -443,152 +633,14 @@ static void work_cb(uv_work_t *w) {
     fail_job(J, j, "out of memory");
     goto out;
   }
-  uint32_t done = nn_trainer_epoch(t);
-  if (done > j->cfg.epochs) done = j->cfg.epochs;
-  srv_store_job_rewind(J->st, j->id, done);
-  pthread_mutex_lock(&J->mu);
-  /* Drop what the crashed run logged past the checkpoint, in memory as in
-   * the store: a job starting over replays only its new epochs. */
-  while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
-  size_t keep = 0;
-  for (size_t i = 0; i < j->n_events; i++) {
-    event *e = &j->events[i];
-    if (e->epoch > done && strcmp(e->type, "state")) free(e->data);
-    else j->events[keep++] = *e;
-  }
-  j->n_events = keep;
-  j->epochs_done = done;
-  j->parameters = m->n_params;
-  j->batches = (tv.n + j->cfg.batch_size - 1) / j->cfg.batch_size;
-  set_state(J, j, SRV_JOB_RUNNING);
-  pthread_mutex_unlock(&J->mu);
-  logf_(J, "job %lld running: %s on %s, %u epochs from epoch %u", (long long)j->id,
-        j->cfg.arch, j->cfg.dataset, j->cfg.epochs, done + 1);
-
-  nn_epoch_metrics mt = {0};
-  float vloss = NAN, vacc = NAN;
-  for (uint32_t e = done + 1; e <= j->cfg.epochs; e++) {
-    run_ctx rc_ = {j, mono_s(), tv.n};
-    rc = nn_train_epoch(t, &tv, on_progress, &rc_, NULL, &mt);
-    if (rc == NN_ECANCELED) break;
-    if (rc) {
-      snprintf(msg, sizeof msg, "training failed: %s", nn_strerror(rc));
-      fail_job(J, j, msg);
-      goto out;
-    }
-    double t1 = mono_s();
-    nn_evaluate(m, ews, &sv, &vloss, &vacc, NULL);
-    mt.val_loss = vloss;
-    mt.val_accuracy = vacc;
-    mt.eval_seconds = mono_s() - t1;
-    if (!isfinite(mt.loss) || !isfinite(vloss) || !isfinite(vacc)) {
-      fail_job(J, j, "training diverged (the loss is not a number); try a lower learning_rate");
-      goto out;
-    }
-    char *row = metrics_json(&mt);
-    /* The row and its event first, then the checkpoint: after a crash
-     * between the two the epoch is redone and, being deterministic,
-     * rewrites the same row (its event comes again under a new id). */
-    pthread_mutex_lock(&J->mu);
-    uint64_t seq = next_seq(J, j);
-    pthread_mutex_unlock(&J->mu);
-    srv_event_row ev = {seq, e, "epoch", row};
-    if (!row || !seq || (rc = srv_store_epoch_put(J->st, j->id, e, row, &ev))) {
-      free(row);
-      snprintf(msg, sizeof msg, "could not record epoch %u: %s", e,
-               rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(J->st));
-      fail_job(J, j, msg);
-      goto out;
-    }
-    pthread_mutex_lock(&J->mu);
-    char **mr = realloc(j->metrics, (j->n_metrics + 1) * sizeof *mr);
-    char *copy = strdup(row);
-    if (mr) {
-      j->metrics = mr;
-      j->metrics[j->n_metrics++] = row;
-    } else {
-      free(row);
-    }
-    j->epochs_done = e;
-    J->samples_total += tv.n;
-    J->last_sps = mt.samples_per_second;
-    if (copy) push(J, j, seq, "epoch", e, copy);
-    pthread_mutex_unlock(&J->mu);
-    srv_crash_point("epoch_recorded");
-    if ((rc = nn_checkpoint_save(t, ck, &err))) {
-      snprintf(msg, sizeof msg, "could not write the checkpoint: %s", err.msg);
-      fail_job(J, j, msg);
-      goto out;
-    }
-    srv_crash_point(e == j->cfg.epochs ? "last_checkpoint" : "checkpoint_saved");
-  }
-
-  if (atomic_load(&j->cancel)) {
-    pthread_mutex_lock(&J->mu);
-    /* A cancel the client was told about (202) stands even when a shutdown
-     * follows before this thread noticed it: the job must not resume. */
-    if (j->user_cancel || !j->shutdown) {
-      set_state(J, j, SRV_JOB_CANCELLED);
-      pthread_mutex_unlock(&J->mu);
-      srv_crash_point("cancel_recorded");
-      unlink(ck);
-      goto out;
-    }
-    if (j->epochs_done < j->cfg.epochs) {
-      /* Stays "running" in the store: the next start resumes it. */
-      logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
-            j->epochs_done);
-      pthread_mutex_unlock(&J->mu);
-      goto out;
-    }
-    /* Every epoch is trained and evaluated: registering the model takes a
-     * moment, and leaving it for the next start would only redo it. */
-    logf_(J, "job %lld: shutdown after its last epoch; finishing it first", (long long)j->id);
-    pthread_mutex_unlock(&J->mu);
-  }
-
-  /* Resumed after its last epoch (a crash or a shutdown between the last
-   * checkpoint and the model's record): evaluate now. A NaN never reaches
-   * the records or a comparison. */
-  if (!isfinite(vacc) || !isfinite(vloss)) {
-    nn_evaluate(m, ews, &sv, &vloss, &vacc, NULL);
-    logf_(J, "job %lld: evaluated the trained model after the restart: accuracy %.4f",
-          (long long)j->id, (double)vacc);
-  }
-  if (!isfinite(vacc) || !isfinite(vloss)) {
-    fail_job(J, j, "the evaluation of the trained model gave no number (diverged)");
-    goto out;
-  }
-
-  /* Register the model, finish the job, record its events and the
-   * activation in one transaction. */
-  pthread_mutex_lock(&J->mu);
-  srv_job_row row = {j->id, "succeeded", j->config_json, j->created_ms, j->started_ms,
-                     wall_ms(), 0, NULL};
-  pthread_mutex_unlock(&J->mu);
-  fin_ctx fc = {J, j, NULL, NULL, {0, 0}};
-  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc};
-  int64_t mid = 0;
-  int activated = 0;
-  rc = srv_models_add(J->models, m, j->cfg.dataset, vacc, vloss, j->id, &fin, &mid, &activated,
-                      msg, sizeof msg);
-  if (rc) {
-    free(fc.state_s);
-    free(fc.end_s);
-    fail_job(J, j, msg);
-    goto out;
-  }
-  m = NULL; /* the registry owns it now */
-  pthread_mutex_lock(&J->mu);
-  j->model_id = mid;
-  j->finished_ms = row.finished_ms;
-  j->state = SRV_JOB_SUCCEEDED;
-  push(J, j, fc.seq[0], "state", 0, fc.state_s);
-  push(J, j, fc.seq[1], "end", 0, fc.end_s);
-  pthread_mutex_unlock(&J->mu);
-  unlink(ck);
-  logf_(J, "job %lld succeeded: model %lld, test accuracy %.4f%s", (long long)j->id,
-        (long long)mid, (double)vacc, activated ? " (active)" : "");
+  run r = {J, j, m, t, ews, tv, sv, ck, NAN, NAN};
+  m = NULL;
+  t = NULL;
+  ews = NULL;
+  if (run_epochs(&r, run_begin(&r)) == 0 && !run_stopped(&r)) run_finish(&r);
+  nn_workspace_free(r.ews);
+  nn_trainer_free(r.t);
+  nn_model_free(r.m);
 out:
   nn_workspace_free(ews);
   nn_trainer_free(t);
