@@ -19,6 +19,7 @@ RUN apt-get update \
       build-essential pkg-config ca-certificates curl npm \
       libmicrohttpd-dev libcjson-dev libuv1-dev libopenblas-dev zlib1g-dev \
       libsqlite3-dev libspng-dev libsystemd-dev libcmocka-dev dataset-fashion-mnist \
+      libprotobuf-c-dev protobuf-c-compiler libonnx-dev \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -51,8 +52,8 @@ RUN update-ca-certificates >/dev/null \
 # the packages above are its build subset.
 COPY . .
 RUN update-ca-certificates >/dev/null \
- && if [ -f package-lock.json ]; then npm ci --omit=dev --no-audit --no-fund --loglevel=error; \
-    elif [ -f package.json ]; then npm install --omit=dev --no-package-lock --no-audit --no-fund --loglevel=error; fi \
+ && if [ -f package-lock.json ]; then npm ci --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error; \
+    elif [ -f package.json ]; then npm install --omit=dev --ignore-scripts --no-package-lock --no-audit --no-fund --loglevel=error; fi \
  && make -j2 build/mnistd \
  && install -D -s -m 0755 build/mnistd /out/usr/local/bin/mnistd \
  && /out/usr/local/bin/mnistd --version
@@ -66,7 +67,7 @@ LABEL org.opencontainers.image.title="mnistd" \
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libmicrohttpd12 libcjson1 libuv1 libopenblas0-pthread zlib1g libsqlite3-0 \
-      libspng0 libsystemd0 \
+      libspng0 libsystemd0 libprotobuf-c1 \
  && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt/* /var/log/dpkg.log \
  && groupadd --system --gid 10001 mnistd \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --no-log-init \

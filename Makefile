@@ -3,7 +3,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng libsystemd
+PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng libsystemd libprotobuf-c
 OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
@@ -18,7 +18,8 @@ CORE_CFLAGS := -ftree-vectorize -fno-math-errno -fopenmp-simd
 CORE_SRC := $(wildcard core/*.c)
 SRV_SRC  := $(filter-out server/main.c,$(wildcard server/*.c))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
-SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/srv_assets_data.o
+SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/srv_assets_data.o \
+            $(BUILD)/obj/gen/onnx.pb-c.o
 LIB_OBJ  := $(CORE_OBJ) $(SRV_OBJ)
 
 # The web page is built into the binary: every file under web/, and the
@@ -64,6 +65,17 @@ $(BUILD)/gen/srv_assets_data.c: $(BUILD)/tools/embed $(WEB_FILES) $(VENDOR) Make
 	@mkdir -p $(dir $@)
 	$(BUILD)/tools/embed $@ $(foreach f,$(WEB_FILES),$(patsubst web/%,/%,$(f))=$(f)) \
 	  $(foreach f,$(VENDOR),/vendor/$(notdir $(f))=$(f))
+
+# ONNX export (server/srv_onnx.c) writes its protobuf with protobuf-c, from
+# the onnx.proto that Debian's libonnx-dev ships; the C code is generated
+# here at build time and never committed.
+ONNX_PROTO ?= /usr/include/onnx/onnx.proto
+$(BUILD)/gen/onnx.pb-c.c $(BUILD)/gen/onnx.pb-c.h &: $(ONNX_PROTO)
+	@mkdir -p $(BUILD)/gen
+	@command -v protoc-c >/dev/null || { echo "protoc-c missing: run 'make deps'" >&2; exit 1; }
+	protoc-c --c_out=$(BUILD)/gen -I$(dir $(ONNX_PROTO)) $(ONNX_PROTO)
+$(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: $(BUILD)/gen/onnx.pb-c.h
+$(BUILD)/obj/server/srv_onnx.o $(BUILD)/obj/tests/test_onnx_units.o: CFLAGS += -I$(BUILD)/gen
 
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c server/srv_assets.h
 	@mkdir -p $(dir $@)

@@ -60,9 +60,11 @@ static void get_f32s(float *dst, const uint8_t *p, size_t n) {
 #endif
 }
 
-/* Writes buf to path through a temp file in the same directory: a crash at
- * any point leaves either the old file or the new one, never a mix. */
-static int write_atomic(const char *path, const uint8_t *buf, size_t len, nn_err *err) {
+/* A crash at any point leaves either the old file or the new one, never a
+ * mix. */
+int nn_file_write_atomic(const char *path, const void *data, size_t len, nn_err *err) {
+  const uint8_t *buf = data;
+  if (!path || (!buf && len)) return nn_fail(err, NN_EINVAL, "file write: no path or data");
   size_t pl = strlen(path);
   char *tmp = malloc(pl + 16);
   if (!tmp) return nn_fail(err, NN_ENOMEM, "%s: out of memory", path);
@@ -168,7 +170,7 @@ int nn_file_save(const nn_model *m, const nn_ckpt_info *ck, const char *path,
     put_f32s(&b, ck->state, slots * m->n_params);
   }
   put_u32(&b, (uint32_t)crc32_z(0, b.p, b.off));
-  int rc = write_atomic(path, b.p, b.off, err);
+  int rc = nn_file_write_atomic(path, b.p, b.off, err);
   free(b.p);
   return rc;
 }

@@ -414,6 +414,12 @@ int nn_checkpoint_save(nn_trainer *t, const char *path, nn_err *err);
 int nn_checkpoint_load(nn_model **model_out, nn_trainer **trainer_out,
                        const char *path, nn_err *err);
 
+/* Writes len bytes to path atomically: a temp file beside it, fsync,
+ * rename, fsync of the directory (what nn_model_save does, for other file
+ * formats). On failure the old file (if any) is untouched, the temp file is
+ * removed and err names the file. */
+int nn_file_write_atomic(const char *path, const void *data, size_t len, nn_err *err);
+
 #ifdef __cplusplus
 }
 #endif

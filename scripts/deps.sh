@@ -5,7 +5,8 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libcjson-dev libuv1-dev
       libcmocka-dev libopenblas-dev zlib1g-dev libsqlite3-dev libspng-dev libsystemd-dev
-      dataset-fashion-mnist curl ca-certificates prometheus chromium fonts-dejavu-core)
+      dataset-fashion-mnist curl ca-certificates prometheus chromium fonts-dejavu-core
+      libprotobuf-c-dev protobuf-c-compiler libonnx-dev python3-onnx)
 # Node.js may come from elsewhere (nodesource, nvm): only ask Debian when absent.
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 for g in "$@"; do
@@ -26,10 +27,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The web page's chart library and the browser-test driver come from npm,
-# pinned by package-lock.json; nothing happens when they are in place.
+# The web page's chart library, the browser-test driver and onnxruntime-node
+# (ONNX export test) come from npm, pinned by package-lock.json; nothing
+# happens when they are in place. --ignore-scripts: onnxruntime-node's
+# install script only downloads optional GPU libraries from outside npm (and
+# fails offline); its CPU library is inside the package. No other package
+# here has an install script.
 cd "$(dirname "$0")/.."
 if [ -f package-lock.json ] && [ ! -f node_modules/.package-lock.json -o package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "deps: npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 fi

@@ -14,6 +14,7 @@ static const char HELP[] =
     "  healthcheck  exit 0 if the daemon answers /healthz (for containers)\n"
     "  train     train a network and print per-epoch metrics ('mnistd train --help')\n"
     "  predict   classify images with a saved model ('mnistd predict --help')\n"
+    "  export    write a model as ONNX ('mnistd export --help')\n"
     "  --help    this text\n"
     "  --version print the version\n";
 
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "healthcheck")) return srv_healthcheck_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "train")) return srv_cli_train(argc - 1, argv + 1);
   if (!strcmp(argv[1], "predict")) return srv_cli_predict(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "export")) return srv_cli_export(argc - 1, argv + 1);
   fprintf(stderr, "mnistd: unknown command '%s' (see 'mnistd --help')\n", argv[1]);
   return SRV_EXIT_USAGE;
 }

@@ -1,4 +1,4 @@
-/* Command-line front ends of mnistd: `train` and `predict`. Each returns
+/* Command-line front ends of mnistd: `train`, `predict` and `export`. Each returns
  * the process exit status: 0 on success, 1 on a runtime failure, 2 on a
  * usage error (after a one-line message on stderr). */
 #ifndef MNISTD_SRV_CLI_H
@@ -12,6 +12,8 @@
 
 int srv_cli_train(int argc, char **argv);
 int srv_cli_predict(int argc, char **argv);
+/* `mnistd export --format onnx MODEL OUT` (server/srv_export.c). */
+int srv_cli_export(int argc, char **argv);
 
 /* Parses a whole decimal integer in [lo, hi]; 0 on success, -1 otherwise. */
 int srv_parse_long(const char *s, long lo, long hi, long *out);

@@ -23,6 +23,7 @@
 
 #include "srv_assets.h"
 #include "srv_image.h"
+#include "srv_onnx.h"
 #include "srv_validate.h"
 
 typedef struct req req;
@@ -357,9 +358,48 @@ static enum MHD_Result h_model(req *r) {
   return send_json(r, 200, o);
 }
 
+/* ?format=onnx: the model as ONNX (srv_onnx.h), with the daemon's records
+ * of it (data set, test accuracy, the training job's configuration). */
+static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
+  srv_onnx_info info;
+  int rc = srv_onnx_info_load(&info, r->S->store, m->id);
+  if (rc) {
+    srv_model_unref(m);
+    return send_error(r, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,
+                      rc == -ENOENT ? "not found" : srv_store_errmsg(r->S->store));
+  }
+  uint8_t *buf;
+  size_t len;
+  char msg[512];
+  rc = srv_onnx_export(m->m, &info, &buf, &len, msg, sizeof msg);
+  srv_onnx_info_clear(&info);
+  srv_model_unref(m);
+  if (rc == -EINVAL) return send_error(r, 422, "model %lld cannot be exported to ONNX: %s",
+                                       (long long)r->id, msg);
+  if (rc) return send_error(r, 500, "ONNX export of model %lld failed: %s", (long long)r->id, msg);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(buf);
+    return MHD_NO;
+  }
+  char disp[96];
+  snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.onnx\"", (long long)r->id);
+  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+  MHD_add_response_header(resp, "Content-Disposition", disp);
+  common_headers(resp);
+  r->status = 200;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
 static enum MHD_Result h_model_file(req *r) {
+  const char *fmt = query(r, "format");
+  if (fmt && strcmp(fmt, "onnx") && strcmp(fmt, "mnistd"))
+    return send_error(r, 400, "format must be mnistd (the native file, default) or onnx");
   srv_model *m = srv_models_get(r->S->models, r->id);
   if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (fmt && !strcmp(fmt, "onnx")) return model_file_onnx(r, m);
   srv_model_unref(m);
   char path[PATH_MAX + 64];
   srv_models_path(r->S->models, r->id, path, sizeof path);

@@ -340,6 +340,20 @@ try {
     assert(truth === String(ev.misclassified[0].label), `gallery image loaded with label ${truth}`);
   });
 
+  await check('models: download links for the mnistd file and ONNX', page, async () => {
+    const models = (await apiJson(page, 'v1/models')).models;
+    const m = models[0];
+    const row = `#models-table tr[data-model="${m.id}"]`;
+    const native = await page.getAttribute(`${row} a:has-text("Download"):not(:has-text("ONNX"))`, 'href');
+    assert(native === `v1/models/${m.id}/file`, `native link ${native}`);
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click(`${row} a:has-text("Download ONNX")`)]);
+    assert(dl.suggestedFilename() === `mnistd-model-${m.id}.onnx`, `saved as ${dl.suggestedFilename()}`);
+    const bytes = fs.readFileSync(await dl.path());
+    // ModelProto field 1 (ir_version) comes first: tag 0x08, value 8.
+    assert(bytes.length > m.parameters * 4 && bytes[0] === 0x08 && bytes[1] === 0x08 && bytes.includes('probabilities'),
+      `downloaded ${bytes.length} bytes starting ${bytes.subarray(0, 4).toString('hex')}`);
+  });
+
   await check('activate another model', page, async () => {
     const models = (await apiJson(page, 'v1/models')).models;
     const other = models.find((m) => !m.active);

@@ -1,7 +1,7 @@
 // The "Models" panel: every trained model with its test accuracy, parameter
 // count and data set; activate / delete; and, for one model, the confusion
 // matrix heat map and a gallery of misclassified test images.
-import { describeError, isAuthError, activateModel, deleteModel, evaluateModel } from './api.js';
+import { describeError, isAuthError, activateModel, deleteModel, evaluateModel, modelFileUrl } from './api.js';
 import { emit, on } from './bus.js';
 import { $, el, setText, fmtInt, fmtPct, fmtAgo, datasetName, className, drawPixels } from './util.js';
 
@@ -61,6 +61,14 @@ function modelRow(m) {
   evalBtn.setAttribute('aria-label', `Show the confusion matrix and errors of model ${m.id}`);
   const del = el('button', { type: 'button', class: 'btn small ghost', onclick: () => remove(m.id, del) }, 'Delete');
   del.setAttribute('aria-label', `Delete model ${m.id}`);
+  // Plain links: downloads are GETs and need no token.
+  const file = el('a', { class: 'btn small ghost download', href: modelFileUrl(m.id), download: `mnistd-model-${m.id}.model`,
+    title: 'The mnistd model file (mnistd predict --model, or another mnistd daemon)' }, 'Download');
+  file.setAttribute('aria-label', `Download model ${m.id} as an mnistd file`);
+  const onnx = el('a', { class: 'btn small ghost download', href: modelFileUrl(m.id, 'onnx'), download: `mnistd-model-${m.id}.onnx`,
+    title: 'ONNX for onnxruntime and other runtimes: input "image" float32 [N,1,28,28] in 0..1, white ink on black; output "probabilities"' },
+  'Download ONNX');
+  onnx.setAttribute('aria-label', `Download model ${m.id} as ONNX`);
   const cells = {
     id: el('th', { scope: 'row' }, `#${m.id}`),
     arch: el('td'),
@@ -69,7 +77,7 @@ function modelRow(m) {
     params: el('td', { class: 'num', dataset: { label: 'parameters' } }),
     job: el('td', { class: 'opt num' }),
     created: el('td', { class: 'opt' }),
-    actions: el('td', { class: 'actions' }, el('span', { class: 'badge active-badge' }, 'active'), act, evalBtn, del),
+    actions: el('td', { class: 'actions' }, el('span', { class: 'badge active-badge' }, 'active'), act, evalBtn, file, onnx, del),
   };
   const tr = el('tr', { dataset: { model: String(m.id) } }, ...Object.values(cells));
   row = { tr, cells, act, del, evalBtn };

@@ -1,0 +1,126 @@
+/* `mnistd export`: writes a model as ONNX (srv_onnx.h), from a model file
+ * or from a daemon's state directory (then with its records: data set,
+ * test accuracy, training job configuration). */
+#include "srv_cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "nn.h"
+#include "srv_onnx.h"
+#include "srv_store.h"
+
+static const char EXPORT_HELP[] =
+    "usage: mnistd export --format onnx [options] MODEL OUT\n"
+    "Writes MODEL as an ONNX file OUT (atomically), runnable by onnxruntime and other\n"
+    "ONNX runtimes without mnistd. MODEL is a model file ('mnistd train --out', or\n"
+    "GET /v1/models/ID/file), or with --state-dir a model id of that daemon state.\n"
+    "The graph: input 'image' float32 [N,1,28,28], pixel/255 in [0,1], white ink (1) on\n"
+    "black (0) as MNIST -- the daemon's preprocessing of drawings is not included;\n"
+    "output 'probabilities' float32 [N,10] (softmax). Opset 13, IR version 8.\n"
+    "  --format onnx     the output format (onnx is the only one)\n"
+    "  --state-dir DIR   read MODEL as a model id from a daemon's state directory, with\n"
+    "                    its data set, test accuracy and training configuration\n"
+    "  --dataset NAME    mnist or fashion-mnist: class names in the metadata when MODEL\n"
+    "                    is a file (default: the digits 0..9)\n";
+
+static int fail_usage(const char *fmt, const char *arg) {
+  fprintf(stderr, "mnistd export: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, " (see 'mnistd export --help')\n");
+  return SRV_EXIT_USAGE;
+}
+
+/* Looks model `id` up in STATE/mnistd.db: its records into info, its file
+ * into path. */
+static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *path,
+                      size_t len) {
+  char db[PATH_MAX + 16], msg[256];
+  struct stat st;
+  snprintf(db, sizeof db, "%s/mnistd.db", state);
+  if (stat(db, &st) < 0) {
+    fprintf(stderr, "mnistd export: %s: no daemon state here (no mnistd.db)\n", state);
+    return -1;
+  }
+  srv_store *s = NULL;
+  if (srv_store_open(&s, state, msg, sizeof msg)) {
+    fprintf(stderr, "mnistd export: %s\n", msg);
+    return -1;
+  }
+  int rc = srv_onnx_info_load(info, s, id);
+  if (rc == -ENOENT)
+    fprintf(stderr, "mnistd export: model %lld not found in %s\n", (long long)id, state);
+  else if (rc)
+    fprintf(stderr, "mnistd export: %s: %s\n", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(s));
+  srv_store_close(s);
+  snprintf(path, len, "%s/models/%lld.model", state, (long long)id);
+  return rc ? -1 : 0;
+}
+
+int srv_cli_export(int argc, char **argv) {
+  static const struct option opts[] = {{"format", required_argument, 0, 'f'},
+                                       {"state-dir", required_argument, 0, 's'},
+                                       {"dataset", required_argument, 0, 'd'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  const char *format = NULL, *state = NULL, *dataset = NULL;
+  int c;
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'f':
+      if (strcmp(optarg, "onnx")) return fail_usage("--format must be onnx, not '%s'", optarg);
+      format = optarg;
+      break;
+    case 's': state = optarg; break;
+    case 'd':
+      if (strcmp(optarg, "mnist") && strcmp(optarg, "fashion-mnist"))
+        return fail_usage("--dataset must be mnist or fashion-mnist, not '%s'", optarg);
+      dataset = optarg;
+      break;
+    case 'h': fputs(EXPORT_HELP, stdout); return SRV_EXIT_OK;
+    case ':': return fail_usage("option '%s' needs a value", argv[optind - 1]);
+    default: return fail_usage("unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (!format) return fail_usage("%s", "--format onnx is required");
+  if (argc - optind != 2) return fail_usage("%s", "give MODEL and OUT");
+  const char *model = argv[optind], *out = argv[optind + 1];
+
+  srv_onnx_info info;
+  srv_onnx_info_init(&info);
+  char path[PATH_MAX + 64];
+  snprintf(path, sizeof path, "%s", model);
+  if (state) {
+    long id;
+    if (srv_parse_long(model, 1, LONG_MAX, &id))
+      return fail_usage("with --state-dir, MODEL is a model id, not '%s'", model);
+    if (from_state(state, id, &info, path, sizeof path)) return SRV_EXIT_FAIL;
+  } else if (dataset) {
+    snprintf(info.dataset, sizeof info.dataset, "%s", dataset);
+  }
+  int status = SRV_EXIT_FAIL;
+  nn_err err = {0};
+  nn_model *m = NULL;
+  if (nn_model_load(&m, path, &err)) {
+    fprintf(stderr, "mnistd export: %s\n", err.msg);
+    goto done;
+  }
+  char msg[512];
+  if (srv_onnx_save(m, &info, out, msg, sizeof msg)) {
+    fprintf(stderr, "mnistd export: %s\n", msg);
+    goto done;
+  }
+  status = SRV_EXIT_OK;
+done:
+  nn_model_free(m);
+  srv_onnx_info_clear(&info);
+  return status;
+}
