@@ -261,7 +261,7 @@ int srv_serve_main(int argc, char **argv) {
     close(S_lock_fd);
     return 1;
   }
-  if ((rc = srv_store_open(&S.store, S.cfg.state_dir, msg, sizeof msg))) {
+  if ((rc = srv_store_open_flags(&S.store, S.cfg.state_dir, SRV_STORE_RECOVER, msg, sizeof msg))) {
     fprintf(stderr, "mnistd serve: %s\n", msg);
     close(S_lock_fd);
     return 1;

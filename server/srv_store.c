@@ -100,7 +100,8 @@ int srv_mkdir_durable(const char *dir, mode_t mode) {
 /* Opens path and makes sure the schema is there and the file is sound.
  * Returns the SQLite code; *damaged is set when the file itself is bad (as
  * opposed to a lock, a permission or a full disk). */
-static int try_open(srv_store *s, const char *path, int *damaged, char *msg, size_t msglen) {
+static int try_open(srv_store *s, const char *path, int check, int *damaged, char *msg,
+                    size_t msglen) {
   *damaged = 0;
   int rc = sqlite3_open_v2(path, &s->db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -113,7 +114,7 @@ static int try_open(srv_store *s, const char *path, int *damaged, char *msg, siz
                       NULL, NULL, NULL);
   }
   if (rc == SQLITE_OK) rc = sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL);
-  if (rc == SQLITE_OK) {
+  if (rc == SQLITE_OK && check) {
     sqlite3_stmt *st;
     rc = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL);
     if (rc == SQLITE_OK) {
@@ -161,6 +162,12 @@ static int move_aside(srv_store *s, const char *dir, const char *path) {
 }
 
 int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
+  return srv_store_open_flags(out, dir, -1, msg, msglen);
+}
+
+int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg, size_t msglen) {
+  /* flags -1: a reader beside the daemon (no integrity pass, no recovery) */
+  int check = flags >= 0, recover = flags > 0 && (flags & SRV_STORE_RECOVER);
   *out = NULL;
   char path[4096];
   msg[0] = 0;
@@ -176,7 +183,15 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
   int exists = stat(path, &sb) == 0;
   s->fresh = !exists;
   int damaged = 0, rc;
-  if (exists && sb.st_size == 0) {
+  if (!recover && exists && sb.st_size == 0) {
+    /* Never turn it into a new, sound database behind the daemon's back:
+     * the daemon's next start must see the damage and recover. */
+    snprintf(msg, msglen, "%s: the file is empty (damaged); the daemon moves it aside and "
+             "recovers at its next start", path);
+    free(s);
+    return -EIO;
+  }
+  if (recover && exists && sb.st_size == 0) {
     /* SQLite would take it for a new database; it is a damaged one (this
      * daemon never leaves an empty file), and the model files beside it
      * must be registered again. */
@@ -184,9 +199,9 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
     damaged = 1;
     snprintf(msg, msglen, "%s: the file is empty", path);
   } else {
-    rc = try_open(s, path, &damaged, msg, msglen);
+    rc = try_open(s, path, check, &damaged, msg, msglen);
   }
-  if (rc != SQLITE_OK && damaged) {
+  if (rc != SQLITE_OK && damaged && recover) {
     char why[512];
     snprintf(why, sizeof why, "%s", msg);
     int mv = move_aside(s, dir, path);
@@ -197,7 +212,7 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
     }
     s->fresh = 1;
     msg[0] = 0;
-    rc = try_open(s, path, &damaged, msg, msglen);
+    rc = try_open(s, path, check, &damaged, msg, msglen);
     if (rc == SQLITE_OK) snprintf(msg, msglen, "%s", why); /* the reason, for the log */
   }
   if (rc != SQLITE_OK) {

@@ -23,13 +23,21 @@ typedef struct srv_store srv_store;
 int srv_mkdir_durable(const char *dir, mode_t mode);
 
 /* Opens (creating if needed) DIR/mnistd.db with WAL and synchronous=FULL,
- * and creates the tables. A damaged database (SQLite says corrupt or "not
- * a database", or integrity_check fails) is never deleted: it is renamed
- * to DIR/mnistd.db.damaged-<UTC time> (its -wal/-shm beside it) and a fresh
- * one is created; srv_store_recovered() then names the aside file. Other
- * failures (permissions, locks, I/O) are reported, not worked around. On
- * failure *out is NULL and msg says why. */
+ * and creates the tables. On failure *out is NULL and msg says why. Used by
+ * tools that read the state beside a running daemon (mnistd export): it
+ * never moves anything. */
 int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen);
+
+/* The daemon's open (it holds the state directory's lock): also checks
+ * integrity, and with SRV_STORE_RECOVER a damaged database (SQLite says
+ * corrupt or "not a database", integrity_check fails, or the file is
+ * empty) is never deleted: it is renamed to DIR/mnistd.db.damaged-<UTC
+ * time> (its -wal/-shm beside it) and a fresh one is created;
+ * srv_store_recovered() then names the aside file and msg holds the reason.
+ * Other failures (permissions, locks, I/O) are reported, not worked
+ * around. */
+#define SRV_STORE_RECOVER 1
+int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg, size_t msglen);
 void srv_store_close(srv_store *s);
 /* 1 if the database had to be moved aside at open (aside receives its new
  * path), else 0. */

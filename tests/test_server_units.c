@@ -467,7 +467,15 @@ static void test_damaged_database_recovery(void **state) {
     assert_int_equal(stat(db, &sb), 0);
     off_t damaged_size = sb.st_size;
     msg[0] = 0;
-    if (srv_store_open(&st, dir, msg, sizeof msg)) fail_msg("%s: open failed: %s", KIND[k], msg);
+    /* A reader (mnistd export) never moves the file. */
+    if (srv_store_open(&st, dir, msg, sizeof msg) == 0) {
+      assert_int_equal(srv_store_recovered(st, NULL, 0), 0);
+      srv_store_close(st);
+    }
+    assert_int_equal(stat(db, &sb), 0);
+    assert_int_equal(sb.st_size, damaged_size);
+    if (srv_store_open_flags(&st, dir, SRV_STORE_RECOVER, msg, sizeof msg))
+      fail_msg("%s: open failed: %s", KIND[k], msg);
     if (!srv_store_recovered(st, aside, sizeof aside)) fail_msg("%s: not recovered", KIND[k]);
     assert_int_equal(stat(aside, &sb), 0);
     assert_int_equal(sb.st_size, damaged_size);
@@ -495,7 +503,7 @@ static void test_damaged_database_recovery(void **state) {
     srv_models_close(r);
     srv_store_close(st);
     /* A sound database is never moved again. */
-    assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+    assert_int_equal(srv_store_open_flags(&st, dir, SRV_STORE_RECOVER, msg, sizeof msg), 0);
     assert_int_equal(srv_store_recovered(st, NULL, 0), 0);
     srv_store_close(st);
     rm_rf(dir);
