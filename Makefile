@@ -3,14 +3,17 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := libmicrohttpd libcjson libuv zlib openblas sqlite3 spng libsystemd libprotobuf-c
+PKGS    := libmicrohttpd libcjson libuv zlib sqlite3 spng libsystemd libprotobuf-c
+# oneDNN ships no .pc file: Debian's libdnnl-dev, OpenMP runtime (libgomp,
+# whose omp_set_num_threads the core calls to size the team per thread).
+DNNL_LIBS := -ldnnl -lgomp
 OPT     ?= -O2
 SAN     ?=
 CFLAGS  ?=
 LDFLAGS += $(SAN)
 CFLAGS  += $(SAN) -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -Icore -Iserver \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(DNNL_LIBS) -lpthread -lm
 TEST_LDLIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 # The hot element-wise loops in core/ are written to vectorise; let them.
 CORE_CFLAGS := -ftree-vectorize -fno-math-errno -fopenmp-simd
@@ -25,7 +28,9 @@ LIB_OBJ  := $(CORE_OBJ) $(SRV_OBJ)
 # The web page is built into the binary: every file under web/, and the
 # chart library from npm (node_modules/uplot, installed by `make deps`).
 WEB_FILES := $(shell find web -type f 2>/dev/null | LC_ALL=C sort)
-VENDOR    := $(wildcard node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css)
+# Not a wildcard: a build without them would serve a page with no charts
+# (and console errors), so a missing file stops the build and says why.
+VENDOR    := node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css
 TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 SH_TESTS := $(wildcard tests/test_*.sh)
 BENCHES  := $(BUILD)/bench/bench_core
@@ -45,6 +50,7 @@ deps:
 # never runs apt-get behind the user's back; `make run`/`make test` do.
 check-deps:
 	@pkg-config --exists $(PKGS) cmocka || { echo "missing libraries: run 'make deps'" >&2; exit 1; }
+	@test -f /usr/include/oneapi/dnnl/dnnl.h || { echo "missing oneDNN (libdnnl-dev): run 'make deps'" >&2; exit 1; }
 
 data:
 	@scripts/fetch-data.sh $(DATA_DIR)
@@ -65,6 +71,10 @@ $(BUILD)/gen/srv_assets_data.c: $(BUILD)/tools/embed $(WEB_FILES) $(VENDOR) Make
 	@mkdir -p $(dir $@)
 	$(BUILD)/tools/embed $@ $(foreach f,$(WEB_FILES),$(patsubst web/%,/%,$(f))=$(f)) \
 	  $(foreach f,$(VENDOR),/vendor/$(notdir $(f))=$(f))
+
+$(VENDOR):
+	@echo "make: $@ is missing: the web page's chart library (uPlot) comes from npm." >&2; \
+	 echo "      Run 'make deps' (or 'npm ci') first, then 'make' again." >&2; exit 1
 
 # ONNX export (server/srv_onnx.c) writes its protobuf with protobuf-c, from
 # the onnx.proto that Debian's libonnx-dev ships; the C code is generated

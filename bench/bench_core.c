@@ -7,14 +7,21 @@
  *   train THREADS EPOCHS [ARCH]  time per epoch (best), val accuracy
  *   seeds EPOCHS SEED...         final test accuracy for each seed
  *   infer [THREADS]              single-image median us, batch images/s
- *   gemm THREADS                 the GEMMs of one epoch, nothing else */
-#include <cblas.h>
+ *   gemm THREADS                 the GEMMs of one epoch, nothing else: the
+ *                                trainer's products per step as it issues
+ *                                them (same oneDNN kernels): forward and
+ *                                input gradients of a 128/THREADS-row shard,
+ *                                weight gradients of its share of output
+ *                                rows over all shards
+ *   peak THREADS                 best GFLOP/s of one large single GEMM
+ *   backend                      oneDNN version, ISA and kernel */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "nn.h"
+#include "nn_internal.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -37,6 +44,102 @@ static void load(const char *dir, nn_dataset *train, nn_dataset *test) {
 }
 
 static uint32_t g_threads = 2;
+
+/* FLOP of the matrix products of one training pass over `samples` images:
+ * forward and weight gradient of every dense layer, input gradient of all
+ * but the first. */
+static double epoch_flop(const nn_model *m, double samples) {
+  double f = 0;
+  int first = 1;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_DENSE) continue;
+    f += 2.0 * l->in * l->out * (first ? 2 : 3);
+    first = 0;
+  }
+  return f * samples;
+}
+
+/* One thread's share of the batch-inference run: every n-th batch of 1000. */
+typedef struct infer_part {
+  const nn_model *m;
+  const nn_dataset *ds;
+  nn_workspace *ws;
+  uint32_t k, n;
+} infer_part;
+
+static void *infer_run(void *arg) {
+  infer_part *p = arg;
+  static _Thread_local float probs[1000 * NN_CLASSES];
+  for (uint32_t off = p->k * 1000; off < p->ds->n; off += p->n * 1000) {
+    uint32_t cnt = p->ds->n - off < 1000 ? p->ds->n - off : 1000;
+    nn_predict_u8(p->m, p->ws, p->ds->images + (size_t)off * NN_IMAGE_SIZE, cnt, probs);
+  }
+  return NULL;
+}
+
+/* One thread's share of the GEMM-only epoch. */
+typedef struct gemm_shard {
+  const nn_model *m;
+  uint32_t rows, steps, k, n_shards;
+  struct gemm_shard *all;
+  nn_dnn *d;
+  float *x[NN_MAX_LAYERS], *y[NN_MAX_LAYERS], *g[NN_MAX_LAYERS], *dx[NN_MAX_LAYERS], *grad;
+} gemm_shard;
+
+static int gemm_shard_init(gemm_shard *s) {
+  if (nn_dnn_create(&s->d) || nn_dnn_prepare(s->d, s->m, s->rows, 1)) return -1;
+  nn_dnn_set_threads(s->d, 1);
+  if (!(s->grad = calloc(s->m->n_params, sizeof(float)))) return -1;
+  for (uint32_t i = 0; i < s->m->n_layers; i++) {
+    const nn_layer *l = &s->m->layers[i];
+    if (l->type != NN_LAYER_DENSE) continue;
+    size_t in = (size_t)s->rows * l->in, out = (size_t)s->rows * l->out;
+    s->x[i] = calloc(in, 4), s->dx[i] = calloc(in, 4);
+    s->y[i] = calloc(out, 4), s->g[i] = calloc(out, 4);
+    if (!s->x[i] || !s->dx[i] || !s->y[i] || !s->g[i]) return -1;
+    for (size_t k = 0; k < in; k++) s->x[i][k] = (float)(k % 13) * 0.05f;
+    for (size_t k = 0; k < out; k++) s->g[i][k] = (float)(k % 11) * 0.01f;
+  }
+  return 0;
+}
+
+static void gemm_shard_free(gemm_shard *s) {
+  for (uint32_t i = 0; i < NN_MAX_LAYERS; i++)
+    free(s->x[i]), free(s->dx[i]), free(s->y[i]), free(s->g[i]);
+  free(s->grad);
+  nn_dnn_free(s->d);
+}
+
+static void *gemm_run(void *arg) {
+  gemm_shard *s = arg;
+  const nn_model *m = s->m;
+  for (uint32_t it = 0; it < s->steps; it++) {
+    for (uint32_t i = 0; i < m->n_layers; i++) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type == NN_LAYER_DENSE)
+        nn_dnn_dense_fwd(s->d, i, l, s->x[i], s->rows, m->params + l->w_off,
+                         m->params + l->b_off, s->y[i]);
+    }
+    for (int i = (int)m->n_layers - 1; i > 0; i--) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type == NN_LAYER_DENSE)
+        nn_dnn_dense_dx(s->d, (uint32_t)i, l, s->g[i], m->params + l->w_off, s->rows,
+                        s->dx[i]);
+    }
+    /* As the trainer: this thread's output rows of every weight gradient,
+     * over all shards' rows. */
+    for (uint32_t i = 0; i < m->n_layers; i++) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type != NN_LAYER_DENSE) continue;
+      uint32_t lo = l->out * s->k / s->n_shards, hi = l->out * (s->k + 1) / s->n_shards;
+      for (uint32_t j = 0; lo < hi && j < s->n_shards; j++)
+        nn_dnn_dense_dw_rows(s->d, i, j, s->n_shards, l, lo, hi, s->all[j].g[i],
+                             s->all[j].x[i], s->rows, j > 0, s->grad + l->w_off);
+    }
+  }
+  return NULL;
+}
 
 static void train_run(nn_dataset *train, nn_dataset *test, const char *arch, uint64_t seed,
                       int epochs, double *best_s, float *acc, float *vloss) {
@@ -98,6 +201,8 @@ int main(int argc, char **argv) {
         nn_workspace_create(&wsb, m, 1000))
       return 1;
     nn_model_init(m, 1);
+    /* As the daemon's predictor threads do. */
+    if (nn_workspace_pin(ws1, m)) return 1;
     enum { N = 20000 };
     static double lat[N];
     float probs[1000 * NN_CLASSES];
@@ -111,8 +216,13 @@ int main(int argc, char **argv) {
     qsort(lat, N, sizeof *lat, cmp_double);
     printf("infer_single_us_median %.2f\ninfer_single_us_p99 %.2f\n", lat[N / 2] * 1e6,
            lat[N * 99 / 100] * 1e6);
-    /* Batches use every core through BLAS; single images stay on one. */
-    nn_set_threads(argc > 3 ? atoi(argv[3]) : 2);
+    /* Batches of 1000 two ways: one call whose products use an OpenMP team
+     * of THREADS, and THREADS threads each predicting its share of the
+     * batches with single-threaded products (as the daemon's HTTP threads
+     * do). */
+    int T = argc > 3 ? atoi(argv[3]) : 2;
+    if (T < 1 || T > 8) return 2;
+    nn_set_threads(T);
     double best = 1e9;
     for (int rep = 0; rep < 5; rep++) {
       double t0 = now_s();
@@ -122,35 +232,82 @@ int main(int argc, char **argv) {
       if (s < best) best = s;
     }
     printf("infer_batch_images_per_second %.0f\n", test.n / best);
+    nn_set_threads(1);
+    infer_part parts[8];
+    for (int k = 0; k < T; k++) {
+      parts[k] = (infer_part){.m = m, .ds = &test, .k = (uint32_t)k, .n = (uint32_t)T};
+      if (nn_workspace_create(&parts[k].ws, m, 1000)) return 1;
+    }
+    best = 1e9;
+    for (int rep = 0; rep < 5; rep++) {
+      pthread_t tid[8];
+      double t0 = now_s();
+      for (int k = 1; k < T; k++) pthread_create(&tid[k], NULL, infer_run, &parts[k]);
+      infer_run(&parts[0]);
+      for (int k = 1; k < T; k++) pthread_join(tid[k], NULL);
+      double s = now_s() - t0;
+      if (s < best) best = s;
+    }
+    for (int k = 0; k < T; k++) nn_workspace_free(parts[k].ws);
+    printf("infer_batch_threads_images_per_second %.0f\n", test.n / best);
     nn_workspace_free(wsb);
     nn_workspace_free(ws1);
     nn_model_free(m);
   } else if (!strcmp(mode, "gemm") && argc >= 4) {
-    /* The 8 products of one training step of the antirectifier network
-     * (forward 3, weight gradients 3, input gradients 2), 469 times. */
-    nn_set_threads(atoi(argv[3]));
-    int B = 128, dims[4] = {784, 256, 256, 10}, ins[3] = {784, 512, 512};
-    float *a = calloc((size_t)B * 1024, 4), *w = calloc(784 * 512, 4),
-          *y = calloc((size_t)B * 1024, 4);
+    int T = atoi(argv[3]);
+    if (T < 1 || T > 8) return 2;
+    nn_model *m;
+    if (nn_model_create_preset(&m, "antirectifier")) return 1;
+    nn_model_init(m, 1);
+    gemm_shard sh[8];
+    for (int k = 0; k < T; k++) {
+      sh[k] = (gemm_shard){.m = m, .rows = 128 / T, .steps = 469, .k = (uint32_t)k,
+                           .n_shards = (uint32_t)T, .all = sh};
+      if (gemm_shard_init(&sh[k])) return 1;
+    }
     double best = 1e9;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 5; rep++) {
+      pthread_t tid[8];
       double t0 = now_s();
-      for (int s = 0; s < 469; s++)
-        for (int l = 0; l < 3; l++) {
-          int in = ins[l], out = dims[l + 1];
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, out, in, 1, a, in, w, in,
-                      0, y, out);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, B, 1, y, out, a, in,
-                      0, w, in);
-          if (l)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, in, out, 1, y, out, w,
-                        in, 0, a, in);
-        }
+      for (int k = 1; k < T; k++) pthread_create(&tid[k], NULL, gemm_run, &sh[k]);
+      gemm_run(&sh[0]);
+      for (int k = 1; k < T; k++) pthread_join(tid[k], NULL);
       double t = now_s() - t0;
       if (t < best) best = t;
     }
-    printf("gemm_epoch_seconds %.3f\n", best);
-    free(a), free(w), free(y);
+    double flop = epoch_flop(m, 469 * 128);
+    printf("gemm_epoch_seconds %.3f\ngemm_epoch_gflop %.1f\ngemm_gflops %.0f\n", best,
+           flop * 1e-9, flop * 1e-9 / best);
+    for (int k = 0; k < T; k++) gemm_shard_free(&sh[k]);
+    nn_model_free(m);
+  } else if (!strcmp(mode, "peak") && argc >= 4) {
+    /* One large product with a team of THREADS: what oneDNN can do on this
+     * machine when nothing but arithmetic matters. */
+    nn_set_threads(atoi(argv[3]));
+    double best_gf = 0;
+    int best_n = 0;
+    for (int n = 256; n <= 2048; n *= 2) {
+      nn_layer l = {.type = NN_LAYER_DENSE, .in = (uint32_t)n, .out = (uint32_t)n};
+      float *a = calloc((size_t)n * n, 4), *w = calloc((size_t)n * n, 4),
+            *b = calloc(n, 4), *y = calloc((size_t)n * n, 4);
+      nn_dnn *d;
+      if (!a || !w || !b || !y || nn_dnn_create(&d) || nn_dnn_prepare(d, NULL, 0, 1)) return 1;
+      for (size_t i = 0; i < (size_t)n * n; i++) a[i] = w[i] = (float)(i % 7) * 0.1f;
+      int reps = n <= 512 ? 200 : 2048 / n * 4;
+      for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        for (int r = 0; r < reps; r++) nn_dnn_dense_fwd(d, 0, &l, a, (uint32_t)n, w, b, y);
+        double gf = 2.0 * n * n * n * reps / (now_s() - t0) * 1e-9;
+        if (gf > best_gf) best_gf = gf, best_n = n;
+      }
+      nn_dnn_free(d);
+      free(a), free(w), free(b), free(y);
+    }
+    printf("peak_gflops %.0f\npeak_size %d\n", best_gf, best_n);
+  } else if (!strcmp(mode, "backend")) {
+    nn_backend_info bi;
+    nn_backend_info_get(&bi);
+    printf("library %s\nisa %s\nkernel %s\n", bi.library, bi.isa, bi.kernel);
   } else {
     fprintf(stderr, "bench_core: bad mode\n");
     return 2;

@@ -14,7 +14,7 @@ U=http://127.0.0.1:$PORT
 PID=$!
 for _ in $(seq 100); do curl -sf $U/healthz >/dev/null && break; sleep 0.05; done
 head -c 800 "$D/mnist/t10k-images-idx3-ubyte" | tail -c 784 > "$T/digit.raw"
-curl -s -XPOST -d '{"epochs":1,"train_limit":20000,"activate":"always"}' $U/v1/jobs >/dev/null
+curl -s -XPOST -H 'Content-Type: application/json' -d '{"epochs":1,"train_limit":20000,"activate":"always"}' $U/v1/jobs >/dev/null
 for _ in $(seq 600); do curl -sf $U/readyz >/dev/null && break; sleep 0.1; done
 rss() { awk -v k="$1:" '$1==k {print int($2/1024)}' /proc/$PID/status; }
 # Let the allocator settle, then read the idle footprint with the model loaded.
@@ -27,7 +27,7 @@ wrkrun() { # prefix
        /Non-2xx/ {print p"_errors", $NF}' "$T/wrk.txt"
 }
 wrkrun predict
-curl -s -XPOST -d '{"epochs":30,"activate":"never"}' $U/v1/jobs >/dev/null
+curl -s -XPOST -H 'Content-Type: application/json' -d '{"epochs":30,"activate":"never"}' $U/v1/jobs >/dev/null
 sleep 2
 wrkrun predict_training
 echo "training_rss_mb $(rss VmHWM)"

@@ -151,6 +151,49 @@ static int idx_read_full(gzFile gz, const char *path, uint8_t *buf,
   return 0;
 }
 
+/* The first allocation for a compressed payload. A few hundred bytes of
+ * gzip can claim a 1 GiB payload; the buffer then grows (doubling) only as
+ * decompressed bytes actually arrive, so a lying header costs at most
+ * twice what the stream really holds. */
+#define IDX_GZ_FIRST_ALLOC ((size_t)1 << 20)
+
+/* Reads the payload into a malloc'd *out (the caller frees it, also on
+ * error). A plain file was already checked against its size and gets one
+ * allocation; a compressed one grows with the data. *got is what arrived.
+ * Returns 0, NN_ENOMEM (message left to the caller) or a read error. */
+static int idx_read_payload(gzFile gz, const char *path, size_t payload,
+                            int grow, uint8_t **out, size_t *got,
+                            nn_err *err) {
+  size_t cap = grow && payload > IDX_GZ_FIRST_ALLOC ? IDX_GZ_FIRST_ALLOC
+                                                    : payload;
+  size_t done = 0;
+  uint8_t *buf = malloc(cap ? cap : 1);
+
+  *out = NULL;
+  *got = 0;
+  if (buf == NULL)
+    return NN_ENOMEM;
+  for (;;) {
+    size_t n = 0;
+    int rc = idx_read_full(gz, path, buf + done, cap - done, &n, err);
+
+    done += n;
+    if (rc != 0 || done < cap || cap == payload) {
+      *out = buf;
+      *got = done;
+      return rc;
+    }
+    size_t next = cap > payload / 2 ? payload : cap * 2;
+    uint8_t *bigger = realloc(buf, next);
+    if (bigger == NULL) {
+      free(buf);
+      return NN_ENOMEM;
+    }
+    buf = bigger;
+    cap = next;
+  }
+}
+
 /* Describes the bytes found, for truncation messages: "1000", or "1000 once
  * decompressed; the gzip stream ends early". */
 static const char *idx_found(gzFile gz, size_t got, char *buf, size_t len) {
@@ -317,15 +360,13 @@ static int idx_read(const char *path, unsigned ndims, uint32_t *dims,
     }
   }
 
-  buf = malloc(payload);
-  if (buf == NULL) {
-    rc = nn_fail(err, NN_ENOMEM, "%s: out of memory for %zu %s bytes", path,
-                  payload, unit);
+  rc = idx_read_payload(gz, path, payload, !gzdirect(gz), &buf, &got, err);
+  if (rc != 0) {
+    if (rc == NN_ENOMEM)
+      (void)nn_fail(err, NN_ENOMEM, "%s: out of memory for %zu %s bytes",
+                    path, payload, unit);
     goto out;
   }
-  rc = idx_read_full(gz, path, buf, payload, &got, err);
-  if (rc != 0)
-    goto out;
   if (got < payload) {
     rc = nn_fail(err, NN_ETRUNC,
                   "%s: truncated: header says %zu %s bytes, file has %s", path,

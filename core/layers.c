@@ -1,5 +1,7 @@
 /* Layer kernels. Rows are samples. The loops are simple on purpose so the
- * compiler vectorises them; the matrix products go through BLAS in model.c. */
+ * compiler vectorises them; the matrix products go through oneDNN (dnn.c).
+ * nn_antirect_forward/backward and nn_softmax_xent are the public reference
+ * versions; the training step runs the fused nn_k_* kernels below. */
 #include "nn_internal.h"
 
 #include <math.h>
@@ -115,10 +117,6 @@ int nn_argmax(const float *probs) {
   return best;
 }
 
-NN_HOT void nn_k_rows_set(float *y, const float *b, uint32_t rows, uint32_t d) {
-  for (uint32_t r = 0; r < rows; r++) memcpy(y + (size_t)r * d, b, d * sizeof(float));
-}
-
 NN_HOT void nn_k_colsum(float *restrict db, const float *restrict g, uint32_t rows,
                         uint32_t d) {
   memset(db, 0, d * sizeof(float));
@@ -128,37 +126,210 @@ NN_HOT void nn_k_colsum(float *restrict db, const float *restrict g, uint32_t ro
   }
 }
 
-NN_HOT void nn_k_relu_fwd(float *restrict y, const float *restrict x, size_t n) {
-  for (size_t k = 0; k < n; k++) y[k] = x[k] > 0.f ? x[k] : 0.f;
-}
-
-NN_HOT void nn_k_relu_bwd(float *restrict dx, const float *restrict y,
-                          const float *restrict g, size_t n) {
-  for (size_t k = 0; k < n; k++) dx[k] = y[k] > 0.f ? g[k] : 0.f;
-}
-
-NN_HOT void nn_k_dropout_mask(uint8_t *restrict mask, size_t n, uint32_t key, uint32_t thr) {
-  for (size_t k = 0; k < n; k++) {
-    /* lowbias32 (Wellons): a strong 32-bit integer hash. */
-    uint32_t h = (uint32_t)k * 0x9e3779b9u ^ key;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    h *= 0x846ca68bu;
-    h ^= h >> 16;
-    mask[k] = h >= thr;
-  }
-}
-
-NN_HOT void nn_k_dropout_apply(float *restrict y, const float *restrict x,
-                               const uint8_t *restrict mask, float scale, size_t n) {
-  for (size_t k = 0; k < n; k++) y[k] = mask[k] ? x[k] * scale : 0.f;
-}
-
 NN_HOT void nn_k_u8_to_f32(float *restrict x, const uint8_t *restrict px, size_t n) {
   for (size_t k = 0; k < n; k++) x[k] = (float)px[k] * (1.0f / 255.0f);
 }
 
 NN_HOT void nn_k_add(float *restrict acc, const float *restrict x, size_t n) {
   for (size_t k = 0; k < n; k++) acc[k] += x[k];
+}
+
+/* ---------------------------------------------------------------- fused
+ * The training step's element-wise work: each kernel makes one sweep over a
+ * row (or a cache-sized chunk) and does everything that row needs, so the
+ * data is read from L1 rather than from memory several times. The dropout
+ * mask is a hash of the element's index: computed where it is used, in the
+ * same vector lanes, and never stored. Hash indices are 32-bit: a pass holds
+ * at most 2^20 rows of at most NN_MAX_WIDTH floats. */
+
+NN_HOT void nn_k_dropout(float *restrict y, const float *restrict x, size_t n, nn_drop dr) {
+  const uint32_t key = dr.key, thr = dr.thr;
+  const float scale = dr.scale;
+#pragma omp simd
+  for (size_t k = 0; k < n; k++)
+    y[k] = x[k] * (nn_drop_hash(key, (uint32_t)k) >= thr ? scale : 0.f);
+}
+
+NN_HOT void nn_k_antirect_fwd(const float *restrict x, uint32_t n, uint32_t d,
+                              float *restrict y, float *restrict inv, float *restrict out,
+                              nn_drop dr) {
+  const uint32_t key = dr.key, thr = dr.thr;
+  const float scale = dr.scale;
+  for (uint32_t r = 0; r < n; r++) {
+    const float *restrict xr = x + (size_t)r * d;
+    float *restrict yr = y + (size_t)r * d, *restrict o = out + (size_t)r * 2 * d;
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (uint32_t i = 0; i < d; i++) mean += xr[i];
+    mean /= (float)d;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (uint32_t i = 0; i < d; i++) {
+      float c = xr[i] - mean;
+      yr[i] = c;
+      ss += c * c;
+    }
+    float s = 1.0f / sqrtf(ss > ANTIRECT_EPS ? ss : ANTIRECT_EPS);
+    inv[r] = ss > ANTIRECT_EPS ? s : -s; /* sign marks the clamped case */
+    float *restrict o2 = o + d; /* the relu(-y) half */
+    if (thr == 0) {
+#pragma omp simd
+      for (size_t i = 0; i < d; i++) {
+        float v = yr[i] * s;
+        yr[i] = v;
+        o[i] = v > 0.f ? v : 0.f;
+        o2[i] = v < 0.f ? -v : 0.f;
+      }
+    } else {
+      /* Branch-free: the mask becomes a factor of 0 or scale. */
+      const uint32_t b0 = r * 2 * d, b1 = b0 + d;
+#pragma omp simd
+      for (size_t i = 0; i < d; i++) {
+        float v = yr[i] * s;
+        yr[i] = v;
+        float m0 = nn_drop_hash(key, b0 + (uint32_t)i) >= thr ? scale : 0.f;
+        float m1 = nn_drop_hash(key, b1 + (uint32_t)i) >= thr ? scale : 0.f;
+        o[i] = (v > 0.f ? v : 0.f) * m0;
+        o2[i] = (v < 0.f ? -v : 0.f) * m1;
+      }
+    }
+  }
+}
+
+NN_HOT void nn_k_antirect_bwd(const float *restrict y, const float *restrict inv,
+                              const float *restrict dout, uint32_t n, uint32_t d,
+                              float *restrict dx, float *restrict db, nn_drop dr) {
+  const uint32_t key = dr.key, thr = dr.thr;
+  const float scale = dr.scale;
+  if (db) memset(db, 0, d * sizeof(float));
+  for (uint32_t r = 0; r < n; r++) {
+    const float *restrict yr = y + (size_t)r * d, *restrict g = dout + (size_t)r * 2 * d;
+    float *restrict dr_ = dx + (size_t)r * d;
+    const float *restrict g2 = g + d;
+    float dot = 0.f;
+    if (thr == 0) {
+#pragma omp simd reduction(+ : dot)
+      for (size_t i = 0; i < d; i++) {
+        /* Selections as products with 0/1: if-converts on every ISA. */
+        float gy = g[i] * (float)(yr[i] > 0.f) - g2[i] * (float)(yr[i] < 0.f);
+        dr_[i] = gy;
+        dot += gy * yr[i];
+      }
+    } else {
+      const uint32_t b0 = r * 2 * d, b1 = b0 + d;
+#pragma omp simd reduction(+ : dot)
+      for (size_t i = 0; i < d; i++) {
+        float m0 = nn_drop_hash(key, b0 + (uint32_t)i) >= thr ? scale : 0.f;
+        float m1 = nn_drop_hash(key, b1 + (uint32_t)i) >= thr ? scale : 0.f;
+        float gy = g[i] * m0 * (float)(yr[i] > 0.f) - g2[i] * m1 * (float)(yr[i] < 0.f);
+        dr_[i] = gy;
+        dot += gy * yr[i];
+      }
+    }
+    /* As nn_antirect_backward: project out y, scale by 1/|c|, centre. */
+    float s = inv[r] > 0.f ? inv[r] : -inv[r];
+    if (inv[r] < 0.f) dot = 0.f;
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (uint32_t i = 0; i < d; i++) {
+      float v = (dr_[i] - yr[i] * dot) * s;
+      dr_[i] = v;
+      mean += v;
+    }
+    mean /= (float)d;
+    if (db) {
+#pragma omp simd
+      for (uint32_t i = 0; i < d; i++) {
+        float v = dr_[i] - mean;
+        dr_[i] = v;
+        db[i] += v;
+      }
+    } else {
+#pragma omp simd
+      for (uint32_t i = 0; i < d; i++) dr_[i] -= mean;
+    }
+  }
+}
+
+NN_HOT void nn_k_relu_drop_fwd(float *restrict out, const float *restrict x, uint32_t n,
+                               uint32_t d, nn_drop dr) {
+  const uint32_t key = dr.key, thr = dr.thr;
+  const float scale = dr.scale;
+  size_t cnt = (size_t)n * d;
+  if (thr == 0) {
+#pragma omp simd
+    for (size_t k = 0; k < cnt; k++) out[k] = x[k] > 0.f ? x[k] : 0.f;
+  } else {
+#pragma omp simd
+    for (size_t k = 0; k < cnt; k++)
+      out[k] = (x[k] > 0.f ? x[k] : 0.f) * (nn_drop_hash(key, (uint32_t)k) >= thr ? scale : 0.f);
+  }
+}
+
+NN_HOT void nn_k_relu_drop_bwd(float *restrict dx, const float *restrict x,
+                               const float *restrict g, uint32_t n, uint32_t d,
+                               float *restrict db, nn_drop dr) {
+  const uint32_t key = dr.key, thr = dr.thr;
+  const float scale = thr ? dr.scale : 1.0f;
+  if (db) memset(db, 0, d * sizeof(float));
+  for (uint32_t r = 0; r < n; r++) {
+    const float *restrict xr = x + (size_t)r * d, *restrict gr = g + (size_t)r * d;
+    float *restrict o = dx + (size_t)r * d;
+    const uint32_t base = r * d;
+    /* thr = 0 keeps every element: the hash is then only wasted work, but
+     * this keeps one loop for both cases. */
+#pragma omp simd
+    for (size_t i = 0; i < d; i++) {
+      float v = gr[i] * (nn_drop_hash(key, base + (uint32_t)i) >= thr ? scale : 0.f);
+      o[i] = xr[i] > 0.f ? v : 0.f;
+    }
+    if (db) {
+#pragma omp simd
+      for (uint32_t i = 0; i < d; i++) db[i] += o[i];
+    }
+  }
+}
+
+NN_HOT void nn_k_sparse_row(float *restrict y, const float *restrict x,
+                            const float *restrict wt, const float *restrict b, uint32_t in,
+                            uint32_t out) {
+  memcpy(y, b, out * sizeof(float));
+  for (uint32_t k = 0; k < in; k++) {
+    const float xk = x[k];
+    if (xk == 0.f) continue;
+    const float *restrict row = wt + (size_t)k * out;
+#pragma omp simd
+    for (uint32_t o = 0; o < out; o++) y[o] += xk * row[o];
+  }
+}
+
+/* The per-chunk sum stays in L1 between the reduction and the update. */
+#define RMS_CHUNK 512
+
+NN_HOT void nn_k_rmsprop_sum(float *restrict w, float *restrict a, const float *const *g,
+                             uint32_t n_g, size_t n, float lr, float rho, float eps) {
+  const float one_m = 1.0f - rho;
+  float buf[RMS_CHUNK] __attribute__((aligned(64)));
+  for (size_t off = 0; off < n; off += RMS_CHUNK) {
+    size_t m = n - off < RMS_CHUNK ? n - off : RMS_CHUNK;
+    const float *restrict sum = g[0] + off; /* one block: read it in place */
+    if (n_g > 1) {
+      const float *restrict g0 = g[0] + off, *restrict g1 = g[1] + off;
+#pragma omp simd
+      for (size_t i = 0; i < m; i++) buf[i] = g0[i] + g1[i];
+      for (uint32_t s = 2; s < n_g; s++) {
+        const float *restrict gs = g[s] + off;
+#pragma omp simd
+        for (size_t i = 0; i < m; i++) buf[i] += gs[i];
+      }
+      sum = buf;
+    }
+    float *restrict wo = w + off, *restrict ao = a + off;
+#pragma omp simd
+    for (size_t i = 0; i < m; i++) {
+      float ai = rho * ao[i] + one_m * sum[i] * sum[i];
+      ao[i] = ai;
+      wo[i] -= lr * sum[i] / sqrtf(ai + eps);
+    }
+  }
 }

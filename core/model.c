@@ -1,8 +1,8 @@
 /* Sequential models: construction, Keras initialisation, workspaces and the
- * forward/backward passes. Matrix products go through CBLAS. */
+ * forward/backward passes. Matrix products go through oneDNN (dnn.c); an
+ * activation and the dropout after it run as one fused kernel (layers.c). */
 #include "nn_internal.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,11 +163,11 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     off[k++] = total; total += round_up(B * l->out * sizeof(float));
-    if (l->type == NN_LAYER_ANTIRECT) {
+    if (l->type == NN_LAYER_DENSE) {
+      off[k++] = total; total += round_up(B * l->out * sizeof(float));
+    } else if (l->type == NN_LAYER_ANTIRECT) {
       off[k++] = total; total += round_up(B * l->in * sizeof(float));
       off[k++] = total; total += round_up(B * sizeof(float));
-    } else if (l->type == NN_LAYER_DROPOUT) {
-      off[k++] = total; total += round_up(B * l->out);
     }
   }
   size_t gsz = round_up(B * m->max_width * sizeof(float));
@@ -186,37 +186,53 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     ws->act[i] = (float *)(base + off[k++]);
-    if (l->type == NN_LAYER_ANTIRECT) {
+    if (l->type == NN_LAYER_DENSE) {
+      ws->delta[i] = (float *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_ANTIRECT) {
       ws->anti_y[i] = (float *)(base + off[k++]);
       ws->anti_inv[i] = (float *)(base + off[k++]);
-    } else if (l->type == NN_LAYER_DROPOUT) {
-      ws->mask[i] = (uint8_t *)(base + off[k++]);
     }
   }
   ws->g[0] = (float *)(base + total);
   ws->g[1] = (float *)(base + total + gsz);
+  int rc = nn_dnn_create(&ws->dnn);
+  if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
+  if (rc) {
+    nn_workspace_free(ws);
+    return rc;
+  }
   *out = ws;
   return 0;
 }
 
 void nn_workspace_free(nn_workspace *ws) {
   if (!ws) return;
+  free(ws->wt_block);
+  nn_dnn_free(ws->dnn);
   free(ws->block);
   free(ws);
 }
 
 /* ---------------------------------------------------------------- passes */
 
-static void dense_forward(const nn_model *m, const nn_layer *l, const float *x,
-                          uint32_t n, float *y) {
-  const float *w = m->params + l->w_off, *b = m->params + l->b_off;
-  nn_k_rows_set(y, b, n, l->out);
-  if (n == 1)
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)l->out, (int)l->in, 1.f, w,
-                (int)l->in, x, 1, 1.f, y, 1);
-  else
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)l->out,
-                (int)l->in, 1.f, x, (int)l->in, w, (int)l->in, 1.f, y, (int)l->out);
+/* The dropout of layer i for a training pass, drawing its key from rng
+ * (one draw per dropout layer and pass, in layer order). */
+static nn_drop drop_draw(const nn_layer *l, nn_workspace *ws, uint32_t i, nn_rng *rng) {
+  ws->drop_key[i] = (uint32_t)nn_rng_next(rng);
+  return (nn_drop){.key = ws->drop_key[i],
+                   .thr = (uint32_t)((double)l->rate * 4294967296.0),
+                   .scale = 1.0f / (1.0f - l->rate)};
+}
+
+/* The dropout replayed by the backward pass: the forward pass's key. */
+static nn_drop drop_replay(const nn_layer *l, const nn_workspace *ws, uint32_t i) {
+  return (nn_drop){.key = ws->drop_key[i],
+                   .thr = (uint32_t)((double)l->rate * 4294967296.0),
+                   .scale = 1.0f / (1.0f - l->rate)};
+}
+
+static int drop_active(const nn_layer *l, int training) {
+  return l->type == NN_LAYER_DROPOUT && training && l->rate > 0.f;
 }
 
 const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
@@ -225,30 +241,42 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     float *out = ws->act[i];
-    size_t cnt = (size_t)n * l->out;
+    ws->fused[i] = 0;
     switch (l->type) {
     case NN_LAYER_DENSE:
-      dense_forward(m, l, in, n, out);
+      if (n == 1 && ws->pinned == m && ws->wt[i])
+        nn_k_sparse_row(out, in, ws->wt[i], m->params + l->b_off, l->in, l->out);
+      else
+        nn_dnn_dense_fwd(ws->dnn, i, l, in, n, m->params + l->w_off, m->params + l->b_off,
+                         out);
       break;
     case NN_LAYER_ANTIRECT:
-      nn_antirect_forward(in, n, l->in, ws->anti_y[i], ws->anti_inv[i], out);
+    case NN_LAYER_RELU: {
+      /* An active dropout right after runs inside this kernel and writes the
+       * dropout layer's buffer; this layer's own output never exists. */
+      nn_drop dr = {0, 0, 1.0f};
+      const uint32_t a = i;
+      if (i + 1 < m->n_layers && drop_active(&m->layers[i + 1], training)) {
+        dr = drop_draw(&m->layers[i + 1], ws, i + 1, rng);
+        ws->cur[a] = NULL;
+        ws->fused[++i] = 1; /* from here on, i is the dropout layer */
+        out = ws->act[i];
+      }
+      if (l->type == NN_LAYER_ANTIRECT)
+        nn_k_antirect_fwd(in, n, l->in, ws->anti_y[a], ws->anti_inv[a], out, dr);
+      else
+        nn_k_relu_drop_fwd(out, in, n, l->in, dr);
       break;
-    case NN_LAYER_RELU:
-      nn_k_relu_fwd(out, in, cnt);
-      break;
+    }
     case NN_LAYER_DROPOUT:
-      if (!training || l->rate == 0.f) {
+      if (!drop_active(l, training)) {
         /* Identity at inference: pass the input through without a copy. */
         ws->cur[i] = in;
         continue;
-      } else {
-        /* Inverted dropout: keep with probability 1-rate, scale by
-         * 1/(1-rate) so inference needs no rescaling. One RNG draw keys a
-         * hash per batch and layer, which vectorises. */
-        uint32_t thr = (uint32_t)((double)l->rate * 4294967296.0);
-        nn_k_dropout_mask(ws->mask[i], cnt, (uint32_t)nn_rng_next(rng), thr);
-        nn_k_dropout_apply(out, in, ws->mask[i], 1.0f / (1.0f - l->rate), cnt);
       }
+      /* Inverted dropout: keep with probability 1-rate, scale by 1/(1-rate)
+       * so inference needs no rescaling. */
+      nn_k_dropout(out, in, (size_t)n * l->out, drop_draw(l, ws, i, rng));
       break;
     case NN_LAYER_SOFTMAX:
       nn_softmax_xent(in, NULL, n, l->in, out, NULL, NULL);
@@ -265,47 +293,96 @@ const float *nn_logits(const nn_model *m, const nn_workspace *ws) {
 }
 
 void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *dz,
-                 float *grad, int training) {
+                 float *grad, int training, int defer_dw) {
   const float *g = dz;
-  int pp = 0;
+  int pp = 0, db_done = 0; /* db_done: the layer above summed this bias gradient */
   /* The last layer is the softmax, whose gradient dz already includes. */
   for (int i = (int)m->n_layers - 2; i >= 0; i--) {
     const nn_layer *l = &m->layers[i];
     const float *in = i > 0 ? ws->cur[i - 1] : ws->x;
-    float *dx = ws->g[pp];
-    size_t cnt = (size_t)n * l->in;
+    /* What a layer returns lands in the dense layer's own buffer when one is
+     * right below (it must outlive the pass when defer_dw), else in the
+     * ping-pong pair. */
+    int dense_below = i > 0 && m->layers[i - 1].type == NN_LAYER_DENSE;
+    float *dx = dense_below ? ws->delta[i - 1] : ws->g[pp];
+    /* The bias gradient of a dense layer right below is the column sum of
+     * what this layer returns: the fused kernels produce it on the way. */
+    float *db_below = dense_below ? grad + m->layers[i - 1].b_off : NULL;
     switch (l->type) {
     case NN_LAYER_DENSE: {
-      float *dw = grad + l->w_off, *db = grad + l->b_off;
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->out, (int)l->in,
-                  (int)n, 1.f, g, (int)l->out, in, (int)l->in, 0.f, dw, (int)l->in);
-      nn_k_colsum(db, g, n, l->out);
+      if (defer_dw && g != dz && g != ws->delta[i]) {
+        /* Reached through an identity layer from a ping-pong buffer. */
+        memcpy(ws->delta[i], g, (size_t)n * l->out * sizeof(float));
+        g = ws->delta[i];
+      }
+      ws->dg[i] = g;
+      if (!defer_dw) nn_dnn_dense_dw(ws->dnn, (uint32_t)i, l, g, in, n, grad + l->w_off);
+      if (!db_done) nn_k_colsum(grad + l->b_off, g, n, l->out);
+      db_done = 0;
       if (i == 0) return; /* nobody needs the gradient of the images */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)l->in,
-                  (int)l->out, 1.f, g, (int)l->out, m->params + l->w_off, (int)l->in,
-                  0.f, dx, (int)l->in);
+      nn_dnn_dense_dx(ws->dnn, (uint32_t)i, l, g, m->params + l->w_off, n, dx);
       break;
     }
     case NN_LAYER_ANTIRECT:
-      nn_antirect_backward(ws->anti_y[i], ws->anti_inv[i], g, n, l->in, dx);
-      break;
     case NN_LAYER_RELU: {
-      nn_k_relu_bwd(dx, ws->cur[i], g, cnt);
+      nn_drop dr = {0, 0, 1.0f};
+      if (i + 1 < (int)m->n_layers - 1 && ws->fused[i + 1])
+        dr = drop_replay(&m->layers[i + 1], ws, (uint32_t)i + 1);
+      if (l->type == NN_LAYER_ANTIRECT)
+        nn_k_antirect_bwd(ws->anti_y[i], ws->anti_inv[i], g, n, l->in, dx, db_below, dr);
+      else
+        nn_k_relu_drop_bwd(dx, in, g, n, l->in, db_below, dr);
+      db_done = db_below != NULL;
       break;
     }
     case NN_LAYER_DROPOUT:
-      if (!training || l->rate == 0.f) continue; /* identity: reuse g */
-      nn_k_dropout_apply(dx, g, ws->mask[i], 1.0f / (1.0f - l->rate), cnt);
+      if (ws->fused[i]) continue; /* done by the activation below */
+      if (!drop_active(l, training)) continue; /* identity: reuse g */
+      nn_k_dropout(dx, g, (size_t)n * l->in, drop_replay(l, ws, (uint32_t)i));
       break;
     case NN_LAYER_SOFTMAX:
       continue;
     }
+    if (dx == ws->g[pp]) pp ^= 1;
     g = dx;
-    pp ^= 1;
   }
 }
 
 /* ---------------------------------------------------------------- predict */
+
+/* Only layers at least this wide are worth a transposed copy: a narrow
+ * output row (the 10 logits) is too short to vectorise the sparse loop. */
+#define PIN_MIN_OUT 64
+
+int nn_workspace_pin(nn_workspace *ws, const nn_model *m) {
+  if (!ws || (m && ws->n_layers != m->n_layers)) return NN_EINVAL;
+  free(ws->wt_block);
+  ws->wt_block = NULL;
+  memset(ws->wt, 0, sizeof ws->wt);
+  ws->pinned = NULL;
+  if (!m) return 0;
+  size_t total = 0;
+  for (uint32_t i = 0; i < m->n_layers; i++)
+    if (m->layers[i].type == NN_LAYER_DENSE && m->layers[i].out >= PIN_MIN_OUT)
+      total += round_up((size_t)m->layers[i].in * m->layers[i].out * sizeof(float));
+  if (!total) {
+    ws->pinned = m;
+    return 0;
+  }
+  if (!(ws->wt_block = aligned_alloc(ALIGN, total))) return NN_ENOMEM;
+  char *p = (char *)ws->wt_block;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_DENSE || l->out < PIN_MIN_OUT) continue;
+    float *wt = ws->wt[i] = (float *)p;
+    const float *w = m->params + l->w_off;
+    for (uint32_t o = 0; o < l->out; o++)
+      for (uint32_t k = 0; k < l->in; k++) wt[(size_t)k * l->out + o] = w[(size_t)o * l->in + k];
+    p += round_up((size_t)l->in * l->out * sizeof(float));
+  }
+  ws->pinned = m;
+  return 0;
+}
 
 int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t n,
                    float *probs) {

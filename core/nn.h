@@ -12,7 +12,8 @@
  *     `err` may be NULL.
  *   - Every *_create has a *_free; *_free(NULL) is a no-op.
  *   - The core is pure: no sockets, no JSON, no printing, no mutable globals.
- *     The one process-wide knob, nn_set_threads(), configures BLAS.
+ *     The one process-wide knob, nn_set_threads(), sets the team size of the
+ *     matrix products (oneDNN).
  *
  * Numbers: float32 everywhere. Images are 28x28 uint8 (0 = background,
  * 255 = ink, as in MNIST) and are converted to x/255 floats batch by batch.
@@ -60,10 +61,27 @@ const char *nn_strerror(int code);
 
 /* ---------------------------------------------------------------- threads */
 
-/* Sets the number of threads BLAS may use for every later call in this
- * process (n >= 1). Process-wide; call it before training, not concurrently
- * with it. Same seed + same thread count gives bit-identical training. */
+/* Sets the number of threads each matrix product may use, for every later
+ * call from any thread of this process (n >= 1; applied per call, on the
+ * calling thread). Until it is called, oneDNN's OpenMP default applies
+ * (OMP_NUM_THREADS, or one per core). Trainers ignore it: each of their
+ * threads runs single-threaded products. Same seed + same thread count
+ * gives bit-identical training. */
 void nn_set_threads(int n);
+
+/* Which matrix-product kernels this process runs. library: "oneDNN 2.6.3";
+ * isa: the instruction set oneDNN dispatches to on this CPU (after any
+ * ONEDNN_MAX_CPU_ISA cap), e.g. "avx512_core_amx", "avx2"; kernel: the
+ * implementation it picks for the seed network's first layer, e.g.
+ * "brg:avx512_core". The first call compiles a kernel to ask (~1 ms); later
+ * calls return the same answer at once. Never fails; unknown parts read
+ * "unknown". Thread-safe. */
+typedef struct nn_backend_info {
+  char library[32];
+  char isa[32];
+  char kernel[48];
+} nn_backend_info;
+void nn_backend_info_get(nn_backend_info *out);
 
 /* ---------------------------------------------------------------- data */
 
@@ -193,6 +211,18 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m,
                         uint32_t max_batch);
 void nn_workspace_free(nn_workspace *ws);
 
+/* Makes single-image predictions of m through ws fast: ws keeps its own
+ * transposed copy of m's wide dense layers (4 bytes per weight: 1.3 MB for
+ * the seed network) and, for n = 1, reads only the weights of inputs that
+ * are not zero (an MNIST digit is ~80% background; an antirectifier output
+ * is half zeros), about a third of the bytes of a dense product. The copy
+ * is taken now: m's weights must not change, and m must not be freed,
+ * while ws is pinned to it (the pin is recognised by m's address), or
+ * predictions go on using the old weights. Other models, and n > 1, take the
+ * normal path. m = NULL unpins. Returns 0, NN_EINVAL (ws not made for m's
+ * layers), or NN_ENOMEM (ws is then unpinned and works as before). */
+int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
+
 /* Runs n images (n <= the workspace's max_batch) through the model in
  * inference mode (dropout off) and writes n*NN_CLASSES probabilities.
  * `images` holds n*784 uint8 pixels. Allocates nothing. */
@@ -297,11 +327,14 @@ void nn_train_defaults(nn_train_config *c);
  *
  * With threads = T > 1 the trainer starts T-1 worker threads that live as
  * long as it does. Each batch is split into T fixed row ranges, each thread
- * runs forward and backward on its rows with its own dropout stream, and the
- * gradient reduction and optimizer update are split by parameter range, so
- * the result depends on the seed and T only (bit-identical between runs).
- * BLAS must then run single-threaded inside each worker: T > 1 calls
- * nn_set_threads(1), which is process-wide. */
+ * runs forward and backward on its rows with its own dropout stream; then
+ * each thread forms the weight gradients of its share of every layer's
+ * output rows over all T shards (summed in shard order) and applies the
+ * optimizer to them, so the result depends on the seed and T only
+ * (bit-identical between runs).
+ * The matrix products then run single-threaded inside each worker (the
+ * workers set their own OpenMP team size; nothing process-wide changes), so
+ * T threads use T cores (T = 1 included: nn_set_threads() does not apply). */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,

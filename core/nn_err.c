@@ -1,9 +1,8 @@
-/* Error names and the BLAS thread knob: the only process-wide pieces of the
- * core. */
+/* Error names, failure reporting and the RNG. (The one process-wide knob,
+ * nn_set_threads, lives with the matrix products in dnn.c.) */
 #include "nn.h"
 
 #include <string.h>
-#include <cblas.h>
 
 const char *nn_strerror(int code) {
   switch (code) {
@@ -35,11 +34,6 @@ const char *nn_strerror(int code) {
     }
   }
   return "unknown error";
-}
-
-void nn_set_threads(int n) {
-  if (n < 1) n = 1;
-  openblas_set_num_threads(n);
 }
 
 #include "nn_internal.h"

@@ -7,7 +7,7 @@
 /* Hot element-wise kernels get an AVX2 clone picked at load time, so one
  * binary runs everywhere and uses the wide units where they exist. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(NN_NO_CLONES)
-#define NN_HOT __attribute__((target_clones("avx2", "default")))
+#define NN_HOT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define NN_HOT
 #endif
@@ -22,6 +22,34 @@ float nn_rng_uniform(nn_rng *r);
 /* Uniform integer in [0, n), n > 0, without modulo bias. */
 uint32_t nn_rng_below(nn_rng *r, uint32_t n);
 
+/* Matrix products (dnn.c, oneDNN). One per workspace: it caches the
+ * compiled kernels of the last shapes and is used by one thread at a time. */
+typedef struct nn_dnn nn_dnn;
+int nn_dnn_create(nn_dnn **out);
+void nn_dnn_free(nn_dnn *d);
+/* Compiles the forward kernels for full_rows rows now (NN_ENOMEM if it
+ * cannot), so that predictions of that size allocate nothing later; other
+ * row counts use dnnl_sgemm unless any_rows (a trainer shard: every row
+ * count it sees gets its kernels). m = NULL: compile nothing now. */
+int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_rows);
+/* Team size of this workspace's products; 0 follows nn_set_threads(). */
+void nn_dnn_set_threads(nn_dnn *d, uint32_t threads);
+/* y[n][out] = x[n][in] W^T + b, W stored [out][in]. */
+void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *x,
+                      uint32_t n, const float *w, const float *b, float *y);
+/* dw[out][in] = g[n][out]^T x[n][in] (overwrites). */
+void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
+                     const float *x, uint32_t n, float *dw);
+/* Rows [o_lo, o_hi) of dw[out][in] (+)= g[n][out]^T x[n][in]: one part of
+ * the weight gradient, for summing shards in place (accumulate = 1 adds to
+ * what is there). part < n_parts identifies the cached kernel. */
+int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
+                         const nn_layer *l, uint32_t o_lo, uint32_t o_hi, const float *g,
+                         const float *x, uint32_t n, int accumulate, float *dw);
+/* dx[n][in] = g[n][out] W[out][in]. */
+void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
+                     const float *w, uint32_t n, float *dx);
+
 struct nn_workspace {
   uint32_t max_batch;
   uint32_t n_layers;
@@ -31,23 +59,70 @@ struct nn_workspace {
                                        act[i], or the input for an identity */
   float *anti_y[NN_MAX_LAYERS];     /* ANTIRECT: normalised centred input */
   float *anti_inv[NN_MAX_LAYERS];   /* ANTIRECT: 1/norm per row */
-  uint8_t *mask[NN_MAX_LAYERS];     /* DROPOUT: 1 = kept */
+  uint32_t drop_key[NN_MAX_LAYERS]; /* DROPOUT: key of the last training pass */
+  uint8_t fused[NN_MAX_LAYERS];     /* layer ran inside its predecessor's kernel */
   float *g[2];                      /* gradient ping-pong, [B][max_width] */
+  float *delta[NN_MAX_LAYERS];      /* DENSE: gradient w.r.t. its output, [B][out] */
+  const float *dg[NN_MAX_LAYERS];   /* DENSE: where the last backward pass left it */
+  nn_dnn *dnn;
   void *block;                      /* the single allocation behind all */
+  const nn_model *pinned;           /* nn_workspace_pin: the model wt copies */
+  float *wt[NN_MAX_LAYERS];         /* DENSE: its weights transposed, [in][out] */
+  void *wt_block;
 };
 
 /* Element-wise kernels (layers.c). n counts floats unless said otherwise. */
-void nn_k_rows_set(float *y, const float *b, uint32_t rows, uint32_t d);
 void nn_k_colsum(float *db, const float *g, uint32_t rows, uint32_t d);
-void nn_k_relu_fwd(float *y, const float *x, size_t n);
-void nn_k_relu_bwd(float *dx, const float *y, const float *g, size_t n);
-/* Dropout mask from a counter-based hash: mask[k] = hash(key, k) >= thr,
- * vectorisable and reproducible from the key alone. */
-void nn_k_dropout_mask(uint8_t *mask, size_t n, uint32_t key, uint32_t thr);
-void nn_k_dropout_apply(float *y, const float *x, const uint8_t *mask, float scale,
-                        size_t n);
 void nn_k_u8_to_f32(float *x, const uint8_t *px, size_t n);
 void nn_k_add(float *acc, const float *x, size_t n);
+
+/* Dropout is a counter-based hash: element k of a pass keyed `key` is kept
+ * when hash(key, k) >= thr (thr = rate * 2^32), and kept elements are scaled
+ * by 1/(1-rate). Nothing is stored: the backward pass recomputes the same
+ * mask from the key, inside the kernel that needs it. thr = 0 is no dropout. */
+typedef struct nn_drop {
+  uint32_t key, thr;
+  float scale;
+} nn_drop;
+static inline uint32_t nn_drop_hash(uint32_t key, uint32_t k) {
+  /* lowbias32 (Wellons): a strong 32-bit integer hash. */
+  uint32_t h = k * 0x9e3779b9u ^ key;
+  h ^= h >> 16;
+  h *= 0x7feb352du;
+  h ^= h >> 15;
+  h *= 0x846ca68bu;
+  h ^= h >> 16;
+  return h;
+}
+/* y = dropout(x) over n floats (forward, or backward with the same key). */
+void nn_k_dropout(float *y, const float *x, size_t n, nn_drop dr);
+
+/* y[out] = b + sum over the non-zero x[k] of x[k] * wt[k][out]: one input
+ * row against transposed weights, reading only the rows of inputs that are
+ * not zero. */
+void nn_k_sparse_row(float *y, const float *x, const float *wt, const float *b, uint32_t in,
+                     uint32_t out);
+
+/* Fused antirectifier (+ dropout) forward over n rows of width d: one sweep
+ * per row writes y (normalised centred input) and inv (as
+ * nn_antirect_forward) and out[n][2d] = dropout([relu(y), relu(-y)]). */
+void nn_k_antirect_fwd(const float *x, uint32_t n, uint32_t d, float *y, float *inv,
+                       float *out, nn_drop dr);
+/* Its backward: dout [n][2d] is the gradient w.r.t. out; writes dx [n][d]
+ * and, when db is not NULL, db[d] = column sums of dx (the bias gradient of
+ * the dense layer before). */
+void nn_k_antirect_bwd(const float *y, const float *inv, const float *dout, uint32_t n,
+                       uint32_t d, float *dx, float *db, nn_drop dr);
+/* Fused ReLU (+ dropout): out = dropout(relu(x)); backward from the ReLU's
+ * input x: dx = x > 0 ? dropout(g) : 0, with db as above. */
+void nn_k_relu_drop_fwd(float *out, const float *x, uint32_t n, uint32_t d, nn_drop dr);
+void nn_k_relu_drop_bwd(float *dx, const float *x, const float *g, uint32_t n, uint32_t d,
+                        float *db, nn_drop dr);
+
+/* RMSprop fused with the sum of n_g gradient blocks (g[0] + g[1] + ...,
+ * in that order) over n parameters. */
+void nn_k_rmsprop_sum(float *w, float *a, const float *const *g, uint32_t n_g, size_t n,
+                      float lr, float rho, float eps);
 
 /* Softmax + cross-entropy of n rows: writes p, and when dz is not NULL
  * dz = (p - onehot) * dz_scale; returns the summed (not mean) clipped loss. */
@@ -65,9 +140,13 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
                         int training, nn_rng *rng);
 
 /* Backward pass from dz (gradient w.r.t. the logits, [n][classes]) into
- * grad (same layout as m->params). training must match the forward pass. */
+ * grad (same layout as m->params). training must match the forward pass.
+ * defer_dw: leave the weight gradients out; ws->dg[i] then holds each dense
+ * layer's output gradient (dz itself for the last), kept until the next
+ * pass, for the caller to form dw = dg^T x over several shards at once.
+ * The bias gradients are always written. */
 void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n,
-                 const float *dz, float *grad, int training);
+                 const float *dz, float *grad, int training, int defer_dw);
 
 /* The layer before the softmax: the logits of the last forward pass. */
 const float *nn_logits(const nn_model *m, const nn_workspace *ws);

@@ -138,6 +138,7 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
   s->loss_sum = 0;
   s->correct = 0;
   if (n == 0) {
+    /* Only the bias gradients are summed from the shards' blocks. */
     memset(s->grad, 0, t->m->n_params * sizeof(float));
     return;
   }
@@ -156,22 +157,62 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
   s->loss_sum = nn_xent_sum(nn_logits(t->m, s->ws), s->labels, n, NN_CLASSES,
                             s->ws->act[t->m->n_layers - 1], s->dz, 1.0f / (float)b->n,
                             &s->correct);
-  nn_backward(t->m, s->ws, n, s->dz, s->grad, b->training);
+  nn_backward(t->m, s->ws, n, s->dz, s->grad, b->training, 1);
 }
 
-/* Sums the shards' gradients over parameter range k (fixed order, so the
- * result does not depend on timing) and applies the optimizer to it. */
+/* The optimizer on n parameters from offset off, whose gradient is in g. */
+static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n) {
+  const nn_opt_config *c = &t->cfg.opt;
+  if (!n) return;
+  if (c->kind == NN_OPT_RMSPROP) {
+    const float *gs = g + off;
+    nn_k_rmsprop_sum(t->m->params + off, t->state + off, &gs, 1, n, c->lr, c->rho,
+                     c->epsilon);
+  } else {
+    nn_opt_step_range(c, t->m->params + off, g + off, t->state + off, n, t->m->n_params,
+                      t->steps);
+  }
+}
+
+/* Thread k's part of the weight gradients and the update: rows [o_lo, o_hi)
+ * of every dense layer's weight matrix (and those biases), summed over all
+ * shards' rows with the products accumulating in shard order (so the result
+ * depends on the thread count only), then the optimizer on those rows while
+ * they are still in this core's cache. The shards' activations and output
+ * gradients are what moves between cores, not per-shard copies of the whole
+ * gradient. The full gradient ends up in shards[0].grad. */
 static void phase_update(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
-  size_t np = t->m->n_params;
-  /* Ranges on 16-float boundaries keep each thread on its own cache lines. */
-  size_t lo = k == 0 ? 0 : (np * k / p->n) & ~(size_t)15;
-  size_t hi = k + 1 == p->n ? np : (np * (k + 1) / p->n) & ~(size_t)15;
+  const nn_model *m = t->m;
+  const batch_desc *b = &t->batch;
   float *g = p->shards[0].grad;
-  for (uint32_t s = 1; s < p->n; s++) nn_k_add(g + lo, p->shards[s].grad + lo, hi - lo);
-  if (t->batch.training)
-    nn_opt_step_range(&t->cfg.opt, t->m->params + lo, g + lo, t->state + lo, hi - lo, np,
-                      t->steps);
+  nn_dnn *d = p->shards[k].ws->dnn;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_DENSE) continue;
+    uint32_t o_lo = (uint32_t)((uint64_t)l->out * k / p->n);
+    uint32_t o_hi = (uint32_t)((uint64_t)l->out * (k + 1) / p->n);
+    if (o_lo == o_hi) continue;
+    int acc = 0;
+    for (uint32_t s = 0; s < p->n; s++) {
+      uint32_t lo, hi;
+      row_range(b->n, p->n, s, &lo, &hi);
+      if (hi == lo) continue;
+      const nn_workspace *ws = p->shards[s].ws;
+      const float *x = i > 0 ? ws->cur[i - 1] : ws->x;
+      if (nn_dnn_dense_dw_rows(d, i, s, p->n, l, o_lo, o_hi, ws->dg[i], x, hi - lo, acc,
+                               g + l->w_off))
+        abort(); /* out of memory for a kernel: as in nn_dnn_dense_dw */
+      acc = 1;
+    }
+    /* The shards' bias gradients, in shard order. */
+    for (uint32_t s = 1; s < p->n; s++)
+      nn_k_add(g + l->b_off + o_lo, p->shards[s].grad + l->b_off + o_lo, o_hi - o_lo);
+    if (b->training) {
+      update_slice(t, g, l->w_off + (size_t)o_lo * l->in, (size_t)(o_hi - o_lo) * l->in);
+      update_slice(t, g, l->b_off + o_lo, o_hi - o_lo);
+    }
+  }
 }
 
 static void *worker(void *arg) {
@@ -247,6 +288,15 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
     s->k = k;
     s->pool = p;
     if ((rc = nn_workspace_create(&s->ws, t->m, rows))) goto fail;
+    /* A shard sees a few row counts (the last batch, uneven splits): give
+     * each its compiled kernels. */
+    /* Each thread runs its own single-threaded products: T threads on T
+     * cores, no OpenMP team on top (measured: one trainer thread with a
+     * team of two took 7x longer per epoch than two threads with a team of
+     * one when other processes shared the cores; a team waits for its
+     * slowest member at every product). */
+    nn_dnn_set_threads(s->ws->dnn, 1);
+    if ((rc = nn_dnn_prepare(s->ws->dnn, t->m, rows, 1))) goto fail;
     rc = NN_ENOMEM;
     if (!(s->grad = calloc(t->m->n_params, sizeof(float)))) goto fail;
     if (!(s->dz = calloc((size_t)rows * NN_CLASSES, sizeof(float)))) goto fail;
@@ -274,7 +324,6 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
         goto fail;
       }
     }
-    nn_set_threads(1);
   }
   *out = p;
   return 0;

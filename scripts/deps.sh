@@ -4,7 +4,7 @@
 # PyTorch reference and wrk.
 set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libcjson-dev libuv1-dev
-      libcmocka-dev libopenblas-dev zlib1g-dev libsqlite3-dev libspng-dev libsystemd-dev
+      libcmocka-dev libdnnl-dev zlib1g-dev libsqlite3-dev libspng-dev libsystemd-dev
       dataset-fashion-mnist curl ca-certificates prometheus chromium fonts-dejavu-core
       libprotobuf-c-dev protobuf-c-compiler libonnx-dev python3-onnx)
 # Node.js may come from elsewhere (nodesource, nvm): only ask Debian when absent.

@@ -35,7 +35,7 @@ CLANG=${CLANG:-clang}
 target_srcs() {
   case "$1" in
     idx)       echo "core/idx.c core/nn_err.c" ;;
-    model)     echo "core/modelfile.c core/model.c core/train.c core/optim.c core/layers.c core/nn_err.c" ;;
+    model)     echo "core/modelfile.c core/model.c core/train.c core/optim.c core/layers.c core/dnn.c core/nn_err.c" ;;
     png|pgm|image) echo "server/srv_image.c" ;;
     jobconfig|predict) echo "server/srv_validate.c core/optim.c" ;;
     *) return 1 ;;
@@ -43,7 +43,7 @@ target_srcs() {
 }
 target_pkgs() {
   case "$1" in
-    idx|model) echo "zlib openblas" ;;   # nn_err.c holds nn_fail and the BLAS knob
+    idx|model) echo "zlib" ;;
     png)       echo "spng zlib" ;;      # the harness recomputes chunk CRCs
     pgm|image) echo "spng" ;;
     jobconfig|predict) echo "libcjson" ;;
@@ -51,7 +51,8 @@ target_pkgs() {
 }
 target_libs() {
   case "$1" in
-    idx|model) echo "-lpthread -lm" ;;
+    idx)       echo "-lpthread -lm" ;;
+    model)     echo "-ldnnl -lgomp -lpthread -lm" ;;   # oneDNN (core/dnn.c); no .pc file
     *)     echo "-lm" ;;
   esac
 }
@@ -98,9 +99,10 @@ if ! toolchain_ok; then
   fi
   toolchain_ok || { echo "fuzz.sh: $CLANG cannot build -fsanitize=fuzzer binaries" >&2; exit 1; }
 fi
-for p in zlib spng libcjson openblas; do
+for p in zlib spng libcjson; do
   pkg-config --exists "$p" || { echo "fuzz.sh: missing library $p: run 'make deps'" >&2; exit 1; }
 done
+[ -f /usr/include/oneapi/dnnl/dnnl.h ] || { echo "fuzz.sh: missing oneDNN (libdnnl-dev): run 'make deps'" >&2; exit 1; }
 
 # ---------------------------------------------------------------- build
 # NN_NO_CLONES: clang 14 does not emit the ifunc of a target_clones function
@@ -125,7 +127,7 @@ build() {
 pass=0; fail=0; failed=(); summary=()
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1:allocator_may_return_null=0:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export OPENBLAS_NUM_THREADS=1   # no BLAS thread pool inside the fuzzer
+export OMP_NUM_THREADS=1        # no OpenMP team (oneDNN) inside the fuzzer
 # shellcheck disable=SC2206
 EXTRA_ARGS=(${FUZZ_ARGS:-})
 

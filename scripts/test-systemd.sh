@@ -185,8 +185,8 @@ fi
 # --- live: the unit under a real systemd, in a podman container ------------------------
 # systemd runs as PID 1 of a container holding the installed tree. This
 # exercises what offline analysis cannot: Type=notify, DynamicUser and
-# StateDirectory, the seccomp filter and MemoryDenyWriteExecute against the
-# real daemon (OpenBLAS included), restart on failure, state across restarts.
+# StateDirectory, the seccomp filter against the real daemon (oneDNN's JIT
+# included), restart on failure, state across restarts.
 # SYSTEMD_LIVE=auto (default: when podman is installed and we are root), 1, 0.
 LIVE=${SYSTEMD_LIVE:-auto}
 if [ "$LIVE" = auto ]; then
@@ -212,7 +212,7 @@ if [ "$LIVE" = 1 ]; then
     echo 'FROM debian:bookworm-slim'
     echo 'LABEL org.opencontainers.image.title="mnistd-systemd-test"'
     echo 'RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \'
-    echo '      systemd systemd-sysv curl libmicrohttpd12 libcjson1 libuv1 libopenblas0-pthread \'
+    echo '      systemd systemd-sysv curl libmicrohttpd12 libcjson1 libuv1 libdnnl2 \'
     echo '      zlib1g libsqlite3-0 libspng0 libsystemd0 libprotobuf-c1 && apt-get clean && rm -rf /var/lib/apt/lists/*'
     echo 'COPY root/ /'
     echo 'RUN systemctl enable mnistd.service && systemctl mask systemd-logind.service getty.target'

@@ -25,7 +25,10 @@ int main(int argc, char **argv) {
     return SRV_EXIT_OK;
   }
   if (!strcmp(argv[1], "--version")) {
-    printf("mnistd %s\n", NN_VERSION);
+    nn_backend_info bi;
+    nn_backend_info_get(&bi);
+    printf("mnistd %s\nkernels: %s, isa %s, matmul %s\n", NN_VERSION, bi.library, bi.isa,
+           bi.kernel);
     return SRV_EXIT_OK;
   }
   if (!strcmp(argv[1], "serve")) return srv_serve_main(argc - 1, argv + 1);

@@ -17,12 +17,17 @@
 #include "srv_registry.h"
 #include "srv_store.h"
 
+/* Longer tokens are refused at start, never cut short. */
+#define SRV_MAX_TOKEN 4096
+
 typedef struct srv_config {
   char listen[128];          /* host:port, default 127.0.0.1:8080 */
   char state_dir[PATH_MAX];  /* default ./state */
   char data_dir[PATH_MAX];   /* default ./data */
   char web_dir[PATH_MAX];    /* empty: assets built into the binary */
-  char api_token[512];       /* empty: no token needed */
+  char api_token[SRV_MAX_TOKEN + 1]; /* empty: no token needed */
+  char allow_origin[2048];   /* --allow-origin, comma-separated; "*" = any */
+  char allow_host[1024];     /* --allow-host, comma-separated; "*" = any */
   size_t max_body;           /* bytes, default 8 MiB */
   int threads;               /* HTTP threads, default 2 */
   int train_threads;         /* per job, default: cores (max 8) */
@@ -31,6 +36,8 @@ typedef struct srv_config {
   int bootstrap;             /* default on */
   int conn_limit;            /* default 4096 (bounded by RLIMIT_NOFILE) */
   int conn_timeout;          /* seconds, default 30 */
+  int per_ip_limit;          /* connections per client address, default 128; 0 = no limit */
+  int head_timeout;          /* seconds to deliver a request head, default 10 */
 } srv_config;
 
 /* Fills defaults, then MNISTD_* variables, then flags (argv after the
@@ -47,6 +54,7 @@ typedef struct srv_metrics {
   atomic_ulong lat_buckets[SRV_LAT_BUCKETS];
   atomic_ulong lat_count, lat_sum_ns;
   atomic_ulong predictions;
+  atomic_ulong aborted[SRV_MAX_ROUTES + 2]; /* client went away before an answer */
 } srv_metrics;
 
 typedef struct srv {
@@ -57,6 +65,8 @@ typedef struct srv {
   srv_jobs *jobs;
   uv_loop_t *loop;
   struct MHD_Daemon *mhd;
+  struct srv_conns *conns;   /* open connections, for the request-head deadline */
+  int loopback;              /* listening on 127.0.0.0/8: Host must be a loopback name */
   srv_metrics metrics;
   int64_t started_ms;
   atomic_int stopping;
@@ -67,6 +77,11 @@ int srv_http_start(srv *S, char *msg, size_t msglen);
 /* Stops accepting new connections (existing ones finish). */
 void srv_http_quiesce(srv *S);
 void srv_http_stop(srv *S);
+
+/* True for a Host header value naming the loopback interface: localhost,
+ * localhost., *.localhost, 127.0.0.0/8, [::1] or [::ffff:127.x.y.z], each
+ * with an optional :port. Used against DNS rebinding. */
+int srv_host_is_loopback(const char *host);
 
 /* Writes one log line (text or JSON per configuration) to stderr. */
 void srv_log(const srv *S, const char *level, const char *msg);

@@ -7,6 +7,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <stdarg.h>
@@ -16,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,6 +42,9 @@ struct req {
   srv *S;
   struct MHD_Connection *conn;
   const char *method, *url;
+  char *raw;              /* the request target as sent (clipped), for the log */
+  int started;            /* the access handler has seen this request */
+  int bad_target;         /* 400 (%00 in it) or 414 (too many query parameters) */
   int route;              /* index into ROUTES, or STATIC/NOT_FOUND */
   int64_t id;             /* the :id of the path */
   char *body;
@@ -47,6 +53,7 @@ struct req {
   int status;             /* sent status, for the log and metrics */
   double t0;
   int is_predict;
+  size_t peak;            /* largest body buffer, to give memory back after */
 };
 
 #define ROUTE_STATIC SRV_MAX_ROUTES
@@ -76,8 +83,10 @@ static enum MHD_Result send_buf(req *r, int status, const char *type, const void
   return ret;
 }
 
-/* Sends a cJSON document and frees it. */
-static enum MHD_Result send_json(req *r, int status, cJSON *doc) {
+/* Sends a cJSON document and frees it; allow, if not NULL, is the Allow
+ * header of a 405. */
+static enum MHD_Result send_json_allow(req *r, int status, cJSON *doc, const char *allow) {
+  srv_json_exact_ints(doc);
   char *s = doc ? cJSON_PrintUnformatted(doc) : NULL;
   cJSON_Delete(doc);
   if (!s) return send_buf(r, 500, "application/json",
@@ -92,6 +101,7 @@ static enum MHD_Result send_json(req *r, int status, cJSON *doc) {
   }
   MHD_add_response_header(resp, "Content-Type", "application/json");
   MHD_add_response_header(resp, "Cache-Control", "no-store");
+  if (allow) MHD_add_response_header(resp, "Allow", allow);
   common_headers(resp);
   r->status = status;
   enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
@@ -99,18 +109,61 @@ static enum MHD_Result send_json(req *r, int status, cJSON *doc) {
   return ret;
 }
 
-static enum MHD_Result send_error(req *r, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum MHD_Result send_error(req *r, int status, const char *fmt, ...) {
-  char msg[768];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
+static enum MHD_Result send_json(req *r, int status, cJSON *doc) {
+  return send_json_allow(r, status, doc, NULL);
+}
+
+/* Every error answer goes through here: the message is formatted into a
+ * bounded buffer (vsnprintf's return value is never used as a length),
+ * made valid UTF-8 and clipped (it may quote the method, path or a header),
+ * and cJSON escapes it into the body. */
+static enum MHD_Result verror(req *r, int status, const char *allow, const char *fmt,
+                              va_list ap) {
+  char raw[1024], msg[600];
+  vsnprintf(raw, sizeof raw, fmt, ap);
+  srv_text_clean(msg, sizeof msg, raw, sizeof raw, SRV_CLEAN_JSON);
   cJSON *doc = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(doc, "error");
   cJSON_AddNumberToObject(e, "code", status);
   cJSON_AddStringToObject(e, "message", msg);
-  return send_json(r, status, doc);
+  return send_json_allow(r, status, doc, allow);
+}
+
+static enum MHD_Result send_error(req *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result send_error(req *r, int status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  enum MHD_Result ret = verror(r, status, NULL, fmt, ap);
+  va_end(ap);
+  return ret;
+}
+
+static enum MHD_Result send_405(req *r, const char *allow, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result send_405(req *r, const char *allow, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  enum MHD_Result ret = verror(r, 405, allow, fmt, ap);
+  va_end(ap);
+  return ret;
+}
+
+/* Untrusted text quoted in messages is clipped to this many bytes. */
+#define QUOTE "%.80s"
+
+/* A plain decimal number: digits only (no sign, space or leading zero),
+ * at most max, checked in 64 bits before anything narrows it. */
+static int parse_dec(const char *s, uint64_t max, uint64_t *out) {
+  uint64_t v = 0;
+  if (!s || !*s || (s[0] == '0' && s[1])) return -1;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return -1;
+    unsigned d = (unsigned)(*s - '0');
+    if (v > (max - d) / 10) return -1;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return 0;
 }
 
 static const char *query(req *r, const char *key) {
@@ -121,35 +174,33 @@ static const char *header(req *r, const char *key) {
   return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
 }
 
-/* Media type without parameters, lower case, into buf ("" if none). */
+/* Media type without parameters, lower case, into buf ("" if none; a
+ * type too long for buf comes out cut and so never matches). */
 static const char *media_type(req *r, char *buf, size_t len) {
   const char *ct = header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
   size_t i = 0;
-  for (; ct && ct[i] && ct[i] != ';' && ct[i] != ' ' && i + 1 < len; i++)
+  while (ct && (*ct == ' ' || *ct == '\t')) ct++;
+  for (; ct && ct[i] && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t' && i + 1 < len; i++)
     buf[i] = (char)(ct[i] >= 'A' && ct[i] <= 'Z' ? ct[i] + 32 : ct[i]);
   buf[i] = 0;
   return buf;
 }
 
-/* JSON bodies: application/json, or nothing said (curl -d sends a form
- * type; a JSON-looking body is then taken as JSON). */
+/* JSON is taken only as application/json. A browser page on another site
+ * can POST text/plain, a form type or no type at all without asking
+ * (a "simple" request): accepting those would let any web page start jobs.
+ * A body-less request may leave the type out (curl -X POST). */
 static int json_body_ok(req *r) {
   char ct[96];
   media_type(r, ct, sizeof ct);
-  if (!strcmp(ct, "application/json") || !ct[0]) return 1;
-  if (!strcmp(ct, "application/x-www-form-urlencoded")) {
-    for (size_t i = 0; i < r->len; i++)
-      if (r->body[i] != ' ' && r->body[i] != '\n' && r->body[i] != '\t' && r->body[i] != '\r')
-        return r->body[i] == '{';
-    return 1;
-  }
-  return 0;
+  return !strcmp(ct, "application/json") || (!ct[0] && r->len == 0);
 }
 
 static enum MHD_Result need_json(req *r) {
   char ct[96];
-  return send_error(r, 415, "send the body as application/json (got %s)",
-                    media_type(r, ct, sizeof ct)[0] ? ct : "no Content-Type");
+  return send_error(r, 415,
+                    "send the body as application/json (Content-Type: application/json; got "
+                    QUOTE ")", media_type(r, ct, sizeof ct)[0] ? ct : "no Content-Type");
 }
 
 /* ---------------------------------------------------------------- handlers */
@@ -207,6 +258,7 @@ static enum MHD_Result h_job_create(req *r) {
   cJSON *job = srv_jobs_json(r->S->jobs, id);
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
+  srv_json_exact_ints(job);
   char *s = cJSON_PrintUnformatted(job);
   cJSON_Delete(job);
   if (!s) return send_error(r, 500, "out of memory");
@@ -233,10 +285,10 @@ static enum MHD_Result h_jobs(req *r) {
                       "state must be one of queued, running, succeeded, failed, cancelled");
   q = query(r, "limit");
   if (q) {
-    char *end;
-    limit = strtol(q, &end, 10);
-    if (*end || limit < 1 || limit > 1000)
+    uint64_t v;
+    if (parse_dec(q, 1000, &v) || v < 1)
       return send_error(r, 400, "limit must be an integer from 1 to 1000");
+    limit = (long)v;
   }
   cJSON *d = cJSON_CreateObject();
   cJSON_AddItemToObject(d, "jobs", srv_jobs_list_json(r->S->jobs, state, (int)limit));
@@ -485,6 +537,9 @@ static nn_workspace *workspace_for(srv_model *m) {
     t->m = NULL;
     t->ws = NULL;
     if (nn_workspace_create(&t->ws, m->m, PREDICT_CHUNK)) return NULL;
+    /* Registry models never change: single images may take the sparse path
+     * (on failure the workspace just keeps the dense one). */
+    (void)nn_workspace_pin(t->ws, m->m);
     atomic_fetch_add(&m->refs, 1);
     t->m = m;
   }
@@ -495,13 +550,13 @@ static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
   const char *q = query(r, "model");
   srv_model *m;
   if (q) {
-    char *end;
-    long long id = strtoll(q, &end, 10);
-    if (*end || id <= 0) {
+    uint64_t v;
+    if (parse_dec(q, INT64_MAX, &v) || v == 0) {
       *status = 400;
-      snprintf(msg, len, "model must be a model id (a number)");
+      snprintf(msg, len, "model must be a model id (a positive number)");
       return NULL;
     }
+    long long id = (long long)v;
     if (!(m = srv_models_get(r->S->models, id))) {
       *status = 404;
       snprintf(msg, len, "model %lld not found", id);
@@ -535,10 +590,7 @@ static enum MHD_Result h_predict(req *r) {
   int empty = 0, rc, explain = 0;
   const char *ex = query(r, "explain");
   if (ex) explain = !strcmp(ex, "1") || !strcmp(ex, "true");
-  int is_json = !strcmp(ct, "application/json") ||
-                ((!ct[0] || !strcmp(ct, "application/x-www-form-urlencoded")) && r->len &&
-                 r->body[0] == '{');
-  if (is_json) {
+  if (!strcmp(ct, "application/json")) {
     rc = srv_predict_json_parse(r->body, r->len, &px, &n, msg, sizeof msg);
     if (rc) return send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
   } else {
@@ -548,8 +600,9 @@ static enum MHD_Result h_predict(req *r) {
                 !strcmp(ct, "application/x-www-form-urlencoded");
     if (!known || f == SRV_IMAGE_UNKNOWN)
       return send_error(r, 415,
-                        "unsupported body (%s): send application/json {\"image\":[784 numbers]}, "
-                        "image/png, image/x-portable-graymap (PGM) or application/octet-stream "
+                        "unsupported body (" QUOTE "): send JSON {\"image\":[784 numbers]} "
+                        "with Content-Type: application/json, image/png, "
+                        "image/x-portable-graymap (PGM) or application/octet-stream "
                         "(N x 784 bytes)",
                         ct[0] ? ct : "no Content-Type");
     if (f == SRV_IMAGE_RAW) {
@@ -606,7 +659,8 @@ static enum MHD_Result h_predict(req *r) {
     double pr[NN_CLASSES];
     for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(p[k] * 1e6) / 1e6;
     cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, NN_CLASSES));
-    if (!px) cJSON_AddBoolToObject(o, "empty", empty);
+    cJSON_AddBoolToObject(o, "empty",
+                          px ? srv_image_is_empty(images + (size_t)i * NN_IMAGE_SIZE) : empty);
     if (explain) {
       int v[NN_IMAGE_SIZE];
       for (int k = 0; k < NN_IMAGE_SIZE; k++) v[k] = images[(size_t)i * NN_IMAGE_SIZE + k];
@@ -681,9 +735,8 @@ static enum MHD_Result h_sample(req *r) {
   uint32_t idx = (uint32_t)rand_r(&seed) % ds->n;
   const char *q = query(r, "index");
   if (q) {
-    char *end;
-    long v = strtol(q, &end, 10);
-    if (*end || v < 0 || (uint32_t)v >= ds->n) {
+    uint64_t v;
+    if (parse_dec(q, (uint64_t)ds->n - 1, &v)) {
       srv_data_put(r->S->data, name, NN_SPLIT_TEST);
       return send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
     }
@@ -860,7 +913,7 @@ static int safe_path(const char *p) {
 
 static enum MHD_Result h_static(req *r) {
   const char *path = !strcmp(r->url, "/") ? "/index.html" : r->url;
-  if (!safe_path(path)) return send_error(r, 404, "not found: %s", r->url);
+  if (!safe_path(path)) return send_error(r, 404, "not found: " QUOTE, r->url);
   if (r->S->cfg.web_dir[0]) {
     /* From disk (development): web/ plus the vendored chart library. */
     char file[PATH_MAX + 256];
@@ -872,7 +925,7 @@ static enum MHD_Result h_static(req *r) {
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (16 << 20)) {
       if (fd >= 0) close(fd);
-      return send_error(r, 404, "not found: %s", r->url);
+      return send_error(r, 404, "not found: " QUOTE, r->url);
     }
     char *buf = malloc((size_t)st.st_size + 1);
     ssize_t got = buf ? read(fd, buf, (size_t)st.st_size) : -1;
@@ -887,7 +940,7 @@ static enum MHD_Result h_static(req *r) {
     return send_asset(r, path, buf, (size_t)st.st_size, etag, MHD_RESPMEM_MUST_FREE);
   }
   const srv_asset *a = srv_asset_find(path);
-  if (!a) return send_error(r, 404, "not found: %s", r->url);
+  if (!a) return send_error(r, 404, "not found: " QUOTE, r->url);
   return send_asset(r, path, a->data, a->len, a->etag, MHD_RESPMEM_PERSISTENT);
 }
 
@@ -932,6 +985,16 @@ static enum MHD_Result h_metrics(req *r) {
       if (v) sb_printf(&b, "mnistd_http_requests_total{route=\"%s\",status=\"%d\"} %lu\n", name,
                        st, v);
     }
+  }
+  sb_printf(&b, "# HELP mnistd_http_requests_aborted_total Requests whose client left before "
+                "an answer.\n# TYPE mnistd_http_requests_aborted_total counter\n");
+  for (size_t i = 0; i < SRV_MAX_ROUTES + 2; i++) {
+    unsigned long v = atomic_load(&S->metrics.aborted[i]);
+    if (!v) continue;
+    char name[96];
+    if (i < N_ROUTES) snprintf(name, sizeof name, "%s %s", ROUTES[i].method, ROUTES[i].pattern);
+    else snprintf(name, sizeof name, "%s", i == ROUTE_STATIC ? "GET static" : "unmatched");
+    sb_printf(&b, "mnistd_http_requests_aborted_total{route=\"%s\"} %lu\n", name, v);
   }
   static const char *edges[SRV_LAT_BUCKETS] = {"0.0001", "0.00025", "0.0005", "0.001",
                                                "0.0025", "0.005",   "0.01",   "0.025",
@@ -990,6 +1053,12 @@ static enum MHD_Result h_metrics(req *r) {
                 m->test_accuracy);
     srv_model_unref(m);
   }
+  nn_backend_info bi;
+  nn_backend_info_get(&bi);
+  sb_printf(&b, "# HELP mnistd_build_info Version and the matrix-product kernels in use.\n"
+                "# TYPE mnistd_build_info gauge\n"
+                "mnistd_build_info{version=\"%s\",onednn=\"%s\",isa=\"%s\",kernel=\"%s\"} 1\n",
+            NN_VERSION, bi.library, bi.isa, bi.kernel);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   sb_printf(&b, "# HELP mnistd_start_time_seconds Unix time the daemon started.\n"
@@ -1012,12 +1081,17 @@ size_t srv_routes(const srv_route_info **out) {
 static int match(const char *pat, const char *path, int64_t *id) {
   while (*pat && *path) {
     if (!strncmp(pat, ":id", 3)) {
-      char *end;
-      if (*path < '1' || *path > '9') return 0;
-      long long v = strtoll(path, &end, 10);
-      if (v <= 0 || (*end && *end != '/')) return 0;
-      *id = v;
-      path = end;
+      /* Digits up to the next '/', at most INT64_MAX: an id that does not
+       * fit is no id (strtoll would clamp it to another number). */
+      char num[24];
+      size_t n = strcspn(path, "/");
+      uint64_t v;
+      if (n == 0 || n >= sizeof num) return 0;
+      memcpy(num, path, n);
+      num[n] = 0;
+      if (parse_dec(num, INT64_MAX, &v) || v == 0) return 0;
+      *id = (int64_t)v;
+      path += n;
       pat += 3;
       continue;
     }
@@ -1026,17 +1100,96 @@ static int match(const char *pat, const char *path, int64_t *id) {
   return !*pat && !*path;
 }
 
+/* Authorization: Bearer <token>. The scheme is case-insensitive and
+ * whitespace around the parts is allowed (RFC 9110 11.1, 11.6.2). */
 static int token_ok(req *r) {
   const char *want = r->S->cfg.api_token;
   if (!want[0]) return 1;
   const char *h = header(r, MHD_HTTP_HEADER_AUTHORIZATION);
-  if (!h || strncmp(h, "Bearer ", 7)) return 0;
-  h += 7;
-  /* Constant time in the token's length: no early exit on a mismatch. */
+  if (!h) return 0;
+  while (*h == ' ' || *h == '\t') h++;
+  if (strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) return 0;
+  h += 6;
+  while (*h == ' ' || *h == '\t') h++;
   size_t a = strlen(h), b = strlen(want);
+  while (a && (h[a - 1] == ' ' || h[a - 1] == '\t')) a--;
+  /* Constant time in the token's length: no early exit on a mismatch. */
   unsigned char diff = (unsigned char)(a != b);
   for (size_t i = 0; i < b; i++) diff |= (unsigned char)(want[i] ^ (i < a ? h[i] : 0));
   return diff == 0;
+}
+
+/* True when name (no port) is in a comma-separated list, ignoring case;
+ * "*" in the list matches anything. */
+static int in_list(const char *list, const char *name, size_t n) {
+  for (const char *p = list; *p;) {
+    const char *e = strchr(p, ',');
+    size_t k = e ? (size_t)(e - p) : strlen(p);
+    if ((k == 1 && *p == '*') || (k == n && !strncasecmp(p, name, n))) return 1;
+    p += k + (e ? 1 : 0);
+  }
+  return 0;
+}
+
+int srv_host_is_loopback(const char *host) {
+  char name[256];
+  size_t n = strlen(host);
+  if (n == 0 || n >= sizeof name) return 0;
+  memcpy(name, host, n + 1);
+  char *port = NULL;
+  if (name[0] == '[') {
+    char *close = strchr(name, ']');
+    if (!close) return 0;
+    *close = 0;
+    port = close[1] == ':' ? close + 2 : close[1] ? (char *)"x" : NULL;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, name + 1, &a6) != 1) return 0;
+    int lo = IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    if (!lo) return 0;
+  } else {
+    char *colon = strrchr(name, ':');
+    if (colon) {
+      *colon = 0;
+      port = colon + 1;
+    }
+    size_t k = strlen(name);
+    struct in_addr a4;
+    int lo = !strcasecmp(name, "localhost") || !strcasecmp(name, "localhost.") ||
+             (k > 10 && !strcasecmp(name + k - 10, ".localhost")) ||
+             (k > 11 && !strcasecmp(name + k - 11, ".localhost.")) ||
+             (inet_pton(AF_INET, name, &a4) == 1 && ((const uint8_t *)&a4)[0] == 127);
+    if (!lo) return 0;
+  }
+  if (port) {
+    uint64_t v;
+    if (parse_dec(port, 65535, &v)) return 0;
+  }
+  return 1;
+}
+
+/* DNS rebinding: a page on evil.example can make its own name resolve to
+ * 127.0.0.1; the browser then sends Host: evil.example. On loopback only
+ * loopback names are served, unless --allow-host lists more. */
+static int host_ok(req *r) {
+  if (!r->S->loopback) return 1;
+  const char *h = header(r, MHD_HTTP_HEADER_HOST);
+  if (!h) return 1; /* HTTP/1.0 without Host: not a browser */
+  if (srv_host_is_loopback(h)) return 1;
+  size_t n = h[0] == '[' ? strcspn(h, "]") + 1 : strcspn(h, ":");
+  return r->S->cfg.allow_host[0] && in_list(r->S->cfg.allow_host, h, n);
+}
+
+/* Browsers send Origin on every cross-site POST/DELETE. A request is
+ * same-origin when Origin is http(s)://<the Host it was sent to>. No
+ * Origin: not a browser (curl, scripts), allowed. */
+static int origin_ok(req *r) {
+  const char *o = header(r, "Origin");
+  if (!o) return 1;
+  if (r->S->cfg.allow_origin[0] && in_list(r->S->cfg.allow_origin, o, strlen(o))) return 1;
+  const char *h = header(r, MHD_HTTP_HEADER_HOST);
+  if (!h || !*h) return 0;
+  const char *rest = !strncasecmp(o, "http://", 7) ? o + 7 : !strncasecmp(o, "https://", 8) ? o + 8 : NULL;
+  return rest && !strcasecmp(rest, h);
 }
 
 static enum MHD_Result dispatch_first(req *r) {
@@ -1047,42 +1200,204 @@ static enum MHD_Result dispatch_first(req *r) {
     int64_t id = 0;
     if (!match(ROUTES[i].pattern, path, &id)) continue;
     path_known = 1;
-    if (strstr(allow, ROUTES[i].method) == NULL)
-      snprintf(allow + strlen(allow), sizeof allow - strlen(allow), "%s%s", allow[0] ? ", " : "",
-               ROUTES[i].method);
-    if (!strcmp(ROUTES[i].method, r->method) ||
-        (!strcmp(r->method, "HEAD") && !strcmp(ROUTES[i].method, "GET"))) {
+    const char *m = ROUTES[i].method;
+    if (!strstr(allow, m) && strlen(allow) + strlen(m) + 8 < sizeof allow) {
+      if (allow[0]) strcat(allow, ", ");
+      strcat(allow, m);
+      if (!strcmp(m, "GET")) strcat(allow, ", HEAD");
+    }
+    if (!strcmp(m, r->method) || (!strcmp(r->method, "HEAD") && !strcmp(m, "GET"))) {
       r->route = (int)i;
       r->id = id;
       return MHD_YES;
     }
   }
-  if (path_known) {
-    r->route = ROUTE_NONE;
-    struct MHD_Response *resp;
-    char msg[160];
-    int n = snprintf(msg, sizeof msg,
-                     "{\"error\":{\"code\":405,\"message\":\"%s is not allowed here; use %s\"}}",
-                     r->method, allow);
-    resp = MHD_create_response_from_buffer((size_t)n, msg, MHD_RESPMEM_MUST_COPY);
-    MHD_add_response_header(resp, "Allow", allow);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    common_headers(resp);
-    r->status = 405;
-    enum MHD_Result ret = MHD_queue_response(r->conn, 405, resp);
-    MHD_destroy_response(resp);
-    return ret;
-  }
-  if (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) {
-    r->route = ROUTE_NONE;
-    return send_error(r, 404, "no such endpoint: %s %s (see the README's API reference)",
+  r->route = ROUTE_NONE;
+  if (path_known)
+    return send_405(r, allow, QUOTE " is not allowed here; use %s", r->method, allow);
+  if (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1"))
+    return send_error(r, 404, "no such endpoint: " QUOTE " " QUOTE " (see the README's API reference)",
                       r->method, path);
-  }
-  if (strcmp(r->method, "GET") && strcmp(r->method, "HEAD")) {
-    r->route = ROUTE_NONE;
-    return send_error(r, 405, "%s is not allowed on static files", r->method);
-  }
+  if (strcmp(r->method, "GET") && strcmp(r->method, "HEAD"))
+    return send_405(r, "GET, HEAD", QUOTE " is not allowed on static files; use GET or HEAD",
+                    r->method);
   r->route = ROUTE_STATIC;
+  return MHD_YES;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+/* Open connections and since when each has been waiting for a complete
+ * request head (0: a request is being handled; on a kept-alive connection
+ * the clock starts later, see on_completed). A watchdog thread shuts
+ * down the socket of any that waits longer than --head-timeout: the idle
+ * timeout alone never fires for a client that trickles one header line
+ * every few seconds (slowloris). shutdown(2), not close: the descriptor
+ * stays libmicrohttpd's, which sees end-of-file and cleans up; the list's
+ * mutex orders this before its close (NOTIFY_CLOSED comes first). */
+typedef struct conn_state {
+  struct conn_state *prev, *next;
+  int fd;
+  _Atomic int64_t head_since_ms;
+} conn_state;
+
+struct srv_conns {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  conn_state head;
+  pthread_t watchdog;
+  int stop, running;
+  int64_t timeout_ms;
+};
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+  srv *S = cls;
+  struct srv_conns *C = S->conns;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    conn_state *cs = calloc(1, sizeof *cs);
+    *socket_context = cs;
+    if (!cs || !ci) return;
+    cs->fd = ci->connect_fd;
+    atomic_store(&cs->head_since_ms, mono_ms());
+    pthread_mutex_lock(&C->mu);
+    cs->next = C->head.next;
+    cs->prev = &C->head;
+    C->head.next->prev = cs;
+    C->head.next = cs;
+    pthread_mutex_unlock(&C->mu);
+  } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+    conn_state *cs = *socket_context;
+    if (!cs) return;
+    if (cs->next) {
+      pthread_mutex_lock(&C->mu);
+      cs->prev->next = cs->next;
+      cs->next->prev = cs->prev;
+      pthread_mutex_unlock(&C->mu);
+    }
+    free(cs);
+    *socket_context = NULL;
+  }
+}
+
+static conn_state *conn_of(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
+static void *watchdog(void *arg) {
+  struct srv_conns *C = arg;
+  pthread_mutex_lock(&C->mu);
+  while (!C->stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 250 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_cond_timedwait(&C->cv, &C->mu, &ts);
+    int64_t now = mono_ms();
+    for (conn_state *cs = C->head.next; cs != &C->head; cs = cs->next) {
+      int64_t since = atomic_load(&cs->head_since_ms);
+      if (since > 0 && now - since > C->timeout_ms) {
+        shutdown(cs->fd, SHUT_RDWR);
+        atomic_store(&cs->head_since_ms, 0); /* once */
+      }
+    }
+  }
+  pthread_mutex_unlock(&C->mu);
+  return NULL;
+}
+
+/* The request target as sent, before libmicrohttpd decodes it: "%00"
+ * would become a NUL that cuts the path ("/v1/jobs%00/1/cancel" routes as
+ * /v1/jobs), and each query parameter takes a record from the
+ * connection's fixed memory pool (a thousand of them exhaust it and the
+ * connection hangs without an answer), so both are refused here. Returns
+ * the request's context (libmicrohttpd passes it to the access handler). */
+#define SRV_MAX_QUERY_PARAMS 64
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+  req *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  if (!uri) uri = "";
+  r->S = cls;
+  r->conn = conn;
+  r->t0 = now_s();
+  r->route = ROUTE_NONE;
+  r->raw = strndup(uri, 1024);
+  for (const char *p = uri; (p = strchr(p, '%')); p++)
+    if (p[1] == '0' && p[2] == '0') r->bad_target = 400;
+  char *q = strchr(uri, '?');
+  if (q) {
+    size_t params = 1;
+    for (const char *p = q; *p; p++) params += *p == '&' || *p == ';';
+    if (params > SRV_MAX_QUERY_PARAMS) {
+      /* The buffer is libmicrohttpd's own writable read buffer (it cuts
+       * the query off itself right after this call): an empty query
+       * leaves it nothing to parse, and the handler answers 414. */
+      q[1] = 0;
+      r->bad_target = 414;
+    }
+  }
+  return r;
+}
+
+/* The first call for a request: everything decided from the head. */
+static enum MHD_Result on_head(srv *S, req *r) {
+  if (atomic_load(&S->stopping)) return send_error(r, 503, "the server is shutting down");
+  if (r->bad_target == 400)
+    return send_error(r, 400, "the request target contains %%00 (a NUL byte): " QUOTE,
+                      r->raw ? r->raw : "");
+  if (r->bad_target == 414)
+    return send_error(r, 414, "more than %d query parameters", SRV_MAX_QUERY_PARAMS);
+  if (!host_ok(r))
+    return send_error(r, 403,
+                      "Host " QUOTE " is not a loopback name; this server listens on loopback "
+                      "and refuses other names (DNS rebinding). Use http://127.0.0.1 or "
+                      "localhost, or start it with --allow-host NAME",
+                      header(r, MHD_HTTP_HEADER_HOST));
+  if (dispatch_first(r) != MHD_YES || r->status) return r->status ? MHD_YES : MHD_NO;
+  if (r->route < (int)N_ROUTES && ROUTES[r->route].mutating) {
+    if (!origin_ok(r))
+      return send_error(r, 403,
+                        "cross-origin request from " QUOTE " refused; pages on other origins "
+                        "may not change this server (start it with --allow-origin ORIGIN to "
+                        "allow one)",
+                        header(r, "Origin"));
+    if (!token_ok(r)) {
+      struct MHD_Response *resp = MHD_create_response_from_buffer(
+          strlen("{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
+                 "Authorization: Bearer <token>\"}}"),
+          (void *)"{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
+                  "Authorization: Bearer <token>\"}}",
+          MHD_RESPMEM_PERSISTENT);
+      if (!resp) return MHD_NO;
+      MHD_add_response_header(resp, "Content-Type", "application/json");
+      MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"mnistd\"");
+      common_headers(resp);
+      r->status = 401;
+      enum MHD_Result ret = MHD_queue_response(r->conn, 401, resp);
+      MHD_destroy_response(resp);
+      return ret;
+    }
+    /* A form or text/plain type is refused before the body: even an empty
+     * form POST from another site must not start a job. */
+    char ct[96];
+    if (media_type(r, ct, sizeof ct)[0] && strcmp(ct, "application/json")) return need_json(r);
+  }
+  const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  uint64_t clv;
+  if (cl && !parse_dec(cl, UINT64_MAX, &clv) && clv > S->cfg.max_body)
+    return send_error(r, 413, "the body is %llu bytes; this server accepts at most %zu",
+                      (unsigned long long)clv, S->cfg.max_body);
+  r->is_predict = r->route < (int)N_ROUTES && ROUTES[r->route].h == h_predict;
   return MHD_YES;
 }
 
@@ -1092,39 +1407,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   (void)version;
   srv *S = cls;
   req *r = *con_cls;
-  if (!r) {
-    r = calloc(1, sizeof *r);
-    if (!r) return MHD_NO;
+  if (!r) { /* on_uri could not allocate */
+    if (!(r = on_uri(S, url, conn))) return MHD_NO;
     *con_cls = r;
-    r->S = S;
-    r->conn = conn;
+  }
+  if (!r->started) {
+    r->started = 1;
     r->url = url;
     r->method = method;
-    r->t0 = now_s();
-    r->route = ROUTE_NONE;
-    if (atomic_load(&S->stopping)) return send_error(r, 503, "the server is shutting down");
-    if (dispatch_first(r) != MHD_YES || r->status) return r->status ? MHD_YES : MHD_NO;
-    if (r->route < (int)N_ROUTES && ROUTES[r->route].mutating && !token_ok(r)) {
-      struct MHD_Response *resp = MHD_create_response_from_buffer(
-          strlen("{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
-                 "Authorization: Bearer <token>\"}}"),
-          (void *)"{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
-                  "Authorization: Bearer <token>\"}}",
-          MHD_RESPMEM_PERSISTENT);
-      MHD_add_response_header(resp, "Content-Type", "application/json");
-      MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"mnistd\"");
-      common_headers(resp);
-      r->status = 401;
-      enum MHD_Result ret = MHD_queue_response(conn, 401, resp);
-      MHD_destroy_response(resp);
-      return ret;
-    }
-    const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > S->cfg.max_body)
-      return send_error(r, 413, "the body is %s bytes; this server accepts at most %zu", cl,
-                        S->cfg.max_body);
-    r->is_predict = r->route < (int)N_ROUTES && ROUTES[r->route].h == h_predict;
-    return MHD_YES;
+    conn_state *cs = conn_of(conn);
+    if (cs) atomic_store(&cs->head_since_ms, 0);
+    return on_head(S, r);
   }
   if (*upload_size) {
     if (r->status) { /* already answered (401, 413...): drop the body */
@@ -1148,6 +1441,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       if (!b) return MHD_NO;
       r->body = b;
       r->cap = cap;
+      if (cap > r->peak) r->peak = cap;
     }
     memcpy(r->body + r->len, upload_data, n);
     r->len += n;
@@ -1173,53 +1467,88 @@ void srv_log(const srv *S, const char *level, const char *msg) {
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
   strftime(t, sizeof t, "%Y-%m-%dT%H:%M:%S", &tm);
+  /* Messages quote clients (paths, methods): one message stays one line,
+   * and valid UTF-8. */
+  char clean[4096];
+  srv_text_clean(clean, sizeof clean, msg, strlen(msg),
+                 S->cfg.log_json ? SRV_CLEAN_JSON : SRV_CLEAN_LOG);
   if (S->cfg.log_json) {
     cJSON *o = cJSON_CreateObject();
     char tt[64];
     snprintf(tt, sizeof tt, "%s.%03ldZ", t, ts.tv_nsec / 1000000);
     cJSON_AddStringToObject(o, "time", tt);
     cJSON_AddStringToObject(o, "level", level);
-    cJSON_AddStringToObject(o, "msg", msg);
+    cJSON_AddStringToObject(o, "msg", clean);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (s) fprintf(stderr, "%s\n", s);
     free(s);
   } else {
-    fprintf(stderr, "%s.%03ldZ %s %s\n", t, ts.tv_nsec / 1000000, level, msg);
+    fprintf(stderr, "%s.%03ldZ %s %s\n", t, ts.tv_nsec / 1000000, level, clean);
   }
 }
 
+/* Requests with bodies at least this large give their memory back to the
+ * system when they end (glibc keeps freed heap otherwise). */
+#define TRIM_AFTER_BYTES ((size_t)1 << 20)
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-  (void)conn;
   srv *S = cls;
   req *r = *con_cls;
+  conn_state *cs = conn_of(conn);
+  /* Keep-alive: the next request head is due within the idle timeout of
+   * this answer (a browser keeps idle connections open and may start a
+   * request on one just before the idle timeout; cutting it earlier would
+   * fail that request). New connections get --head-timeout. */
+  if (cs && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+    int64_t grace = (int64_t)(S->cfg.conn_timeout > S->cfg.head_timeout
+                                  ? S->cfg.conn_timeout - S->cfg.head_timeout : 0) * 1000;
+    atomic_store(&cs->head_since_ms, mono_ms() + grace);
+  }
   if (!r) return;
+  *con_cls = NULL;
+  if (!r->started) { /* the head never completed (closed, timed out) */
+    free(r->raw);
+    free(r);
+    return;
+  }
   double ms = (now_s() - r->t0) * 1e3;
-  int st = r->status ? r->status : 500;
+  int st = r->status;
+  /* A client that leaves before any answer is counted apart, not as 500. */
   if (st >= 100 && st < 600) atomic_fetch_add(&S->metrics.requests[r->route][st], 1);
+  else atomic_fetch_add(&S->metrics.aborted[r->route], 1);
   if (r->is_predict && st == 200) observe_latency(S, ms / 1e3);
+  const char *target = r->raw ? r->raw : r->url;
+  int aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
   /* Event streams log when they end; everything logs once. */
   if (S->cfg.log_json) {
+    char m[64], path[1100];
+    srv_text_clean(m, sizeof m, r->method, strlen(r->method), SRV_CLEAN_JSON);
+    srv_text_clean(path, sizeof path, target, strlen(target), SRV_CLEAN_JSON);
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "method", r->method);
-    cJSON_AddStringToObject(o, "path", r->url);
-    cJSON_AddNumberToObject(o, "status", st);
+    cJSON_AddStringToObject(o, "method", m);
+    cJSON_AddStringToObject(o, "path", path);
+    if (st) cJSON_AddNumberToObject(o, "status", st);
+    else cJSON_AddNullToObject(o, "status");
     cJSON_AddNumberToObject(o, "ms", round(ms * 100) / 100);
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) cJSON_AddBoolToObject(o, "aborted", 1);
+    if (aborted) cJSON_AddBoolToObject(o, "aborted", 1);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (s) srv_log(S, "info", s);
     free(s);
   } else {
-    char line[600];
-    snprintf(line, sizeof line, "%s %.300s %d %.2fms%s", r->method, r->url, st, ms,
-             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
+    char line[600], status[8] = "-";
+    if (st) snprintf(status, sizeof status, "%d", st);
+    snprintf(line, sizeof line, "%.64s %.300s %s %.2fms%s", r->method, target, status, ms,
+             aborted ? " (aborted)" : "");
     srv_log(S, "info", line);
   }
   free(r->body);
+  free(r->raw);
+  size_t peak = r->peak;
   free(r);
-  *con_cls = NULL;
+  if (peak >= TRIM_AFTER_BYTES) malloc_trim(0);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -1229,6 +1558,31 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
   size_t n = strlen(buf);
   while (n && buf[n - 1] == '\n') buf[--n] = 0;
   srv_log(S, "warn", buf);
+}
+
+static void conns_free(struct srv_conns *C) {
+  if (!C) return;
+  if (C->running) {
+    pthread_mutex_lock(&C->mu);
+    C->stop = 1;
+    pthread_cond_signal(&C->cv);
+    pthread_mutex_unlock(&C->mu);
+    pthread_join(C->watchdog, NULL);
+  }
+  pthread_cond_destroy(&C->cv);
+  pthread_mutex_destroy(&C->mu);
+  free(C);
+}
+
+static int conns_create(srv *S) {
+  struct srv_conns *C = calloc(1, sizeof *C);
+  if (!C) return -ENOMEM;
+  pthread_mutex_init(&C->mu, NULL);
+  pthread_cond_init(&C->cv, NULL);
+  C->head.next = C->head.prev = &C->head;
+  C->timeout_ms = (int64_t)S->cfg.head_timeout * 1000;
+  S->conns = C;
+  return 0;
 }
 
 int srv_http_start(srv *S, char *msg, size_t msglen) {
@@ -1262,20 +1616,45 @@ int srv_http_start(srv *S, char *msg, size_t msglen) {
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < limit + 64)
       limit = rl.rlim_cur > 128 ? (unsigned)rl.rlim_cur - 64 : 64;
   }
+  /* One address may hold at most a quarter of all connections, whatever
+   * --per-ip-conn-limit says (0 stays "no limit"): with --conn-limit 100 a
+   * per-address limit of 128 would protect nobody. */
+  unsigned per_ip = (unsigned)S->cfg.per_ip_limit, quarter = limit / 4 ? limit / 4 : 1;
+  if (per_ip > quarter) per_ip = quarter;
+  S->loopback = ((const uint8_t *)&sa.sin_addr)[0] == 127;
+  /* Big request bodies are mmap'd and so returned on free, whatever
+   * glibc's sliding threshold has learnt from earlier ones. */
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  if (conns_create(S)) {
+    snprintf(msg, msglen, "out of memory");
+    return -ENOMEM;
+  }
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                    MHD_USE_ERROR_LOG;
+  /* The memory pool holds a connection's request head (line, headers,
+   * query records) and the answer's headers. 64 KiB takes the largest head
+   * we accept (SRV_MAX_QUERY_PARAMS parameters of 400 bytes beside a
+   * 4 KiB token; ~800 headers) and leaves libmicrohttpd room for its own
+   * 414/431. Not larger: libmicrohttpd 0.9.75 zeroes the whole pool before
+   * every request on a kept-alive connection (128 KiB cost ~10% of
+   * prediction throughput), and touches all of it. */
   S->mhd = MHD_start_daemon(
       flags, (uint16_t)port, NULL, NULL, on_request, S, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
       S, MHD_OPTION_SOCK_ADDR, &sa,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)S->cfg.threads, MHD_OPTION_CONNECTION_LIMIT, limit,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)S->cfg.conn_timeout,
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT, 0u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, S,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, S, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+      S, MHD_OPTION_URI_LOG_CALLBACK, on_uri, S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       (size_t)64 * 1024, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
   if (!S->mhd) {
+    conns_free(S->conns);
+    S->conns = NULL;
     snprintf(msg, msglen, "cannot listen on %s (address in use, or not allowed)", S->cfg.listen);
     return -EADDRINUSE;
   }
+  if (pthread_create(&S->conns->watchdog, NULL, watchdog, S->conns) == 0)
+    S->conns->running = 1;
   return 0;
 }
 
@@ -1289,4 +1668,6 @@ void srv_http_quiesce(srv *S) {
 void srv_http_stop(srv *S) {
   if (S->mhd) MHD_stop_daemon(S->mhd);
   S->mhd = NULL;
+  conns_free(S->conns);
+  S->conns = NULL;
 }

@@ -441,6 +441,22 @@ int srv_image_decode_pgm(const uint8_t *buf, size_t len, srv_gray *out,
   }
 
   size_t npx = (size_t)w * h;
+  size_t bps = maxval > 255 ? 2 : 1, have = (size_t)(c.end - c.p);
+  /* Bytes first, memory second: a header may claim any size, so the
+   * raster must be in the body before w*h bytes are allocated. P5 needs
+   * w*h*bps bytes; P2 at least one digit per sample and one separator
+   * between samples. */
+  size_t need = ascii ? 2 * npx - 1 : npx * bps;
+  if (have < need) {
+    if (ascii)
+      set_msg(msg, msglen, "PGM is truncated: %zu samples need at least %zu "
+              "bytes but only %zu follow the header", npx, need, have);
+    else
+      set_msg(msg, msglen, "PGM is truncated: the %" PRIu32 "x%" PRIu32
+              " raster needs %zu bytes but only %zu follow the header",
+              w, h, need, have);
+    return -EINVAL;
+  }
   px = malloc(npx);
   if (px == NULL) {
     set_msg(msg, msglen, "out of memory while decoding the PGM");
@@ -448,15 +464,6 @@ int srv_image_decode_pgm(const uint8_t *buf, size_t len, srv_gray *out,
   }
 
   if (!ascii) {
-    size_t bps = maxval > 255 ? 2 : 1;
-    size_t need = npx * bps, have = (size_t)(c.end - c.p);
-    if (have < need) {
-      set_msg(msg, msglen, "PGM is truncated: the %" PRIu32 "x%" PRIu32
-              " raster needs %zu bytes but only %zu follow the header",
-              w, h, need, have);
-      rc = -EINVAL;
-      goto cleanup;
-    }
     for (size_t i = 0; i < npx; i++) {
       uint32_t v = bps == 2 ? (uint32_t)c.p[2 * i] << 8 | c.p[2 * i + 1]
                             : c.p[i];
@@ -506,6 +513,12 @@ cleanup:
 }
 
 /* ------------------------------------------------------------ raw */
+
+int srv_image_is_empty(const uint8_t px[SRV_IMAGE_SIZE]) {
+  int ink = 0;
+  for (size_t i = 0; i < SRV_IMAGE_SIZE; i++) ink |= px[i] > 255 / 16;
+  return !ink;
+}
 
 int srv_image_raw_count(size_t len, size_t *n, char *msg, size_t msglen) {
   clear_msg(msg, msglen);
@@ -747,9 +760,8 @@ int srv_image_from_bytes(const char *content_type, const uint8_t *buf,
       }
       /* Used as-is; only the empty flag is computed (threshold for a black
        * background, as in srv_image_to_mnist). */
-      for (size_t i = 0; i < SRV_IMAGE_SIZE; i++) e |= buf[i] > 255 / 16;
       memcpy(out, buf, SRV_IMAGE_SIZE);
-      *empty = !e;
+      *empty = srv_image_is_empty(out);
       return 0;
     case SRV_IMAGE_UNKNOWN:
     default: {

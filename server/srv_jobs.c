@@ -201,6 +201,7 @@ static void push(srv_jobs *J, job *j, uint64_t seq, const char *type, uint32_t e
  * shown only once the store holds it, so a stream never shows what a
  * restart would take back. Caller holds J->mu. */
 static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *data) {
+  srv_json_exact_ints(data); /* integers digit for digit (issue 9 #15) */
   char *s = cJSON_PrintUnformatted(data);
   cJSON_Delete(data);
   if (!s) return;
@@ -222,6 +223,7 @@ static cJSON *state_event(job *j) {
 }
 
 static char *print_free(cJSON *d) {
+  srv_json_exact_ints(d); /* integers digit for digit (issue 9 #15) */
   char *s = cJSON_PrintUnformatted(d);
   cJSON_Delete(d);
   return s;
@@ -1160,7 +1162,7 @@ static char *frame(const event *e, int ndjson, size_t *len) {
                             (unsigned long long)e->id, e->type, e->data)
                  : snprintf(b, n, "id: %llu\nevent: %s\ndata: %s\n\n",
                             (unsigned long long)e->id, e->type, e->data);
-  *len = (size_t)w;
+  *len = w < 0 ? 0 : (size_t)w < n ? (size_t)w : n - 1; /* never past what was written */
   return b;
 }
 

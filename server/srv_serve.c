@@ -34,18 +34,27 @@ static const char SERVE_HELP[] =
     "  --web-dir DIR             serve the page from DIR instead of the built-in copy\n"
     "  --api-token TOKEN         require 'Authorization: Bearer TOKEN' on POST and DELETE\n"
     "  --api-token-file FILE     the same, read from a file (first line)\n"
+    "                            (tokens: up to 4096 visible ASCII characters)\n"
     "  --max-body BYTES          largest request body (default 8388608 = 8 MiB)\n"
     "  --threads N               HTTP worker threads (default 2)\n"
     "  --train-threads N         threads per training job (default: cores, up to 8)\n"
     "  --max-running-jobs N      jobs training at once (default 1; the rest queue)\n"
     "  --conn-limit N            open connections at most (default 4096)\n"
     "  --conn-timeout SECONDS    idle connections are closed after this (default 30)\n"
+    "  --per-ip-conn-limit N     open connections per client address (default 128, at\n"
+    "                            most a quarter of --conn-limit; 0 = no limit)\n"
+    "  --head-timeout SECONDS    a new connection's request head must arrive within\n"
+    "                            this (default 10)\n"
+    "  --allow-origin ORIGIN     also accept changes from this web origin, e.g.\n"
+    "                            https://dash.example (repeatable, comma-separated; * = any)\n"
+    "  --allow-host NAME         on loopback, also answer Host NAME (repeatable; * = any)\n"
     "  --log-format text|json    one line per request on stderr (default text)\n"
     "  --no-bootstrap            do not train a first model when there is none\n";
 
 enum {
   O_LISTEN = 1, O_STATE, O_DATA, O_WEB, O_TOKEN, O_TOKEN_FILE, O_MAX_BODY, O_THREADS,
-  O_TRAIN_THREADS, O_MAX_JOBS, O_CONN_LIMIT, O_CONN_TIMEOUT, O_LOG, O_NO_BOOT, O_HELP
+  O_TRAIN_THREADS, O_MAX_JOBS, O_CONN_LIMIT, O_CONN_TIMEOUT, O_LOG, O_NO_BOOT, O_HELP,
+  O_PER_IP, O_HEAD_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST
 };
 
 static const struct option OPTS[] = {
@@ -61,6 +70,10 @@ static const struct option OPTS[] = {
     {"max-running-jobs", required_argument, 0, O_MAX_JOBS},
     {"conn-limit", required_argument, 0, O_CONN_LIMIT},
     {"conn-timeout", required_argument, 0, O_CONN_TIMEOUT},
+    {"per-ip-conn-limit", required_argument, 0, O_PER_IP},
+    {"head-timeout", required_argument, 0, O_HEAD_TIMEOUT},
+    {"allow-origin", required_argument, 0, O_ALLOW_ORIGIN},
+    {"allow-host", required_argument, 0, O_ALLOW_HOST},
     {"log-format", required_argument, 0, O_LOG},
     {"no-bootstrap", no_argument, 0, O_NO_BOOT},
     {"help", no_argument, 0, O_HELP},
@@ -73,15 +86,57 @@ static int usage(const char *fmt, const char *a) {
   return 2;
 }
 
+/* A token is stored whole or refused: never cut short (a cut token would
+ * silently refuse every client holding the real one). */
+static int set_token(srv_config *c, const char *v, size_t n, const char *what) {
+  char why[128];
+  if (n == 0) return usage("%s is empty", what);
+  if (n > SRV_MAX_TOKEN) {
+    snprintf(why, sizeof why, "%%s is %zu bytes long; at most %d are supported", n,
+             SRV_MAX_TOKEN);
+    return usage(why, what);
+  }
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)v[i] <= 0x20 || (unsigned char)v[i] >= 0x7f) {
+      snprintf(why, sizeof why, "%%s has a space, control or non-ASCII byte at %zu; "
+               "a header cannot carry it", i);
+      return usage(why, what);
+    }
+  memcpy(c->api_token, v, n);
+  c->api_token[n] = 0;
+  return 0;
+}
+
 static int read_token_file(srv_config *c, const char *path) {
   FILE *f = fopen(path, "r");
   if (!f) return usage("cannot read --api-token-file %s", path);
-  char buf[sizeof c->api_token];
-  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, f);
   fclose(f);
-  buf[strcspn(buf, "\r\n")] = 0;
-  if (!buf[0]) return usage("--api-token-file %s is empty", path);
-  snprintf(c->api_token, sizeof c->api_token, "%s", buf);
+  size_t len = n > 0 ? (size_t)n : 0;
+  const char *v = line ? line : "";
+  /* The first line, without surrounding whitespace or its line end. */
+  while (len && (v[len - 1] == '\n' || v[len - 1] == '\r' || v[len - 1] == ' ' ||
+                 v[len - 1] == '\t'))
+    len--;
+  while (len && (*v == ' ' || *v == '\t')) v++, len--;
+  char what[PATH_MAX + 32];
+  snprintf(what, sizeof what, "--api-token-file %s", path);
+  int rc = set_token(c, v, len, what);
+  free(line);
+  return rc;
+}
+
+/* Appends v to a comma-separated list; refuses rather than cuts. */
+static int add_list(char *list, size_t size, const char *v, const char *flag) {
+  size_t have = strlen(list), n = strlen(v);
+  if (!n) return usage("%s must not be empty", flag);
+  if (have + n + 2 > size) return usage("%s: too many values", flag);
+  if (have) list[have++] = ',';
+  memcpy(list + have, v, n + 1);
+  /* An origin never ends in '/': browsers send "https://dash.example". */
+  for (size_t k = strlen(list); k && list[k - 1] == '/'; k--) list[k - 1] = 0;
   return 0;
 }
 
@@ -99,9 +154,7 @@ static int apply(srv_config *c, int opt, const char *v) {
   case O_DATA: snprintf(c->data_dir, sizeof c->data_dir, "%s", v); break;
   case O_WEB: snprintf(c->web_dir, sizeof c->web_dir, "%s", v); break;
   case O_TOKEN:
-    if (!*v) return usage("%s", "--api-token must not be empty");
-    snprintf(c->api_token, sizeof c->api_token, "%s", v);
-    break;
+    return set_token(c, v, strlen(v), "--api-token");
   case O_TOKEN_FILE: return read_token_file(c, v);
   case O_MAX_BODY:
     if (srv_parse_long(v, 1024, 1L << 30, &n))
@@ -130,6 +183,17 @@ static int apply(srv_config *c, int opt, const char *v) {
     if (srv_parse_long(v, 1, 3600, &n)) return usage("--conn-timeout must be 1..3600, not '%s'", v);
     c->conn_timeout = (int)n;
     break;
+  case O_PER_IP:
+    if (srv_parse_long(v, 0, 1000000, &n))
+      return usage("--per-ip-conn-limit must be 0..1000000 (0 = no limit), not '%s'", v);
+    c->per_ip_limit = (int)n;
+    break;
+  case O_HEAD_TIMEOUT:
+    if (srv_parse_long(v, 1, 3600, &n)) return usage("--head-timeout must be 1..3600, not '%s'", v);
+    c->head_timeout = (int)n;
+    break;
+  case O_ALLOW_ORIGIN: return add_list(c->allow_origin, sizeof c->allow_origin, v, "--allow-origin");
+  case O_ALLOW_HOST: return add_list(c->allow_host, sizeof c->allow_host, v, "--allow-host");
   case O_LOG:
     if (strcmp(v, "text") && strcmp(v, "json"))
       return usage("--log-format must be text or json, not '%s'", v);
@@ -155,6 +219,8 @@ int srv_config_parse(srv_config *c, int argc, char **argv) {
   c->bootstrap = 1;
   c->conn_limit = 4096;
   c->conn_timeout = 30;
+  c->per_ip_limit = 128;
+  c->head_timeout = 10;
   /* Environment first: MNISTD_ + the flag in upper snake case. */
   for (const struct option *o = OPTS; o->name; o++) {
     if (o->val == O_HELP) continue;
@@ -312,6 +378,13 @@ int srv_serve_main(int argc, char **argv) {
            S.cfg.listen, S.cfg.state_dir, S.cfg.data_dir,
            S.cfg.api_token[0] ? ", API token required for changes" : "");
   srv_log(&S, "info", msg);
+  nn_backend_info bi;
+  nn_backend_info_get(&bi);
+  snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
+  srv_log(&S, "info", msg);
+  if (!strcmp(bi.kernel, "unknown"))
+    srv_log(&S, "warn", "oneDNN cannot compile its kernels: training and predictions will fail "
+                        "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
   sd_notify(0, "READY=1");
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);
@@ -368,10 +441,10 @@ int srv_healthcheck_main(int argc, char **argv) {
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   int ok = fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
   freeaddrinfo(ai);
-  char buf[256];
+  char buf[512];
   if (ok) {
     int n = snprintf(buf, sizeof buf, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, host);
-    ok = write(fd, buf, (size_t)n) == n;
+    ok = n > 0 && (size_t)n < sizeof buf && write(fd, buf, (size_t)n) == n;
   }
   ssize_t got = ok ? read(fd, buf, sizeof buf - 1) : -1;
   if (fd >= 0) close(fd);

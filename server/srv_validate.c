@@ -36,8 +36,150 @@ static int get_uint(const cJSON *v, double lo, double hi, double *out) {
   return 0;
 }
 
-static cJSON *parse_object(const char *body, size_t len, char *msg, size_t msglen) {
+/* ---------------------------------------------------------------- text */
+
+/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 when the
+ * bytes there are not one (overlong forms, surrogates, > U+10FFFF and cut
+ * sequences included). */
+static size_t utf8_seq(const unsigned char *p, size_t n) {
+  if (p[0] < 0x80) return 1;
+  size_t k;
+  unsigned lo = 0x80, hi = 0xBF;
+  if (p[0] >= 0xC2 && p[0] <= 0xDF) k = 2;
+  else if (p[0] >= 0xE0 && p[0] <= 0xEF) {
+    k = 3;
+    if (p[0] == 0xE0) lo = 0xA0;
+    if (p[0] == 0xED) hi = 0x9F;
+  } else if (p[0] >= 0xF0 && p[0] <= 0xF4) {
+    k = 4;
+    if (p[0] == 0xF0) lo = 0x90;
+    if (p[0] == 0xF4) hi = 0x8F;
+  } else
+    return 0;
+  if (n < k || p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < k; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return k;
+}
+
+size_t srv_text_clean(char *dst, size_t dstlen, const char *src, size_t srclen, int mode) {
+  if (!dstlen) return 0;
+  const unsigned char *p = (const unsigned char *)(src ? src : "");
+  size_t o = 0;
+  for (size_t i = 0; i < srclen && p[i];) {
+    char rep[8];
+    const char *out = (const char *)p + i;
+    size_t k = utf8_seq(p + i, srclen - i), w = k;
+    if (k == 1 && mode == SRV_CLEAN_LOG && (p[i] < 0x20 || p[i] == 0x7f || p[i] == '\\')) {
+      if (p[i] == '\\') snprintf(rep, sizeof rep, "\\\\");
+      else snprintf(rep, sizeof rep, "\\x%02x", p[i]);
+      out = rep, w = strlen(rep);
+    } else if (k == 0) {
+      /* A byte that starts no valid character: U+FFFD in JSON text, its
+       * value in the log. */
+      if (mode == SRV_CLEAN_LOG) snprintf(rep, sizeof rep, "\\x%02x", p[i]);
+      else snprintf(rep, sizeof rep, "\xEF\xBF\xBD");
+      out = rep, w = strlen(rep), k = 1;
+    }
+    if (o + w + 1 > dstlen) break; /* clipped on a character boundary */
+    memcpy(dst + o, out, w);
+    o += w;
+    i += k;
+  }
+  dst[o] = 0;
+  return o;
+}
+
+int srv_json_prescan(const char *body, size_t len, size_t max_values, char *msg,
+                     size_t msglen) {
+  const unsigned char *p = (const unsigned char *)body;
+  size_t values = 1;
+  int in_str = 0, in_num = 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = p[i];
+    if (ch >= 0x80) {
+      size_t k = utf8_seq(p + i, len - i);
+      if (!k) {
+        snprintf(msg, msglen, "the body is not valid UTF-8 (byte %zu)", i);
+        return -EINVAL;
+      }
+      i += k - 1;
+      in_num = 0;
+      continue;
+    }
+    if (in_str) {
+      if (ch == '"') in_str = 0;
+      else if (ch == '\\' && i + 1 < len && p[i + 1] < 0x80) {
+        /* Skip the escaped byte (an escaped '"' does not end the string).
+         * A non-ASCII byte after '\\' is a bad escape cJSON reports; it is
+         * not skipped so the UTF-8 check stays in step. */
+        if (p[i + 1] == 'u' && i + 5 < len && !memcmp(p + i + 2, "0000", 4)) {
+          snprintf(msg, msglen, "strings must not contain NUL (\\u0000 at byte %zu)", i);
+          return -EINVAL;
+        }
+        i++;
+      } else if (ch == 0) {
+        snprintf(msg, msglen, "strings must not contain NUL (byte %zu)", i);
+        return -EINVAL;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_str = 1;
+      in_num = 0;
+    } else if ((ch >= '0' && ch <= '9') || ch == '-') {
+      if (!in_num) {
+        size_t d = ch == '-' ? i + 1 : i;
+        if (d + 1 < len && p[d] == '0' && p[d + 1] >= '0' && p[d + 1] <= '9') {
+          snprintf(msg, msglen, "numbers must not have leading zeros (byte %zu)", d);
+          return -EINVAL;
+        }
+      }
+      in_num = 1;
+    } else if (ch == '.' || ch == 'e' || ch == 'E' || ch == '+') {
+      /* inside a number (or a syntax error cJSON reports) */
+    } else {
+      in_num = 0;
+      if (ch == ',' || ch == '[' || ch == '{') values++;
+    }
+    if (values > max_values) {
+      snprintf(msg, msglen, "the body holds more than %zu JSON values, more than this "
+               "endpoint can accept", max_values);
+      return -E2BIG;
+    }
+  }
+  return 0;
+}
+
+static int is_exact_int(double d) { return d == floor(d) && fabs(d) < 1.8446744073709552e19; }
+
+void srv_json_exact_ints(cJSON *node) {
+  for (; node; node = node->next) {
+    if (cJSON_IsNumber(node) && fabs(node->valuedouble) >= 1e15 &&
+        is_exact_int(node->valuedouble)) {
+      /* cJSON prints "%1.15g" unless that reads back "close enough":
+       * 9007199254740991 would come out as 9.00719925474099e+15. */
+      char buf[32];
+      snprintf(buf, sizeof buf, "%.0f", node->valuedouble);
+      char *raw = strdup(buf);
+      if (raw) {
+        node->type = cJSON_Raw | (node->type & cJSON_StringIsConst);
+        node->valuestring = raw;
+      }
+    }
+    if (node->child) srv_json_exact_ints(node->child);
+  }
+}
+
+static cJSON *parse_object(const char *body, size_t len, size_t max_values, char *msg,
+                           size_t msglen, int *rc) {
+  *rc = -EINVAL;
   if (len == 0) return cJSON_CreateObject();
+  int pre = srv_json_prescan(body, len, max_values, msg, msglen);
+  if (pre) {
+    *rc = pre;
+    return NULL;
+  }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
   if (!root) {
@@ -103,8 +245,9 @@ static int parse_optimizer(const cJSON *o, srv_job_config *c, int *lr_set, char 
 int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *msg,
                          size_t msglen) {
   srv_job_config_defaults(c);
-  cJSON *root = parse_object(body, len, msg, msglen);
-  if (!root) return -EINVAL;
+  int prc;
+  cJSON *root = parse_object(body, len, SRV_JOB_MAX_VALUES, msg, msglen, &prc);
+  if (!root) return prc;
   int rc = 0, lr_set = 0;
   const cJSON *f;
   double d;
@@ -241,8 +384,9 @@ int srv_predict_json_parse(const char *body, size_t len, uint8_t **pixels, uint3
                            char *msg, size_t msglen) {
   *pixels = NULL;
   *n = 0;
-  cJSON *root = parse_object(body, len, msg, msglen);
-  if (!root) return -EINVAL;
+  int prc;
+  cJSON *root = parse_object(body, len, SRV_PREDICT_MAX_VALUES, msg, msglen, &prc);
+  if (!root) return prc;
   int rc = 0;
   const cJSON *img = NULL, *imgs = NULL, *f;
   cJSON_ArrayForEach(f, root) {
@@ -331,8 +475,9 @@ int srv_tfs_parse(const char *body, size_t len, float **x, uint32_t *n, char *ms
                   size_t msglen) {
   *x = NULL;
   *n = 0;
-  cJSON *root = parse_object(body, len, msg, msglen);
-  if (!root) return -EINVAL;
+  int prc;
+  cJSON *root = parse_object(body, len, SRV_TFS_MAX_VALUES, msg, msglen, &prc);
+  if (!root) return prc;
   int rc = 0;
   const cJSON *inst = NULL, *f;
   cJSON_ArrayForEach(f, root) {

@@ -29,6 +29,13 @@ typedef struct srv_job_config {
 #define SRV_MAX_EPOCHS 1000
 #define SRV_MAX_BATCH 4096
 #define SRV_MAX_PREDICT_IMAGES 1024
+/* The most JSON values (nodes) a body may hold, checked before a tree is
+ * built: a maximal request of each endpoint plus a little slack. An 8 MiB
+ * body of "0," would otherwise become 4 million cJSON nodes (~300 MB). */
+#define SRV_JOB_MAX_VALUES 256
+#define SRV_PREDICT_MAX_VALUES ((size_t)SRV_MAX_PREDICT_IMAGES * (NN_IMAGE_SIZE + 1) + 16)
+#define SRV_TFS_MAX_VALUES                                                                   \
+  ((size_t)SRV_MAX_PREDICT_IMAGES * (NN_IMAGE_SIZE + NN_IMAGE_SIDE + 1) + 16)
 
 void srv_job_config_defaults(srv_job_config *c);
 
@@ -51,5 +58,27 @@ int srv_predict_json_parse(const char *body, size_t len, uint8_t **pixels, uint3
  * numbers in [0, 1] or 28 rows of 28. *x is malloc'd n * 784 floats. */
 int srv_tfs_parse(const char *body, size_t len, float **x, uint32_t *n, char *msg,
                   size_t msglen);
+
+/* What cJSON lets through and JSON or this API does not, found without
+ * building a tree: bytes that are not UTF-8, NUL in strings (a "\u0000"
+ * would cut "fashion-mnist\u0000x" to a valid name), numbers with leading
+ * zeros ("05"), and more than max_values values. Returns 0, -EINVAL or
+ * -E2BIG (too many values), msg saying where. */
+int srv_json_prescan(const char *body, size_t len, size_t max_values, char *msg,
+                     size_t msglen);
+
+/* Copies at most srclen bytes of src (stopping at a NUL) into dst as valid
+ * UTF-8, clipped on a character boundary to dstlen - 1 bytes and
+ * terminated. SRV_CLEAN_JSON replaces bytes that are not UTF-8 with U+FFFD
+ * (cJSON escapes the rest); SRV_CLEAN_LOG writes them, control characters
+ * and backslash as \xNN / \\, so one log line stays one line. Returns
+ * the length written. */
+enum { SRV_CLEAN_JSON = 0, SRV_CLEAN_LOG = 1 };
+size_t srv_text_clean(char *dst, size_t dstlen, const char *src, size_t srclen, int mode);
+
+/* Rewrites every integral number >= 1e15 of a cJSON tree (and its
+ * siblings) as a raw literal, so cJSON prints it digit for digit. */
+struct cJSON;
+void srv_json_exact_ints(struct cJSON *node);
 
 #endif

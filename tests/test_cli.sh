@@ -16,6 +16,10 @@ exit_code() { "$@" >"$T/out" 2>"$T/err"; echo $?; }
 
 check "--help exits 0 and lists commands" bash -c "'$BIN' --help | grep -q 'train'"
 check "--version prints the version" bash -c "'$BIN' --version | grep -Eq '^mnistd [0-9]+\.[0-9]+'"
+check "--version names the oneDNN version and ISA" \
+  bash -c "'$BIN' --version | grep -Eq '^kernels: oneDNN [0-9]+\.[0-9]+\.[0-9]+, isa [a-z0-9_]+, matmul '"
+check "--version shows a capped ISA (ONEDNN_MAX_CPU_ISA=SSE41)" \
+  bash -c "ONEDNN_MAX_CPU_ISA=SSE41 '$BIN' --version | grep -q ', isa sse41,'"
 check "train --help" bash -c "'$BIN' train --help | grep -q -- '--optimizer'"
 for bad in "train --epochs 0" "train --epochs abc" "train --lr -1" "train --lr nan" \
            "train --arch lenet" "train --optimizer adagrad" "train --bogus" "train --batch-size" \
@@ -63,6 +67,17 @@ rc=$(exit_code "$BIN" predict --model "$T/cut.model" "$T/three.raw")
 check "truncated model: exit 1 with a message naming the file" bash -c "test $rc = 1 && grep -q 'cut.model: truncated' '$T/err'"
 rc=$(exit_code "$BIN" predict --model "$T/m.model" /etc/hostname)
 check "unreadable image file: exit 1 with a message" bash -c "test $rc = 1 && grep -q hostname '$T/err'"
+
+# Issue 9 #23: a build without the page's chart library (no node_modules/)
+# stops and says what to run, instead of embedding a page without charts.
+if [ -f Makefile ] && [ -f scripts/embed.c ]; then
+  mkdir -p "$T/src" && cp -R Makefile core server web scripts "$T/src/"
+  # (a clean environment: under `make unit` MAKEFLAGS would pass BUILD, SAN...)
+  (cd "$T/src" && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make BUILD=build build/gen/srv_assets_data.c) > "$T/mk.out" 2>&1
+  check "make without node_modules/ fails, naming the file and 'make deps'" bash -c "
+    ! test -e '$T/src/build/gen/srv_assets_data.c' && grep -q 'uPlot.iife.min.js is missing' '$T/mk.out' &&
+    grep -q \"make deps\" '$T/mk.out'"
+fi
 
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

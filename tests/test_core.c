@@ -15,6 +15,7 @@
 #include <dirent.h>
 
 #include "nn.h"
+#include "nn_internal.h" /* the fused kernels, checked against the references */
 
 static uint64_t lcg = 12345;
 static float frand(void) { /* deterministic uniform in [-1, 1) */
@@ -216,6 +217,260 @@ static void test_model_gradient(void **state) {
   free(ana);
   free(x);
   nn_trainer_free(t);
+  nn_model_free(m);
+}
+
+
+/* ---------------------------------------------------------------- fused */
+
+static int close_to(float got, float want, double abs_tol, double rel_tol) {
+  return fabs((double)got - want) <= abs_tol + rel_tol * fabs((double)want);
+}
+
+/* The unfused reference of dropout: the public hash, a mask, then a scale. */
+static void ref_dropout(float *v, size_t n, nn_drop dr) {
+  for (size_t k = 0; k < n; k++)
+    if (dr.thr) v[k] = nn_drop_hash(dr.key, (uint32_t)k) >= dr.thr ? v[k] * dr.scale : 0.f;
+}
+
+static nn_drop drop_of(float rate, uint32_t key) {
+  if (rate == 0.f) return (nn_drop){key, 0, 1.0f};
+  return (nn_drop){key, (uint32_t)((double)rate * 4294967296.0), 1.0f / (1.0f - rate)};
+}
+
+/* Random shapes: one row, odd widths, a width of one, an all-equal row. */
+static const uint32_t SHAPES[][2] = {{1, 1}, {1, 7}, {2, 5}, {3, 17}, {7, 33}, {13, 256}, {64, 31}};
+
+static void test_fused_antirect_matches_reference(void **state) {
+  (void)state;
+  for (size_t si = 0; si < sizeof SHAPES / sizeof *SHAPES; si++)
+    for (int dk = 0; dk < 3; dk++) {
+      uint32_t n = SHAPES[si][0], d = SHAPES[si][1];
+      nn_drop dr = drop_of(dk == 0 ? 0.f : dk == 1 ? 0.1f : 0.5f, 0x1234567u * (uint32_t)(si + 1));
+      size_t nd = (size_t)n * d;
+      float *x = malloc(nd * 4), *y = malloc(nd * 4), *yr = malloc(nd * 4),
+            *inv = malloc(n * 4), *invr = malloc(n * 4), *out = malloc(2 * nd * 4),
+            *outr = malloc(2 * nd * 4), *g = malloc(2 * nd * 4), *gr = malloc(2 * nd * 4),
+            *dx = malloc(nd * 4), *dxr = malloc(nd * 4), *db = malloc(d * 4);
+      for (size_t k = 0; k < nd; k++) x[k] = frand() * 3.0f;
+      if (n > 1) for (uint32_t i = 0; i < d; i++) x[d + i] = 0.25f; /* all-equal row */
+      for (size_t k = 0; k < 2 * nd; k++) g[k] = gr[k] = frand();
+      nn_k_antirect_fwd(x, n, d, y, inv, out, dr);
+      nn_antirect_forward(x, n, d, yr, invr, outr);
+      ref_dropout(outr, 2 * nd, dr);
+      for (size_t k = 0; k < nd; k++) assert_true(close_to(y[k], yr[k], 1e-6, 1e-5));
+      for (uint32_t r = 0; r < n; r++) assert_true(close_to(inv[r], invr[r], 0, 1e-5));
+      for (size_t k = 0; k < 2 * nd; k++) assert_true(close_to(out[k], outr[k], 1e-6, 1e-5));
+      nn_k_antirect_bwd(y, inv, g, n, d, dx, db, dr);
+      ref_dropout(gr, 2 * nd, dr); /* dropout's backward is the same mask */
+      nn_antirect_backward(yr, invr, gr, n, d, dxr);
+      for (size_t k = 0; k < nd; k++) assert_true(close_to(dx[k], dxr[k], 1e-5, 1e-4));
+      for (uint32_t i = 0; i < d; i++) {
+        double want = 0;
+        for (uint32_t r = 0; r < n; r++) want += dxr[(size_t)r * d + i];
+        assert_true(close_to(db[i], (float)want, 1e-5, 1e-4));
+      }
+      free(x), free(y), free(yr), free(inv), free(invr), free(out), free(outr);
+      free(g), free(gr), free(dx), free(dxr), free(db);
+    }
+}
+
+static void test_fused_relu_dropout_matches_reference(void **state) {
+  (void)state;
+  for (size_t si = 0; si < sizeof SHAPES / sizeof *SHAPES; si++)
+    for (int dk = 0; dk < 2; dk++) {
+      uint32_t n = SHAPES[si][0], d = SHAPES[si][1];
+      nn_drop dr = drop_of(dk ? 0.3f : 0.f, 77u + (uint32_t)si);
+      size_t nd = (size_t)n * d;
+      float *x = malloc(nd * 4), *out = malloc(nd * 4), *ref = malloc(nd * 4),
+            *g = malloc(nd * 4), *dx = malloc(nd * 4), *dxr = malloc(nd * 4),
+            *db = malloc(d * 4), *dd = malloc(nd * 4);
+      for (size_t k = 0; k < nd; k++) x[k] = frand(), g[k] = frand();
+      nn_k_relu_drop_fwd(out, x, n, d, dr);
+      for (size_t k = 0; k < nd; k++) ref[k] = x[k] > 0.f ? x[k] : 0.f;
+      ref_dropout(ref, nd, dr);
+      for (size_t k = 0; k < nd; k++) assert_true(close_to(out[k], ref[k], 0, 1e-6));
+      nn_k_relu_drop_bwd(dx, x, g, n, d, db, dr);
+      memcpy(dxr, g, nd * 4);
+      ref_dropout(dxr, nd, dr);
+      for (size_t k = 0; k < nd; k++) dxr[k] = x[k] > 0.f ? dxr[k] : 0.f;
+      for (size_t k = 0; k < nd; k++) assert_true(close_to(dx[k], dxr[k], 0, 1e-6));
+      for (uint32_t i = 0; i < d; i++) {
+        double want = 0;
+        for (uint32_t r = 0; r < n; r++) want += dxr[(size_t)r * d + i];
+        assert_true(close_to(db[i], (float)want, 1e-6, 1e-5));
+      }
+      /* Standalone dropout is the same mask. */
+      nn_k_dropout(dd, g, nd, dr);
+      memcpy(dxr, g, nd * 4);
+      ref_dropout(dxr, nd, dr);
+      for (size_t k = 0; k < nd; k++) assert_true(dd[k] == dxr[k]); /* -0 == 0 */
+      free(x), free(out), free(ref), free(g), free(dx), free(dxr), free(db), free(dd);
+    }
+}
+
+/* The hash keeps 1 - rate of the elements, and another key another set. */
+static void test_dropout_hash_rate(void **state) {
+  (void)state;
+  enum { N = 200000 };
+  float *a = malloc(N * 4), *b = malloc(N * 4), *one = malloc(N * 4);
+  for (int k = 0; k < N; k++) one[k] = 1.0f;
+  nn_k_dropout(a, one, N, drop_of(0.1f, 1));
+  nn_k_dropout(b, one, N, drop_of(0.1f, 2));
+  size_t kept = 0, differ = 0;
+  for (int k = 0; k < N; k++) kept += a[k] != 0.f, differ += (a[k] != 0.f) != (b[k] != 0.f);
+  assert_true(fabs((double)kept / N - 0.9) < 0.005);
+  assert_true(fabs((double)differ / N - 2 * 0.9 * 0.1) < 0.01); /* independent masks */
+  for (int k = 0; k < N; k++) assert_true(a[k] == 0.f || a[k] == 1.0f / (1.0f - 0.1f));
+  free(a), free(b), free(one);
+}
+
+static void test_fused_rmsprop_matches_reference(void **state) {
+  (void)state;
+  const size_t sizes[] = {1, 17, 511, 513, 5000};
+  nn_opt_config c;
+  nn_opt_defaults(&c, NN_OPT_RMSPROP);
+  for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+    for (uint32_t ng = 1; ng <= 4; ng++) {
+      size_t n = sizes[si];
+      float *g[4], *w = malloc(n * 4), *a = malloc(n * 4), *wr = malloc(n * 4),
+            *ar = malloc(n * 4), *sum = malloc(n * 4);
+      for (uint32_t s = 0; s < ng; s++) {
+        g[s] = malloc(n * 4);
+        for (size_t k = 0; k < n; k++) g[s][k] = frand() * 0.1f;
+      }
+      for (size_t k = 0; k < n; k++) w[k] = wr[k] = frand(), a[k] = ar[k] = fabsf(frand()) * 0.01f;
+      nn_k_rmsprop_sum(w, a, (const float *const *)g, ng, n, c.lr, c.rho, c.epsilon);
+      memcpy(sum, g[0], n * 4);
+      for (uint32_t s = 1; s < ng; s++) nn_k_add(sum, g[s], n);
+      nn_opt_step(&c, wr, sum, ar, n, 1);
+      for (size_t k = 0; k < n; k++) {
+        assert_true(close_to(w[k], wr[k], 0, 1e-6));
+        assert_true(close_to(a[k], ar[k], 0, 1e-6));
+      }
+      for (uint32_t s = 0; s < ng; s++) free(g[s]);
+      free(w), free(a), free(wr), free(ar), free(sum);
+    }
+}
+
+/* An unfused reference of the whole gradient (dropout off, as in
+ * nn_trainer_gradient): plain double loops for the dense layers and the
+ * public reference kernels for the rest. */
+static double ref_gradient(const nn_model *m, const float *x, const uint8_t *labels, uint32_t n,
+                           float *grad) {
+  float *act[NN_MAX_LAYERS] = {0}, *ys[NN_MAX_LAYERS] = {0}, *invs[NN_MAX_LAYERS] = {0};
+  const float *in = x;
+  double loss = 0;
+  float *dz = NULL;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    act[i] = calloc((size_t)n * l->out, 4);
+    switch (l->type) {
+    case NN_LAYER_DENSE:
+      for (uint32_t r = 0; r < n; r++)
+        for (uint32_t o = 0; o < l->out; o++) {
+          double s = m->params[l->b_off + o];
+          for (uint32_t k = 0; k < l->in; k++)
+            s += (double)in[(size_t)r * l->in + k] * m->params[l->w_off + (size_t)o * l->in + k];
+          act[i][(size_t)r * l->out + o] = (float)s;
+        }
+      break;
+    case NN_LAYER_ANTIRECT:
+      ys[i] = malloc((size_t)n * l->in * 4), invs[i] = malloc(n * 4);
+      nn_antirect_forward(in, n, l->in, ys[i], invs[i], act[i]);
+      break;
+    case NN_LAYER_RELU:
+      for (size_t k = 0; k < (size_t)n * l->in; k++) act[i][k] = in[k] > 0.f ? in[k] : 0.f;
+      break;
+    case NN_LAYER_DROPOUT:
+      memcpy(act[i], in, (size_t)n * l->in * 4);
+      break;
+    case NN_LAYER_SOFTMAX:
+      dz = malloc((size_t)n * l->in * 4);
+      loss = nn_softmax_xent(in, labels, n, l->in, act[i], dz, NULL);
+      break;
+    }
+    in = act[i];
+  }
+  float *g = dz;
+  for (int i = (int)m->n_layers - 2; i >= 0; i--) {
+    const nn_layer *l = &m->layers[i];
+    const float *li = i ? act[i - 1] : x;
+    float *dx = calloc((size_t)n * l->in, 4);
+    switch (l->type) {
+    case NN_LAYER_DENSE:
+      for (uint32_t o = 0; o < l->out; o++) {
+        double sb = 0;
+        for (uint32_t r = 0; r < n; r++) sb += g[(size_t)r * l->out + o];
+        grad[l->b_off + o] = (float)sb;
+        for (uint32_t k = 0; k < l->in; k++) {
+          double s = 0;
+          for (uint32_t r = 0; r < n; r++)
+            s += (double)g[(size_t)r * l->out + o] * li[(size_t)r * l->in + k];
+          grad[l->w_off + (size_t)o * l->in + k] = (float)s;
+        }
+      }
+      for (uint32_t r = 0; r < n; r++)
+        for (uint32_t k = 0; k < l->in; k++) {
+          double s = 0;
+          for (uint32_t o = 0; o < l->out; o++)
+            s += (double)g[(size_t)r * l->out + o] * m->params[l->w_off + (size_t)o * l->in + k];
+          dx[(size_t)r * l->in + k] = (float)s;
+        }
+      break;
+    case NN_LAYER_ANTIRECT:
+      nn_antirect_backward(ys[i], invs[i], g, n, l->in, dx);
+      break;
+    case NN_LAYER_RELU:
+      for (size_t k = 0; k < (size_t)n * l->in; k++) dx[k] = li[k] > 0.f ? g[k] : 0.f;
+      break;
+    default:
+      memcpy(dx, g, (size_t)n * l->in * 4);
+      break;
+    }
+    free(g);
+    g = dx;
+  }
+  free(g);
+  for (uint32_t i = 0; i < m->n_layers; i++) free(act[i]), free(ys[i]), free(invs[i]);
+  return loss;
+}
+
+/* The trainer's fused, threaded gradient equals the reference for batches
+ * of one row and of rows not divisible by the thread count (3 threads on 7
+ * rows; 2 and 3 threads on 1 row leave shards empty). */
+static void test_trainer_gradient_matches_reference(void **state) {
+  (void)state;
+  nn_model *m = small_model();
+  const uint32_t ns[] = {1, 7};
+  float *x = malloc(7 * 784 * 4), *ref = malloc(m->n_params * 4);
+  uint8_t labels[7] = {4, 0, 9, 1, 1, 7, 3};
+  for (int i = 0; i < 7 * 784; i++) x[i] = frand() > 0.5f ? (frand() + 1.0f) * 0.5f : 0.f;
+  for (size_t ni = 0; ni < 2; ni++) {
+    uint32_t n = ns[ni];
+    double want = ref_gradient(m, x, labels, n, ref);
+    for (uint32_t threads = 1; threads <= 3; threads++) {
+      nn_train_config cfg;
+      nn_train_defaults(&cfg);
+      cfg.batch_size = 8;
+      cfg.threads = threads;
+      nn_trainer *t = NULL;
+      assert_int_equal(nn_trainer_create(&t, m, &cfg), 0);
+      const float *g;
+      float loss = nn_trainer_gradient(t, x, labels, n, &g);
+      assert_true(close_to(loss, (float)want, 1e-6, 1e-5));
+      size_t bad = 0;
+      for (size_t k = 0; k < m->n_params; k++)
+        if (!close_to(g[k], ref[k], 2e-6, 1e-3)) {
+          if (bad++ < 5)
+            fprintf(stderr, "n=%u threads=%u param %zu: %g vs reference %g\n", n, threads, k,
+                    g[k], ref[k]);
+        }
+      assert_int_equal(bad, 0);
+      nn_trainer_free(t);
+    }
+  }
+  free(x), free(ref);
   nn_model_free(m);
 }
 
@@ -567,6 +822,36 @@ static void test_predict_single_matches_batch(void **state) {
     right += nn_argmax(p1) == synth.labels[i];
   }
   assert_true(right >= 60); /* the synthetic task is easy */
+  /* Pinned: the sparse path over transposed weights gives the same answers,
+   * for u8 and float input; unpinning, or another model, takes the normal
+   * path again. */
+  nn_workspace *wp;
+  assert_int_equal(nn_workspace_create(&wp, m, 1), 0);
+  assert_int_equal(nn_workspace_pin(wp, m), 0);
+  for (int i = 0; i < 64; i++) {
+    float xf[784];
+    for (int k = 0; k < 784; k++) xf[k] = synth.images[(size_t)i * 784 + k] / 255.0f;
+    xf[i] = 0.f; /* some zero inputs */
+    assert_int_equal(nn_predict_u8(m, wp, synth.images + (size_t)i * 784, 1, p1), 0);
+    for (int k = 0; k < 10; k++) assert_float_equal(p1[k], pb[i * 10 + k], 1e-5);
+    float pf[10], pn[10];
+    assert_int_equal(nn_predict_f32(m, wp, xf, 1, pf), 0);
+    assert_int_equal(nn_predict_f32(m, w1, xf, 1, pn), 0);
+    for (int k = 0; k < 10; k++) assert_float_equal(pf[k], pn[k], 1e-5);
+  }
+  nn_model *m2;
+  nn_trainer *t2 = trained(&m2, 1, 10, 1, NN_OPT_RMSPROP);
+  float q1[10], q2[10];
+  assert_int_equal(nn_predict_u8(m2, wp, synth.images, 1, q1), 0); /* not the pinned model */
+  assert_int_equal(nn_predict_u8(m2, w1, synth.images, 1, q2), 0);
+  assert_memory_equal(q1, q2, sizeof q1);
+  assert_int_equal(nn_workspace_pin(wp, NULL), 0);
+  assert_int_equal(nn_predict_u8(m, wp, synth.images, 1, q1), 0);
+  assert_int_equal(nn_predict_u8(m, w1, synth.images, 1, q2), 0);
+  assert_memory_equal(q1, q2, sizeof q1);
+  nn_trainer_free(t2);
+  nn_model_free(m2);
+  nn_workspace_free(wp);
   nn_workspace_free(w1);
   nn_workspace_free(wb);
   nn_trainer_free(t);
@@ -632,6 +917,11 @@ int main(void) {
       cmocka_unit_test(test_presets),
       cmocka_unit_test(test_model_create_rejects),
       cmocka_unit_test(test_model_gradient),
+      cmocka_unit_test(test_fused_antirect_matches_reference),
+      cmocka_unit_test(test_fused_relu_dropout_matches_reference),
+      cmocka_unit_test(test_dropout_hash_rate),
+      cmocka_unit_test(test_fused_rmsprop_matches_reference),
+      cmocka_unit_test(test_trainer_gradient_matches_reference),
       cmocka_unit_test(test_rmsprop_hand),
       cmocka_unit_test(test_sgd_adam_hand),
       cmocka_unit_test_setup_teardown(test_model_file_roundtrip, setup_tmp, teardown_tmp),

@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -1011,6 +1013,65 @@ static int group_teardown(void **state) {
   return nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+
+/* Bytes of address space this process has mapped now (VmSize). */
+static size_t vm_size(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  size_t kb = 0;
+
+  assert_non_null(f);
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %zu kB", &kb) == 1)
+      break;
+  fclose(f);
+  return kb * 1024;
+}
+
+/* Issue 9 #22: a few hundred bytes of gzip whose header claims 1,000,000
+ * images (784 MB) must not make the reader allocate the claimed size
+ * before the data arrives. The child runs with 200 MB of address space to
+ * spare: an up-front allocation fails (NN_ENOMEM), a growing buffer
+ * reports the truncation. */
+static void test_gzip_lying_header_bounded(void **state) {
+  char path[PATH_MAX];
+  uint8_t hdr[16 + 1000];
+  uint32_t dims[3] = {1000000, 28, 28};
+  pid_t pid;
+  int status;
+
+  (void)state;
+  memset(hdr, 7, sizeof hdr);
+  hdr[0] = hdr[1] = 0;
+  hdr[2] = 0x08;
+  hdr[3] = 3;
+  for (int i = 0; i < 3; i++)
+    put_be32(hdr + 4 + 4 * i, dims[i]);
+  put(path, "lying-images.gz", hdr, sizeof hdr, 1);
+  fflush(NULL);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    struct rlimit rl;
+    uint8_t *img = NULL;
+    uint32_t n = 0, rows = 0, cols = 0;
+    nn_err err;
+    int rc;
+
+    rl.rlim_cur = rl.rlim_max = vm_size() + ((size_t)200 << 20);
+    if (setrlimit(RLIMIT_AS, &rl) != 0)
+      _exit(3);
+    rc = nn_idx_read_images(path, &img, &n, &rows, &cols, &err);
+    if (rc == NN_ETRUNC && strstr(err.msg, "truncated") != NULL)
+      _exit(0);
+    fprintf(stderr, "rc %d: %s\n", rc, err.msg);
+    _exit(rc == NN_ENOMEM ? 1 : 2);
+  }
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_images_plain),
@@ -1037,6 +1098,7 @@ int main(void) {
       cmocka_unit_test(test_bad_arguments),
       cmocka_unit_test(test_load_dir),
       cmocka_unit_test(test_load_dir_missing_dir),
+      cmocka_unit_test(test_gzip_lying_header_bounded),
       cmocka_unit_test(test_real_mnist),
       cmocka_unit_test(test_real_fashion_mnist),
   };

@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <spng.h>
 
@@ -1274,6 +1277,49 @@ static void test_mnist_real_digits_roundtrip(void **state) {
   free(digits);
 }
 
+
+/* Issue 9 #22: a PGM header claiming 4096x4096 over a handful of bytes is
+ * refused before w*h bytes are allocated. The child has 8 MB of address
+ * space to spare, less than the 16 MB raster: allocating first would
+ * answer -ENOMEM instead of "truncated". */
+static size_t vm_size_now(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  size_t kb = 0;
+  if (!f) return 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %zu kB", &kb) == 1) break;
+  fclose(f);
+  return kb * 1024;
+}
+
+static void test_pgm_bytes_before_memory(void **state) {
+  (void)state;
+  static const char *const bodies[] = {"P5\n4096 4096\n255\n\x01\x02\x03",
+                                       "P2\n4096 4096\n255\n1 2 3\n"};
+  for (int k = 0; k < 2; k++) {
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      struct rlimit rl;
+      rl.rlim_cur = rl.rlim_max = vm_size_now() + ((size_t)8 << 20);
+      if (setrlimit(RLIMIT_AS, &rl)) _exit(3);
+      srv_gray g;
+      char msg[256];
+      int rc = srv_image_decode_pgm((const uint8_t *)bodies[k], strlen(bodies[k]), &g, msg,
+                                    sizeof msg);
+      if (rc == -EINVAL && strstr(msg, "truncated")) _exit(0);
+      fprintf(stderr, "P%c: rc %d: %s\n", k ? '2' : '5', rc, msg);
+      _exit(1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_png_gray8_exact),
@@ -1309,6 +1355,7 @@ int main(void) {
       cmocka_unit_test(test_mnist_odd_shapes),
       cmocka_unit_test(test_mnist_bad_args),
       cmocka_unit_test(test_mnist_real_digits_roundtrip),
+      cmocka_unit_test(test_pgm_bytes_before_memory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,8 @@
 #include "srv_store.h"
 #include "srv_validate.h"
 
+#include <cJSON.h>
+
 /* ---------------------------------------------------------------- validation */
 
 typedef struct {
@@ -597,6 +599,199 @@ static void test_route_table_mutating_routes(void **state) {
   }
 }
 
+
+/* ---------------------------------------------------------------- issue 9 */
+
+/* Valid UTF-8 per RFC 3629, checked independently of srv_text_clean. */
+static int utf8_ok(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    int k = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0;
+    if (!k || (k == 2 && *p < 0xC2)) return 0;
+    unsigned cp = k == 1 ? *p : *p & (0x7F >> k);
+    for (int i = 1; i < k; i++) {
+      if ((p[i] & 0xC0) != 0x80) return 0;
+      cp = cp << 6 | (p[i] & 0x3F);
+    }
+    if ((k == 3 && cp < 0x800) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return 0;
+    p += k;
+  }
+  return 1;
+}
+
+/* #1, #11, #13: text quoted from clients comes out bounded, valid UTF-8,
+ * and (for the log) on one line. */
+static void test_text_clean(void **state) {
+  (void)state;
+  char out[64];
+  static const char *const bad[] = {"\xff", "\xc3\x28", "\xe0\x80\x80", "\xed\xa0\x80",
+                                    "\xf4\x90\x80\x80", "abc\xe2\x82", "\xc0\xaf"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    srv_text_clean(out, sizeof out, bad[i], strlen(bad[i]), SRV_CLEAN_JSON);
+    if (!utf8_ok(out) || !strstr(out, "\xEF\xBF\xBD")) fail_msg("case %zu: '%s'", i, out);
+    srv_text_clean(out, sizeof out, bad[i], strlen(bad[i]), SRV_CLEAN_LOG);
+    if (!utf8_ok(out) || !strstr(out, "\\x")) fail_msg("log case %zu: '%s'", i, out);
+  }
+  /* Valid text passes unchanged, multi-byte characters included. */
+  srv_text_clean(out, sizeof out, "Gr\xc3\xbc\xc3\x9f \xe2\x82\xac \xf0\x9f\x98\x80", 64, SRV_CLEAN_JSON);
+  assert_string_equal(out, "Gr\xc3\xbc\xc3\x9f \xe2\x82\xac \xf0\x9f\x98\x80");
+  /* Clipping never cuts a character in two. */
+  char tiny[6];
+  size_t n = srv_text_clean(tiny, sizeof tiny, "ab\xe2\x82\xac\xe2\x82\xac", 64, SRV_CLEAN_JSON);
+  assert_int_equal(n, 5);
+  assert_string_equal(tiny, "ab\xe2\x82\xac");
+  /* 300 bytes into 64: bounded and terminated. */
+  char big[301];
+  memset(big, 'A', 300);
+  big[300] = 0;
+  assert_int_equal(srv_text_clean(out, sizeof out, big, sizeof big, SRV_CLEAN_JSON), 63);
+  /* Log: a newline cannot start a forged line; escapes stay unambiguous. */
+  srv_text_clean(out, sizeof out, "/x\n2026 info POST\r\x1b[31m\\", 64, SRV_CLEAN_LOG);
+  assert_string_equal(out, "/x\\x0a2026 info POST\\x0d\\x1b[31m\\\\");
+  /* NULL and empty sources. */
+  assert_int_equal(srv_text_clean(out, sizeof out, NULL, 10, SRV_CLEAN_LOG), 0);
+  assert_string_equal(out, "");
+}
+
+/* #4, #13, #19, #22: what cJSON lets through is refused before a tree is
+ * built. */
+static void test_json_prescan(void **state) {
+  (void)state;
+  static const struct { const char *body; int rc; const char *needle; } cases[] = {
+      {"{\"epochs\":5}", 0, NULL},
+      {"{\"a\":[0,0.5,-0.25,10,1e-3,-0,0e5]}", 0, NULL},
+      {"{\"a\":\"0005 inside a string is text\"}", 0, NULL},
+      {"{\"a\":\"\\\\u0000 is an escaped backslash\"}", 0, NULL},
+      /* '\' before a multi-byte character: a bad escape for cJSON, not bad UTF-8 */
+      {"{\"a\":\"x\\\xc3\xa9\"}", 0, NULL},
+      {"{\"epochs\":05}", -EINVAL, "leading zeros"},
+      {"{\"epochs\":-05}", -EINVAL, "leading zeros"},
+      {"{\"a\":[1,00]}", -EINVAL, "leading zeros"},
+      {"{\"dataset\":\"fashion-mnist\\u0000x\"}", -EINVAL, "NUL"},
+      {"{\"a\\u0000b\":1}", -EINVAL, "NUL"},
+      {"{\"\xc3\x28\":1}", -EINVAL, "UTF-8"},
+      {"{\"a\":\"\xff\"}", -EINVAL, "UTF-8"},
+      {"{\"a\":\"\xed\xa0\x80\"}", -EINVAL, "UTF-8"},
+  };
+  char msg[256];
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    msg[0] = 0;
+    int rc = srv_json_prescan(cases[i].body, strlen(cases[i].body), 1000, msg, sizeof msg);
+    if (rc != cases[i].rc || (cases[i].needle && !strstr(msg, cases[i].needle)))
+      fail_msg("prescan case %zu (%s): rc %d msg '%s'", i, cases[i].body, rc, msg);
+  }
+  /* A raw NUL inside a string (the length says the body goes on). */
+  assert_int_equal(srv_json_prescan("{\"a\":\"x\0y\"}", 11, 100, msg, sizeof msg), -EINVAL);
+  /* The value count is bounded before parsing. */
+  /* The bound counts cJSON nodes: [1,2,3] is an array and three numbers. */
+  assert_int_equal(srv_json_prescan("[1,2,3]", 7, 4, msg, sizeof msg), 0);
+  assert_int_equal(srv_json_prescan("[1,2,3,4]", 9, 4, msg, sizeof msg), -E2BIG);
+  assert_int_equal(srv_json_prescan("[[[[]]]]", 8, 4, msg, sizeof msg), -E2BIG);
+  /* Through the parsers: a job config with NUL or leading zeros is a 400,
+   * and one image over the predict limit is a 413 without a tree. */
+  srv_job_config c;
+  const char *nul = "{\"dataset\":\"fashion-mnist\\u0000x\"}";
+  assert_int_equal(srv_job_config_parse(nul, strlen(nul), &c, msg, sizeof msg), -EINVAL);
+  assert_int_equal(srv_job_config_parse("{\"epochs\":05}", 13, &c, msg, sizeof msg), -EINVAL);
+  size_t n = SRV_PREDICT_MAX_VALUES + 8, cap = n * 2 + 32, o;
+  char *big = malloc(cap);
+  assert_non_null(big);
+  o = (size_t)snprintf(big, cap, "{\"image\":[0");
+  for (size_t i = 1; i < n; i++) big[o++] = ',', big[o++] = '0';
+  memcpy(big + o, "]}", 3);
+  uint8_t *px = NULL;
+  uint32_t cnt = 0;
+  assert_int_equal(srv_predict_json_parse(big, o + 2, &px, &cnt, msg, sizeof msg), -E2BIG);
+  assert_null(px);
+  free(big);
+}
+
+/* #15: integers print digit for digit, however large. */
+static void test_json_exact_ints(void **state) {
+  (void)state;
+  srv_job_config c, d;
+  char msg[256];
+  const char *in = "{\"seed\":9007199254740991}";
+  assert_int_equal(srv_job_config_parse(in, strlen(in), &c, msg, sizeof msg), 0);
+  assert_true(c.seed == 9007199254740991ULL);
+  char *canon = srv_job_config_json(&c);
+  assert_non_null(strstr(canon, "\"seed\":9007199254740991"));
+  /* Parsed and printed again (as the job JSON does): still exact. */
+  cJSON *tree = cJSON_Parse(canon);
+  assert_non_null(tree);
+  srv_json_exact_ints(tree);
+  char *again = cJSON_PrintUnformatted(tree);
+  assert_non_null(strstr(again, "\"seed\":9007199254740991"));
+  assert_int_equal(srv_job_config_parse(again, strlen(again), &d, msg, sizeof msg), 0);
+  assert_true(d.seed == c.seed);
+  cJSON_Delete(tree);
+  free(again);
+  free(canon);
+  /* Small integers and fractions are left to cJSON. */
+  tree = cJSON_Parse("{\"a\":[1,0.5,1000000000000000,123456789012345678]}");
+  srv_json_exact_ints(tree);
+  again = cJSON_PrintUnformatted(tree);
+  assert_string_equal(again, "{\"a\":[1,0.5,1000000000000000,123456789012345680]}");
+  cJSON_Delete(tree);
+  free(again);
+}
+
+/* #6: which Host headers count as loopback (DNS rebinding). */
+static void test_host_is_loopback(void **state) {
+  (void)state;
+  static const char *const yes[] = {"127.0.0.1", "127.0.0.1:8080", "localhost", "LOCALHOST:1",
+                                    "localhost.", "localhost.:8080", "app.localhost",
+                                    "127.1.2.3:9", "[::1]", "[::1]:8080",
+                                    "[::ffff:127.0.0.1]:80", "[0:0:0:0:0:0:0:1]"};
+  static const char *const no[] = {"", "evil.example", "evil.example:8080",
+                                   "localhost.evil.example", "127.0.0.1.nip.io",
+                                   "127.0.0.1.evil", "localhost:8080x", "localhost:99999",
+                                   "[::1", "[::1]x", "[::2]:80", "10.0.0.1", "0.0.0.0",
+                                   "[::ffff:10.0.0.1]", "127.1", "localhostx", "xlocalhost",
+                                   "127.0.0.1:-1", "127.0.0.1: 80", ":8080"};
+  for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+    if (!srv_host_is_loopback(yes[i])) fail_msg("'%s' should be loopback", yes[i]);
+  for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+    if (srv_host_is_loopback(no[i])) fail_msg("'%s' should not be loopback", no[i]);
+}
+
+/* #7: tokens are kept whole or refused at start; never cut. */
+static void test_token_config(void **state) {
+  (void)state;
+  srv_config c;
+  char *tok = malloc(SRV_MAX_TOKEN + 2);
+  memset(tok, 'k', SRV_MAX_TOKEN + 1);
+  tok[SRV_MAX_TOKEN] = 0;
+  char *argv[] = {"serve", "--api-token", tok, NULL};
+  assert_int_equal(srv_config_parse(&c, 3, argv), 0);
+  assert_int_equal(strlen(c.api_token), SRV_MAX_TOKEN);
+  tok[SRV_MAX_TOKEN] = 'k';
+  tok[SRV_MAX_TOKEN + 1] = 0;
+  FILE *saved = stderr;
+  stderr = fopen("/dev/null", "w");
+  assert_int_equal(srv_config_parse(&c, 3, argv), 2);
+  char *sp[] = {"serve", "--api-token", "a b", NULL};
+  assert_int_equal(srv_config_parse(&c, 3, sp), 2);
+  fclose(stderr);
+  stderr = saved;
+  /* From a file: one long line, surrounding whitespace dropped. */
+  char path[] = "/tmp/mnistd-token-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  tok[3000] = 0;
+  fprintf(f, "  %s \r\nsecond line\n", tok);
+  fclose(f);
+  char *fa[] = {"serve", "--api-token-file", path, NULL};
+  assert_int_equal(srv_config_parse(&c, 3, fa), 0);
+  assert_int_equal(strlen(c.api_token), 3000);
+  assert_string_equal(c.api_token, tok);
+  unlink(path);
+  free(tok);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_job_config_table),
@@ -609,6 +804,11 @@ int main(void) {
       cmocka_unit_test(test_if_better_is_atomic),
       cmocka_unit_test(test_damaged_database_recovery),
       cmocka_unit_test(test_registry_lock_not_held_across_sqlite),
+      cmocka_unit_test(test_text_clean),
+      cmocka_unit_test(test_json_prescan),
+      cmocka_unit_test(test_json_exact_ints),
+      cmocka_unit_test(test_host_is_loopback),
+      cmocka_unit_test(test_token_config),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,9 @@
  * trip: json(parse(body)) must parse, to the very same struct, and print the
  * same JSON again.
  *
+ * Also (issue 9) the input as client text through srv_text_clean: bounded,
+ * valid UTF-8, no control characters in log mode.
+ *
  * Invariants: on failure the code is -EINVAL and msg names the problem; on
  * success every field is inside its documented range, and the round trip
  * above holds.
@@ -51,9 +54,26 @@ static int jobcfg_fuzz_equal(const srv_job_config *a, const srv_job_config *b) {
          a->test_limit == b->test_limit;
 }
 
+/* The same bytes as client text quoted in an error answer or a log line
+ * (issue 9): the cleaned copy is bounded, valid UTF-8 (which the prescan
+ * accepts) and, for the log, free of control characters. */
+static void jobcfg_fuzz_text_clean(const uint8_t *data, size_t size) {
+  char out[97], msg[128];
+  for (int mode = 0; mode < 2; mode++) {
+    size_t n = srv_text_clean(out, sizeof out, (const char *)data, size, mode);
+    FUZZ_CHECK(n < sizeof out && strlen(out) == n, "clean: length %zu", n);
+    int js = srv_json_prescan(out, n, 1u << 20, msg, sizeof msg);
+    FUZZ_CHECK(js == 0 || strstr(msg, "UTF-8") == NULL, "clean output is not UTF-8: %s", msg);
+    if (mode == SRV_CLEAN_LOG)
+      for (size_t i = 0; i < n; i++)
+        FUZZ_CHECK((unsigned char)out[i] >= 0x20 && out[i] != 0x7f, "control byte in log text");
+  }
+}
+
 int fuzz_jobconfig(const uint8_t *data, size_t size) {
   srv_job_config c;
   char msg[256] = "";
+  jobcfg_fuzz_text_clean(data, size);
   int rc = srv_job_config_parse((const char *)data, size, &c, msg, sizeof msg);
   if (rc != 0) {
     FUZZ_CHECK(rc == -EINVAL, "rc = %d", rc);
