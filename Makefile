@@ -128,7 +128,8 @@ TSAN_BUILD := build/tsan
 tsan:
 	@$(MAKE) --no-print-directory BUILD=$(TSAN_BUILD) OPT="-O1 -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=thread -DNN_NO_CLONES" $(TSAN_BUILD)/mnistd $(TSAN_BUILD)/tests/test_server_units
-	@TSAN_OPTIONS="halt_on_error=1 $(TSAN_OPTIONS)" $(TSAN_BUILD)/tests/test_server_units
+	@TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/reliability/tsan.supp $(TSAN_OPTIONS)" \
+	  $(TSAN_BUILD)/tests/test_server_units
 	@MNISTD_BIN=$(TSAN_BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) scripts/test-tsan.sh
 
 bench: deps data $(BUILD)/mnistd $(BENCHES)

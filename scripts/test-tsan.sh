@@ -17,8 +17,8 @@ export MNISTD_BIN=${MNISTD_BIN:-build/tsan/mnistd}
 [ -x "$BIN" ] || { echo "tsan: $BIN is missing (run make tsan)"; exit 1; }
 T0=$(now)
 # Reports go to the daemon's log; keep going after one so all are seen.
-export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 history_size=4 ${TSAN_OPTIONS:-}"
-export OPENBLAS_NUM_THREADS=1
+# oneDNN and libgomp are not instrumented: tests/reliability/tsan.supp.
+export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 history_size=4 suppressions=$PWD/tests/reliability/tsan.supp ${TSAN_OPTIONS:-}"
 DSTART_WAIT=60
 D=$RL_TMP/tsan S=$RL_TMP/tsan/state L=$RL_TMP/tsan/daemon.log
 mkdir -p "$D"

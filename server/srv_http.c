@@ -1277,12 +1277,14 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
   } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
     conn_state *cs = *socket_context;
     if (!cs) return;
+    /* cs->next is rewritten by neighbours leaving the list: read it under
+     * the lock too (ThreadSanitizer, make tsan). */
+    pthread_mutex_lock(&C->mu);
     if (cs->next) {
-      pthread_mutex_lock(&C->mu);
       cs->prev->next = cs->next;
       cs->next->prev = cs->prev;
-      pthread_mutex_unlock(&C->mu);
     }
+    pthread_mutex_unlock(&C->mu);
     free(cs);
     *socket_context = NULL;
   }
