@@ -36,7 +36,7 @@ TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 # tests/test_*.sh still in the old place (a branch that added one before the
 # move keeps working after a merge). The opt-in batteries below need root,
 # podman or many minutes and have their own targets.
-OPT_IN_TESTS := $(addprefix tests/system/test_,faults.sh load.sh valgrind.sh docker.sh systemd.sh)
+OPT_IN_TESTS := $(addprefix tests/system/test_,faults.sh load.sh valgrind.sh docker.sh systemd.sh tsan.sh)
 SH_TESTS := $(filter-out $(OPT_IN_TESTS),$(sort $(wildcard tests/system/test_*.sh tests/test_*.sh)))
 BENCHES  := $(BUILD)/bench/bench_core
 
@@ -44,7 +44,7 @@ DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
 .PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd \
-        fuzz reliability valgrind help
+        fuzz reliability valgrind help tsan
 .SECONDARY:
 all: $(BUILD)/mnistd ## build build/mnistd (-Werror); needs `make deps` once
 
@@ -140,6 +140,17 @@ asan: deps data ## the tests (browser excepted) under ASan + UBSan, in build/asa
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  SH_TESTS="$(filter-out tests/system/test_browser.sh,$(SH_TESTS))" unit
+
+# ThreadSanitizer: the server units, then the daemon through its threaded
+# paths (tests/system/test_tsan.sh). The AVX2 clones (target_clones) are left out
+# (NN_NO_CLONES): their ifunc resolvers run before TSan is initialised.
+TSAN_BUILD := build/tsan
+tsan: ## ThreadSanitizer: server units, then the daemon (tests/system/test_tsan.sh)
+	@$(MAKE) --no-print-directory BUILD=$(TSAN_BUILD) OPT="-O1 -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=thread -DNN_NO_CLONES" $(TSAN_BUILD)/mnistd $(TSAN_BUILD)/tests/test_server_units
+	@TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/reliability/tsan.supp $(TSAN_OPTIONS)" \
+	  $(TSAN_BUILD)/tests/test_server_units
+	@MNISTD_BIN=$(TSAN_BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) tests/system/test_tsan.sh
 
 bench: deps data $(BUILD)/mnistd $(BENCHES) ## speed and memory figures (docs/benchmarks.md)
 	@scripts/deps.sh bench
