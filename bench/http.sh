@@ -8,7 +8,7 @@ B=${1:-build}; D=${2:-data}
 T=$(mktemp -d); PID=
 # Reap the daemon inside the braces: bash would otherwise report its SIGKILL
 # as a "Killed" line at the end of `make bench`.
-trap '[ -n "$PID" ] && { kill -9 $PID; wait $PID; } 2>/dev/null; rm -rf "$T"' EXIT
+trap '[ -n "$PID" ] && { kill -9 $PID; wait $PID || true; } 2>/dev/null; rm -rf "$T"' EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 U=http://127.0.0.1:$PORT
 "$B"/mnistd serve --listen 127.0.0.1:$PORT --state-dir "$T/state" --data-dir "$D" --no-bootstrap \
