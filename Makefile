@@ -136,10 +136,10 @@ unit: $(BUILD)/mnistd $(TESTS) ## every unit and system test against the built t
 test: deps data ## deps, data, build, then `make unit`
 	@$(MAKE) --no-print-directory unit
 
-asan: deps data ## the tests (browser excepted) under ASan + UBSan, in build/asan
+asan: deps data ## the tests (browser and cookbook excepted) under ASan + UBSan, in build/asan
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" \
-	  SH_TESTS="$(filter-out tests/system/test_browser.sh,$(SH_TESTS))" unit
+	  SH_TESTS="$(filter-out tests/system/test_browser.sh tests/system/test_cookbook.sh,$(SH_TESTS))" unit
 
 # ThreadSanitizer: the server units, then the daemon through its threaded
 # paths (tests/system/test_tsan.sh). The AVX2 clones (target_clones) are left out
