@@ -45,7 +45,7 @@ void srv_model_unref(srv_model *m) {
   if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_free(m);
 }
 
-static srv_model *ref(srv_model *m) {
+srv_model *srv_model_ref(srv_model *m) {
   if (m) atomic_fetch_add(&m->refs, 1);
   return m;
 }
@@ -292,7 +292,7 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
   if (srv_store_setting_get(st, "active_model", buf, sizeof buf) == 0) want = atoll(buf);
   srv_model *newest = NULL;
   for (entry *e = r->list; e; e = e->next) {
-    if (e->m->id == want) r->active = ref(e->m);
+    if (e->m->id == want) r->active = srv_model_ref(e->m);
     newest = e->m;
   }
   if (!r->active && newest) {
@@ -302,7 +302,7 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
                (long long)want, (long long)newest->id);
       log(msg);
     }
-    r->active = ref(newest);
+    r->active = srv_model_ref(newest);
   }
   *out = r;
   return 0;
@@ -327,14 +327,14 @@ srv_model *srv_models_get(srv_models *r, int64_t id) {
   srv_model *m = NULL;
   pthread_mutex_lock(&r->mu);
   for (entry *e = r->list; e; e = e->next)
-    if (e->m->id == id) m = ref(e->m);
+    if (e->m->id == id) m = srv_model_ref(e->m);
   pthread_mutex_unlock(&r->mu);
   return m;
 }
 
 srv_model *srv_models_active(srv_models *r) {
   pthread_mutex_lock(&r->mu);
-  srv_model *m = ref(r->active);
+  srv_model *m = srv_model_ref(r->active);
   pthread_mutex_unlock(&r->mu);
   return m;
 }
@@ -356,7 +356,7 @@ void srv_models_each(srv_models *r, void (*cb)(const srv_model *, int, void *), 
 static void set_active(srv_models *r, srv_model *m) {
   pthread_mutex_lock(&r->mu);
   srv_model *old = r->active;
-  r->active = ref(m);
+  r->active = srv_model_ref(m);
   pthread_mutex_unlock(&r->mu);
   srv_model_unref(old);
 }

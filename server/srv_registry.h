@@ -16,14 +16,19 @@
 #include "srv_store.h"
 #include "srv_validate.h"
 
+/* A registered model. As in uv.h, fields are marked: public read-only ones
+ * a holder of a reference may read (never write); private ones belong to
+ * the registry (srv_registry.c) alone. */
 typedef struct srv_model {
+  /* public, read-only */
   int64_t id;
-  nn_model *m;            /* read-only once registered */
+  nn_model *m;            /* never changes once registered */
   char arch[32], dataset[32];
   double test_accuracy, test_loss;
   int64_t job_id, created_ms;
   size_t file_bytes;
-  atomic_int refs;
+  /* private */
+  atomic_int refs;        /* use srv_model_ref/srv_model_unref */
   char *evaluation;       /* cached JSON of GET .../evaluation, guarded by the registry */
 } srv_model;
 
@@ -45,6 +50,10 @@ int srv_models_recovered(srv_models *r);
 
 srv_model *srv_models_get(srv_models *r, int64_t id);   /* NULL if unknown */
 srv_model *srv_models_active(srv_models *r);            /* NULL if none */
+/* Takes one more reference to m (which the caller already holds one of)
+ * and returns m; NULL is passed through. */
+srv_model *srv_model_ref(srv_model *m);
+/* Drops one reference; the last one frees the model. NULL is a no-op. */
 void srv_model_unref(srv_model *m);
 int64_t srv_models_active_id(srv_models *r);            /* 0 if none */
 
