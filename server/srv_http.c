@@ -662,7 +662,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   return srv_route_table[r->route].h(r);
 }
 
-void srv_log(const srv *S, const char *level, const char *msg) {
+/* One log line; fields, if not NULL, are added to the JSON record (and
+ * freed here); the text format has no fields (callers put them in msg). */
+static void log_line(const srv *S, const char *level, const char *msg, cJSON *fields) {
   char t[40];
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -681,6 +683,8 @@ void srv_log(const srv *S, const char *level, const char *msg) {
     cJSON_AddStringToObject(o, "time", tt);
     cJSON_AddStringToObject(o, "level", level);
     cJSON_AddStringToObject(o, "msg", clean);
+    for (cJSON *f; fields && (f = fields->child);)
+      cJSON_AddItemToObject(o, f->string, cJSON_DetachItemViaPointer(fields, f));
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (s) fprintf(stderr, "%s\n", s);
@@ -688,6 +692,11 @@ void srv_log(const srv *S, const char *level, const char *msg) {
   } else {
     fprintf(stderr, "%s.%03ldZ %s %s\n", t, ts.tv_nsec / 1000000, level, clean);
   }
+  cJSON_Delete(fields);
+}
+
+void srv_log(const srv *S, const char *level, const char *msg) {
+  log_line(S, level, msg, NULL);
 }
 
 /* Requests with bodies at least this large give their memory back to the
@@ -735,10 +744,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     else cJSON_AddNullToObject(o, "status");
     cJSON_AddNumberToObject(o, "ms", round(ms * 100) / 100);
     if (aborted) cJSON_AddBoolToObject(o, "aborted", 1);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (s) srv_log(S, "info", s);
-    free(s);
+    /* The request's fields are the record's own, not a string in msg. */
+    log_line(S, "info", "request", o);
   } else {
     char line[600], status[8] = "-";
     if (st) snprintf(status, sizeof status, "%d", st);

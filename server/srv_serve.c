@@ -412,19 +412,52 @@ out:
 
 /* ---------------------------------------------------------------- healthcheck */
 
+static const char HEALTHCHECK_USAGE[] =
+    "usage: mnistd healthcheck [--listen HOST:PORT | --url http://HOST:PORT/PATH]\n"
+    "exit 0 if the daemon answers GET /healthz (or PATH) with 200, 1 otherwise.\n"
+    "  --listen HOST:PORT  the daemon's address (default $MNISTD_LISTEN, else 127.0.0.1:8080;\n"
+    "                      0.0.0.0 is checked on 127.0.0.1)\n"
+    "  --url URL           the full URL to check\n";
+
 int srv_healthcheck_main(int argc, char **argv) {
-  const char *url = argc > 2 && !strcmp(argv[1], "--url") ? argv[2] : NULL;
+  const char *url = NULL, *listen = getenv("MNISTD_LISTEN");
   char host[128] = "127.0.0.1", port[16] = "8080", path[256] = "/healthz";
-  const char *listen = getenv("MNISTD_LISTEN");
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(HEALTHCHECK_USAGE, stdout);
+      return 0;
+    }
+    const char *v = NULL;
+    if (!strcmp(argv[i], "--url") || !strcmp(argv[i], "--listen")) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "mnistd healthcheck: %s needs a value\n%s", argv[i], HEALTHCHECK_USAGE);
+        return 2;
+      }
+      v = argv[i + 1];
+    } else if (!strncmp(argv[i], "--url=", 6) || !strncmp(argv[i], "--listen=", 9)) {
+      v = strchr(argv[i], '=') + 1;
+    } else {
+      fprintf(stderr, "mnistd healthcheck: unknown argument '%s'\n%s", argv[i], HEALTHCHECK_USAGE);
+      return 2;
+    }
+    if (!strncmp(argv[i], "--url", 5)) url = v;
+    else listen = v;
+    if (!strchr(argv[i], '=')) i++;
+  }
   if (url) {
     if (sscanf(url, "http://%127[^:/]:%15[0-9]%255s", host, port, path) < 2) {
       fprintf(stderr, "mnistd healthcheck: --url must look like http://127.0.0.1:8080/healthz\n");
       return 2;
     }
-  } else if (listen && strchr(listen, ':')) {
-    snprintf(port, sizeof port, "%s", strrchr(listen, ':') + 1);
-    size_t hl = (size_t)(strrchr(listen, ':') - listen);
-    if (hl && hl < sizeof host) {
+  } else if (listen) {
+    const char *colon = strrchr(listen, ':');
+    size_t hl = colon ? (size_t)(colon - listen) : 0;
+    if (!colon || !colon[1] || strlen(colon + 1) >= sizeof port || hl >= sizeof host) {
+      fprintf(stderr, "mnistd healthcheck: --listen must be HOST:PORT, not '%s'\n", listen);
+      return 2;
+    }
+    snprintf(port, sizeof port, "%s", colon + 1);
+    if (hl) {
       memcpy(host, listen, hl);
       host[hl] = 0;
     }
