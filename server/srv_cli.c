@@ -1,6 +1,7 @@
 /* `mnistd train` and `mnistd predict`: translate flags to core calls and
  * print results. */
 #include "srv_cli.h"
+#include "srv_train.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -16,46 +17,6 @@
 
 #include "nn.h"
 #include "srv_image.h"
-
-int srv_parse_long(const char *s, long lo, long hi, long *out) {
-  if (!s || !*s) return -1;
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *end || v < lo || v > hi) return -1;
-  *out = v;
-  return 0;
-}
-
-int srv_parse_float(const char *s, double lo, double hi, double *out) {
-  if (!s || !*s) return -1;
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || *end || !isfinite(v) || v <= lo || v > hi) return -1;
-  *out = v;
-  return 0;
-}
-
-static int file_exists(const char *dir, const char *name) {
-  char p[PATH_MAX];
-  struct stat st;
-  snprintf(p, sizeof p, "%s/%s", dir, name);
-  if (stat(p, &st) == 0) return 1;
-  snprintf(p, sizeof p, "%s/%s.gz", dir, name);
-  return stat(p, &st) == 0;
-}
-
-int srv_dataset_dir(const char *data_dir, const char *name, char *buf, size_t len) {
-  snprintf(buf, len, "%s/%s", data_dir, name);
-  if (file_exists(buf, "train-images-idx3-ubyte") || file_exists(buf, "t10k-images-idx3-ubyte"))
-    return 0;
-  if (file_exists(data_dir, "train-images-idx3-ubyte")) {
-    snprintf(buf, len, "%s", data_dir);
-    return 0;
-  }
-  return -ENOENT;
-}
 
 static int usage_error(const char *cmd, const char *fmt, const char *arg) {
   fprintf(stderr, "mnistd %s: ", cmd);
@@ -205,12 +166,7 @@ int srv_cli_train(int argc, char **argv) {
   if (test_limit) nn_dataset_truncate(&test, (uint32_t)test_limit);
 
   nn_train_config cfg;
-  nn_train_defaults(&cfg);
-  nn_opt_defaults(&cfg.opt, opt);
-  if (lr > 0) cfg.opt.lr = (float)lr;
-  cfg.batch_size = (uint32_t)batch;
-  cfg.seed = (uint64_t)seed;
-  cfg.threads = (uint32_t)threads;
+  srv_train_config(&cfg, opt, (float)lr, -1, (uint32_t)batch, (uint64_t)seed, (uint32_t)threads);
   if ((rc = nn_model_create_preset(&m, arch)) || (rc = nn_trainer_create(&t, m, &cfg)) ||
       (rc = nn_workspace_create(&ews, m, 1000))) {
     fprintf(stderr, "mnistd train: cannot create the model: %s\n", nn_strerror(rc));
@@ -241,12 +197,10 @@ int srv_cli_train(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (pc.tty) fputs("\r\033[K", stderr);
-    if (json)
-      printf("{\"epoch\":%u,\"loss\":%.6f,\"accuracy\":%.6f,\"val_loss\":%.6f,"
-             "\"val_accuracy\":%.6f,\"seconds\":%.4f,\"samples_per_second\":%.1f}\n",
-             mt.epoch, (double)mt.loss, (double)mt.accuracy, (double)mt.val_loss,
-             (double)mt.val_accuracy, mt.seconds, mt.samples_per_second);
-    else
+    char line[512];
+    if (json && srv_epoch_json(&mt, line, sizeof line) >= 0)
+      printf("%s\n", line);
+    else if (!json)
       printf("%u/%u - %.2fs - loss: %.4f - accuracy: %.4f - val_loss: %.4f - "
              "val_accuracy: %.4f - %.0f samples/s\n",
              (train.n + cfg.batch_size - 1) / cfg.batch_size,

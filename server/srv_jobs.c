@@ -1,6 +1,7 @@
 /* Training jobs. One mutex (J->mu) guards every job's fields, event logs
  * and subscriber lists; the store has its own and is always taken second. */
 #include "srv_jobs.h"
+#include "srv_train.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -332,12 +333,7 @@ static int on_progress(const nn_progress *p, void *user) {
 
 static char *metrics_json(const nn_epoch_metrics *m) {
   char buf[512];
-  snprintf(buf, sizeof buf,
-           "{\"epoch\":%u,\"loss\":%.6f,\"accuracy\":%.6f,\"val_loss\":%.6f,"
-           "\"val_accuracy\":%.6f,\"seconds\":%.4f,\"samples_per_second\":%.1f}",
-           m->epoch, (double)m->loss, (double)m->accuracy, (double)m->val_loss,
-           (double)m->val_accuracy, m->seconds, m->samples_per_second);
-  return strdup(buf);
+  return srv_epoch_json(m, buf, sizeof buf) < 0 ? NULL : strdup(buf);
 }
 
 /* Fails the job with a message (training thread, lock not held). A failed
@@ -616,13 +612,8 @@ static void work_cb(uv_work_t *w) {
   }
   if (!t) {
     nn_train_config tc;
-    nn_train_defaults(&tc);
-    nn_opt_defaults(&tc.opt, j->cfg.optimizer);
-    tc.opt.lr = j->cfg.learning_rate;
-    tc.opt.momentum = j->cfg.momentum;
-    tc.batch_size = j->cfg.batch_size;
-    tc.seed = j->cfg.seed;
-    tc.threads = (uint32_t)J->opt.train_threads;
+    srv_train_config(&tc, j->cfg.optimizer, j->cfg.learning_rate, j->cfg.momentum,
+                     j->cfg.batch_size, j->cfg.seed, (uint32_t)J->opt.train_threads);
     if ((rc = nn_model_create_preset(&m, j->cfg.arch)) ||
         (rc = nn_trainer_create(&t, m, &tc))) {
       snprintf(msg, sizeof msg, "cannot create the model: %s", nn_strerror(rc));

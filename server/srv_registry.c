@@ -17,7 +17,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "srv_cli.h"
+#include "srv_util.h"
 
 typedef struct entry {
   srv_model *m;

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "srv_cli.h"
+#include "srv_util.h"
 
 static const char SERVE_HELP[] =
     "usage: mnistd serve [options]      (also the default command)\n"
