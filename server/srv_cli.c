@@ -193,7 +193,10 @@ int srv_cli_train(int argc, char **argv) {
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    nn_evaluate(m, ews, &test, &mt.val_loss, &mt.val_accuracy, NULL);
+    if ((rc = nn_evaluate(m, ews, &test, &mt.val_loss, &mt.val_accuracy, NULL))) {
+      fprintf(stderr, "mnistd train: evaluation failed: %s\n", nn_strerror(rc));
+      goto done;
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (pc.tty) fputs("\r\033[K", stderr);

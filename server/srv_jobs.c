@@ -401,7 +401,11 @@ static uint32_t run_begin(run *r) {
   job *j = r->j;
   uint32_t done = nn_trainer_epoch(r->t);
   if (done > j->cfg.epochs) done = j->cfg.epochs;
-  srv_store_job_rewind(J->st, j->id, done);
+  /* On failure the stale rows stay until the redone epochs overwrite them
+   * (INSERT OR REPLACE): worth a log line, not the job. */
+  if (srv_store_job_rewind(J->st, j->id, done))
+    logf_(J, "job %lld: could not drop its records past epoch %u: %s", (long long)j->id, done,
+          srv_store_errmsg(J->st));
   pthread_mutex_lock(&J->mu);
   while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
   size_t keep = 0;
@@ -483,7 +487,11 @@ static int run_epochs(run *r, uint32_t done) {
       return -1;
     }
     double t1 = mono_s();
-    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    if ((rc = nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL))) {
+      snprintf(msg, sizeof msg, "evaluation failed: %s", nn_strerror(rc));
+      fail_job(r->J, j, msg);
+      return -1;
+    }
     mt.val_loss = r->vloss;
     mt.val_accuracy = r->vacc;
     mt.eval_seconds = mono_s() - t1;
@@ -535,7 +543,8 @@ static void run_finish(run *r) {
    * checkpoint and the model's record): evaluate now. A NaN never reaches
    * the records or a comparison. */
   if (!isfinite(r->vacc) || !isfinite(r->vloss)) {
-    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    /* A failed evaluation leaves NaN: the job fails just below. */
+    if (nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL)) r->vacc = NAN;
     logf_(J, "job %lld: evaluated the trained model after the restart: accuracy %.4f",
           (long long)j->id, (double)r->vacc);
   }

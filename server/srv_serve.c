@@ -140,7 +140,8 @@ static int add_list(char *list, size_t size, const char *v, const char *flag) {
   return 0;
 }
 
-/* Applies one option; `from` names its source for messages. */
+/* Applies one option (from the command line or its MNISTD_* variable):
+ * 0, or the usage() exit status with a message naming the option. */
 static int apply(srv_config *c, int opt, const char *v) {
   long n;
   switch (opt) {

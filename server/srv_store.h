@@ -54,6 +54,8 @@ void srv_crash_point(const char *name);
 /* Test-only failure injection: 1 if MNISTD_FAIL_AT names this point (the
  * caller then fails as the real fault would), else 0. */
 int srv_fail_point(const char *name);
+/* SQLite's last message on the store's connection, copied under the lock
+ * into a buffer of the calling thread (valid until its next call). */
 const char *srv_store_errmsg(srv_store *s);
 /* PRAGMA integrity_check == "ok": 0, else -EIO. */
 int srv_store_check(srv_store *s);
