@@ -12,7 +12,9 @@
 #define SRV_EXIT_FAIL 1
 #define SRV_EXIT_USAGE 2
 
+/* `mnistd train [options]`: trains in the foreground, one line per epoch. */
 int srv_cli_train(int argc, char **argv);
+/* `mnistd predict --model FILE IMAGE...`: prints each image's digit. */
 int srv_cli_predict(int argc, char **argv);
 /* `mnistd export --format onnx MODEL OUT` (server/srv_export.c). */
 int srv_cli_export(int argc, char **argv);

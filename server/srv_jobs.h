@@ -43,6 +43,7 @@ typedef enum {
   SRV_JOB_NSTATES
 } srv_job_state;
 
+/* "queued", "running", ...: a static string, never NULL. */
 const char *srv_job_state_name(srv_job_state s);
 /* -1 for an unknown name. */
 int srv_job_state_parse(const char *name);

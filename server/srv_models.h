@@ -44,6 +44,8 @@ typedef struct srv_models srv_models;
  * Every model file is written with such a metadata file beside it. */
 int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
                     void (*log)(const char *msg));
+/* Drops the registry's references (models still held elsewhere live on
+ * until their last unref) and frees it; NULL is a no-op. */
 void srv_models_close(srv_models *r);
 /* Models registered again from disk at open (0 normally). */
 int srv_models_recovered(srv_models *r);

@@ -291,6 +291,48 @@ static void on_signal(uv_signal_t *h, int sig) {
   uv_timer_start(&c->poll, poll_idle, 0, 20);
 }
 
+/* One daemon per state directory: a second one (a restart loop racing the
+ * old process, a mistake) must never touch the files of the first, least
+ * of all move its database aside. Creates the directory if needed and
+ * holds STATE/mnistd.lock (S_lock_fd) until exit. 0, or -1 after a
+ * message on stderr. */
+static int lock_state_dir(const char *dir) {
+  char path[PATH_MAX + 32];
+  int mk = srv_mkdir_durable(dir, 0750);
+  if (!mk) {
+    snprintf(path, sizeof path, "%s/mnistd.lock", dir);
+    S_lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (S_lock_fd < 0) mk = -errno;
+  }
+  if (mk) {
+    fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", dir, strerror(-mk));
+    return -1;
+  }
+  if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n", dir);
+    close(S_lock_fd);
+    S_lock_fd = -1;
+    return -1;
+  }
+  return 0;
+}
+
+/* The start-up lines: address, directories, token, kernels. */
+static void log_started(srv *S) {
+  char msg[2 * PATH_MAX + 512];
+  snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)", NN_VERSION,
+           S->cfg.listen, S->cfg.state_dir, S->cfg.data_dir,
+           S->cfg.api_token[0] ? ", API token required for changes" : "");
+  srv_log(S, "info", msg);
+  nn_backend_info bi;
+  nn_backend_info_get(&bi);
+  snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
+  srv_log(S, "info", msg);
+  if (!strcmp(bi.kernel, "unknown"))
+    srv_log(S, "warn", "oneDNN cannot compile its kernels: training and predictions will fail "
+                       "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
+}
+
 int srv_serve_main(int argc, char **argv) {
   static srv S; /* large (metrics tables): not on the stack */
   int rc = srv_config_parse(&S.cfg, argc, argv);
@@ -308,26 +350,7 @@ int srv_serve_main(int argc, char **argv) {
   int status = 1;
   uv_loop_t loop;
   int loop_ok = 0;
-  /* One daemon per state directory: a second one (a restart loop racing
-   * the old process, a mistake) must never touch the files of the first,
-   * least of all move its database aside. */
-  int mk = srv_mkdir_durable(S.cfg.state_dir, 0750);
-  if (!mk) {
-    snprintf(msg, sizeof msg, "%s/mnistd.lock", S.cfg.state_dir);
-    S_lock_fd = open(msg, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (S_lock_fd < 0) mk = -errno;
-  }
-  if (mk) {
-    fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", S.cfg.state_dir,
-            strerror(-mk));
-    return 1;
-  }
-  if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
-    fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n",
-            S.cfg.state_dir);
-    close(S_lock_fd);
-    return 1;
-  }
+  if (lock_state_dir(S.cfg.state_dir)) return 1;
   if ((rc = srv_store_open_flags(&S.store, S.cfg.state_dir, SRV_STORE_RECOVER, msg, sizeof msg))) {
     fprintf(stderr, "mnistd serve: %s\n", msg);
     close(S_lock_fd);
@@ -375,17 +398,7 @@ int srv_serve_main(int argc, char **argv) {
   uv_signal_start(&sc.sigterm, on_signal, SIGTERM);
   uv_signal_start(&sc.sigint, on_signal, SIGINT);
 
-  snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)", NN_VERSION,
-           S.cfg.listen, S.cfg.state_dir, S.cfg.data_dir,
-           S.cfg.api_token[0] ? ", API token required for changes" : "");
-  srv_log(&S, "info", msg);
-  nn_backend_info bi;
-  nn_backend_info_get(&bi);
-  snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
-  srv_log(&S, "info", msg);
-  if (!strcmp(bi.kernel, "unknown"))
-    srv_log(&S, "warn", "oneDNN cannot compile its kernels: training and predictions will fail "
-                        "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
+  log_started(&S);
   sd_notify(0, "READY=1");
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);
