@@ -110,6 +110,68 @@ enum MHD_Result srv_send_response(req *r, int status, struct MHD_Response *resp)
   return ret;
 }
 
+/* A job's event stream: libmicrohttpd pulls from the subscription and the
+ * connection is suspended while there is nothing new (woken by the jobs). */
+
+typedef struct stream {
+  struct MHD_Connection *conn;
+  srv_sub *sub;
+} stream;
+
+static void stream_suspend(void *ctx) { MHD_suspend_connection(((stream *)ctx)->conn); }
+static void stream_wake(void *ctx) { MHD_resume_connection(((stream *)ctx)->conn); }
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)pos;
+  stream *s = cls;
+  ssize_t n = srv_sub_read(s->sub, buf, max, stream_suspend);
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void stream_free(void *cls) {
+  stream *s = cls;
+  srv_sub_close(s->sub);
+  free(s);
+}
+
+int srv_send_events(req *r, int64_t job, uint64_t last, int ndjson, enum MHD_Result *ret) {
+  stream *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  s->conn = r->conn;
+  int rc = srv_sub_open(r->S->jobs, job, last, ndjson, stream_wake, s, &s->sub);
+  if (rc) {
+    free(s);
+    return rc;
+  }
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
+  if (!resp) {
+    stream_free(s);
+    *ret = MHD_NO;
+    return 0;
+  }
+  MHD_add_response_header(resp, "Content-Type",
+                          ndjson ? "application/x-ndjson" : "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  *ret = srv_send_response(r, 200, resp);
+  return 0;
+}
+
+enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const char *disposition) {
+  struct MHD_Response *resp =
+      fd >= 0 ? MHD_create_response_from_fd((uint64_t)len, fd)
+              : MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    if (fd >= 0) close(fd);
+    else free(buf);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+  MHD_add_response_header(resp, "Content-Disposition", disposition);
+  return srv_send_response(r, 200, resp);
+}
+
 /* Every error answer goes through here: the message is formatted into a
  * bounded buffer (vsnprintf's return value is never used as a length),
  * made valid UTF-8 and clipped (it may quote the method, path or a header),

@@ -74,8 +74,18 @@ enum MHD_Result srv_send_error(req *r, int status, const char *fmt, ...)
 enum MHD_Result srv_send_405(req *r, const char *allow, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Takes ownership of resp (destroyed here), adds the common headers and
- * queues it: for bodies from a file descriptor or a callback. */
+ * queues it. Only srv_http.c builds MHD responses: handlers use the
+ * srv_send_* above. */
 enum MHD_Result srv_send_response(req *r, int status, struct MHD_Response *resp);
+/* Answers 200 with job's event stream (SSE, or NDJSON if ndjson) from
+ * after event id last; *ret gets what a srv_send_* would return. Returns
+ * 0, or -ENOENT (no such job) / -ENOMEM with nothing sent: the caller
+ * answers then. */
+int srv_send_events(req *r, int64_t job, uint64_t last, int ndjson, enum MHD_Result *ret);
+/* Answers 200 with an application/octet-stream attachment: len bytes of
+ * buf (malloc'd, handed over) or, when fd >= 0, of the file fd (handed
+ * over, buf unused). Both are freed/closed on every path. */
+enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const char *disposition);
 /* The 415 answer for a body that is not application/json. */
 enum MHD_Result srv_need_json(req *r);
 

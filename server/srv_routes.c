@@ -106,29 +106,6 @@ static enum MHD_Result h_job_cancel(req *r) {
   return srv_send_json(r, 202, srv_jobs_json(r->S->jobs, r->id));
 }
 
-/* ---- event streams */
-
-typedef struct stream {
-  struct MHD_Connection *conn;
-  srv_sub *sub;
-} stream;
-
-static void stream_suspend(void *ctx) { MHD_suspend_connection(((stream *)ctx)->conn); }
-static void stream_wake(void *ctx) { MHD_resume_connection(((stream *)ctx)->conn); }
-
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
-  (void)pos;
-  stream *s = cls;
-  ssize_t n = srv_sub_read(s->sub, buf, max, stream_suspend);
-  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
-}
-
-static void stream_free(void *cls) {
-  stream *s = cls;
-  srv_sub_close(s->sub);
-  free(s);
-}
-
 static enum MHD_Result h_job_events(req *r) {
   const char *fmt = srv_query(r, "format");
   int ndjson = fmt && !strcmp(fmt, "ndjson");
@@ -140,26 +117,11 @@ static enum MHD_Result h_job_events(req *r) {
   if (lei && srv_parse_event_id(lei, &last))
     return srv_send_error(r, 400,
                       "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
-  stream *s = calloc(1, sizeof *s);
-  if (!s) return srv_send_error(r, 500, "out of memory");
-  s->conn = r->conn;
-  int rc = srv_sub_open(r->S->jobs, r->id, last, ndjson, stream_wake, s, &s->sub);
-  if (rc) {
-    free(s);
-    return rc == -ENOENT ? srv_send_error(r, 404, "job %lld not found", (long long)r->id)
-                         : srv_send_error(r, 500, "out of memory");
-  }
-  struct MHD_Response *resp =
-      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
-  if (!resp) {
-    stream_free(s);
-    return MHD_NO;
-  }
-  MHD_add_response_header(resp, "Content-Type",
-                          ndjson ? "application/x-ndjson" : "text/event-stream");
-  MHD_add_response_header(resp, "Cache-Control", "no-cache");
-  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-  return srv_send_response(r, 200, resp);
+  enum MHD_Result ret;
+  int rc = srv_send_events(r, r->id, last, ndjson, &ret);
+  if (rc == -ENOENT) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
+  if (rc) return srv_send_error(r, 500, "out of memory");
+  return ret;
 }
 
 /* ---- models */
@@ -223,16 +185,9 @@ static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
   if (rc == -EINVAL) return srv_send_error(r, 422, "model %lld cannot be exported to ONNX: %s",
                                        (long long)r->id, msg);
   if (rc) return srv_send_error(r, 500, "ONNX export of model %lld failed: %s", (long long)r->id, msg);
-  struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-  if (!resp) {
-    free(buf);
-    return MHD_NO;
-  }
   char disp[96];
   snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.onnx\"", (long long)r->id);
-  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-  MHD_add_response_header(resp, "Content-Disposition", disp);
-  return srv_send_response(r, 200, resp);
+  return srv_send_download(r, buf, len, -1, disp);
 }
 
 static enum MHD_Result h_model_file(req *r) {
@@ -251,17 +206,10 @@ static enum MHD_Result h_model_file(req *r) {
     if (fd >= 0) close(fd);
     return srv_send_error(r, 500, "model file of %lld is unreadable", (long long)r->id);
   }
-  struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
-  if (!resp) {
-    close(fd);
-    return MHD_NO;
-  }
   char disp[96];
   snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.model\"",
            (long long)r->id);
-  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-  MHD_add_response_header(resp, "Content-Disposition", disp);
-  return srv_send_response(r, 200, resp);
+  return srv_send_download(r, NULL, (size_t)st.st_size, fd, disp);
 }
 
 static enum MHD_Result h_model_activate(req *r) {
