@@ -1,7 +1,11 @@
-/* HTTP front end: one table of routes, each a small handler that turns the
- * request into calls on the jobs, registry and core, and the result into
- * JSON. Everything about bodies, errors, auth, logging and metrics lives
- * here once, not in the handlers. */
+/* HTTP plumbing: the only code that talks to libmicrohttpd. It matches a
+ * request against the route table (srv_routes.c), checks host, origin and
+ * token, collects the body, calls the handler, and turns what the handler
+ * asks for (srv_send_*: JSON, error, buffer, download, event stream) into
+ * the response; it also serves the static files, logs every request, and
+ * guards connections (head timeout, per-address limit). Handlers live in
+ * srv_routes.c, srv_predict.c and srv_metrics.c; srv_route.h is what they
+ * see. */
 #include "srv_route.h"
 
 #include <cJSON.h>
