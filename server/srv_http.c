@@ -482,7 +482,7 @@ static enum MHD_Result dispatch_first(req *r) {
   if (path_known)
     return srv_send_405(r, allow, QUOTE " is not allowed here; use %s", r->method, allow);
   if (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1"))
-    return srv_send_error(r, 404, "no such endpoint: " QUOTE " " QUOTE " (see the README's API reference)",
+    return srv_send_error(r, 404, "no such endpoint: " QUOTE " " QUOTE " (see docs/api.md)",
                       r->method, path);
   if (strcmp(r->method, "GET") && strcmp(r->method, "HEAD"))
     return srv_send_405(r, "GET, HEAD", QUOTE " is not allowed on static files; use GET or HEAD",
