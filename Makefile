@@ -130,7 +130,7 @@ $(BUILD)/bench/%: bench/%.c $(LIB_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 # Unit and integration tests against an already-built tree.
-unit: $(BUILD)/mnistd $(TESTS) ## every unit and system test against the built tree (needs data)
+unit: $(BUILD)/mnistd $(TESTS) ## unit tests and system tests (not the opt-in batteries) against the built tree
 	@MNISTD_DATA=$(DATA_DIR) MNISTD_BIN=$(BUILD)/mnistd tests/run.sh $(TESTS) $(SH_TESTS)
 
 test: deps data ## deps, data, build, then `make unit`
@@ -161,7 +161,7 @@ fuzz: ## libFuzzer harnesses, FUZZ_SECONDS each (60)
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The reliability battery: fault injection, load, Valgrind (tests/README.md).
-reliability: $(BUILD)/mnistd ## faults, load and valgrind batteries (long; root for some)
+reliability: $(BUILD)/mnistd ## the faults, load, valgrind and tsan batteries (long; root for some)
 	@tests/system/reliability.sh
 
 valgrind: $(BUILD)/mnistd $(TESTS) ## memcheck over the daemon, CLI and unit tests
@@ -183,7 +183,7 @@ test-docker: ## build the image with podman and test it (root)
 test-systemd: $(BUILD)/mnistd data ## check the systemd unit, live under podman if available
 	@BUILD=$(BUILD) tests/system/test_systemd.sh
 
-clean: ## remove $(BUILD) (default build/)
+clean: ## remove the build directory, BUILD (default build/)
 	rm -rf $(BUILD)
 
 distclean: clean ## also remove data/
