@@ -189,6 +189,16 @@ static void phase_update(nn_trainer *t, uint32_t k) {
   nn_dnn *d = p->shards[k].ws->dnn;
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
+    if (l->type == NN_LAYER_CONV2D) {
+      /* Each shard's backward pass left its full gradient of this layer in
+       * its own block (small: 18k floats for the cnn preset); thread k sums
+       * its slice of it in shard order and updates that slice. */
+      size_t len = l->b_off + l->oshape.c - l->w_off;
+      size_t lo = l->w_off + len * k / p->n, hi = l->w_off + len * (k + 1) / p->n;
+      for (uint32_t s = 1; s < p->n; s++) nn_k_add(g + lo, p->shards[s].grad + lo, hi - lo);
+      if (b->training) update_slice(t, g, lo, hi - lo);
+      continue;
+    }
     if (l->type != NN_LAYER_DENSE) continue;
     uint32_t o_lo = (uint32_t)((uint64_t)l->out * k / p->n);
     uint32_t o_hi = (uint32_t)((uint64_t)l->out * (k + 1) / p->n);

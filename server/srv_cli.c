@@ -67,7 +67,7 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg) {
 static const char TRAIN_HELP[] =
     "usage: mnistd train [options]\n"
     "Trains a network and prints one line per epoch (Keras style).\n"
-    "  --arch antirectifier|relu   network (default antirectifier)\n"
+    "  --arch antirectifier|relu|cnn  network (default antirectifier)\n"
     "  --dataset mnist|fashion-mnist  (default mnist)\n"
     "  --data-dir DIR              folder holding mnist/ and fashion-mnist/ (default data,\n"
     "                              or $MNISTD_DATA_DIR)\n"
@@ -122,8 +122,9 @@ int srv_cli_train(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case 'a':
-      if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu"))
-        return usage_error("train", "--arch must be antirectifier or relu, not '%s'", optarg);
+      if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu") && strcmp(optarg, "cnn"))
+        return usage_error("train", "--arch must be antirectifier, relu or cnn, not '%s'",
+                           optarg);
       arch = optarg;
       break;
     case 'd':
