@@ -372,11 +372,32 @@ typedef struct nn_progress {
 /* Called after every batch; a non-zero return cancels like the flag. */
 typedef int (*nn_progress_cb)(const nn_progress *p, void *user);
 
+/* Random affine augmentation of training images, drawn per image and
+ * epoch: shift up to +-shift pixels in x and y, rotation up to +-rotate
+ * degrees, scale in [1 - scale, 1 + scale], about the image centre,
+ * bilinear on the uint8 pixels. All zero: off. Limits: shift <= 8,
+ * rotate <= 180, scale <= 0.5. */
+typedef struct nn_augment {
+  float shift, rotate, scale;
+} nn_augment;
+
+/* Writes src transformed into dst (28x28 each; dst != src): output pixel p
+ * samples src bilinearly at R(-degrees)(p - c - (dx, dy)) / scale + c, c the
+ * centre (13.5, 13.5), outside = 0, rounded to nearest. */
+void nn_augment_apply(const uint8_t *src, uint8_t *dst, float dx, float dy, float degrees,
+                      float scale);
+/* nn_augment_apply with parameters drawn uniformly from a's ranges by an
+ * RNG seeded with key. */
+void nn_augment_random(const nn_augment *a, uint64_t key, const uint8_t *src, uint8_t *dst);
+/* 1 when every field is within its limits. */
+int nn_augment_valid(const nn_augment *a);
+
 typedef struct nn_train_config {
   uint32_t batch_size;   /* default 128 */
   uint64_t seed;         /* shuffling and dropout */
   uint32_t threads;      /* worker threads, 1..NN_MAX_THREADS (default 1) */
   nn_opt_config opt;
+  nn_augment augment;    /* nn_train_epoch only; default off; not kept in checkpoints */
 } nn_train_config;
 
 #define NN_MAX_THREADS 64
@@ -452,6 +473,10 @@ void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps);
  * NN_EINVAL for a count outside 1..NN_MAX_THREADS, NN_ENOMEM if threads or
  * memory could not be had (the trainer then keeps its old setting). */
 int nn_trainer_set_threads(nn_trainer *t, uint32_t threads);
+
+/* Sets the augmentation of later epochs (checkpoints do not keep it).
+ * Returns NN_EINVAL when a is out of range (nothing changes). */
+int nn_trainer_set_augment(nn_trainer *t, const nn_augment *a);
 
 /* Forward + backward + update on one explicit batch (x: n*784 floats). Used
  * by tests and benchmarks; returns the batch loss via *loss. Dropout masks

@@ -396,6 +396,64 @@ static void test_model_file_v1_loads(void **state) {
   nn_model_free(m);
 }
 
+/* Known transforms against hand-computed pixels. */
+static void test_augment_hand(void **state) {
+  (void)state;
+  uint8_t src[784], dst[784];
+  /* A ramp: pixel (x, y) = 8x + y, linear, so bilinear sampling is exact. */
+  for (int y = 0; y < 28; y++)
+    for (int x = 0; x < 28; x++) src[y * 28 + x] = (uint8_t)(8 * x + y);
+  nn_augment_apply(src, dst, 1.f, 0.f, 0.f, 1.f); /* one pixel right */
+  for (int y = 0; y < 28; y++) {
+    assert_int_equal(dst[y * 28], 0); /* came from outside */
+    for (int x = 1; x < 28; x++) assert_int_equal(dst[y * 28 + x], src[y * 28 + x - 1]);
+  }
+  nn_augment_apply(src, dst, 0.5f, 0.f, 0.f, 1.f); /* half a pixel: the mean, rounded */
+  assert_int_equal(dst[3 * 28 + 5], 39); /* (8*4+3 + 8*5+3) / 2 = 39 */
+  assert_int_equal(dst[0], 0);           /* 0.5 * 0 + 0.5 * outside 0 = 0 */
+  nn_augment_apply(src, dst, 0.f, 0.f, 90.f, 1.f); /* quarter turn: (x,y) <- (y, 27-x) */
+  for (int y = 0; y < 28; y++)
+    for (int x = 0; x < 28; x++) assert_int_equal(dst[y * 28 + x], src[(27 - x) * 28 + y]);
+  nn_augment_apply(src, dst, 0.f, 0.f, 0.f, 2.f); /* zoom x2 about (13.5, 13.5) */
+  assert_int_equal(dst[0], 61);              /* at (6.75, 6.75): 8*6.75 + 6.75 = 60.75 */
+  assert_int_equal(dst[27 * 28 + 27], 182);  /* at (20.25, 20.25): 182.25 */
+  assert_int_equal(dst[13 * 28 + 14], 123);  /* at (13.75, 13.25): 110 + 13.25 */
+}
+
+static void test_augment_seeded(void **state) {
+  (void)state;
+  uint8_t src[784], a[784], b[784], c[784];
+  for (int i = 0; i < 784; i++) src[i] = (uint8_t)((i * 37) % 256);
+  nn_augment au = {2.f, 10.f, 0.1f};
+  assert_true(nn_augment_valid(&au));
+  nn_augment_random(&au, 42, src, a);
+  nn_augment_random(&au, 42, src, b);
+  nn_augment_random(&au, 43, src, c);
+  assert_memory_equal(a, b, 784);
+  assert_memory_not_equal(a, c, 784);
+  nn_augment bad = {2.f, NAN, 0.1f};
+  assert_false(nn_augment_valid(&bad));
+  bad = (nn_augment){9.f, 0, 0};
+  assert_false(nn_augment_valid(&bad));
+  /* Training with augmentation: same seed, same weights. */
+  nn_model *m[2];
+  for (int k = 0; k < 2; k++) {
+    m[k] = conv_model(4);
+    nn_train_config cfg;
+    nn_train_defaults(&cfg);
+    nn_opt_defaults(&cfg.opt, NN_OPT_ADAM);
+    cfg.threads = 2;
+    cfg.batch_size = 32;
+    cfg.augment = au;
+    nn_trainer *t;
+    assert_int_equal(nn_trainer_create(&t, m[k], &cfg), 0);
+    assert_int_equal(nn_train_epoch(t, &synth, NULL, NULL, NULL, NULL), 0);
+    nn_trainer_free(t);
+  }
+  assert_memory_equal(m[0]->params, m[1]->params, m[0]->n_params * sizeof(float));
+  nn_model_free(m[0]), nn_model_free(m[1]);
+}
+
 int main(void) {
   make_synth(480);
   const struct CMUnitTest tests[] = {
@@ -407,6 +465,8 @@ int main(void) {
       cmocka_unit_test(test_conv_determinism_and_learning),
       cmocka_unit_test(test_model_file_v2_roundtrip),
       cmocka_unit_test(test_model_file_v1_loads),
+      cmocka_unit_test(test_augment_hand),
+      cmocka_unit_test(test_augment_seeded),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   free(synth.images);
