@@ -1,6 +1,7 @@
 /* `mnistd train` and `mnistd predict`: translate flags to core calls and
  * print results. */
 #include "srv_cli.h"
+#include "srv_spec.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -68,6 +69,8 @@ static const char TRAIN_HELP[] =
     "usage: mnistd train [options]\n"
     "Trains a network and prints one line per epoch (Keras style).\n"
     "  --arch antirectifier|relu|cnn  network (default antirectifier)\n"
+    "  --layers FILE               network from a JSON layer spec: {\"layers\":[...]}\n"
+    "  --augment SPEC              e.g. shift=2,rotate=10,scale=0.1 (random per image)\n"
     "  --dataset mnist|fashion-mnist  (default mnist)\n"
     "  --data-dir DIR              folder holding mnist/ and fashion-mnist/ (default data,\n"
     "                              or $MNISTD_DATA_DIR)\n"
@@ -100,6 +103,36 @@ static void on_sigint(int sig) {
   g_cancel = 1;
 }
 
+/* --layers FILE: a JSON spec, checked as the daemon checks a job's. */
+static int load_layers(nn_model **m, const char *path, uint32_t batch) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "mnistd train: %s: %s\n", path, strerror(errno));
+    return -errno;
+  }
+  char *buf = malloc(65537);
+  size_t n = buf ? fread(buf, 1, 65537, f) : 0;
+  fclose(f);
+  if (!buf || n > 65536) {
+    free(buf);
+    fprintf(stderr, "mnistd train: %s: not a layer spec (more than 64 KiB)\n", path);
+    return -EINVAL;
+  }
+  nn_layer_spec spec[NN_MAX_SPECS];
+  uint32_t ns;
+  char msg[512];
+  int rc = srv_spec_parse_text(buf, n, batch, spec, &ns, msg, sizeof msg);
+  free(buf);
+  if (rc) {
+    fprintf(stderr, "mnistd train: %s: %s\n", path, msg);
+    return rc;
+  }
+  nn_err err;
+  if ((rc = nn_model_create_spec(m, "custom", NN_INPUT_MNIST, spec, ns, &err)))
+    fprintf(stderr, "mnistd train: %s: %s\n", path, err.msg);
+  return rc;
+}
+
 int srv_cli_train(int argc, char **argv) {
   static const struct option opts[] = {
       {"arch", required_argument, 0, 'a'},      {"dataset", required_argument, 0, 'd'},
@@ -109,8 +142,11 @@ int srv_cli_train(int argc, char **argv) {
       {"threads", required_argument, 0, 't'},   {"out", required_argument, 0, 'O'},
       {"json", no_argument, 0, 'j'},            {"train-limit", required_argument, 0, 'L'},
       {"test-limit", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
+      {"layers", required_argument, 0, 'Y'},    {"augment", required_argument, 0, 'A'},
       {0, 0, 0, 0}};
-  const char *arch = "antirectifier", *dataset = "mnist", *out_path = NULL;
+  const char *arch = "antirectifier", *dataset = "mnist", *out_path = NULL, *layers_path = NULL;
+  nn_augment augment = {0, 0, 0};
+  char amsg[256];
   const char *data_dir = getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data";
   long epochs = 4, batch = 128, seed = 1, threads = 0, train_limit = 0, test_limit = 0;
   double lr = 0;
@@ -171,6 +207,11 @@ int srv_cli_train(int argc, char **argv) {
                            optarg);
       break;
     case 'O': out_path = optarg; break;
+    case 'Y': layers_path = optarg; break;
+    case 'A':
+      if (srv_augment_parse_text(optarg, &augment, amsg, sizeof amsg))
+        return usage_error("train", "%s", amsg);
+      break;
     case 'j': json = 1; break;
     case 'h': fputs(TRAIN_HELP, stdout); return SRV_EXIT_OK;
     case ':':
@@ -212,7 +253,10 @@ int srv_cli_train(int argc, char **argv) {
   cfg.batch_size = (uint32_t)batch;
   cfg.seed = (uint64_t)seed;
   cfg.threads = (uint32_t)threads;
-  if ((rc = nn_model_create_preset(&m, arch)) || (rc = nn_trainer_create(&t, m, &cfg)) ||
+  cfg.augment = augment;
+  if (layers_path && (rc = load_layers(&m, layers_path, cfg.batch_size))) goto done;
+  if (layers_path) arch = "custom";
+  if ((!m && (rc = nn_model_create_preset(&m, arch))) || (rc = nn_trainer_create(&t, m, &cfg)) ||
       (rc = nn_workspace_create(&ews, m, 1000))) {
     fprintf(stderr, "mnistd train: cannot create the model: %s\n", nn_strerror(rc));
     goto done;
