@@ -39,7 +39,7 @@ DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
 .PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd \
-        fuzz reliability valgrind
+        fuzz reliability valgrind tsan
 .SECONDARY:
 all: $(BUILD)/mnistd
 
@@ -120,6 +120,17 @@ asan: deps data
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  SH_TESTS="$(filter-out tests/test_browser.sh,$(SH_TESTS))" unit
+
+# ThreadSanitizer: the server units, then the daemon through its threaded
+# paths (scripts/test-tsan.sh). The AVX2 clones (target_clones) are left out
+# (NN_NO_CLONES): their ifunc resolvers run before TSan is initialised.
+TSAN_BUILD := build/tsan
+tsan:
+	@$(MAKE) --no-print-directory BUILD=$(TSAN_BUILD) OPT="-O1 -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=thread -DNN_NO_CLONES" $(TSAN_BUILD)/mnistd $(TSAN_BUILD)/tests/test_server_units
+	@TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/reliability/tsan.supp $(TSAN_OPTIONS)" \
+	  $(TSAN_BUILD)/tests/test_server_units
+	@MNISTD_BIN=$(TSAN_BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) scripts/test-tsan.sh
 
 bench: deps data $(BUILD)/mnistd $(BENCHES)
 	@scripts/deps.sh bench

@@ -109,10 +109,16 @@ int nn_file_write_atomic(const char *path, const void *data, size_t len, nn_err 
   char *slash = strrchr(tmp, '/');
   if (slash) *slash = 0;
   int dfd = open(slash ? (slash == tmp ? "/" : tmp) : ".", O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
+  if (dfd < 0 || fsync(dfd) < 0) {
+    /* The new file is in place but its name may not survive a power cut:
+     * the caller must not record it as saved. */
+    rc = -errno;
+    if (dfd >= 0) close(dfd);
+    nn_fail(err, rc, "%s: fsync of the directory failed: %s", path, nn_strerror(rc));
+    free(tmp);
+    return rc;
   }
+  close(dfd);
   free(tmp);
   return 0;
 fail:

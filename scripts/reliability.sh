@@ -3,9 +3,10 @@
 #   scripts/test-faults.sh       SIGKILL x10, disk full, corrupted files
 #   scripts/test-load.sh 60      load + 200 SSE clients + 2,000 idle sockets
 #   scripts/valgrind.sh          memcheck over the daemon, CLI and unit tests
+#   make tsan                    ThreadSanitizer build: server units + daemon scenario
 # --short runs the load for 15 s instead of 60 (CI). Exit status 1 if any
 # failed. Each script's full output goes to stdout as it runs.
-#   scripts/reliability.sh [--short] [--only faults|load|valgrind]...
+#   scripts/reliability.sh [--short] [--only faults|load|valgrind|tsan]...
 set -u
 cd "$(dirname "$0")/.." || exit 1
 DUR=60
@@ -14,15 +15,15 @@ while [ $# -gt 0 ]; do
   case $1 in
     --short) DUR=15 ;;
     --only) ONLY+=("$2"); shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--short] [--only faults|load|valgrind]..."; exit 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--short] [--only faults|load|valgrind|tsan]..."; exit 2 ;;
   esac
   shift
 done
-[ ${#ONLY[@]} -gt 0 ] || ONLY=(faults load valgrind)
+[ ${#ONLY[@]} -gt 0 ] || ONLY=(faults load valgrind tsan)
 [ -x build/mnistd ] || make -s build/mnistd || exit 1
 
-declare -A CMD=([faults]="scripts/test-faults.sh" [load]="scripts/test-load.sh $DUR" [valgrind]="scripts/valgrind.sh")
+declare -A CMD=([faults]="scripts/test-faults.sh" [load]="scripts/test-load.sh $DUR" [valgrind]="scripts/valgrind.sh" [tsan]="make --no-print-directory tsan")
 summary=()
 rc_all=0
 t_all=$(date +%s)

@@ -12,9 +12,12 @@
 #   c. Truncated, bit-flipped, empty and missing model files, and a corrupt
 #      checkpoint: the daemon starts, logs each skip with its reason, lists
 #      only the valid models, and /readyz reflects what is left.
+#   d. The end of a job, crash by crash: the daemon kills itself (or sends
+#      itself SIGTERM) at each named point (MNISTD_CRASH_AT / MNISTD_TERM_AT)
+#      and the restart must finish the job as an uninterrupted run would.
 # Prints "faults: N passed, N failed"; exit status 1 on any failure.
 # Options (environment): FAULT_KILLS (10), FAULT_JOB (the killed job's JSON),
-# FAULT_PARTS ("a b c"), KEEP=1 keeps the temporary directory.
+# FAULT_PARTS ("a b c d"), KEEP=1 keeps the temporary directory.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
@@ -22,7 +25,7 @@ cd "$(dirname "$0")/.." || exit 1
 
 KILLS=${FAULT_KILLS:-10}
 JOBCFG=${FAULT_JOB:-'{"epochs":10,"train_limit":30000,"test_limit":1000,"activate":"never"}'}
-PARTS=${FAULT_PARTS:-"a b c"}
+PARTS=${FAULT_PARTS:-"a b c d"}
 [ -x "$BIN" ] || { echo "faults: $BIN is missing (run make)"; exit 1; }
 [ -f "$DATA/mnist/t10k-images-idx3-ubyte" ] || { echo "faults: no MNIST under $DATA (run make data)"; exit 1; }
 digit_file "$RL_TMP/digit.raw"
@@ -267,7 +270,7 @@ import json,re; d = json.load(open('$D/j2.json')); assert d['state'] == 'failed'
 import json,re; d = json.load(open('$D/j3.json')); assert d['state'] == 'failed' and re.search('space|disk', d['error'] or '', re.I) and d['model_id'] is None, d"
   check "b: the failed save left no model record or file behind" bash -c "
     test \"\$(curl -s '$B/v1/models' | python3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"models\"]))')\" = 1 &&
-    test \"\$(ls '$S/models' | wc -l)\" = 1"
+    test \"\$(ls '$S/models' | grep -c '\\.model\$')\" = 1 && test ! -e '$S/models/2.json'"
   local ckl; ckl=$(ls "$S/checkpoints" | wc -l)
   [ "$ckl" = 0 ] && ok "b: failed jobs leave no checkpoint behind" \
     || bad "b: failed jobs leave $ckl checkpoint file(s) behind ($(du -ch "$S"/checkpoints/* | tail -1 | cut -f1)); they are never removed"
@@ -373,6 +376,10 @@ EOF
     check "c: corrupt checkpoint: logged 'checkpoint unusable ... starting over'" bash -c "tail -n +$((mark + 1)) '$L' | grep -q 'job $k: checkpoint unusable'"
     check "c: corrupt checkpoint: the job still ends with epochs 1..3" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
 import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"succeeded\" and [m[\"epoch\"] for m in d[\"metrics\"]] == [1,2,3], d'"
+    check "c: corrupt checkpoint: the event log replays epochs 1,2,3 once (no stale epoch 1)" bash -c "
+      curl -sN '$B/v1/jobs/$k/events?format=ndjson' | python3 -c '
+import json,sys; ev = [json.loads(l) for l in sys.stdin if l.strip()]
+assert [e[\"data\"][\"epoch\"] for e in ev if e[\"event\"] == \"epoch\"] == [1,2,3], ev'"
   else
     bad "c: no checkpoint for job $k after its first epoch"
     dstart "$S" "$L" "$P" || return
@@ -399,6 +406,205 @@ import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"succeeded\" 
   job_wait "$B" "$j" succeeded 120 >/dev/null
   check "c: a new job gets a fresh id (6), becomes active, /readyz 200" bash -c "curl -sf '$B/readyz' | grep -q '\"model\":6'"
   dstop; check "c: SIGTERM exits 0" test "$DRC" = 0
+}
+
+# =========================================================================
+# d. The end of a job, crash by crash (issue 9 #2, #26). The daemon kills
+# itself (MNISTD_CRASH_AT, a test-only hook, inert unless set) or sends
+# itself SIGTERM (MNISTD_TERM_AT) at one named point; a restart without the
+# hook must leave the job exactly as an uninterrupted run: succeeded with
+# epochs 1..N, the same test accuracy (never NaN), its model active
+# (activate "always"), one "end" event that is last and tells the truth, no
+# checkpoint or temporary file left, a sound database.
+D_JOB='{"epochs":2,"train_limit":3000,"test_limit":500,"activate":"always"}'
+D_SETUP='{"epochs":1,"train_limit":1000,"test_limit":500,"activate":"always"}'
+
+# d_events B JOB: checks the job's event log (stream read to the end).
+d_events() {
+  curl -sN --max-time 20 "$1/v1/jobs/$2/events" >"$RL_TMP/d_ev.txt"
+  python3 - "$RL_TMP/d_ev.txt" "$3" "${4:-}" <<'EOF'
+import json, sys
+evs, cur = [], {}
+for line in open(sys.argv[1]).read().split("\n"):
+    if line.startswith("id: "): cur["id"] = int(line[4:])
+    elif line.startswith("event: "): cur["event"] = line[7:]
+    elif line.startswith("data: "): cur["data"] = json.loads(line[6:])
+    elif line == "" and cur: evs.append(cur); cur = {}
+ids = [e["id"] for e in evs]
+assert ids == sorted(set(ids)), ids
+ends = [e for e in evs if e["event"] == "end"]
+assert len(ends) == 1 and evs[-1]["event"] == "end", [e["event"] for e in evs]
+end = ends[0]["data"]
+assert end["state"] == sys.argv[2], end
+if sys.argv[3]:
+    assert end.get("model_id") == int(sys.argv[3]) and end.get("activated") is True, end
+st = [e["data"]["state"] for e in evs if e["event"] == "state"]
+assert st[-1] == sys.argv[2] and st.count(sys.argv[2]) == 1, st
+if sys.argv[2] == "succeeded":
+    ep = [e["data"]["epoch"] for e in evs if e["event"] == "epoch"]
+    assert ep == [1, 2], ep
+EOF
+}
+
+# d_setup DIR PORT: a state with one finished job whose model is active.
+d_setup() {
+  dstart "$1" "$1.log" "$2" || return 1
+  local j; j=$(post_job "http://127.0.0.1:$2" "$D_SETUP")
+  job_wait "http://127.0.0.1:$2" "$j" succeeded 120 >/dev/null || return 1
+  dstop
+}
+
+# d_wait_exit SECONDS: waits for the daemon to end by itself; DRC = status.
+d_wait_exit() {
+  local i
+  for ((i = 0; i < $1 * 10; i++)); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$DPID" 2>/dev/null; then dkill9; DRC=timeout; return 1; fi
+  wait "$DPID" 2>/dev/null; DRC=$?; DPID=
+}
+
+part_d() {
+  echo "== d. crash (and SIGTERM) at each point of a job's end, then restart"
+  local D=$RL_TMP/d P B ref point S L k m
+  mkdir -p "$D"; P=$(free_port); B=http://127.0.0.1:$P
+  # The reference: the same job, uninterrupted.
+  d_setup "$D/ref" "$P" || { bad "d: reference set-up"; return; }
+  dstart "$D/ref" "$D/ref.log" "$P" || { bad "d: reference start"; return; }
+  k=$(post_job "$B" "$D_JOB"); job_wait "$B" "$k" succeeded 120 >/dev/null
+  ref=$(curl -s "$B/v1/models/$(curl -s "$B/v1/jobs/$k" | jget /dev/stdin 'd["model_id"]')" | jget /dev/stdin 'd["test_accuracy"]')
+  dstop
+  info "reference test accuracy: $ref"
+  for point in epoch_recorded checkpoint_saved last_checkpoint model_saved model_committed \
+               TERM:last_checkpoint TERM:checkpoint_saved; do
+    S=$D/${point/:/_}; L=$S.log
+    d_setup "$S" "$P" || { bad "d: $point: set-up"; continue; }
+    local var=MNISTD_CRASH_AT name=$point want=137
+    if [[ $point == TERM:* ]]; then var=MNISTD_TERM_AT; name=${point#TERM:}; want=0; fi
+    DWRAP=(env "$var=$name")
+    dstart "$S" "$L" "$P" || { bad "d: $point: start"; DWRAP=(); continue; }
+    DWRAP=()
+    k=$(post_job "$B" "$D_JOB")
+    d_wait_exit 120
+    check "d: $point: the daemon stopped there (status $DRC, want $want)" test "$DRC" = "$want"
+    dstart "$S" "$L" "$P" || { bad "d: $point: restart"; continue; }
+    job_wait "$B" "$k" succeeded 120 >/dev/null
+    m=$(curl -s "$B/v1/jobs/$k" | jget /dev/stdin 'd["model_id"]')
+    check "d: $point: job succeeded, epochs 1,2, model $m active" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
+import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"succeeded\" and [x[\"epoch\"] for x in d[\"metrics\"]] == [1,2], d' &&
+      curl -s '$B/readyz' | grep -q '\"model\":$m'"
+    check "d: $point: test accuracy equals the uninterrupted run ($ref)" bash -c "
+      test \"\$(curl -s '$B/v1/models/$m' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"test_accuracy\"])')\" = '$ref'"
+    check "d: $point: two models (none doubled or lost)" bash -c "curl -s '$B/v1/models' | python3 -c '
+import json,sys; assert len(json.load(sys.stdin)[\"models\"]) == 2'"
+    check "d: $point: one end event, last, activated, epochs 1,2" d_events "$B" "$k" succeeded "$m"
+    check "d: $point: no checkpoint or temporary file left" bash -c "
+      test -z \"\$(find '$S/checkpoints' -type f; find '$S' -name '*.tmp.*')\""
+    dstop
+    check "d: $point: database sound" db_ok "$S/mnistd.db"
+  done
+
+  # A cancel recorded, then the crash before the checkpoint goes: the job
+  # stays cancelled (never resumes) and the orphan checkpoint is removed.
+  S=$D/cancel; L=$S.log
+  d_setup "$S" "$P" || { bad "d: cancel: set-up"; return; }
+  DWRAP=(env MNISTD_CRASH_AT=cancel_recorded)
+  dstart "$S" "$L" "$P"; DWRAP=()
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"always"}')
+  for _ in $(seq 300); do
+    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
+  done
+  curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
+  d_wait_exit 60
+  check "d: cancel_recorded: crashed there (status $DRC)" test "$DRC" = 137
+  check "d: cancel_recorded: the checkpoint was still there at the crash" test -f "$S/checkpoints/$k.ckpt"
+  dstart "$S" "$L" "$P" || { bad "d: cancel: restart"; return; }
+  sleep 1
+  check "d: cancel_recorded: still cancelled after restart, not resumed" bash -c "
+    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled"
+  check "d: cancel_recorded: orphan checkpoint removed at start" test ! -e "$S/checkpoints/$k.ckpt"
+  check "d: cancel_recorded: one end event (cancelled), last" d_events "$B" "$k" cancelled
+  dstop
+
+  # A failure recorded, then the crash before the checkpoint goes: the job
+  # stays failed. The checkpoint cannot be written (its name is taken by a
+  # directory), which fails the job after epoch 1.
+  S=$D/fail; L=$S.log
+  d_setup "$S" "$P" || { bad "d: fail: set-up"; return; }
+  mkdir -p "$S/checkpoints/2.ckpt/x"
+  DWRAP=(env MNISTD_CRASH_AT=fail_recorded)
+  dstart "$S" "$L" "$P"; DWRAP=()
+  k=$(post_job "$B" "$D_JOB")
+  d_wait_exit 120
+  check "d: fail_recorded: job 2 crashed there (status $DRC)" test "$k:$DRC" = 2:137
+  rm -rf "$S/checkpoints/2.ckpt"
+  dstart "$S" "$L" "$P" || { bad "d: fail: restart"; return; }
+  sleep 1
+  check "d: fail_recorded: still failed after restart, with the reason" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
+import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and \"checkpoint\" in d[\"error\"], d'"
+  check "d: fail_recorded: one end event (failed), last" d_events "$B" "$k" failed
+  dstop
+
+  # A cancel accepted (202), then a shutdown before the trainer noticed it
+  # (MNISTD_TERM_AT=cancel_requested): the job ends cancelled, it must not
+  # come back as "interrupted" and resume at the next start.
+  S=$D/cancelterm; L=$S.log
+  d_setup "$S" "$P" || { bad "d: cancel+SIGTERM: set-up"; return; }
+  DWRAP=(env MNISTD_TERM_AT=cancel_requested)
+  dstart "$S" "$L" "$P"; DWRAP=()
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"always"}')
+  job_wait "$B" "$k" running 60 >/dev/null; sleep 0.5
+  check "d: cancel then SIGTERM: cancel accepted" test "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$B/v1/jobs/$k/cancel")" = 202
+  d_wait_exit 60
+  check "d: cancel then SIGTERM: exit 0 (status $DRC)" test "$DRC" = 0
+  dstart "$S" "$L" "$P" || { bad "d: cancel+SIGTERM: restart"; return; }
+  sleep 1
+  check "d: cancel then SIGTERM: cancelled after the restart, not resumed" bash -c "
+    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled &&
+    ! grep -q 'job $k was interrupted' '$L'"
+  check "d: cancel then SIGTERM: one end event (cancelled)" d_events "$B" "$k" cancelled
+  dstop
+
+  # Recording the activation fails (MNISTD_FAIL_AT=activate: as on a full
+  # disk): the end event must not claim an activation; the job fails with
+  # the reason, nothing half-recorded, the old model stays active.
+  S=$D/actfail; L=$S.log
+  d_setup "$S" "$P" || { bad "d: activation failure: set-up"; return; }
+  DWRAP=(env MNISTD_FAIL_AT=activate)
+  dstart "$S" "$L" "$P"; DWRAP=()
+  k=$(post_job "$B" "$D_JOB")
+  job_wait "$B" "$k" "failed|succeeded" 120 >/dev/null
+  check "d: activation failure: job failed, saying the disk is full" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
+import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and \"disk is full\" in d[\"error\"] and d[\"model_id\"] is None, d'"
+  check "d: activation failure: end event says failed, no activation claimed" bash -c "
+    curl -sN '$B/v1/jobs/$k/events?format=ndjson' | tail -1 | python3 -c '
+import json,sys; e = json.loads(sys.stdin.read()); assert e[\"event\"] == \"end\" and e[\"data\"][\"state\"] == \"failed\" and not e[\"data\"].get(\"activated\"), e'"
+  check "d: activation failure: model 1 still active, no model 2 (record or file)" bash -c "
+    curl -s '$B/readyz' | grep -q '\"model\":1' && test \"\$(curl -s -o /dev/null -w '%{http_code}' '$B/v1/models/2')\" = 404 &&
+    test ! -e '$S/models/2.model' -a ! -e '$S/models/2.json'"
+  dstop
+
+  # The directory fsync after a model's rename fails (EIO): the save is
+  # reported as failed, not recorded (issue 9 #27).
+  if cc -shared -fPIC -o "$D/fsync_fail.so" tests/reliability/fsync_fail.c -ldl 2>"$D/cc.log"; then
+    S=$D/dirsync; L=$S.log
+    d_setup "$S" "$P" || { bad "d: dir fsync: set-up"; return; }
+    DWRAP=(env LD_PRELOAD="$D/fsync_fail.so" FSYNC_FAIL_DIR=/models)
+    dstart "$S" "$L" "$P"; DWRAP=()
+    k=$(post_job "$B" "$D_JOB")
+    job_wait "$B" "$k" "failed|succeeded" 120 >/dev/null
+    check "d: directory fsync failure: job failed naming it, model not recorded" bash -c "curl -s '$B/v1/jobs/$k' | python3 -c '
+import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and \"fsync of the directory\" in d[\"error\"], d' &&
+      test \"\$(curl -s -o /dev/null -w '%{http_code}' '$B/v1/models/2')\" = 404"
+    dstop
+    # A state directory created new: its entry is fsynced into the parent
+    # and a failure stops the start with a message.
+    mkdir -p "$D/parent"
+    FSYNC_FAIL_DIR=/parent LD_PRELOAD="$D/fsync_fail.so" timeout 20 "$BIN" serve --listen "127.0.0.1:$P" \
+      --state-dir "$D/parent/state" --data-dir "$DATA" --no-bootstrap >"$D/parent.log" 2>&1
+    check "d: new state directory: failed fsync of its parent stops the start (status $?)" \
+      grep -q 'Input/output error' "$D/parent.log"
+  else
+    bad "d: cannot build the fsync shim: $(cat "$D/cc.log")"
+  fi
 }
 
 for p in $PARTS; do "part_$p"; done

@@ -352,11 +352,9 @@ static enum MHD_Result h_job_events(req *r) {
   uint64_t last = 0;
   const char *lei = header(r, "Last-Event-ID");
   if (!lei) lei = query(r, "last_event_id");
-  if (lei) {
-    char *end;
-    last = strtoull(lei, &end, 10);
-    if (*end || !*lei) return send_error(r, 400, "Last-Event-ID must be an event id (a number)");
-  }
+  if (lei && srv_parse_event_id(lei, &last))
+    return send_error(r, 400,
+                      "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
   stream *s = calloc(1, sizeof *s);
   if (!s) return send_error(r, 500, "out of memory");
   s->conn = r->conn;
@@ -1049,16 +1047,26 @@ static enum MHD_Result h_metrics(req *r) {
   sb_printf(&b, "# HELP mnistd_sse_subscribers Open event streams.\n"
                 "# TYPE mnistd_sse_subscribers gauge\nmnistd_sse_subscribers %d\n",
             srv_jobs_subscribers(S->jobs));
+  sb_printf(&b, "# HELP mnistd_db_recovered 1 if a damaged database was moved aside at start"
+                " (the log names the file).\n# TYPE mnistd_db_recovered gauge\n"
+                "mnistd_db_recovered %d\n"
+                "# HELP mnistd_models_recovered Model files registered again from disk at start.\n"
+                "# TYPE mnistd_models_recovered gauge\nmnistd_models_recovered %d\n",
+            srv_store_recovered(S->store, NULL, 0), srv_models_recovered(S->models));
   srv_model *m = srv_models_active(S->models);
   sb_printf(&b, "# HELP mnistd_active_model_info The model answering predictions.\n"
                 "# TYPE mnistd_active_model_info gauge\n");
   if (m) {
-    sb_printf(&b,
-              "mnistd_active_model_info{id=\"%lld\",arch=\"%s\",dataset=\"%s\"} 1\n"
-              "# HELP mnistd_active_model_test_accuracy Test accuracy of the active model.\n"
-              "# TYPE mnistd_active_model_test_accuracy gauge\n"
-              "mnistd_active_model_test_accuracy %.6f\n",
-              (long long)m->id, m->arch, m->dataset, m->test_accuracy);
+    sb_printf(&b, "mnistd_active_model_info{id=\"%lld\",arch=\"%s\",dataset=\"%s\"} 1\n",
+              (long long)m->id, m->arch, m->dataset);
+    /* A model registered again from disk may have no known accuracy: then
+     * no sample (never NaN). */
+    if (isfinite(m->test_accuracy))
+      sb_printf(&b,
+                "# HELP mnistd_active_model_test_accuracy Test accuracy of the active model.\n"
+                "# TYPE mnistd_active_model_test_accuracy gauge\n"
+                "mnistd_active_model_test_accuracy %.6f\n",
+                m->test_accuracy);
     srv_model_unref(m);
   }
   nn_backend_info bi;
@@ -1285,12 +1293,14 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
   } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
     conn_state *cs = *socket_context;
     if (!cs) return;
+    /* cs->next is rewritten by neighbours leaving the list: read it under
+     * the lock too (ThreadSanitizer, make tsan). */
+    pthread_mutex_lock(&C->mu);
     if (cs->next) {
-      pthread_mutex_lock(&C->mu);
       cs->prev->next = cs->next;
       cs->next->prev = cs->prev;
-      pthread_mutex_unlock(&C->mu);
     }
+    pthread_mutex_unlock(&C->mu);
     free(cs);
     *socket_context = NULL;
   }

@@ -2,11 +2,13 @@
  * and subscriber lists; the store has its own and is always taken second. */
 #include "srv_jobs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@
 
 #define HEARTBEAT_MS 15000
 #define PROGRESS_MS 250
+/* Event ids are reserved in the store this many at a time. */
+#define SEQ_BLOCK 128
 
 typedef struct event {
   uint64_t id;
@@ -63,11 +67,13 @@ struct job {
   /* event log */
   event *events;
   size_t n_events, cap_events;
-  uint64_t seq;
+  uint64_t seq;           /* last id handed out */
+  uint64_t reserved;      /* ids up to this are recorded as possibly used */
   srv_sub *subs;
   int dirty;              /* new events since the last publish */
-  volatile int cancel;    /* read by the trainer between batches */
+  atomic_int cancel;      /* set under J->mu, read by the trainer between batches */
   int shutdown;           /* cancel came from the daemon stopping */
+  int user_cancel;        /* a client asked to cancel: wins over a shutdown */
   int resume;             /* continue from a checkpoint */
   uv_work_t work;
   srv_jobs *J;
@@ -162,12 +168,21 @@ static void append(srv_jobs *J, job *j) {
   J->tail = j;
 }
 
-/* Adds an event to the log (memory and store). Caller holds J->mu. */
-static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *data) {
-  srv_json_exact_ints(data); /* integers digit for digit (issue 9 #15) */
-  char *s = cJSON_PrintUnformatted(data);
-  cJSON_Delete(data);
-  if (!s) return;
+/* Hands out the next event id (caller holds J->mu). Ids of progress
+ * events are never stored, so the store records a mark above every id
+ * handed out, a block at a time: after a crash numbering continues above
+ * it and no id a client saw is reused. 0 if the mark cannot be recorded. */
+static uint64_t next_seq(srv_jobs *J, job *j) {
+  if (j->seq + 1 > j->reserved) {
+    uint64_t upto = j->seq + SEQ_BLOCK;
+    if (srv_store_seq_reserve(J->st, j->id, upto)) return 0;
+    j->reserved = upto;
+  }
+  return ++j->seq;
+}
+
+/* Appends an event to the in-memory log; takes s. Caller holds J->mu. */
+static void push(srv_jobs *J, job *j, uint64_t seq, const char *type, uint32_t epoch, char *s) {
   if (j->n_events == j->cap_events) {
     size_t cap = j->cap_events ? j->cap_events * 2 : 16;
     event *e = realloc(j->events, cap * sizeof *e);
@@ -179,15 +194,30 @@ static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *d
     j->cap_events = cap;
   }
   event *e = &j->events[j->n_events++];
-  e->id = ++j->seq;
+  e->id = seq;
   e->epoch = epoch;
   snprintf(e->type, sizeof e->type, "%s", type);
   e->data = s;
-  /* Progress is ephemeral; losing it in a crash costs nothing. */
-  if (strcmp(type, "progress"))
-    srv_store_event_add(J->st, j->id, e->id, epoch, type, s);
   j->dirty = 1;
   uv_async_send(&J->publish);
+}
+
+
+/* Adds an event to the log. Every event but progress is durable: it is
+ * shown only once the store holds it, so a stream never shows what a
+ * restart would take back. Caller holds J->mu. */
+static void emit(srv_jobs *J, job *j, const char *type, uint32_t epoch, cJSON *data) {
+  srv_json_exact_ints(data); /* integers digit for digit (issue 9 #15) */
+  char *s = cJSON_PrintUnformatted(data);
+  cJSON_Delete(data);
+  if (!s) return;
+  uint64_t seq = next_seq(J, j);
+  if (!seq || (strcmp(type, "progress") &&
+               srv_store_event_add(J->st, j->id, seq, epoch, type, s))) {
+    free(s);
+    return;
+  }
+  push(J, j, seq, type, epoch, s);
 }
 
 static cJSON *state_event(job *j) {
@@ -198,6 +228,24 @@ static cJSON *state_event(job *j) {
   return d;
 }
 
+static char *print_free(cJSON *d) {
+  srv_json_exact_ints(d); /* integers digit for digit (issue 9 #15) */
+  char *s = cJSON_PrintUnformatted(d);
+  cJSON_Delete(d);
+  return s;
+}
+
+/* The "end" event of a finished job. activated < 0: not mentioned. */
+static char *end_json(job *j, srv_job_state st, int64_t model_id, int activated) {
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddNumberToObject(d, "job", (double)j->id);
+  cJSON_AddStringToObject(d, "state", srv_job_state_name(st));
+  if (model_id) cJSON_AddNumberToObject(d, "model_id", (double)model_id);
+  else cJSON_AddNullToObject(d, "model_id");
+  if (activated >= 0) cJSON_AddBoolToObject(d, "activated", activated);
+  return print_free(d);
+}
+
 static void persist(srv_jobs *J, job *j) {
   srv_job_row r = {j->id, srv_job_state_name(j->state), j->config_json, j->created_ms,
                    j->started_ms, j->finished_ms, j->model_id, j->error[0] ? j->error : NULL};
@@ -206,22 +254,39 @@ static void persist(srv_jobs *J, job *j) {
                 r.state, srv_store_errmsg(J->st));
 }
 
+/* Records a final state with its "state" and "end" events in one
+ * transaction, then shows the events. Caller holds J->mu. */
+static void finish_locked(srv_jobs *J, job *j, srv_job_state s) {
+  j->state = s;
+  j->finished_ms = wall_ms();
+  char *st = print_free(state_event(j)), *en = end_json(j, s, j->model_id, -1);
+  uint64_t a = next_seq(J, j), b = a ? next_seq(J, j) : 0;
+  srv_job_row r = {j->id, srv_job_state_name(s), j->config_json, j->created_ms,
+                   j->started_ms, j->finished_ms, j->model_id, j->error[0] ? j->error : NULL};
+  srv_event_row ev[2] = {{a, 0, "state", st}, {b, 0, "end", en}};
+  int rc = st && en && b ? srv_store_job_finish(J->st, &r, ev, 2) : -ENOMEM;
+  if (rc) {
+    logf_(J, "job %lld: could not record state %s: %s", (long long)j->id, r.state,
+          rc == -ENOMEM ? "out of memory" : srv_store_errmsg(J->st));
+    free(st);
+    free(en);
+    return;
+  }
+  push(J, j, a, "state", 0, st);
+  push(J, j, b, "end", 0, en);
+}
+
 /* Moves a job to a new state, records it and tells the streams. Caller
  * holds J->mu. */
 static void set_state(srv_jobs *J, job *j, srv_job_state s) {
+  if (finished(s)) {
+    finish_locked(J, j, s);
+    return;
+  }
   j->state = s;
   if (s == SRV_JOB_RUNNING && !j->started_ms) j->started_ms = wall_ms();
-  if (finished(s)) j->finished_ms = wall_ms();
   persist(J, j);
   emit(J, j, "state", 0, state_event(j));
-  if (finished(s)) {
-    cJSON *d = cJSON_CreateObject();
-    cJSON_AddNumberToObject(d, "job", (double)j->id);
-    cJSON_AddStringToObject(d, "state", srv_job_state_name(s));
-    if (j->model_id) cJSON_AddNumberToObject(d, "model_id", (double)j->model_id);
-    else cJSON_AddNullToObject(d, "model_id");
-    emit(J, j, "end", 0, d);
-  }
 }
 
 /* ---------------------------------------------------------------- runner */
@@ -249,6 +314,8 @@ static int on_progress(const nn_progress *p, void *user) {
   run_ctx *c = user;
   job *j = c->j;
   srv_jobs *J = j->J;
+  /* Cancelling through the callback keeps the flag a C11 atomic. */
+  if (atomic_load(&j->cancel)) return 1;
   double now = mono_s();
   pthread_mutex_lock(&J->mu);
   j->epoch = p->epoch;
@@ -280,16 +347,238 @@ static char *metrics_json(const nn_epoch_metrics *m) {
 }
 
 /* Fails the job with a message (training thread, lock not held). A failed
- * job never resumes, so its checkpoint only takes space. */
+ * job never resumes, so its checkpoint only takes space: it goes once the
+ * failure is on record (a crash in between leaves an orphan that the next
+ * start removes, never a failed job that runs again). */
 static void fail_job(srv_jobs *J, job *j, const char *msg) {
   char ck[PATH_MAX + 64];
   checkpoint_path(J, j->id, ck, sizeof ck);
-  unlink(ck);
   pthread_mutex_lock(&J->mu);
   snprintf(j->error, sizeof j->error, "%s", msg);
   set_state(J, j, SRV_JOB_FAILED);
   pthread_mutex_unlock(&J->mu);
+  srv_crash_point("fail_recorded");
+  unlink(ck);
   logf_(J, "job %lld failed: %s", (long long)j->id, msg);
+}
+
+/* Success: the final events, built once the model id and the activation
+ * decision are known, under the registry's writer lock. */
+typedef struct fin_ctx {
+  srv_jobs *J;
+  job *j;
+  char *state_s, *end_s;
+  uint64_t seq[2];
+} fin_ctx;
+
+static int fin_events(void *u, int64_t model_id, int activated, srv_event_row *ev, size_t *n) {
+  fin_ctx *c = u;
+  pthread_mutex_lock(&c->J->mu);
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddNumberToObject(d, "job", (double)c->j->id);
+  cJSON_AddStringToObject(d, "state", "succeeded");
+  free(c->state_s);
+  free(c->end_s);
+  c->state_s = print_free(d);
+  c->end_s = end_json(c->j, SRV_JOB_SUCCEEDED, model_id, activated);
+  c->seq[0] = next_seq(c->J, c->j);
+  c->seq[1] = c->seq[0] ? next_seq(c->J, c->j) : 0;
+  pthread_mutex_unlock(&c->J->mu);
+  if (!c->state_s || !c->end_s || !c->seq[1]) return -1;
+  ev[0] = (srv_event_row){c->seq[0], 0, "state", c->state_s};
+  ev[1] = (srv_event_row){c->seq[1], 0, "end", c->end_s};
+  *n = 2;
+  return 0;
+}
+
+/* What one run of a job works with (training thread, lock not held). */
+typedef struct run {
+  srv_jobs *J;
+  job *j;
+  nn_model *m;          /* the run's until the registry takes it */
+  nn_trainer *t;
+  nn_workspace *ews;
+  nn_dataset tv, sv;    /* views that stop at the limits */
+  const char *ck;       /* checkpoint path */
+  float vloss, vacc;    /* last evaluation of this run; NaN if none */
+} run;
+
+/* Drops what a crashed run logged past the checkpoint, in memory as in the
+ * store (a job starting over replays only its new epochs), and marks the
+ * job running. Returns the epochs already done. */
+static uint32_t run_begin(run *r) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  uint32_t done = nn_trainer_epoch(r->t);
+  if (done > j->cfg.epochs) done = j->cfg.epochs;
+  srv_store_job_rewind(J->st, j->id, done);
+  pthread_mutex_lock(&J->mu);
+  while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
+  size_t keep = 0;
+  for (size_t i = 0; i < j->n_events; i++) {
+    event *e = &j->events[i];
+    if (e->epoch > done && strcmp(e->type, "state")) free(e->data);
+    else j->events[keep++] = *e;
+  }
+  j->n_events = keep;
+  j->epochs_done = done;
+  j->parameters = r->m->n_params;
+  j->batches = (r->tv.n + j->cfg.batch_size - 1) / j->cfg.batch_size;
+  set_state(J, j, SRV_JOB_RUNNING);
+  pthread_mutex_unlock(&J->mu);
+  logf_(J, "job %lld running: %s on %s, %u epochs from epoch %u", (long long)j->id,
+        j->cfg.arch, j->cfg.dataset, j->cfg.epochs, done + 1);
+  return done;
+}
+
+/* Records a finished epoch: its row and event (one transaction), then the
+ * checkpoint. After a crash between the two the epoch is redone and, being
+ * deterministic, rewrites the same row (its event comes again under a new
+ * id). 0, or -1 when the job failed (recorded). */
+static int run_record_epoch(run *r, uint32_t e, const nn_epoch_metrics *mt) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  char msg[700];
+  nn_err err = {0};
+  int rc = 0;
+  char *row = metrics_json(mt);
+  pthread_mutex_lock(&J->mu);
+  uint64_t seq = next_seq(J, j);
+  pthread_mutex_unlock(&J->mu);
+  srv_event_row ev = {seq, e, "epoch", row};
+  if (!row || !seq || (rc = srv_store_epoch_put(J->st, j->id, e, row, &ev))) {
+    free(row);
+    snprintf(msg, sizeof msg, "could not record epoch %u: %s", e,
+             rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(J->st));
+    fail_job(J, j, msg);
+    return -1;
+  }
+  pthread_mutex_lock(&J->mu);
+  char **mr = realloc(j->metrics, (j->n_metrics + 1) * sizeof *mr);
+  char *copy = strdup(row);
+  if (mr) {
+    j->metrics = mr;
+    j->metrics[j->n_metrics++] = row;
+  } else {
+    free(row);
+  }
+  j->epochs_done = e;
+  J->samples_total += r->tv.n;
+  J->last_sps = mt->samples_per_second;
+  if (copy) push(J, j, seq, "epoch", e, copy);
+  pthread_mutex_unlock(&J->mu);
+  srv_crash_point("epoch_recorded");
+  if (nn_checkpoint_save(r->t, r->ck, &err)) {
+    snprintf(msg, sizeof msg, "could not write the checkpoint: %s", err.msg);
+    fail_job(J, j, msg);
+    return -1;
+  }
+  srv_crash_point(e == j->cfg.epochs ? "last_checkpoint" : "checkpoint_saved");
+  return 0;
+}
+
+/* Trains the epochs after `done`: 0 when they are done or a cancel stopped
+ * them, -1 when the job failed (recorded). */
+static int run_epochs(run *r, uint32_t done) {
+  job *j = r->j;
+  char msg[128];
+  nn_epoch_metrics mt = {0};
+  for (uint32_t e = done + 1; e <= j->cfg.epochs; e++) {
+    run_ctx rc_ = {j, mono_s(), r->tv.n};
+    int rc = nn_train_epoch(r->t, &r->tv, on_progress, &rc_, NULL, &mt);
+    if (rc == NN_ECANCELED) break;
+    if (rc) {
+      snprintf(msg, sizeof msg, "training failed: %s", nn_strerror(rc));
+      fail_job(r->J, j, msg);
+      return -1;
+    }
+    double t1 = mono_s();
+    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    mt.val_loss = r->vloss;
+    mt.val_accuracy = r->vacc;
+    mt.eval_seconds = mono_s() - t1;
+    if (!isfinite(mt.loss) || !isfinite(r->vloss) || !isfinite(r->vacc)) {
+      fail_job(r->J, j, "training diverged (the loss is not a number); try a lower learning_rate");
+      return -1;
+    }
+    if (run_record_epoch(r, e, &mt)) return -1;
+  }
+  return 0;
+}
+
+/* After the epochs: 1 if a cancel or a shutdown stops the job here. */
+static int run_stopped(run *r) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  if (!atomic_load(&j->cancel)) return 0;
+  pthread_mutex_lock(&J->mu);
+  /* A cancel the client was told about (202) stands even when a shutdown
+   * follows before this thread noticed it: the job must not resume. */
+  if (j->user_cancel || !j->shutdown) {
+    set_state(J, j, SRV_JOB_CANCELLED);
+    pthread_mutex_unlock(&J->mu);
+    srv_crash_point("cancel_recorded");
+    unlink(r->ck);
+    return 1;
+  }
+  if (j->epochs_done < j->cfg.epochs) {
+    /* Stays "running" in the store: the next start resumes it. */
+    logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
+          j->epochs_done);
+    pthread_mutex_unlock(&J->mu);
+    return 1;
+  }
+  /* Every epoch is trained and evaluated: registering the model takes a
+   * moment, and leaving it for the next start would only redo it. */
+  logf_(J, "job %lld: shutdown after its last epoch; finishing it first", (long long)j->id);
+  pthread_mutex_unlock(&J->mu);
+  return 0;
+}
+
+/* Registers the model, finishes the job, records its events and the
+ * activation in one transaction. */
+static void run_finish(run *r) {
+  srv_jobs *J = r->J;
+  job *j = r->j;
+  char msg[700];
+  /* Resumed after its last epoch (a crash or a shutdown between the last
+   * checkpoint and the model's record): evaluate now. A NaN never reaches
+   * the records or a comparison. */
+  if (!isfinite(r->vacc) || !isfinite(r->vloss)) {
+    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    logf_(J, "job %lld: evaluated the trained model after the restart: accuracy %.4f",
+          (long long)j->id, (double)r->vacc);
+  }
+  if (!isfinite(r->vacc) || !isfinite(r->vloss)) {
+    fail_job(J, j, "the evaluation of the trained model gave no number (diverged)");
+    return;
+  }
+  pthread_mutex_lock(&J->mu);
+  srv_job_row row = {j->id, "succeeded", j->config_json, j->created_ms, j->started_ms,
+                     wall_ms(), 0, NULL};
+  pthread_mutex_unlock(&J->mu);
+  fin_ctx fc = {J, j, NULL, NULL, {0, 0}};
+  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc};
+  int64_t mid = 0;
+  int activated = 0;
+  if (srv_models_add(J->models, r->m, j->cfg.dataset, r->vacc, r->vloss, j->id, &fin, &mid,
+                     &activated, msg, sizeof msg)) {
+    free(fc.state_s);
+    free(fc.end_s);
+    fail_job(J, j, msg);
+    return;
+  }
+  r->m = NULL; /* the registry owns it now */
+  pthread_mutex_lock(&J->mu);
+  j->model_id = mid;
+  j->finished_ms = row.finished_ms;
+  j->state = SRV_JOB_SUCCEEDED;
+  push(J, j, fc.seq[0], "state", 0, fc.state_s);
+  push(J, j, fc.seq[1], "end", 0, fc.end_s);
+  pthread_mutex_unlock(&J->mu);
+  unlink(r->ck);
+  logf_(J, "job %lld succeeded: model %lld, test accuracy %.4f%s", (long long)j->id,
+        (long long)mid, (double)r->vacc, activated ? " (active)" : "");
 }
 
 static void work_cb(uv_work_t *w) {
@@ -318,6 +607,11 @@ static void work_cb(uv_work_t *w) {
   if (j->cfg.train_limit && j->cfg.train_limit < tv.n) tv.n = j->cfg.train_limit;
   if (j->cfg.test_limit && j->cfg.test_limit < sv.n) sv.n = j->cfg.test_limit;
 
+  /* A job that never ran owns no checkpoint: a file under its id is left
+   * from a job of a lost database (ids restart after a recovery) and must
+   * not be resumed from after a crash. */
+  if (!j->resume && unlink(ck) == 0)
+    logf_(J, "job %lld: removed a stale checkpoint left under its id", (long long)j->id);
   if (j->resume && access(ck, F_OK) == 0) {
     if ((rc = nn_checkpoint_load(&m, &t, ck, &err))) {
       logf_(J, "job %lld: checkpoint unusable (%s); starting over", (long long)j->id, err.msg);
@@ -349,122 +643,14 @@ static void work_cb(uv_work_t *w) {
     fail_job(J, j, "out of memory");
     goto out;
   }
-  uint32_t done = nn_trainer_epoch(t);
-  srv_store_job_rewind(J->st, j->id, done);
-  pthread_mutex_lock(&J->mu);
-  /* Drop what the crashed run logged past the checkpoint. */
-  while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
-  j->epochs_done = done;
-  j->parameters = m->n_params;
-  j->batches = (tv.n + j->cfg.batch_size - 1) / j->cfg.batch_size;
-  set_state(J, j, SRV_JOB_RUNNING);
-  pthread_mutex_unlock(&J->mu);
-  logf_(J, "job %lld running: %s on %s, %u epochs from epoch %u", (long long)j->id,
-        j->cfg.arch, j->cfg.dataset, j->cfg.epochs, done + 1);
-
-  nn_epoch_metrics mt = {0};
-  float vloss = NAN, vacc = NAN;
-  for (uint32_t e = done + 1; e <= j->cfg.epochs; e++) {
-    run_ctx rc_ = {j, mono_s(), tv.n};
-    rc = nn_train_epoch(t, &tv, on_progress, &rc_, &j->cancel, &mt);
-    if (rc == NN_ECANCELED) break;
-    if (rc) {
-      snprintf(msg, sizeof msg, "training failed: %s", nn_strerror(rc));
-      fail_job(J, j, msg);
-      goto out;
-    }
-    double t1 = mono_s();
-    nn_evaluate(m, ews, &sv, &vloss, &vacc, NULL);
-    mt.val_loss = vloss;
-    mt.val_accuracy = vacc;
-    mt.eval_seconds = mono_s() - t1;
-    if (!isfinite(mt.loss)) {
-      fail_job(J, j, "training diverged (the loss is not a number); try a lower learning_rate");
-      goto out;
-    }
-    char *row = metrics_json(&mt);
-    /* The row first, then the checkpoint: after a crash between the two the
-     * epoch is redone and, being deterministic, rewrites the same row. */
-    if (!row || (rc = srv_store_metric_put(J->st, j->id, e, row))) {
-      free(row);
-      snprintf(msg, sizeof msg, "could not record epoch %u: %s", e,
-               rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(J->st));
-      fail_job(J, j, msg);
-      goto out;
-    }
-    if ((rc = nn_checkpoint_save(t, ck, &err))) {
-      free(row);
-      snprintf(msg, sizeof msg, "could not write the checkpoint: %s", err.msg);
-      fail_job(J, j, msg);
-      goto out;
-    }
-    pthread_mutex_lock(&J->mu);
-    char **mr = realloc(j->metrics, (j->n_metrics + 1) * sizeof *mr);
-    if (mr) {
-      j->metrics = mr;
-      j->metrics[j->n_metrics++] = row;
-    } else {
-      free(row);
-    }
-    j->epochs_done = e;
-    J->samples_total += tv.n;
-    J->last_sps = mt.samples_per_second;
-    cJSON *d = cJSON_Parse(j->metrics[j->n_metrics - 1]);
-    emit(J, j, "epoch", e, d);
-    pthread_mutex_unlock(&J->mu);
-  }
-
-  if (j->cancel) {
-    pthread_mutex_lock(&J->mu);
-    if (j->shutdown) {
-      /* Stays "running" in the store: the next start resumes it. */
-      logf_(J, "job %lld interrupted by shutdown after epoch %u", (long long)j->id,
-            j->epochs_done);
-    } else {
-      set_state(J, j, SRV_JOB_CANCELLED);
-      unlink(ck);
-    }
-    pthread_mutex_unlock(&J->mu);
-    goto out;
-  }
-
-  /* Register the model and finish the job in one transaction. */
-  pthread_mutex_lock(&J->mu);
-  srv_job_row row = {j->id, "succeeded", j->config_json, j->created_ms, j->started_ms,
-                     wall_ms(), 0, NULL};
-  pthread_mutex_unlock(&J->mu);
-  int64_t prev = srv_models_active_id(J->models);
-  srv_model *pm = prev ? srv_models_get(J->models, prev) : NULL;
-  double prev_acc = pm ? pm->test_accuracy : -1;
-  int same_data = pm && !strcmp(pm->dataset, j->cfg.dataset);
-  srv_model_unref(pm);
-  int64_t mid = 0;
-  if ((rc = srv_models_add(J->models, m, j->cfg.dataset, vacc, vloss, j->id, &row, &mid, msg,
-                           sizeof msg))) {
-    fail_job(J, j, msg);
-    goto out;
-  }
-  m = NULL; /* the registry owns it now */
-  int activate = j->cfg.activate == SRV_ACTIVATE_ALWAYS ||
-                 (j->cfg.activate == SRV_ACTIVATE_IF_BETTER &&
-                  (!prev || !same_data || vacc > prev_acc));
-  if (activate) srv_models_activate(J->models, mid);
-  unlink(ck);
-  pthread_mutex_lock(&J->mu);
-  j->model_id = mid;
-  j->finished_ms = row.finished_ms;
-  /* The store already holds the final row; emit the events. */
-  j->state = SRV_JOB_SUCCEEDED;
-  emit(J, j, "state", 0, state_event(j));
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddNumberToObject(d, "job", (double)j->id);
-  cJSON_AddStringToObject(d, "state", "succeeded");
-  cJSON_AddNumberToObject(d, "model_id", (double)mid);
-  cJSON_AddBoolToObject(d, "activated", activate);
-  emit(J, j, "end", 0, d);
-  pthread_mutex_unlock(&J->mu);
-  logf_(J, "job %lld succeeded: model %lld, test accuracy %.4f%s", (long long)j->id,
-        (long long)mid, (double)vacc, activate ? " (active)" : "");
+  run r = {J, j, m, t, ews, tv, sv, ck, NAN, NAN};
+  m = NULL;
+  t = NULL;
+  ews = NULL;
+  if (run_epochs(&r, run_begin(&r)) == 0 && !run_stopped(&r)) run_finish(&r);
+  nn_workspace_free(r.ews);
+  nn_trainer_free(r.t);
+  nn_model_free(r.m);
 out:
   nn_workspace_free(ews);
   nn_trainer_free(t);
@@ -492,7 +678,7 @@ static void schedule(srv_jobs *J) {
     if (j->state != SRV_JOB_QUEUED && !(j->state == SRV_JOB_RUNNING && j->resume)) continue;
     if (j->work.data) continue; /* already started */
     j->work.data = j;
-    j->cancel = 0;
+    atomic_store(&j->cancel, 0);
     J->running++;
     uv_queue_work(J->loop, &j->work, work_cb, after_work_cb);
   }
@@ -532,7 +718,8 @@ static void on_heartbeat(uv_timer_t *t) {
 
 /* ---------------------------------------------------------------- loading */
 
-static int load_event(uint64_t seq, const char *type, const char *data, void *u) {
+static int load_event(uint64_t seq, uint32_t epoch, const char *type, const char *data,
+                      void *u) {
   job *j = u;
   if (j->n_events == j->cap_events) {
     size_t cap = j->cap_events ? j->cap_events * 2 : 16;
@@ -545,7 +732,7 @@ static int load_event(uint64_t seq, const char *type, const char *data, void *u)
   e->data = strdup(data);
   if (!e->data) return 1;
   e->id = seq;
-  e->epoch = 0;
+  e->epoch = epoch;
   snprintf(e->type, sizeof e->type, "%s", type);
   j->n_events++;
   if (seq > j->seq) j->seq = seq;
@@ -597,10 +784,71 @@ static int load_job(const srv_job_row *r, void *u) {
   }
   srv_store_metrics_each(J->st, j->id, load_metric, j);
   srv_store_events_each(J->st, j->id, load_event, j);
+  /* Numbering continues above every id that may have been handed out. */
+  uint64_t mark = 0;
+  srv_store_seq_reserved(J->st, j->id, &mark);
+  if (mark > j->seq) j->seq = mark;
+  j->reserved = j->seq;
   j->epoch = j->epochs_done;
   if (j->state == SRV_JOB_RUNNING) j->resume = 1;
   append(J, j);
   return 0;
+}
+
+/* Removes what interrupted work left behind: temporary files of atomic
+ * saves, and checkpoints of jobs that are finished (a crash after the
+ * final record, before the unlink). Checkpoints of unknown jobs stay. */
+static void clean_orphans(srv_jobs *J) {
+  static const char *const SUB[] = {"checkpoints", "models"};
+  for (int k = 0; k < 2; k++) {
+    char dir[PATH_MAX + 32], p[PATH_MAX + 320];
+    snprintf(dir, sizeof dir, "%s/%s", J->state_dir, SUB[k]);
+    DIR *d = opendir(dir);
+    if (!d) continue;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+      const char *n = de->d_name;
+      int tmp = strstr(n, ".tmp.") != NULL;
+      char *end;
+      long long id = k == 0 && !tmp ? strtoll(n, &end, 10) : 0;
+      job *j = id > 0 && !strcmp(end, ".ckpt") ? find(J, id) : NULL;
+      if (!tmp && !(j && finished(j->state))) continue;
+      snprintf(p, sizeof p, "%s/%s", dir, n);
+      if (unlink(p) == 0)
+        logf_(J, "removed %s (%s)", p, tmp ? "an interrupted save" : "the job has finished");
+    }
+    closedir(d);
+  }
+}
+
+/* The seed's job, when there is no model: not without data (it would only
+ * fail), and not again after a bootstrap job failed or was cancelled (each
+ * restart would add one more failure). */
+static void bootstrap(srv_jobs *J) {
+  uint32_t tr, te;
+  if (srv_data_count(J->data, "mnist", &tr, &te)) {
+    logf_(J, "no model and no MNIST data: not queueing the bootstrap job");
+    return;
+  }
+  char buf[32];
+  if (srv_store_setting_get(J->st, "bootstrap_job", buf, sizeof buf) == 0) {
+    job *old = find(J, atoll(buf));
+    if (old && (old->state == SRV_JOB_FAILED || old->state == SRV_JOB_CANCELLED)) {
+      logf_(J, "no model: bootstrap job %lld %s earlier; not queueing another (submit a job)",
+            (long long)old->id, srv_job_state_name(old->state));
+      return;
+    }
+  }
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  c.activate = SRV_ACTIVATE_ALWAYS;
+  int64_t id;
+  if (srv_jobs_submit(J, &c, &id) == 0) {
+    snprintf(buf, sizeof buf, "%lld", (long long)id);
+    srv_store_setting_set(J->st, "bootstrap_job", buf);
+    logf_(J, "no model yet: queued bootstrap job %lld (the seed's settings, 4 epochs)",
+          (long long)id);
+  }
 }
 
 int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *models,
@@ -619,16 +867,18 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
   snprintf(J->state_dir, sizeof J->state_dir, "%s", opt->state_dir);
   char sub[PATH_MAX + 16];
   snprintf(sub, sizeof sub, "%s/checkpoints", opt->state_dir);
-  if (mkdir(sub, 0750) < 0 && errno != EEXIST) {
-    int rc = -errno;
+  int rc = srv_mkdir_durable(sub, 0750);
+  if (rc) {
+    pthread_mutex_destroy(&J->mu);
     free(J);
     return rc;
   }
-  int rc = srv_store_jobs_each(st, load_job, J);
+  rc = srv_store_jobs_each(st, load_job, J);
   if (rc) {
     srv_jobs_close(J);
     return rc;
   }
+  clean_orphans(J);
   int pending = 0;
   for (job *j = J->jobs; j; j = j->next) {
     if (j->resume) logf_(J, "job %lld was interrupted after epoch %u; it will resume",
@@ -641,15 +891,7 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
   J->heartbeat.data = J;
   uv_timer_start(&J->heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
   *out = J;
-  if (opt->bootstrap && !pending && srv_models_active_id(models) == 0) {
-    srv_job_config c;
-    srv_job_config_defaults(&c);
-    c.activate = SRV_ACTIVATE_ALWAYS;
-    int64_t id;
-    if (srv_jobs_submit(J, &c, &id) == 0)
-      logf_(J, "no model yet: queued bootstrap job %lld (the seed's settings, 4 epochs)",
-            (long long)id);
-  }
+  if (opt->bootstrap && !pending && srv_models_active_id(models) == 0) bootstrap(J);
   uv_async_send(&J->publish); /* schedules once the loop runs */
   return 0;
 }
@@ -662,7 +904,7 @@ void srv_jobs_shutdown(srv_jobs *J) {
   for (job *j = J->jobs; j; j = j->next) {
     if (j->work.data && !finished(j->state)) {
       j->shutdown = 1;
-      j->cancel = 1;
+      atomic_store(&j->cancel, 1);
     }
     for (srv_sub *s = j->subs; s; s = s->next) {
       s->closing = 1;
@@ -740,7 +982,11 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   int rc = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
-  else if (j->work.data) j->cancel = 1; /* the runner sets the state */
+  else if (j->work.data) { /* the runner sets the state */
+    j->user_cancel = 1;
+    atomic_store(&j->cancel, 1);
+    srv_crash_point("cancel_requested");
+  }
   else set_state(J, j, SRV_JOB_CANCELLED);
   pthread_mutex_unlock(&J->mu);
   return rc;
@@ -851,6 +1097,21 @@ void srv_jobs_pending_note(srv_jobs *J, char *buf, size_t len) {
 }
 
 /* ---------------------------------------------------------------- streams */
+
+int srv_parse_event_id(const char *s, uint64_t *out) {
+  while (*s == ' ' || *s == '\t') s++;
+  uint64_t v = 0;
+  const char *p = s;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    v = v * 10 + (uint64_t)(*p - '0');
+    if (v > 9007199254740991ull) return -EINVAL;
+  }
+  if (p == s) return -EINVAL;
+  while (*p == ' ' || *p == '\t') p++;
+  if (*p) return -EINVAL;
+  *out = v;
+  return 0;
+}
 
 int srv_sub_open(srv_jobs *J, int64_t id, uint64_t last_id, int ndjson, void (*wake)(void *),
                  void *ctx, srv_sub **out) {

@@ -2,11 +2,24 @@
  *
  * Jobs run on libuv's thread pool (uv_queue_work), at most max_running at
  * a time, the rest wait in id order. The training thread appends events
- * (state, progress at most 4/s, epoch, end) to the job's log and to the
- * store, then signals a uv_async; the loop thread wakes the streams waiting
- * for them. Every epoch ends with a checkpoint, so a job interrupted by a
- * crash or a shutdown resumes from its last finished epoch at the next
- * start, and replays exactly (same seed, same thread count).
+ * (state, progress at most 4/s, epoch, end) to the job's log, then signals
+ * a uv_async; the loop thread wakes the streams waiting for them. Every
+ * epoch ends with a checkpoint, so a job interrupted by a crash or a
+ * shutdown resumes from its last finished epoch at the next start, and
+ * replays exactly (same seed, same thread count); one interrupted after its
+ * last epoch evaluates and finishes.
+ *
+ * Event ids increase strictly per job, across restarts too. state, epoch
+ * and end events are durable: stored (the epoch event with its metrics row,
+ * state and end with the job's final row, in one transaction) before they
+ * are shown. progress events are not stored, but their ids are reserved in
+ * the store ahead of use, so none is reused after a crash. Events of epochs
+ * redone after a crash are dropped and come again under new ids.
+ *
+ * A cancel accepted for a running job wins over a shutdown that follows.
+ * At open, checkpoints of finished jobs and temporary files of interrupted
+ * saves are removed; the bootstrap job is not queued without MNIST data,
+ * nor again after a bootstrap job failed or was cancelled.
  *
  * Functions may be called from any thread unless noted. */
 #ifndef MNISTD_SRV_JOBS_H
@@ -52,7 +65,9 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
 /* Closes the libuv handles (loop thread, once srv_jobs_idle) so uv_run
  * can return. */
 void srv_jobs_close_handles(srv_jobs *J);
-/* Frees everything; call after the loop has stopped. */
+/* Frees everything; call after srv_jobs_close_handles and after the loop
+ * has run their close callbacks (uv_run until it returns), also on a
+ * start-up that failed before serving. */
 void srv_jobs_close(srv_jobs *J);
 
 /* Starts stopping (loop thread): running jobs stop at the next batch and
@@ -85,6 +100,12 @@ char *srv_iso8601(int64_t ms, char *buf, size_t len);
 
 /* ---- event streams */
 typedef struct srv_sub srv_sub;
+
+/* Parses a Last-Event-ID value: decimal digits only, surrounding spaces and
+ * tabs ignored (RFC 9110 field-value whitespace), at most 2^53-1 (ids are
+ * JSON numbers in ndjson). -EINVAL for anything else (a sign, "-1", an
+ * overflow, an empty value). */
+int srv_parse_event_id(const char *s, uint64_t *out);
 
 /* Subscribes to a job's events with ids > last_id (0 = from the start).
  * wake(ctx) is called, from any thread, when a stream that reported "no

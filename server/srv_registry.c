@@ -1,9 +1,14 @@
 /* Model registry and data-set cache. */
 #include "srv_registry.h"
 
+#include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +26,8 @@ typedef struct entry {
 
 struct srv_models {
   pthread_mutex_t mu;       /* list and active pointer: held only briefly */
-  pthread_mutex_t add_mu;   /* serialises srv_models_add (id, file, record) */
+  pthread_mutex_t wr_mu;    /* serialises every change: add, activate, delete */
+  int recovered;            /* models registered again from disk at open */
   srv_store *st;
   char dir[PATH_MAX];
   entry *list;          /* id order */
@@ -94,24 +100,189 @@ static int load_one(const srv_model_row *row, void *u) {
   return 0;
 }
 
+static void meta_path(srv_models *r, int64_t id, char *buf, size_t len) {
+  snprintf(buf, len, "%s/models/%lld.json", r->dir, (long long)id);
+}
+
+/* Writes a small file atomically: temp, fsync, rename, fsync of the
+ * directory, every return checked. */
+static int write_small_atomic(const char *path, const char *text) {
+  char tmp[PATH_MAX + 96];
+  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
+  int fd = mkstemp(tmp);
+  if (fd < 0) return -errno;
+  size_t len = strlen(text), off = 0;
+  int rc = 0;
+  while (off < len) {
+    ssize_t w = write(fd, text + off, len - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      rc = w < 0 ? -errno : -EIO;
+      break;
+    }
+    off += (size_t)w;
+  }
+  if (!rc && (fchmod(fd, 0644) < 0 || fsync(fd) < 0)) rc = -errno;
+  if (close(fd) < 0 && !rc) rc = -errno;
+  if (!rc && rename(tmp, path) < 0) rc = -errno;
+  if (rc) {
+    unlink(tmp);
+    return rc;
+  }
+  char dir[PATH_MAX + 96];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = 0;
+  int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
+  if (dfd < 0) return -errno;
+  rc = fsync(dfd) < 0 ? -errno : 0;
+  close(dfd);
+  return rc;
+}
+
+static char *meta_json(const srv_model_row *row) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "id", (double)row->id);
+  cJSON_AddStringToObject(o, "arch", row->arch);
+  cJSON_AddStringToObject(o, "dataset", row->dataset);
+  cJSON_AddNumberToObject(o, "test_accuracy", row->test_accuracy);
+  cJSON_AddNumberToObject(o, "test_loss", row->test_loss);
+  cJSON_AddNumberToObject(o, "job_id", (double)row->job_id);
+  cJSON_AddNumberToObject(o, "created_ms", (double)row->created_ms);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  return s;
+}
+
+static void logm(void (*log)(const char *), const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void logm(void (*log)(const char *), const char *fmt, ...) {
+  if (!log) return;
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  log(buf);
+}
+
+static int parse_id(const char *name, const char *suffix, int64_t *id) {
+  char *end;
+  if (name[0] < '1' || name[0] > '9') return -1;
+  errno = 0;
+  long long v = strtoll(name, &end, 10);
+  if (errno || strcmp(end, suffix)) return -1;
+  *id = v;
+  return 0;
+}
+
+static double meta_num(const cJSON *o, const char *k) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+  return cJSON_IsNumber(v) && isfinite(v->valuedouble) ? v->valuedouble : NAN;
+}
+
+/* One model file of a fresh database: registered from its own contents
+ * and its metadata file (if any). */
+static void recover_one(srv_models *r, int64_t id, void (*log)(const char *)) {
+  char path[PATH_MAX + 64], mp[PATH_MAX + 64];
+  srv_models_path(r, id, path, sizeof path);
+  nn_err err = {0};
+  nn_model *nm = NULL;
+  if (nn_model_load(&nm, path, &err)) {
+    logm(log, "DATABASE RECOVERY: %s not registered: %s", path, err.msg);
+    return;
+  }
+  struct stat sb;
+  int64_t mtime = stat(path, &sb) == 0 ? (int64_t)sb.st_mtime * 1000 : 0;
+  srv_model_row row = {id, nm->arch, "mnist", nm->n_params, NAN, NAN, 0, mtime};
+  char dataset[32] = "mnist";
+  meta_path(r, id, mp, sizeof mp);
+  FILE *f = fopen(mp, "r");
+  cJSON *meta = NULL;
+  if (f) {
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    meta = cJSON_Parse(buf);
+  }
+  const cJSON *ds = cJSON_GetObjectItemCaseSensitive(meta, "dataset");
+  if (cJSON_IsString(ds) &&
+      (!strcmp(ds->valuestring, "mnist") || !strcmp(ds->valuestring, "fashion-mnist")))
+    snprintf(dataset, sizeof dataset, "%s", ds->valuestring);
+  row.dataset = dataset;
+  if (meta) {
+    row.test_accuracy = meta_num(meta, "test_accuracy");
+    row.test_loss = meta_num(meta, "test_loss");
+    double jid = meta_num(meta, "job_id"), cms = meta_num(meta, "created_ms");
+    if (jid >= 1 && jid < 9e15) row.job_id = (int64_t)jid;
+    if (cms >= 0 && cms < 9e15) row.created_ms = (int64_t)cms;
+  }
+  int rc = srv_store_model_recover(r->st, &row);
+  if (rc) {
+    logm(log, "DATABASE RECOVERY: model %lld could not be recorded: %s", (long long)id,
+         srv_store_errmsg(r->st));
+  } else {
+    r->recovered++;
+    logm(log, "DATABASE RECOVERY: registered model %lld from %s (%s, %s, test accuracy %s)",
+         (long long)id, path, nm->arch, dataset,
+         isfinite(row.test_accuracy) ? "from its metadata" : "unknown: no metadata");
+  }
+  cJSON_Delete(meta);
+  nn_model_free(nm);
+}
+
+/* A fresh database beside existing model files: register them again. */
+static void recover_models(srv_models *r, void (*log)(const char *)) {
+  char sub[PATH_MAX + 16];
+  snprintf(sub, sizeof sub, "%s/models", r->dir);
+  DIR *d = opendir(sub);
+  if (!d) return;
+  int64_t *ids = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    int64_t id;
+    if (parse_id(de->d_name, ".model", &id)) continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      int64_t *v = realloc(ids, cap * sizeof *v);
+      if (!v) break;
+      ids = v;
+    }
+    ids[n++] = id;
+  }
+  closedir(d);
+  /* Id order, so the newest ends up active and the log reads naturally. */
+  for (size_t i = 1; i < n; i++)
+    for (size_t k = i; k > 0 && ids[k - 1] > ids[k]; k--) {
+      int64_t t = ids[k];
+      ids[k] = ids[k - 1];
+      ids[k - 1] = t;
+    }
+  for (size_t i = 0; i < n; i++) recover_one(r, ids[i], log);
+  free(ids);
+}
+
 int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
                     void (*log)(const char *msg)) {
   *out = NULL;
   srv_models *r = calloc(1, sizeof *r);
   if (!r) return -ENOMEM;
   pthread_mutex_init(&r->mu, NULL);
-  pthread_mutex_init(&r->add_mu, NULL);
+  pthread_mutex_init(&r->wr_mu, NULL);
   r->st = st;
   snprintf(r->dir, sizeof r->dir, "%s", state_dir);
   char sub[PATH_MAX + 16];
   snprintf(sub, sizeof sub, "%s/models", state_dir);
-  if (mkdir(sub, 0750) < 0 && errno != EEXIST) {
-    int rc = -errno;
-    free(r);
+  int rc = srv_mkdir_durable(sub, 0750);
+  if (rc) {
+    srv_models_close(r);
     return rc;
   }
+  if (srv_store_fresh(st)) recover_models(r, log);
   load_ctx c = {r, log};
-  int rc = srv_store_models_each(st, load_one, &c);
+  rc = srv_store_models_each(st, load_one, &c);
   if (rc) {
     srv_models_close(r);
     return rc;
@@ -137,6 +308,8 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
   return 0;
 }
 
+int srv_models_recovered(srv_models *r) { return r ? r->recovered : 0; }
+
 void srv_models_close(srv_models *r) {
   if (!r) return;
   srv_model_unref(r->active);
@@ -145,7 +318,7 @@ void srv_models_close(srv_models *r) {
     srv_model_unref(e->m);
     free(e);
   }
-  pthread_mutex_destroy(&r->add_mu);
+  pthread_mutex_destroy(&r->wr_mu);
   pthread_mutex_destroy(&r->mu);
   free(r);
 }
@@ -179,45 +352,57 @@ void srv_models_each(srv_models *r, void (*cb)(const srv_model *, int, void *), 
   pthread_mutex_unlock(&r->mu);
 }
 
-static int activate_locked(srv_models *r, srv_model *m) {
-  char buf[32];
-  snprintf(buf, sizeof buf, "%lld", (long long)m->id);
-  int rc = srv_store_setting_set(r->st, "active_model", buf);
-  if (rc) return rc;
+/* Swaps the active pointer (caller holds wr_mu, not mu). */
+static void set_active(srv_models *r, srv_model *m) {
+  pthread_mutex_lock(&r->mu);
   srv_model *old = r->active;
   r->active = ref(m);
+  pthread_mutex_unlock(&r->mu);
   srv_model_unref(old);
-  return 0;
 }
 
 int srv_models_activate(srv_models *r, int64_t id) {
-  pthread_mutex_lock(&r->mu);
+  pthread_mutex_lock(&r->wr_mu);
+  srv_model *m = srv_models_get(r, id);
   int rc = -ENOENT;
-  for (entry *e = r->list; e; e = e->next)
-    if (e->m->id == id) rc = activate_locked(r, e->m);
-  pthread_mutex_unlock(&r->mu);
+  if (m) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", (long long)id);
+    /* The record first: a failure leaves memory and records agreeing. */
+    rc = srv_store_setting_set(r->st, "active_model", buf);
+    if (!rc) set_active(r, m);
+    srv_model_unref(m);
+  }
+  pthread_mutex_unlock(&r->wr_mu);
   return rc;
 }
 
 int srv_models_delete(srv_models *r, int64_t id) {
+  pthread_mutex_lock(&r->wr_mu);
+  /* The active model only changes under wr_mu: this answer holds. */
   pthread_mutex_lock(&r->mu);
-  int rc = -ENOENT;
-  entry **pp = &r->list;
-  while (*pp && (*pp)->m->id != id) pp = &(*pp)->next;
-  if (*pp) {
-    if ((*pp)->m == r->active) {
-      rc = -EBUSY;
-    } else if ((rc = srv_store_model_delete(r->st, id)) == 0) {
-      entry *e = *pp;
-      *pp = e->next;
-      char path[PATH_MAX + 64];
-      srv_models_path(r, id, path, sizeof path);
-      unlink(path);
+  entry *e = r->list;
+  while (e && e->m->id != id) e = e->next;
+  int rc = !e ? -ENOENT : e->m == r->active ? -EBUSY : 0;
+  pthread_mutex_unlock(&r->mu);
+  if (!rc && (rc = srv_store_model_delete(r->st, id)) == 0) {
+    pthread_mutex_lock(&r->mu);
+    entry **pp = &r->list;
+    while (*pp && (*pp)->m->id != id) pp = &(*pp)->next;
+    e = *pp;
+    if (e) *pp = e->next;
+    pthread_mutex_unlock(&r->mu);
+    char path[PATH_MAX + 64];
+    srv_models_path(r, id, path, sizeof path);
+    unlink(path);
+    meta_path(r, id, path, sizeof path);
+    unlink(path);
+    if (e) {
       srv_model_unref(e->m);
       free(e);
     }
   }
-  pthread_mutex_unlock(&r->mu);
+  pthread_mutex_unlock(&r->wr_mu);
   return rc;
 }
 
@@ -227,38 +412,72 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The activation decision; caller holds wr_mu, so the active model cannot
+ * change until the decision is recorded. */
+static int should_activate(srv_models *r, srv_activate mode, const char *dataset, double acc) {
+  if (mode == SRV_ACTIVATE_ALWAYS) return 1;
+  if (mode != SRV_ACTIVATE_IF_BETTER) return 0;
+  srv_model *cur = srv_models_active(r);
+  int yes = !cur || strcmp(cur->dataset, dataset) || !isfinite(cur->test_accuracy) ||
+            acc > cur->test_accuracy;
+  srv_model_unref(cur);
+  return yes;
+}
+
 int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc, double loss,
-                   int64_t job_id, const srv_job_row *job, int64_t *out_id, char *msg,
-                   size_t msglen) {
+                   int64_t job_id, const srv_model_finish *fin, int64_t *out_id,
+                   int *activated, char *msg, size_t msglen) {
+  *activated = 0;
+  if (!isfinite(acc) || !isfinite(loss)) {
+    snprintf(msg, msglen, "the evaluation gave no number (accuracy %g, loss %g)", acc, loss);
+    return -EINVAL;
+  }
   srv_model *m = calloc(1, sizeof *m);
   if (!m) return -ENOMEM;
-  /* Ids are handed out under add_mu, so concurrent jobs cannot write the
-   * same file name; predictions (which take mu) never wait for the fsync. */
-  pthread_mutex_lock(&r->add_mu);
+  char path[PATH_MAX + 64], mp[PATH_MAX + 64];
+  char *meta = NULL;
+  srv_event_row ev[4];
+  size_t n_ev = 0;
+  pthread_mutex_lock(&r->wr_mu);
   int64_t id = 0;
   int rc = srv_store_model_next_id(r->st, &id);
   if (rc) {
     snprintf(msg, msglen, "database error: %s", srv_store_errmsg(r->st));
     goto fail;
   }
-  char path[PATH_MAX + 64];
   srv_models_path(r, id, path, sizeof path);
+  meta_path(r, id, mp, sizeof mp);
   nn_err err = {0};
   if ((rc = nn_model_save(nm, path, &err))) {
     snprintf(msg, msglen, "could not save the model: %s", err.msg);
     goto fail;
   }
+  srv_crash_point("model_saved");
   srv_model_row row = {id, nm->arch, dataset, nm->n_params, acc, loss, job_id, now_ms()};
-  int64_t got = 0;
-  if ((rc = srv_store_model_insert(r->st, &row, job, &got))) {
-    snprintf(msg, msglen, "database error while recording the model: %s",
-             srv_store_errmsg(r->st));
+  if (!(meta = meta_json(&row))) {
+    rc = -ENOMEM;
+  } else if ((rc = write_small_atomic(mp, meta)) == 0) {
+    int act = should_activate(r, fin ? fin->activate : SRV_ACTIVATE_NEVER, dataset, acc);
+    if (fin && fin->events && fin->events(fin->u, id, act, ev, &n_ev)) rc = -ENOMEM;
+    int64_t got = 0;
+    if (!rc && (rc = srv_store_model_insert(r->st, &row, fin ? fin->job : NULL, ev, n_ev, act,
+                                            &got)) == 0) {
+      srv_crash_point("model_committed");
+      id = got;
+      *activated = act;
+    }
+  }
+  if (rc) {
+    snprintf(msg, msglen, "%s while recording the model: %s",
+             rc == -ENOSPC ? "the disk is full" : "database error",
+             rc == -ENOSPC || rc == -ENOMEM ? strerror(-rc) : srv_store_errmsg(r->st));
     unlink(path);
+    unlink(mp);
     goto fail;
   }
   struct stat sb;
   m->file_bytes = stat(path, &sb) == 0 ? (size_t)sb.st_size : 0;
-  m->id = got;
+  m->id = id;
   m->m = nm;
   snprintf(m->arch, sizeof m->arch, "%s", nm->arch);
   snprintf(m->dataset, sizeof m->dataset, "%s", dataset);
@@ -270,11 +489,14 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
   pthread_mutex_lock(&r->mu);
   insert_sorted(r, m);
   pthread_mutex_unlock(&r->mu);
-  pthread_mutex_unlock(&r->add_mu);
-  *out_id = got;
+  if (*activated) set_active(r, m);
+  pthread_mutex_unlock(&r->wr_mu);
+  free(meta);
+  *out_id = id;
   return 0;
 fail:
-  pthread_mutex_unlock(&r->add_mu);
+  pthread_mutex_unlock(&r->wr_mu);
+  free(meta);
   free(m);
   return rc;
 }

@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
@@ -253,6 +256,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv) {
 /* ---------------------------------------------------------------- serve */
 
 static srv *g_log_srv; /* read-only after start: for the jobs' log callback */
+static int S_lock_fd = -1; /* flock on STATE/mnistd.lock for the daemon's life */
 
 static void jobs_log(const char *msg) { srv_log(g_log_srv, "info", msg); }
 
@@ -303,12 +307,41 @@ int srv_serve_main(int argc, char **argv) {
   int status = 1;
   uv_loop_t loop;
   int loop_ok = 0;
-  if ((rc = srv_store_open(&S.store, S.cfg.state_dir, msg, sizeof msg))) {
-    fprintf(stderr, "mnistd serve: %s\n", msg);
+  /* One daemon per state directory: a second one (a restart loop racing
+   * the old process, a mistake) must never touch the files of the first,
+   * least of all move its database aside. */
+  int mk = srv_mkdir_durable(S.cfg.state_dir, 0750);
+  if (!mk) {
+    snprintf(msg, sizeof msg, "%s/mnistd.lock", S.cfg.state_dir);
+    S_lock_fd = open(msg, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (S_lock_fd < 0) mk = -errno;
+  }
+  if (mk) {
+    fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", S.cfg.state_dir,
+            strerror(-mk));
     return 1;
   }
-  if (srv_store_check(S.store))
-    srv_log(&S, "warn", "database integrity check failed; continuing with what is readable");
+  if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n",
+            S.cfg.state_dir);
+    close(S_lock_fd);
+    return 1;
+  }
+  if ((rc = srv_store_open_flags(&S.store, S.cfg.state_dir, SRV_STORE_RECOVER, msg, sizeof msg))) {
+    fprintf(stderr, "mnistd serve: %s\n", msg);
+    close(S_lock_fd);
+    return 1;
+  }
+  char aside[PATH_MAX];
+  if (srv_store_recovered(S.store, aside, sizeof aside)) {
+    char line[sizeof msg + sizeof aside + 400];
+    snprintf(line, sizeof line,
+             "DATABASE RECOVERY: the database was damaged (%s); it was moved aside to %s "
+             "(kept for inspection) and a fresh one was created; model files on disk are "
+             "registered again, job records are in the old file",
+             msg, aside);
+    srv_log(&S, "error", line);
+  }
   if ((rc = srv_models_open(&S.models, S.store, S.cfg.state_dir, jobs_log))) {
     fprintf(stderr, "mnistd serve: cannot read the model records: %s\n", strerror(-rc));
     goto out;
@@ -359,14 +392,21 @@ int srv_serve_main(int argc, char **argv) {
   status = 0;
 out:
   srv_http_stop(&S);
-  srv_jobs_close(S.jobs);
+  /* Every handle is closed and its close callback has run before the jobs
+   * are freed, also when start-up failed after srv_jobs_open (a busy port):
+   * a wake-up queued by srv_jobs_open must never fire on freed memory. */
+  if (S.jobs) srv_jobs_close_handles(S.jobs);
   if (loop_ok) {
-    uv_run(&loop, UV_RUN_NOWAIT);
-    uv_loop_close(&loop);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop)) srv_log(&S, "warn", "libuv loop closed with handles still open");
   }
+  srv_jobs_close(S.jobs);
+  S.jobs = NULL;
   srv_models_close(S.models);
   srv_data_close(S.data);
   srv_store_close(S.store);
+  close(S_lock_fd);
+  S_lock_fd = -1;
   return status;
 }
 

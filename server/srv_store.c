@@ -3,18 +3,43 @@
 #include "srv_store.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 struct srv_store {
   sqlite3 *db;
   pthread_mutex_t mu;
+  int fresh;              /* created empty by this open */
+  char aside[4200];       /* where a damaged database went; "" if none */
 };
+
+int srv_fail_point(const char *name) {
+  const char *k = getenv("MNISTD_FAIL_AT");
+  return k && !strcmp(k, name);
+}
+
+void srv_crash_point(const char *name) {
+  const char *k = getenv("MNISTD_CRASH_AT");
+  if (k && !strcmp(k, name)) {
+    fprintf(stderr, "MNISTD_CRASH_AT=%s: killing myself\n", name);
+    kill(getpid(), SIGKILL);
+  }
+  const char *t = getenv("MNISTD_TERM_AT");
+  if (t && !strcmp(t, name)) {
+    fprintf(stderr, "MNISTD_TERM_AT=%s: sending SIGTERM to myself\n", name);
+    kill(getpid(), SIGTERM);
+  }
+}
 
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS jobs ("
@@ -31,7 +56,8 @@ static const char SCHEMA[] =
     " id INTEGER PRIMARY KEY AUTOINCREMENT, arch TEXT NOT NULL, dataset TEXT NOT NULL,"
     " parameters INTEGER NOT NULL, test_accuracy REAL, test_loss REAL,"
     " job_id INTEGER, created_ms INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS job_seq (job INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);";
 
 static int map_rc(int rc) {
   switch (rc & 0xff) {
@@ -43,16 +69,40 @@ static int map_rc(int rc) {
   }
 }
 
-int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
-  *out = NULL;
-  char path[4096];
-  if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
-    snprintf(msg, msglen, "cannot create state directory %s: %s", dir, strerror(errno));
-    return -errno;
+/* Makes a new directory entry durable: fsync of the directory holding it. */
+static int fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return -errno;
+  int rc = fsync(fd) < 0 ? -errno : 0;
+  close(fd);
+  return rc;
+}
+
+int srv_mkdir_durable(const char *dir, mode_t mode) {
+  if (mkdir(dir, mode) == 0) {
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    /* "a/b/" names a/b: strip trailing slashes first. */
+    while (slash && slash > parent && slash[1] == 0) {
+      *slash = 0;
+      slash = strrchr(parent, '/');
+    }
+    const char *p = !slash ? "." : slash == parent ? "/" : (*slash = 0, parent);
+    return fsync_dir(p);
   }
-  snprintf(path, sizeof path, "%s/mnistd.db", dir);
-  srv_store *s = calloc(1, sizeof *s);
-  if (!s) return -ENOMEM;
+  if (errno != EEXIST) return -errno;
+  struct stat sb;
+  if (stat(dir, &sb) < 0) return -errno;
+  return S_ISDIR(sb.st_mode) ? 0 : -ENOTDIR;
+}
+
+/* Opens path and makes sure the schema is there and the file is sound.
+ * Returns the SQLite code; *damaged is set when the file itself is bad (as
+ * opposed to a lock, a permission or a full disk). */
+static int try_open(srv_store *s, const char *path, int check, int *damaged, char *msg,
+                    size_t msglen) {
+  *damaged = 0;
   int rc = sqlite3_open_v2(path, &s->db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                            NULL);
@@ -64,12 +114,112 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
                       NULL, NULL, NULL);
   }
   if (rc == SQLITE_OK) rc = sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL);
+  if (rc == SQLITE_OK && check) {
+    sqlite3_stmt *st;
+    rc = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+      rc = sqlite3_step(st);
+      if (rc == SQLITE_ROW) {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        rc = r && !strcmp(r, "ok") ? SQLITE_OK : SQLITE_CORRUPT;
+        if (rc) snprintf(msg, msglen, "%s: integrity check: %s", path, r ? r : "?");
+      }
+      sqlite3_finalize(st);
+    }
+  }
   if (rc != SQLITE_OK) {
-    snprintf(msg, msglen, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+    int prim = rc & 0xff;
+    *damaged = prim == SQLITE_CORRUPT || prim == SQLITE_NOTADB;
+    if (!msg[0] || !*damaged)
+      snprintf(msg, msglen, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
     sqlite3_close(s->db);
+    s->db = NULL;
+  }
+  return rc;
+}
+
+/* Renames the damaged database and its WAL files out of the way. */
+static int move_aside(srv_store *s, const char *dir, const char *path) {
+  char stamp[32];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+  for (int i = 0; i < 100; i++) {
+    if (i) snprintf(s->aside, sizeof s->aside, "%s.damaged-%s.%d", path, stamp, i);
+    else snprintf(s->aside, sizeof s->aside, "%s.damaged-%s", path, stamp);
+    if (access(s->aside, F_OK) < 0) break;
+  }
+  if (rename(path, s->aside) < 0) return -errno;
+  static const char *const SUFFIX[] = {"-wal", "-shm"};
+  for (int i = 0; i < 2; i++) {
+    char from[4200], to[4300];
+    snprintf(from, sizeof from, "%s%s", path, SUFFIX[i]);
+    snprintf(to, sizeof to, "%s%s", s->aside, SUFFIX[i]);
+    if (rename(from, to) < 0 && errno != ENOENT) return -errno;
+  }
+  return fsync_dir(dir);
+}
+
+int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
+  return srv_store_open_flags(out, dir, -1, msg, msglen);
+}
+
+int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg, size_t msglen) {
+  /* flags -1: a reader beside the daemon (no integrity pass, no recovery) */
+  int check = flags >= 0, recover = flags > 0 && (flags & SRV_STORE_RECOVER);
+  *out = NULL;
+  char path[4096];
+  msg[0] = 0;
+  int mk = srv_mkdir_durable(dir, 0750);
+  if (mk) {
+    snprintf(msg, msglen, "cannot create state directory %s: %s", dir, strerror(-mk));
+    return mk;
+  }
+  snprintf(path, sizeof path, "%s/mnistd.db", dir);
+  srv_store *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  struct stat sb;
+  int exists = stat(path, &sb) == 0;
+  s->fresh = !exists;
+  int damaged = 0, rc;
+  if (!recover && exists && sb.st_size == 0) {
+    /* Never turn it into a new, sound database behind the daemon's back:
+     * the daemon's next start must see the damage and recover. */
+    snprintf(msg, msglen, "%s: the file is empty (damaged); the daemon moves it aside and "
+             "recovers at its next start", path);
+    free(s);
+    return -EIO;
+  }
+  if (recover && exists && sb.st_size == 0) {
+    /* SQLite would take it for a new database; it is a damaged one (this
+     * daemon never leaves an empty file), and the model files beside it
+     * must be registered again. */
+    rc = SQLITE_CORRUPT;
+    damaged = 1;
+    snprintf(msg, msglen, "%s: the file is empty", path);
+  } else {
+    rc = try_open(s, path, check, &damaged, msg, msglen);
+  }
+  if (rc != SQLITE_OK && damaged && recover) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", msg);
+    int mv = move_aside(s, dir, path);
+    if (mv) {
+      snprintf(msg, msglen, "%s; moving it aside failed: %s", why, strerror(-mv));
+      free(s);
+      return -EIO;
+    }
+    s->fresh = 1;
+    msg[0] = 0;
+    rc = try_open(s, path, check, &damaged, msg, msglen);
+    if (rc == SQLITE_OK) snprintf(msg, msglen, "%s", why); /* the reason, for the log */
+  }
+  if (rc != SQLITE_OK) {
     free(s);
     return map_rc(rc) ? map_rc(rc) : -EIO;
   }
+  if (s->fresh) fsync_dir(dir); /* the new database file's entry */
   /* Recursive: the *_each callbacks may read other tables (loading a job
    * reads its metrics and events while the job walk is under way). */
   pthread_mutexattr_t attr;
@@ -80,6 +230,14 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
   *out = s;
   return 0;
 }
+
+int srv_store_recovered(srv_store *s, char *aside, size_t len) {
+  if (!s->aside[0]) return 0;
+  if (aside) snprintf(aside, len, "%s", s->aside);
+  return 1;
+}
+
+int srv_store_fresh(srv_store *s) { return s->fresh; }
 
 void srv_store_close(srv_store *s) {
   if (!s) return;
@@ -117,7 +275,11 @@ static int bind_fmt(sqlite3_stmt *st, const char *fmt, va_list ap) {
       rc = v ? sqlite3_bind_int64(st, i, v) : sqlite3_bind_null(st, i);
       break;
     }
-    case 'd': rc = sqlite3_bind_double(st, i, va_arg(ap, double)); break;
+    case 'd': {
+      double v = va_arg(ap, double);
+      rc = isfinite(v) ? sqlite3_bind_double(st, i, v) : sqlite3_bind_null(st, i);
+      break;
+    }
     case 't': {
       const char *v = va_arg(ap, const char *);
       rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
@@ -171,6 +333,14 @@ int srv_store_job_update(srv_store *s, const srv_job_row *row) {
 
 static const char *col_text(sqlite3_stmt *st, int i) {
   return (const char *)sqlite3_column_text(st, i);
+}
+
+/* NULL (or a stored non-number) reads as NaN = unknown, never as 0. */
+static double col_real(sqlite3_stmt *st, int i) {
+  int t = sqlite3_column_type(st, i);
+  if (t != SQLITE_FLOAT && t != SQLITE_INTEGER) return NAN;
+  double v = sqlite3_column_double(st, i);
+  return isfinite(v) ? v : NAN;
 }
 
 int srv_store_jobs_each(srv_store *s, int (*cb)(const srv_job_row *, void *), void *user) {
@@ -236,20 +406,91 @@ int srv_store_event_add(srv_store *s, int64_t job, uint64_t seq, uint32_t epoch,
 }
 
 int srv_store_events_each(srv_store *s, int64_t job,
-                          int (*cb)(uint64_t, const char *, const char *, void *),
+                          int (*cb)(uint64_t, uint32_t, const char *, const char *, void *),
                           void *user) {
   pthread_mutex_lock(&s->mu);
   sqlite3_stmt *st;
   int rc = sqlite3_prepare_v2(s->db,
-                              "SELECT seq, type, data FROM events WHERE job=? ORDER BY seq", -1,
-                              &st, NULL);
+                              "SELECT seq, epoch, type, data FROM events WHERE job=? ORDER BY seq",
+                              -1, &st, NULL);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, job);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-      if (cb((uint64_t)sqlite3_column_int64(st, 0), col_text(st, 1), col_text(st, 2), user)) {
+      if (cb((uint64_t)sqlite3_column_int64(st, 0), (uint32_t)sqlite3_column_int64(st, 1),
+             col_text(st, 2), col_text(st, 3), user)) {
         rc = SQLITE_DONE;
         break;
       }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+static int events_locked(srv_store *s, int64_t job, const srv_event_row *ev, size_t n) {
+  int rc = 0;
+  for (size_t i = 0; i < n && !rc; i++)
+    rc = exec_locked(s,
+                     "INSERT OR REPLACE INTO events (job, seq, epoch, type, data) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     "iiitt", job, (int64_t)ev[i].seq, (int64_t)ev[i].epoch, ev[i].type,
+                     ev[i].json);
+  return rc;
+}
+
+/* BEGIN IMMEDIATE ... COMMIT around body results; ROLLBACK on any error. */
+static int commit_or_rollback(srv_store *s, int rc) {
+  if (!rc) rc = exec_locked(s, "COMMIT", "");
+  if (rc) exec_locked(s, "ROLLBACK", "");
+  return rc;
+}
+
+int srv_store_epoch_put(srv_store *s, int64_t job, uint32_t epoch, const char *metrics_json,
+                        const srv_event_row *ev) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "BEGIN IMMEDIATE", "");
+  if (!rc) {
+    rc = exec_locked(s, "INSERT OR REPLACE INTO metrics (job, epoch, data) VALUES (?, ?, ?)",
+                     "iit", job, (int64_t)epoch, metrics_json);
+    if (!rc && ev) rc = events_locked(s, job, ev, 1);
+    rc = commit_or_rollback(s, rc);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_job_finish(srv_store *s, const srv_job_row *row, const srv_event_row *ev,
+                         size_t n) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "BEGIN IMMEDIATE", "");
+  if (!rc) {
+    rc = job_update_locked(s, row);
+    if (!rc) rc = events_locked(s, row->id, ev, n);
+    rc = commit_or_rollback(s, rc);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_seq_reserve(srv_store *s, int64_t job, uint64_t upto) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s,
+                       "INSERT INTO job_seq (job, reserved) VALUES (?, ?) ON CONFLICT(job) DO "
+                       "UPDATE SET reserved=MAX(reserved, excluded.reserved)",
+                       "ii", job, (int64_t)upto);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_seq_reserved(srv_store *s, int64_t job, uint64_t *upto) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  *upto = 0;
+  int rc = sqlite3_prepare_v2(s->db, "SELECT reserved FROM job_seq WHERE job=?", -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, job);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *upto = (uint64_t)sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
   }
   pthread_mutex_unlock(&s->mu);
@@ -287,7 +528,8 @@ int srv_store_model_next_id(srv_store *s, int64_t *id) {
 }
 
 int srv_store_model_insert(srv_store *s, const srv_model_row *m, const srv_job_row *job,
-                           int64_t *id) {
+                           const srv_event_row *ev, size_t n_ev, int activate, int64_t *id) {
+  if (!isfinite(m->test_accuracy) || !isfinite(m->test_loss)) return -EINVAL;
   pthread_mutex_lock(&s->mu);
   int rc = exec_locked(s, "BEGIN IMMEDIATE", "");
   if (rc) goto out;
@@ -302,14 +544,43 @@ int srv_store_model_insert(srv_store *s, const srv_model_row *m, const srv_job_r
       srv_job_row j = *job;
       j.model_id = *id;
       rc = job_update_locked(s, &j);
+      if (!rc) rc = events_locked(s, job->id, ev, n_ev);
     }
   }
-  if (rc) {
-    exec_locked(s, "ROLLBACK", "");
-    goto out;
+  /* Test-only failure injection (inert unless MNISTD_FAIL_AT=activate):
+   * recording the activation fails as on a full disk. */
+  if (!rc && activate && srv_fail_point("activate")) rc = -ENOSPC;
+  if (!rc && activate) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", (long long)*id);
+    rc = exec_locked(s, "INSERT OR REPLACE INTO settings (key, value) VALUES ('active_model', ?)",
+                     "t", buf);
   }
-  rc = exec_locked(s, "COMMIT", "");
-  if (rc) exec_locked(s, "ROLLBACK", "");
+  rc = commit_or_rollback(s, rc);
+out:
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_model_recover(srv_store *s, const srv_model_row *m) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "BEGIN IMMEDIATE", "");
+  if (rc) goto out;
+  /* 'd' binds NaN as NULL: "unknown", never a number. */
+  rc = exec_locked(s,
+                   "INSERT INTO models (id, arch, dataset, parameters, test_accuracy, test_loss,"
+                   " job_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   "ittiddzi", m->id, m->arch, m->dataset, (int64_t)m->parameters,
+                   m->test_accuracy, m->test_loss, m->job_id, m->created_ms);
+  if (!rc && m->job_id > 0) {
+    /* AUTOINCREMENT keeps its high-water mark here. */
+    rc = exec_locked(s, "UPDATE sqlite_sequence SET seq=MAX(seq, ?) WHERE name='jobs'", "i",
+                     m->job_id);
+    if (!rc && sqlite3_changes(s->db) == 0)
+      rc = exec_locked(s, "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", "i",
+                       m->job_id);
+  }
+  rc = commit_or_rollback(s, rc);
 out:
   pthread_mutex_unlock(&s->mu);
   return rc;
@@ -334,7 +605,7 @@ int srv_store_models_each(srv_store *s, int (*cb)(const srv_model_row *, void *)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
       srv_model_row m = {sqlite3_column_int64(st, 0),        col_text(st, 1),
                          col_text(st, 2),                    (uint64_t)sqlite3_column_int64(st, 3),
-                         sqlite3_column_double(st, 4),       sqlite3_column_double(st, 5),
+                         col_real(st, 4),                    col_real(st, 5),
                          sqlite3_column_int64(st, 6),        sqlite3_column_int64(st, 7)};
       if (cb(&m, user)) {
         rc = SQLITE_DONE;

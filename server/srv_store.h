@@ -14,13 +14,46 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 typedef struct srv_store srv_store;
 
+/* mkdir that makes a new directory durable (fsync of its parent); 0 if it
+ * exists already as a directory, else a negative errno. */
+int srv_mkdir_durable(const char *dir, mode_t mode);
+
 /* Opens (creating if needed) DIR/mnistd.db with WAL and synchronous=FULL,
- * and creates the tables. On failure *out is NULL and msg says why. */
+ * and creates the tables. On failure *out is NULL and msg says why. Used by
+ * tools that read the state beside a running daemon (mnistd export): it
+ * never moves anything. */
 int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen);
+
+/* The daemon's open (it holds the state directory's lock): also checks
+ * integrity, and with SRV_STORE_RECOVER a damaged database (SQLite says
+ * corrupt or "not a database", integrity_check fails, or the file is
+ * empty) is never deleted: it is renamed to DIR/mnistd.db.damaged-<UTC
+ * time> (its -wal/-shm beside it) and a fresh one is created;
+ * srv_store_recovered() then names the aside file and msg holds the reason.
+ * Other failures (permissions, locks, I/O) are reported, not worked
+ * around. */
+#define SRV_STORE_RECOVER 1
+int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg, size_t msglen);
 void srv_store_close(srv_store *s);
+/* 1 if the database had to be moved aside at open (aside receives its new
+ * path), else 0. */
+int srv_store_recovered(srv_store *s, char *aside, size_t len);
+/* 1 if the database was created empty by this open (no file, a zero-length
+ * file, or a recovery): records of model files on disk may be missing. */
+int srv_store_fresh(srv_store *s);
+
+/* Test-only crash hook: if the environment variable MNISTD_CRASH_AT names
+ * this point, the process kills itself with SIGKILL here (a crash at the
+ * worst moment, reproducible). MNISTD_TERM_AT=name sends SIGTERM to itself
+ * instead (a shutdown arriving at that moment). Inert when unset. */
+void srv_crash_point(const char *name);
+/* Test-only failure injection: 1 if MNISTD_FAIL_AT names this point (the
+ * caller then fails as the real fault would), else 0. */
+int srv_fail_point(const char *name);
 const char *srv_store_errmsg(srv_store *s);
 /* PRAGMA integrity_check == "ok": 0, else -EIO. */
 int srv_store_check(srv_store *s);
@@ -49,13 +82,36 @@ int srv_store_metrics_each(srv_store *s, int64_t job,
                            int (*cb)(uint32_t epoch, const char *json, void *user),
                            void *user);
 
-/* Appends event seq of a job; epoch tags it for cleanup on resume. */
+/* One durable event of a job's log: seq is its id on the wire; epoch tags
+ * it for cleanup on resume (0 for state and end events). */
+typedef struct srv_event_row {
+  uint64_t seq;
+  uint32_t epoch;
+  const char *type, *json;
+} srv_event_row;
+
+/* Appends event seq of a job. */
 int srv_store_event_add(srv_store *s, int64_t job, uint64_t seq, uint32_t epoch,
                         const char *type, const char *json);
 int srv_store_events_each(srv_store *s, int64_t job,
-                          int (*cb)(uint64_t seq, const char *type, const char *json,
-                                    void *user),
+                          int (*cb)(uint64_t seq, uint32_t epoch, const char *type,
+                                    const char *json, void *user),
                           void *user);
+/* Records a finished epoch: its metrics row (upserted) and its event, in
+ * one transaction. */
+int srv_store_epoch_put(srv_store *s, int64_t job, uint32_t epoch, const char *metrics_json,
+                        const srv_event_row *ev);
+/* Rewrites the job's row and appends n events in one transaction: a crash
+ * leaves the new state with its events, or neither. */
+int srv_store_job_finish(srv_store *s, const srv_job_row *row, const srv_event_row *ev,
+                         size_t n);
+/* Event ids handed out but not persisted (progress) must never be reused
+ * after a crash: the job's ids are reserved in blocks. reserve records that
+ * ids up to `upto` may be in use; reserved gives the recorded mark (0 if
+ * none). The next id after a restart is above both this mark and every
+ * stored event's id. */
+int srv_store_seq_reserve(srv_store *s, int64_t job, uint64_t upto);
+int srv_store_seq_reserved(srv_store *s, int64_t job, uint64_t *upto);
 /* Forgets metrics and events of epochs after `epoch` (a job resuming from
  * its checkpoint of that epoch will produce them again). Progress events
  * of the unfinished epoch go too. */
@@ -69,11 +125,18 @@ typedef struct srv_model_row {
   int64_t job_id, created_ms;
 } srv_model_row;
 
-/* Inserts a model and sets the job's final fields in one transaction, so a
- * crash leaves either both or neither. job may be NULL. *id receives the
- * model's id. */
+/* Inserts a model, sets the job's final fields, appends the job's final
+ * events and (if activate) makes it the active model, all in one
+ * transaction, so a crash leaves all of it or none. job may be NULL (then
+ * no events). Accuracy and loss must be finite (-EINVAL otherwise: a NaN
+ * must never reach the records); NaN stands for "unknown" only when read
+ * back from a row holding NULL. *id receives the model's id. */
 int srv_store_model_insert(srv_store *s, const srv_model_row *m, const srv_job_row *job,
-                           int64_t *id);
+                           const srv_event_row *ev, size_t n_ev, int activate, int64_t *id);
+/* Inserts a model row recovered from a file on disk (accuracy and loss may
+ * be NaN: stored as NULL) with its own id, keeping the job id sequence
+ * above job_id so new jobs do not reuse the ids the file names. */
+int srv_store_model_recover(srv_store *s, const srv_model_row *m);
 /* Reserves the next model id (so its file can be written first). */
 int srv_store_model_next_id(srv_store *s, int64_t *id);
 int srv_store_model_delete(srv_store *s, int64_t id);

@@ -221,10 +221,10 @@ static void test_info_from_store(void **state) {
   assert_int_equal(srv_store_job_insert(s, cfg, 1000, &job), 0);
   srv_job_row jr = {job, "succeeded", cfg, 1000, 2000, 3000, 0, NULL};
   srv_model_row mr = {0, "relu", "fashion-mnist", 669706, 0.8525, 0.41, job, 3000};
-  assert_int_equal(srv_store_model_insert(s, &mr, &jr, &model), 0);
+  assert_int_equal(srv_store_model_insert(s, &mr, &jr, NULL, 0, 0, &model), 0);
   int64_t orphan;
   srv_model_row mr2 = {0, "antirectifier", "mnist", 337418, 0.97, 0.1, 0, 4000};
-  assert_int_equal(srv_store_model_insert(s, &mr2, NULL, &orphan), 0);
+  assert_int_equal(srv_store_model_insert(s, &mr2, NULL, NULL, 0, 0, &orphan), 0);
 
   srv_onnx_info info;
   assert_int_equal(srv_onnx_info_load(&info, s, model), 0);

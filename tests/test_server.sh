@@ -40,6 +40,33 @@ wait_state() { # job id, state regex, seconds
 
 start || exit 1
 
+# ---- start-up failures (issue 9 #24): every libuv handle closed before the
+# jobs are freed (under ASan: no use-after-free, no leak), a clear message;
+# a second daemon on a state directory in use is refused before it touches it.
+# (The port is held by a plain socket: the daemon's own listening socket
+# allows address reuse.)
+python3 -c "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()
+print(s.getsockname()[1], flush=True); time.sleep(120)" > "$T/busy_port" &
+HOLDER=$!
+for _ in $(seq 100); do [ -s "$T/busy_port" ] && break; sleep 0.05; done
+BUSY=$(cat "$T/busy_port")
+for c in "busy port|127.0.0.1:$BUSY|" "busy port, bootstrap on|127.0.0.1:$BUSY|--bootstrap" \
+         "bad address|256.1.2.3:$PORT|"; do
+  IFS='|' read -r name addr extra <<<"$c"
+  sd=$T/state-fail-$RANDOM
+  args=(serve --listen "$addr" --state-dir "$sd" --data-dir "$DATA")
+  [ "$extra" = --bootstrap ] || args+=(--no-bootstrap)
+  timeout 30 "$BIN" "${args[@]}" >"$T/fail.log" 2>&1; rc=$?
+  check "start-up on a $name: exit 1, message, no sanitizer report" bash -c "
+    test $rc = 1 && grep -q 'cannot listen\\|--listen' '$T/fail.log' &&
+    ! grep -qE 'Sanitizer|runtime error|heap-use-after-free' '$T/fail.log'" || cat "$T/fail.log"
+done
+kill "$HOLDER"; wait "$HOLDER" 2>/dev/null
+timeout 30 "$BIN" serve --listen 127.0.0.1:0 --state-dir "$T/state" --data-dir "$DATA" --no-bootstrap >"$T/fail.log" 2>&1; rc=$?
+check "second daemon on the same state directory refused" bash -c "
+  test $rc = 1 && grep -q 'in use by another mnistd' '$T/fail.log' && ! grep -q Sanitizer '$T/fail.log'"
+req "$B/healthz" >/dev/null; check "first daemon unaffected" test "$(code)" = 200
+
 # ---- health and readiness
 req "$B/healthz" >/dev/null; check "healthz 200" test "$(code)" = 200
 req "$B/readyz" >/dev/null
@@ -191,6 +218,15 @@ badcase 404 "path traversal" --path-as-is "$B/../../etc/passwd"
 badcase 404 "encoded traversal" --path-as-is "$B/%2e%2e/%2e%2e/etc/passwd"
 badcase 400 "bad state filter" "$B/v1/jobs?state=sleeping"
 badcase 409 "delete the active model" -XDELETE "${auth[@]}" "$B/v1/models/1"
+# Last-Event-ID values (issue 9 #17): digits only, surrounding blanks allowed.
+for v in "-1" "18446744073709551616" "9007199254740992" "abc" "+3" "3x" "0x3"; do
+  badcase 400 "Last-Event-ID '$v'" -H "Last-Event-ID: $v" "$B/v1/jobs/$JOB/events"
+done
+badcase 400 "last_event_id=-1" "$B/v1/jobs/$JOB/events?last_event_id=-1"
+for v in " 3" "3 " "3"; do
+  curl -sN -H "Last-Event-ID: $v" "$B/v1/jobs/$JOB/events" > "$T/sse3.txt"
+  check "Last-Event-ID '$v' resumes after 3" cmp -s "$T/sse2.txt" "$T/sse3.txt"
+done
 # A body cut short: the client sends half and hangs up.
 python3 - "$PORT" <<'EOF'
 import socket, sys
@@ -552,6 +588,9 @@ check "metrics count requests by route" grep -q 'mnistd_http_requests_total{rout
 # ---- SIGKILL during training, then restart: records intact, job resumes
 req -XPOST "${J[@]}" -d '{"epochs":4,"test_limit":1000,"activate":"never"}' "$B/v1/jobs" >/dev/null
 JOB4=$(json 'd["id"]')
+# A client follows the stream until the crash (issue 9 #3).
+curl -sN "$B/v1/jobs/$JOB4/events" > "$T/pre.txt" 2>/dev/null &
+PRECURL=$!
 for _ in $(seq 200); do
   n=$(curl -s "$B/v1/jobs/$JOB4" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["metrics"]))')
   [ "$n" -ge 1 ] && break; sleep 0.05
@@ -565,7 +604,22 @@ curl -s "$B/v1/jobs/$JOB" > "$T/job1_after.json"
 check "models identical after SIGKILL" cmp -s "$T/models_before.json" "$T/models_after.json"
 check "finished job record identical after SIGKILL" cmp -s "$T/job1_before.json" "$T/job1_after.json"
 check "log says the job resumes" grep -q "job $JOB4 was interrupted after epoch" "$T/daemon.log"
+wait "$PRECURL" 2>/dev/null
 wait_state "$JOB4" succeeded 90; check "interrupted job completes after restart" test $? = 0
+# Event ids across the crash (issue 9 #3): every id the client saw before
+# the crash still means the same event or is never used again, and resuming
+# from any of them delivers every later durable event up to "end".
+SSEIDS=$(dirname "$0")/sse_ids.py
+curl -sN "$B/v1/jobs/$JOB4/events" > "$T/post.txt"
+python3 "$SSEIDS" seen "$T/pre.txt" > "$T/resume_ids"
+check "events were seen before the crash" test -s "$T/resume_ids"
+check "ids after the restart: increasing, none reused, 4 epoch events" python3 "$SSEIDS" after "$T/pre.txt" "$T/post.txt" 4
+resume_bad=0
+for x in $(cat "$T/resume_ids"); do
+  curl -sN -H "Last-Event-ID: $x" "$B/v1/jobs/$JOB4/events" > "$T/res.txt"
+  python3 "$SSEIDS" resume "$T/post.txt" "$T/res.txt" "$x" >/dev/null 2>&1 || resume_bad=$((resume_bad + 1))
+done
+check "resuming from each of $(wc -w < "$T/resume_ids") ids seen before the crash gives every later event to end" test "$resume_bad" = 0
 req "$B/v1/jobs/$JOB4" >/dev/null
 check "resumed job has exactly epochs 1,2,3,4" python3 -c "
 import json; d = json.load(open('$T/body')); assert [m['epoch'] for m in d['metrics']] == [1, 2, 3, 4], d['metrics']"
@@ -585,6 +639,84 @@ check "job interrupted by SIGTERM is running again" python3 -c "
 import json; assert json.load(open('$T/body'))['state'] in ('running', 'queued')"
 req -XPOST "${auth[@]}" "$B/v1/jobs/$JOB5/cancel" >/dev/null
 kill -TERM "$PID"; wait "$PID"; PID=
+
+# ---- a stored NULL accuracy (issue 9 #2) poisons nothing: shown as null,
+# no NaN in /metrics, and an if_better job still activates.
+python3 -c "
+import sqlite3; c = sqlite3.connect('$T/state/mnistd.db')
+a = c.execute(\"SELECT value FROM settings WHERE key='active_model'\").fetchone()[0]
+c.execute('UPDATE models SET test_accuracy=NULL, test_loss=NULL WHERE id=?', (a,)); c.commit()"
+start || exit 1
+req "$B/v1/jobs/$JOB5" >/dev/null
+check "a job cancelled just before SIGTERM stays cancelled" python3 -c "
+import json; assert json.load(open('$T/body'))['state'] == 'cancelled'"
+ACT=$(curl -s "$B/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["model"])')
+req "$B/v1/models/$ACT" >/dev/null
+check "NULL accuracy reads back as null, not 0" python3 -c "
+import json; d = json.load(open('$T/body')); assert d['test_accuracy'] is None, d"
+check "no NaN in /metrics" bash -c "! curl -s '$B/metrics' | grep -qi nan"
+req -XPOST "${J[@]}" -d '{"epochs":1,"train_limit":2000,"test_limit":500,"activate":"if_better"}' "$B/v1/jobs" >/dev/null
+JOB6=$(json 'd["id"]')
+wait_state "$JOB6" succeeded 60 >/dev/null
+curl -sN "$B/v1/jobs/$JOB6/events" | grep -A1 '^event: end' > "$T/end6.txt"
+M6=$(curl -s "$B/v1/jobs/$JOB6" | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_id"])')
+check "if_better beats an unknown accuracy; end says activated" bash -c "
+  grep -q '\"activated\":true' '$T/end6.txt' && curl -s '$B/readyz' | grep -q '\"model\":$M6'"
+curl -s "$B/v1/models" | python3 -c 'import json,sys; print(sorted(m["id"] for m in json.load(sys.stdin)["models"]))' > "$T/model_ids"
+kill -TERM "$PID"; wait "$PID"; PID=
+
+# ---- a damaged database (issue 9 #8): moved aside and kept, a fresh one,
+# the model files registered again, loud log, /metrics, predictions work.
+for kind in truncate garbage empty; do
+  db=$T/state/mnistd.db
+  case $kind in
+    truncate) truncate -s 4096 "$db" ;;
+    garbage) head -c 20000 /dev/urandom > "$db" ;;
+    empty) : > "$db" ;;
+  esac
+  size=$(stat -c %s "$db")
+  before=$(ls "$T/state" | grep -c 'mnistd\.db\.damaged-[0-9TZ.]*$')
+  start || exit 1
+  newest=$(ls -t "$T/state" | grep 'mnistd\.db\.damaged-[0-9TZ.]*$' | head -1)
+  check "$kind database: log says DATABASE RECOVERY with the aside path" \
+    grep -q "DATABASE RECOVERY: the database was damaged.*moved aside to $T/state/$newest" "$T/daemon.log"
+  check "$kind database: the damaged file is kept byte for byte" bash -c "
+    test \$(ls '$T/state' | grep -c 'mnistd\.db\.damaged-[0-9TZ.]*\$') = $((before + 1)) &&
+    test \$(stat -c %s '$T/state/$newest') = $size"
+  check "$kind database: /metrics mnistd_db_recovered 1" bash -c "curl -s '$B/metrics' | grep -qx 'mnistd_db_recovered 1'"
+  curl -s "$B/v1/models" | python3 -c 'import json,sys; print(sorted(m["id"] for m in json.load(sys.stdin)["models"]))' > "$T/model_ids2"
+  check "$kind database: every model file registered again" cmp -s "$T/model_ids" "$T/model_ids2"
+  req -XPOST -H 'Content-Type: application/octet-stream' --data-binary @"$T/batch.raw" "$B/v1/predict" >/dev/null
+  check "$kind database: predictions work" python3 -c "
+import json; d = json.load(open('$T/body')); lab = json.load(open('$T/labels.json'))
+p = [x['label'] for x in d['predictions']]; assert sum(a == b for a, b in zip(p, lab)) / 200 > 0.7"
+  kill -TERM "$PID"; wait "$PID"; PID=
+  sleep 1 # the aside name carries the second
+done
+start || exit 1
+check "a sound database is not recovered again" bash -c "curl -s '$B/metrics' | grep -qx 'mnistd_db_recovered 0'"
+kill -TERM "$PID"; wait "$PID"; PID=
+
+# ---- bootstrap (issue 9 #21): never without data, never again after a
+# failed bootstrap job (each restart used to queue one more).
+boot() { # data dir
+  "$BIN" serve --listen 127.0.0.1:$PORT --state-dir "$T/boot" --data-dir "$1" --train-threads 1 \
+    >>"$T/boot.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do curl -sf "$B/healthz" >/dev/null && return 0; sleep 0.05; done; return 1
+}
+mkdir -p "$T/nodata"
+for _ in 1 2 3; do boot "$T/nodata"; sleep 0.3; kill -TERM "$PID"; wait "$PID"; PID=; done
+check "no data: no bootstrap job after 3 starts" python3 -c "
+import sqlite3; assert sqlite3.connect('$T/boot/mnistd.db').execute('SELECT COUNT(*) FROM jobs').fetchone()[0] == 0"
+mkdir -p "$T/baddata/mnist"
+cp "$DATA"/mnist/*labels* "$T/baddata/mnist/"
+head -c 5000 "$DATA/mnist/train-images-idx3-ubyte" > "$T/baddata/mnist/train-images-idx3-ubyte"
+cp "$DATA/mnist/t10k-images-idx3-ubyte" "$T/baddata/mnist/"
+for _ in 1 2 3; do boot "$T/baddata"; wait_state 1 failed 20 >/dev/null; kill -TERM "$PID"; wait "$PID"; PID=; done
+check "broken data: one failed bootstrap job after 3 starts, not 3" python3 -c "
+import sqlite3; r = sqlite3.connect('$T/boot/mnistd.db').execute('SELECT state FROM jobs').fetchall()
+assert r == [('failed',)], r"
 
 echo "server: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -8,6 +8,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +279,314 @@ static void test_job_state_machine_and_streams(void **state) {
   rm_rf(dir);
 }
 
+/* ---------------------------------------------------------------- issue 9 */
+
+/* Item 17: Last-Event-ID is digits with optional surrounding whitespace. */
+static void test_parse_event_id(void **state) {
+  (void)state;
+  static const struct {
+    const char *in;
+    int ok;
+    uint64_t v;
+  } cases[] = {
+      {"5", 1, 5},        {" 5", 1, 5},      {"5 ", 1, 5},       {"\t5\t", 1, 5},
+      {"0", 1, 0},        {"9007199254740991", 1, 9007199254740991ull},
+      {"-1", 0, 0},       {"+5", 0, 0},      {"", 0, 0},         {"  ", 0, 0},
+      {"5a", 0, 0},       {"5 5", 0, 0},     {"0x10", 0, 0},     {"9007199254740992", 0, 0},
+      {"18446744073709551616", 0, 0},        {"18446744073709551615", 0, 0},
+      {"99999999999999999999999999", 0, 0},  {"1e3", 0, 0},      {"5\n", 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    uint64_t v = 12345;
+    int rc = srv_parse_event_id(cases[i].in, &v);
+    if (cases[i].ok != (rc == 0)) fail_msg("'%s': rc %d", cases[i].in, rc);
+    if (cases[i].ok && v != cases[i].v) fail_msg("'%s': got %llu", cases[i].in, (unsigned long long)v);
+  }
+}
+
+/* A small real model (Dense 10 + softmax) for registry tests. */
+static nn_model *tiny_model(uint64_t seed) {
+  nn_layer_spec sp[] = {{NN_LAYER_DENSE, 10, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
+  nn_model *m = NULL;
+  assert_int_equal(nn_model_create(&m, "custom", 784, sp, 2), 0);
+  nn_model_init(m, seed);
+  return m;
+}
+
+static int count_rows(const srv_model_row *m, void *u) {
+  double *acc = u;
+  acc[m->id] = m->test_accuracy;
+  return 0;
+}
+
+/* Item 2: NaN never reaches the store; a stored NULL reads as NaN (unknown),
+ * not 0, and "if better" treats an unknown active accuracy as beatable. */
+static void test_nan_never_stored(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[512];
+  srv_store *st;
+  srv_models *r;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  int64_t id;
+  srv_model_row bad = {0, "custom", "mnist", 7850, NAN, 0.1, 0, 1};
+  assert_int_equal(srv_store_model_insert(st, &bad, NULL, NULL, 0, 0, &id), -EINVAL);
+  bad.test_accuracy = 0.5;
+  bad.test_loss = INFINITY;
+  assert_int_equal(srv_store_model_insert(st, &bad, NULL, NULL, 0, 0, &id), -EINVAL);
+  nn_model *m = tiny_model(1);
+  int act = 0;
+  assert_int_equal(srv_models_add(r, m, "mnist", NAN, 0.3, 0, NULL, &id, &act, msg, sizeof msg),
+                   -EINVAL);
+  /* A row holding NULL, as a damaged or older database may. */
+  srv_model_row unk = {5, "custom", "mnist", 7850, NAN, NAN, 0, 1};
+  assert_int_equal(srv_store_model_recover(st, &unk), 0);
+  double acc[8] = {0};
+  assert_int_equal(srv_store_models_each(st, count_rows, acc), 0);
+  assert_true(isnan(acc[5]));
+  srv_model_finish fin = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  /* model 5 has no file here; register a real one with unknown accuracy
+   * through a reopen: write its file first. */
+  char path[512];
+  srv_models_path(r, 5, path, sizeof path);
+  nn_err err = {0};
+  assert_int_equal(nn_model_save(m, path, &err), 0);
+  srv_models_close(r);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  assert_int_equal(srv_models_active_id(r), 5);
+  /* if_better against an unknown accuracy: the new model wins. */
+  fin.activate = SRV_ACTIVATE_IF_BETTER;
+  assert_int_equal(srv_models_add(r, m, "mnist", 0.2, 0.3, 0, &fin, &id, &act, msg, sizeof msg), 0);
+  assert_true(act);
+  assert_int_equal(srv_models_active_id(r), id);
+  srv_models_close(r);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
+/* Item 26: two if_better models finishing together: the better one ends
+ * active whatever the interleaving (the decision is taken under the
+ * registry's writer lock, with the record). */
+typedef struct adder {
+  srv_models *r;
+  double acc;
+  int activated;
+  int rc;
+} adder;
+
+static void *add_thread(void *u) {
+  adder *a = u;
+  char msg[256];
+  int64_t id;
+  srv_model_finish fin = {NULL, SRV_ACTIVATE_IF_BETTER, NULL, NULL};
+  a->rc = srv_models_add(a->r, tiny_model(3), "mnist", a->acc, 0.5, 0, &fin, &id, &a->activated,
+                         msg, sizeof msg);
+  return NULL;
+}
+
+static void test_if_better_is_atomic(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[512];
+  srv_store *st;
+  srv_models *r;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  int64_t base;
+  int act;
+  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  assert_int_equal(srv_models_add(r, tiny_model(2), "mnist", 0.5, 1, 0, &always, &base, &act, msg,
+                                  sizeof msg), 0);
+  for (int round = 0; round < 12; round++) {
+    assert_int_equal(srv_models_activate(r, base), 0);
+    adder a = {r, 0.9, 0, 0}, b = {r, 0.8, 0, 0};
+    pthread_t ta, tb;
+    /* Alternate who starts first. */
+    pthread_create(round & 1 ? &tb : &ta, NULL, add_thread, round & 1 ? &b : &a);
+    pthread_create(round & 1 ? &ta : &tb, NULL, add_thread, round & 1 ? &a : &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.rc, 0);
+    assert_int_equal(b.rc, 0);
+    srv_model *m = srv_models_active(r);
+    assert_non_null(m);
+    if (m->test_accuracy != 0.9) fail_msg("round %d: active accuracy %g", round, m->test_accuracy);
+    srv_model_unref(m);
+    assert_true(a.activated);
+  }
+  /* The record agrees with memory. */
+  char buf[32];
+  assert_int_equal(srv_store_setting_get(st, "active_model", buf, sizeof buf), 0);
+  assert_int_equal(atoll(buf), srv_models_active_id(r));
+  srv_models_close(r);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
+/* Item 8: a damaged database (truncated, garbage, empty) is moved aside
+ * byte for byte, a fresh one opens, and the model files come back from
+ * their own metadata with their ids, dataset and accuracy. */
+static void test_damaged_database_recovery(void **state) {
+  (void)state;
+  static const char *const KIND[] = {"truncate", "garbage", "empty"};
+  for (int k = 0; k < 3; k++) {
+    snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char msg[512], db[400], aside[4200];
+    srv_store *st;
+    srv_models *r;
+    assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+    assert_int_equal(srv_store_recovered(st, NULL, 0), 0);
+    assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+    int64_t id1, id2;
+    int act;
+    srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+    assert_int_equal(srv_models_add(r, tiny_model(4), "fashion-mnist", 0.61, 1.5, 0, &always,
+                                    &id1, &act, msg, sizeof msg), 0);
+    assert_int_equal(srv_models_add(r, tiny_model(5), "mnist", 0.93, 0.25, 7, &always, &id2,
+                                    &act, msg, sizeof msg), 0);
+    for (int i = 0; i < 50; i++) /* some pages to cut */
+      assert_int_equal(srv_store_setting_set(st, "filler", "0123456789abcdef0123456789abcdef"), 0);
+    srv_models_close(r);
+    srv_store_close(st);
+    snprintf(db, sizeof db, "%s/mnistd.db", dir);
+    struct stat sb;
+    assert_int_equal(stat(db, &sb), 0);
+    if (k == 0) {
+      assert_true(sb.st_size > 4096);
+      assert_int_equal(truncate(db, 4096), 0);
+    } else if (k == 1) {
+      FILE *f = fopen(db, "r+b");
+      assert_non_null(f);
+      for (int i = 0; i < 8192; i++) fputc((i * 7919) & 0xff, f);
+      fclose(f);
+    } else {
+      assert_int_equal(truncate(db, 0), 0);
+    }
+    assert_int_equal(stat(db, &sb), 0);
+    off_t damaged_size = sb.st_size;
+    msg[0] = 0;
+    /* A reader (mnistd export) never moves the file. */
+    if (srv_store_open(&st, dir, msg, sizeof msg) == 0) {
+      assert_int_equal(srv_store_recovered(st, NULL, 0), 0);
+      srv_store_close(st);
+    }
+    assert_int_equal(stat(db, &sb), 0);
+    assert_int_equal(sb.st_size, damaged_size);
+    if (srv_store_open_flags(&st, dir, SRV_STORE_RECOVER, msg, sizeof msg))
+      fail_msg("%s: open failed: %s", KIND[k], msg);
+    if (!srv_store_recovered(st, aside, sizeof aside)) fail_msg("%s: not recovered", KIND[k]);
+    assert_int_equal(stat(aside, &sb), 0);
+    assert_int_equal(sb.st_size, damaged_size);
+    assert_int_equal(srv_store_check(st), 0);
+    assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+    assert_int_equal(srv_models_recovered(r), 2);
+    srv_model *m = srv_models_get(r, id1);
+    assert_non_null(m);
+    assert_string_equal(m->dataset, "fashion-mnist");
+    assert_true(fabs(m->test_accuracy - 0.61) < 1e-9);
+    srv_model_unref(m);
+    m = srv_models_active(r);
+    assert_non_null(m);
+    assert_int_equal(m->id, id2);
+    assert_int_equal(m->job_id, 7);
+    srv_model_unref(m);
+    /* New records never reuse the recovered ids. */
+    int64_t id3;
+    assert_int_equal(srv_models_add(r, tiny_model(6), "mnist", 0.5, 1, 0, NULL, &id3, &act, msg,
+                                    sizeof msg), 0);
+    assert_true(id3 > id2);
+    int64_t job;
+    assert_int_equal(srv_store_job_insert(st, "{}", 1, &job), 0);
+    assert_true(job > 7);
+    srv_models_close(r);
+    srv_store_close(st);
+    /* A sound database is never moved again. */
+    assert_int_equal(srv_store_open_flags(&st, dir, SRV_STORE_RECOVER, msg, sizeof msg), 0);
+    assert_int_equal(srv_store_recovered(st, NULL, 0), 0);
+    srv_store_close(st);
+    rm_rf(dir);
+  }
+}
+
+/* Item 27: an activation or a deletion waiting on SQLite (here: another
+ * connection holds the write lock, as a slow fsync would) never stalls the
+ * lookups that predictions make. */
+typedef struct slow_op {
+  srv_models *r;
+  int64_t id;
+  int del;
+  int rc;
+  atomic_int done;
+} slow_op;
+
+static void *slow_thread(void *u) {
+  slow_op *o = u;
+  o->rc = o->del ? srv_models_delete(o->r, o->id) : srv_models_activate(o->r, o->id);
+  atomic_store(&o->done, 1);
+  return NULL;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void test_registry_lock_not_held_across_sqlite(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[512], db[400];
+  srv_store *st;
+  srv_models *r;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  int64_t a, b, c;
+  int act;
+  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  assert_int_equal(srv_models_add(r, tiny_model(7), "mnist", 0.5, 1, 0, &always, &a, &act, msg,
+                                  sizeof msg), 0);
+  assert_int_equal(srv_models_add(r, tiny_model(8), "mnist", 0.6, 1, 0, NULL, &b, &act, msg,
+                                  sizeof msg), 0);
+  assert_int_equal(srv_models_add(r, tiny_model(9), "mnist", 0.7, 1, 0, NULL, &c, &act, msg,
+                                  sizeof msg), 0);
+  snprintf(db, sizeof db, "%s/mnistd.db", dir);
+  for (int del = 0; del < 2; del++) {
+    sqlite3 *other;
+    assert_int_equal(sqlite3_open(db, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    slow_op o = {r, del ? c : b, del, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, slow_thread, &o);
+    usleep(200 * 1000); /* the operation is now waiting on SQLite */
+    assert_false(atomic_load(&o.done));
+    double t0 = now_s();
+    for (int i = 0; i < 100; i++) {
+      srv_model *m = srv_models_active(r);
+      assert_non_null(m);
+      assert_int_equal(m->id, del ? b : a); /* unchanged until recorded */
+      srv_model_unref(m);
+      srv_model_unref(srv_models_get(r, c));
+    }
+    double waited = now_s() - t0;
+    if (waited > 0.1) fail_msg("lookups waited %.3f s behind a %s", waited, del ? "delete" : "activation");
+    assert_false(atomic_load(&o.done));
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    pthread_join(t, NULL);
+    assert_int_equal(o.rc, 0);
+  }
+  assert_int_equal(srv_models_active_id(r), b);
+  assert_null(srv_models_get(r, c));
+  srv_models_close(r);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
 static void test_route_table_mutating_routes(void **state) {
   (void)state;
   const srv_route_info *r;
@@ -485,6 +799,11 @@ int main(void) {
       cmocka_unit_test(test_tfs_parse),
       cmocka_unit_test(test_job_state_machine_and_streams),
       cmocka_unit_test(test_route_table_mutating_routes),
+      cmocka_unit_test(test_parse_event_id),
+      cmocka_unit_test(test_nan_never_stored),
+      cmocka_unit_test(test_if_better_is_atomic),
+      cmocka_unit_test(test_damaged_database_recovery),
+      cmocka_unit_test(test_registry_lock_not_held_across_sqlite),
       cmocka_unit_test(test_text_clean),
       cmocka_unit_test(test_json_prescan),
       cmocka_unit_test(test_json_exact_ints),
