@@ -277,7 +277,7 @@ try {
     assert(series === 5, `${series} series in the loss chart, expected epoch + 4`);
   });
 
-  await check('custom network editor: the daemon's shape error is shown at the layer', page, async () => {
+  await check("custom network editor: the daemon's shape error is shown at the layer", page, async () => {
     await page.check('input[name="arch"][value="custom"]');
     await page.fill('#layers', JSON.stringify([
       { type: 'conv2d', filters: 4, kernel: 3, stride: 2 }, { type: 'max_pool2d', size: 3 },
