@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include "srv_assets.h"
+#include "srv_events.h"
+#include "srv_follow.h"
 #include "srv_image.h"
 #include "srv_onnx.h"
 #include "srv_validate.h"
@@ -213,6 +215,11 @@ static enum MHD_Result h_healthz(req *r) {
 
 static enum MHD_Result h_readyz(req *r) {
   srv_model *m = srv_models_active(r->S->models);
+  if (!m && r->S->follow) {
+    char note[512];
+    srv_follow_note(r->S->follow, note, sizeof note);
+    return send_error(r, 503, "%s", note);
+  }
   if (!m) {
     char note[256];
     srv_jobs_pending_note(r->S->jobs, note, sizeof note);
@@ -466,9 +473,11 @@ static enum MHD_Result h_model_file(req *r) {
     close(fd);
     return MHD_NO;
   }
-  char disp[96];
+  char disp[96], sum[65];
   snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.model\"",
            (long long)r->id);
+  /* Replicas check what they download against it (srv_follow.h). */
+  if (srv_sha256_fd_hex(fd, sum) == 0) MHD_add_response_header(resp, "X-Checksum-Sha256", sum);
   MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
   MHD_add_response_header(resp, "Content-Disposition", disp);
   common_headers(resp);
@@ -563,7 +572,10 @@ static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
     }
     return m;
   }
-  if (!(m = srv_models_active(r->S->models))) {
+  if (!(m = srv_models_active(r->S->models)) && r->S->follow) {
+    *status = 503;
+    srv_follow_note(r->S->follow, msg, len);
+  } else if (!m) {
     char note[200];
     srv_jobs_pending_note(r->S->jobs, note, sizeof note);
     *status = 503;
@@ -944,6 +956,111 @@ static enum MHD_Result h_static(req *r) {
   return send_asset(r, path, a->data, a->len, a->etag, MHD_RESPMEM_PERSISTENT);
 }
 
+/* ---- the active model and the daemon-wide event stream (replicas) */
+
+/* The model answering predictions, with an ETag that changes with it (a
+ * replica answers its primary's id and so the same ETag). */
+static enum MHD_Result h_model_active(req *r) {
+  srv_model *m = srv_models_active(r->S->models);
+  if (!m) {
+    char note[512];
+    if (r->S->follow) srv_follow_note(r->S->follow, note, sizeof note);
+    else srv_jobs_pending_note(r->S->jobs, note, sizeof note);
+    return send_error(r, 503, "no active model yet%s%s", note[0] ? ": " : "", note);
+  }
+  char etag[48];
+  snprintf(etag, sizeof etag, "\"model-%lld\"", (long long)m->id);
+  const char *inm = header(r, "If-None-Match");
+  if (inm && !strcmp(inm, etag)) {
+    srv_model_unref(m);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, "ETag", etag);
+    common_headers(resp);
+    r->status = 304;
+    enum MHD_Result ret = MHD_queue_response(r->conn, 304, resp);
+    MHD_destroy_response(resp);
+    return ret;
+  }
+  cJSON *o = model_json(m, 1);
+  srv_model_unref(m);
+  if (r->S->follow) cJSON_AddStringToObject(o, "primary", srv_follow_url(r->S->follow));
+  srv_json_exact_ints(o);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (!s) return send_error(r, 500, "out of memory");
+  struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(s);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  MHD_add_response_header(resp, "ETag", etag);
+  common_headers(resp);
+  r->status = 200;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+typedef struct estream {
+  struct MHD_Connection *conn;
+  srv_events_sub *sub;
+} estream;
+
+static ssize_t estream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)pos;
+  estream *s = cls;
+  ssize_t n = srv_events_sub_read(s->sub, buf, max, stream_suspend);
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void estream_free(void *cls) {
+  estream *s = cls;
+  srv_events_sub_close(s->sub);
+  free(s);
+}
+
+/* GET /v1/events: SSE of model.activated and job.state (srv_events.h). */
+static enum MHD_Result h_events(req *r) {
+  uint64_t last = 0;
+  const char *lei = header(r, "Last-Event-ID");
+  if (!lei) lei = query(r, "last_event_id");
+  if (lei && srv_parse_event_id(lei, &last))
+    return send_error(r, 400,
+                      "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
+  char hello[640];
+  int64_t id = srv_models_active_id(r->S->models);
+  int n = r->S->follow ? snprintf(hello, sizeof hello, "{\"model\":%lld,\"primary\":\"%.500s\"}",
+                                  (long long)id, srv_follow_url(r->S->follow))
+                       : snprintf(hello, sizeof hello, "{\"model\":%lld}", (long long)id);
+  if (id == 0) n = snprintf(hello, sizeof hello, "{\"model\":null}");
+  (void)n;
+  estream *s = calloc(1, sizeof *s);
+  if (!s) return send_error(r, 500, "out of memory");
+  /* stream_suspend/stream_wake take the connection as the first member. */
+  s->conn = r->conn;
+  if (srv_events_sub_open(r->S->events, last, hello, stream_wake, s, &s->sub)) {
+    free(s);
+    return send_error(r, 500, "out of memory");
+  }
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, estream_read, s, estream_free);
+  if (!resp) {
+    estream_free(s);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  common_headers(resp);
+  r->status = 200;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
 /* ---------------------------------------------------------------- routing */
 
 static enum MHD_Result h_metrics(req *r);
@@ -967,6 +1084,8 @@ static const route ROUTES[] = {
     {"POST", "/v1/models/:id/activate", h_model_activate, 1},
     {"POST", "/v1/predict", h_predict, 0},
     {"GET", "/v1/samples/random", h_sample, 0},
+    {"GET", "/v1/models/active", h_model_active, 0},
+    {"GET", "/v1/events", h_events, 0},
 };
 static const size_t N_ROUTES = sizeof ROUTES / sizeof *ROUTES;
 
@@ -1030,7 +1149,12 @@ static enum MHD_Result h_metrics(req *r) {
             sps, (unsigned long long)total);
   sb_printf(&b, "# HELP mnistd_sse_subscribers Open event streams.\n"
                 "# TYPE mnistd_sse_subscribers gauge\nmnistd_sse_subscribers %d\n",
-            srv_jobs_subscribers(S->jobs));
+            srv_jobs_subscribers(S->jobs) + srv_events_subscribers(S->events));
+  if (S->follow) {
+    char fm[2048];
+    srv_follow_metrics(S->follow, fm, sizeof fm);
+    sb_printf(&b, "%s", fm);
+  }
   sb_printf(&b, "# HELP mnistd_db_recovered 1 if a damaged database was moved aside at start"
                 " (the log names the file).\n# TYPE mnistd_db_recovered gauge\n"
                 "mnistd_db_recovered %d\n"
@@ -1366,6 +1490,12 @@ static enum MHD_Result on_head(srv *S, req *r) {
                       "localhost, or start it with --allow-host NAME",
                       header(r, MHD_HTTP_HEADER_HOST));
   if (dispatch_first(r) != MHD_YES || r->status) return r->status ? MHD_YES : MHD_NO;
+  if (S->follow && r->route < (int)N_ROUTES &&
+      srv_follow_refuses(r->method, ROUTES[r->route].pattern, ROUTES[r->route].mutating))
+    return send_error(r, 403,
+                      "this server is a read-only replica of %s: send %s %s to the primary",
+                      srv_follow_url(S->follow), ROUTES[r->route].method,
+                      ROUTES[r->route].pattern);
   if (r->route < (int)N_ROUTES && ROUTES[r->route].mutating) {
     if (!origin_ok(r))
       return send_error(r, 403,

@@ -194,6 +194,8 @@ static void push(srv_jobs *J, job *j, uint64_t seq, const char *type, uint32_t e
   e->data = s;
   j->dirty = 1;
   uv_async_send(&J->publish);
+  if (J->opt.on_state && !strcmp(type, "state"))
+    J->opt.on_state(J->opt.on_state_u, j->id, srv_job_state_name(j->state));
 }
 
 
@@ -1062,6 +1064,11 @@ cJSON *srv_jobs_list_json(srv_jobs *J, int state, int limit) {
 
 void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *sps, uint64_t *total) {
   memset(counts, 0, SRV_JOB_NSTATES * sizeof *counts);
+  if (!J) { /* a replica trains nothing */
+    *sps = 0;
+    *total = 0;
+    return;
+  }
   pthread_mutex_lock(&J->mu);
   double cur = 0;
   for (job *j = J->jobs; j; j = j->next) {
@@ -1075,6 +1082,7 @@ void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *sps, uint
 
 void srv_jobs_pending_note(srv_jobs *J, char *buf, size_t len) {
   buf[0] = 0;
+  if (!J) return;
   pthread_mutex_lock(&J->mu);
   for (job *j = J->jobs; j; j = j->next) {
     if (j->state == SRV_JOB_RUNNING) {
@@ -1147,6 +1155,7 @@ void srv_sub_close(srv_sub *s) {
 }
 
 int srv_jobs_subscribers(srv_jobs *J) {
+  if (!J) return 0;
   pthread_mutex_lock(&J->mu);
   int n = J->n_subs;
   pthread_mutex_unlock(&J->mu);

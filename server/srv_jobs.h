@@ -55,6 +55,10 @@ typedef struct srv_jobs_options {
   int train_threads;    /* threads per job */
   int bootstrap;        /* queue the seed's job when there is no model */
   void (*log)(const char *msg);
+  /* Optional: told every state change once it is shown on the job's
+   * stream (under the jobs lock: it must not call back into the jobs). */
+  void (*on_state)(void *u, int64_t job, const char *state);
+  void *on_state_u;
 } srv_jobs_options;
 
 /* Loads the job records, marks interrupted jobs for resumption and queues
