@@ -181,9 +181,12 @@ static void set_up(srv_follow *F, int up, const char *why) {
   pthread_mutex_unlock(&F->mu);
   if (was != up) {
     if (up) logf_(F, "info", "primary %s is up", F->url);
-    else logf_(F, "warn", "primary %s is unreachable (%s); serving model %lld meanwhile, "
-                          "retrying with backoff", F->url, why,
-               (long long)atomic_load(&F->model_id));
+    else if (atomic_load(&F->model_id))
+      logf_(F, "warn", "primary %s is unreachable (%s); serving model %lld meanwhile, "
+                       "retrying with backoff", F->url, why, (long long)atomic_load(&F->model_id));
+    else
+      logf_(F, "warn", "primary %s is unreachable (%s); no model to serve yet, retrying with "
+                       "backoff", F->url, why);
   }
   if (!up) atomic_fetch_add(&F->failures, 1);
 }
