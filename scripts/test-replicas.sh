@@ -69,6 +69,21 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)" 2>/de
 active_of() { curl -s --max-time 2 "$1/v1/models/active" | field "['id']"; }
 metric() { curl -s "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {print $2; exit}'; }
 
+# --- the Kubernetes manifests' structure (no cluster needed) ---------------------
+check "deploy/kubernetes passes the structure check" \
+  python3 scripts/check-kube-yaml.py deploy/kubernetes
+mut() { # name sed-expression file expected-message
+  rm -rf "$tmp/k8s"; cp -r deploy/kubernetes "$tmp/k8s"; sed -i "$2" "$tmp/k8s/$3"
+  MNISTD_ROOT=$PWD python3 scripts/check-kube-yaml.py "$tmp/k8s" > "$tmp/k8s.out"
+  check "the structure check catches $1" \
+    sh -c "[ $? -ne 0 ] && grep -q '$4' '$tmp/k8s.out'"
+}
+mut "a readiness path the daemon lacks" 's|path: /readyz|path: /ready|' replicas.yaml "is not a GET route"
+mut "a --follow URL that is not the trainer Service" 's|http://mnistd-trainer:8080|http://trainer:8080|' replicas.yaml "must name the trainer Service"
+mut "a container port other than EXPOSE" 's|containerPort: 8080|containerPort: 9090|' trainer.yaml "Dockerfile EXPOSE"
+mut "a writable root filesystem" '0,/readOnlyRootFilesystem: true/s//readOnlyRootFilesystem: false/' replicas.yaml "readOnlyRootFilesystem"
+mut "a missing selector label" 's|matchLabels: {app.kubernetes.io/name: mnistd, app.kubernetes.io/component: trainer}|matchLabels: {app: other}|' trainer.yaml "matchLabels"
+
 start_primary
 start_replica $R1 "$tmp/r1.log"
 start_replica $R2 "$tmp/r2.log"
