@@ -20,8 +20,7 @@ cd "$(dirname "$0")/.."
 BIN=${MNISTD_BIN:-build/mnistd}
 DATA=${MNISTD_DATA:-data}
 [ -x "$BIN" ] || { echo "test-replicas: $BIN not built (make)" >&2; exit 2; }
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$NGINX" ] || { echo "test-replicas: nginx missing (make deps)" >&2; exit 2; }
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "test-replicas: nginx missing (make deps)" >&2; exit 2; }
 
 pass=0 fail=0
 ok()   { pass=$((pass + 1)); echo "ok   - $*"; }
@@ -105,38 +104,7 @@ for r in "POST /v1/models/1/activate" "DELETE /v1/models/1" "POST /v1/jobs/1/can
 done
 
 # --- nginx in front of the replicas ------------------------------------------------
-mkdir -p "$tmp/nginx"
-cat > "$tmp/nginx.conf" <<NGX
-worker_processes 1;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
-  upstream replicas {
-    server 127.0.0.1:$R1 max_fails=1 fail_timeout=2s;
-    server 127.0.0.1:$R2 max_fails=1 fail_timeout=2s;
-    keepalive 8;
-  }
-  server {
-    listen 127.0.0.1:$LB;
-    location / {
-      proxy_pass http://replicas;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host localhost;
-      proxy_next_upstream error timeout http_502 http_503;
-    }
-  }
-}
-NGX
-if [ "$(id -u)" -eq 0 ]; then sed -i '1i user root;' "$tmp/nginx.conf"; fi
-"$NGINX" -c "$tmp/nginx.conf" -p "$tmp/nginx" -e "$tmp/nginx-error.log" 2>>"$tmp/nginx-error.log"
+scripts/fleet-nginx.sh "$tmp" $LB $R1 $R2 2>>"$tmp/nginx-error.log"
 check "nginx starts as the load balancer" wait_http http://127.0.0.1:$LB/healthz
 
 # --- the first model ---------------------------------------------------------------
@@ -188,48 +156,13 @@ check "the model file carries its SHA-256 (X-Checksum-Sha256)" \
 j2=$(job never 2); j3=$(job never 3)
 m2=$(wait_job "$j2"); m3=$(wait_job "$j3")
 check "two more models trained without activation ($m2, $m3)" test -n "$m2" -a -n "$m3"
-cat > "$tmp/load.py" <<'PY'
-import http.client, json, os, sys, time
-port, img, stop, out = int(sys.argv[1]), open(sys.argv[2], 'rb').read(), sys.argv[3], sys.argv[4]
-ok = errors = 0; models = {}; first_err = None
-conn = http.client.HTTPConnection('127.0.0.1', port, timeout=5)
-while not os.path.exists(stop):
-    try:
-        conn.request('POST', '/v1/predict', img, {'Content-Type': 'application/json'})
-        r = conn.getresponse(); body = r.read()
-        if r.status == 200:
-            ok += 1; m = json.loads(body)['model']; models[m] = models.get(m, 0) + 1
-        else:
-            errors += 1; first_err = first_err or f'{r.status} {body[:200]!r}'
-    except Exception as e:
-        errors += 1; first_err = first_err or repr(e)
-        conn.close(); conn = http.client.HTTPConnection('127.0.0.1', port, timeout=5)
-json.dump({'ok': ok, 'errors': errors, 'models': models, 'first_error': first_err}, open(out, 'w'))
-PY
-for i in 1 2; do python3 "$tmp/load.py" $LB "$tmp/img.json" "$tmp/stop" "$tmp/load$i.json" & pids+=("$!"); lp[$i]=$!; done
+for i in 1 2; do python3 scripts/fleet-load.py $LB "$tmp/img.json" "$tmp/stop" "$tmp/load$i.json" & pids+=("$!"); lp[$i]=$!; done
 sleep 0.5
 worst=0
 for m in $m2 $m3 $m1; do
   # Time from the activation's answer on the primary to both replicas
   # answering GET /v1/models/active with the new id (polled every 10 ms).
-  t=$(python3 - "$PU" "$m" "s3cret-$$" $R1 $R2 <<'PY'
-import http.client, json, sys, time
-pu, m, tok, r1, r2 = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-host, port = pu[7:].split(':')
-c = http.client.HTTPConnection(host, int(port), timeout=5)
-c.request('POST', f'/v1/models/{m}/activate', b'', {'Authorization': 'Bearer ' + tok})
-assert c.getresponse().status == 200
-t0 = time.monotonic(); left = {r1, r2}; times = {}
-while left and time.monotonic() - t0 < 10:
-    for r in list(left):
-        k = http.client.HTTPConnection('127.0.0.1', r, timeout=2)
-        k.request('GET', '/v1/models/active')
-        if json.loads(k.getresponse().read()).get('id') == m:
-            times[r] = time.monotonic() - t0; left.discard(r)
-    time.sleep(0.01)
-print('%.3f %s' % (max(times.values()) if not left else 99, ' '.join('%.3f' % times.get(r, 99) for r in (r1, r2))))
-PY
-)
+  t=$(python3 scripts/fleet-activate.py "$PU" "$m" "s3cret-$$" $R1 $R2)
   all=${t%% *}
   note "model $m reached both replicas in ${all}s (each: ${t#* })"
   check "activation of model $m reaches both replicas within 2 s (${all}s)" \
