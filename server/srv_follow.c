@@ -693,7 +693,7 @@ int srv_follow_create(srv_follow **out, const char *url, const char *token, srv_
   if (!host[0] || strlen(host) >= sizeof F->host) goto bad;
   for (const char *c = host; *c; c++)
     if ((unsigned char)*c <= 0x20 || *c == '@') goto bad;
-  snprintf(F->host, sizeof F->host, "%s", host);
+  memcpy(F->host, host, strlen(host) + 1); /* fits: checked above */
   size_t tl = token ? strlen(token) : 0;
   F->auth = malloc(tl + 40);
   if (!F->auth) {
