@@ -12,9 +12,10 @@ only so:
   * the replicas' Deployment becomes N Deployments of 1 (N = its replicas);
   * Services, the HPA and the PDB are dropped (the test puts nginx where the
     Service would be);
-  * every pod uses the host's network, each on its own loopback port, and
-    the replicas' --follow URL points at the trainer's port instead of the
-    Service name;
+  * every pod uses the host's network, each on its own loopback port (the
+    containers' `ports` go: podman maps none on the host's network; probes
+    name the port number), and the replicas' --follow URL points at the
+    trainer's port instead of the Service name;
   * the image becomes the one the test built.
 
 Everything else (args, env, probes, resources, securityContext, volumes)
@@ -59,7 +60,8 @@ def main():
             for p in ('livenessProbe', 'readinessProbe'):
                 if p in c:
                     c[p]['httpGet']['port'] = port
-            c['ports'] = [{'name': 'http', 'containerPort': port, 'protocol': 'TCP'}]
+            # podman refuses port mappings on the host's network.
+            c.pop('ports', None)
         return pod
 
     for x in docs:

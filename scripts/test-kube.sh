@@ -47,7 +47,7 @@ trap 'echo "test-kube: interrupted" >&2; exit 130' INT TERM
 
 [ "$(id -u)" -eq 0 ] || { echo "test-kube: run as root (rootful podman, debootstrap)" >&2; exit 2; }
 missing=()
-for p in podman runc debootstrap curl nginx python3-yaml; do
+for p in podman runc catatonit debootstrap curl nginx python3-yaml; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

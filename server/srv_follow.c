@@ -607,7 +607,7 @@ static int follow_stream(srv_follow *F, char *why, size_t wl) {
 static void *run(void *arg) {
   srv_follow *F = arg;
   int backoff = BACKOFF_MIN_MS, said_no_model = 0;
-  char why[400];
+  char why[400], said[400] = "";
   for (;;) {
     pthread_mutex_lock(&F->mu);
     int stop = F->stop;
@@ -616,7 +616,11 @@ static void *run(void *arg) {
     int no_model = 0;
     int rc = sync_active(F, &no_model, why, sizeof why);
     if (rc < 0) {
-      if (rc == -EBADMSG || rc == -E2BIG) logf_(F, "error", "%s", why); /* not a retry */
+      /* A refused download is logged once per distinct reason. */
+      if ((rc == -EBADMSG || rc == -E2BIG) && strcmp(said, why)) {
+        logf_(F, "error", "%s", why);
+        snprintf(said, sizeof said, "%s", why);
+      }
       set_up(F, 0, why);
       if (nap(F, backoff)) break;
       backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
@@ -624,6 +628,7 @@ static void *run(void *arg) {
     }
     set_up(F, 1, "");
     backoff = BACKOFF_MIN_MS;
+    said[0] = 0;
     if (no_model && !said_no_model)
       logf_(F, "info", "primary %s has no active model yet; waiting for one", F->url);
     said_no_model = no_model;
