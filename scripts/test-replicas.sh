@@ -199,6 +199,11 @@ sys.exit(0 if act and int(act[0]['id']) > hid else 1)
 PY
 timeout 1 curl -sN -H "Last-Event-ID: 5" $PU/v1/events > "$tmp/ev3"
 check "a Last-Event-ID the primary no longer has gets a sync event" grep -q "^event: sync" "$tmp/ev3"
+timeout 3 curl -sN $PU/v1/events > "$tmp/ev5" &
+evp=$!; sleep 0.3
+j4=$(job never 4); wait $evp
+check "a job's state changes show on /v1/events (job $j4: queued, running)" \
+  sh -c "grep -q '\"job\":$j4,\"state\":\"queued\"' '$tmp/ev5' && grep -q '\"job\":$j4,\"state\":\"running\"' '$tmp/ev5'"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Last-Event-ID: -1" $PU/v1/events)
 check "a bad Last-Event-ID is 400" test "$code" = 400
 

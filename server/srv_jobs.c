@@ -89,6 +89,8 @@ struct srv_jobs {
   srv_models *models;
   srv_data *data;
   srv_jobs_options opt;
+  void (*on_state)(void *u, int64_t job, const char *state); /* srv_jobs_set_notify */
+  void *on_state_u;
   char state_dir[PATH_MAX];
   job *jobs, *tail;
   int running;
@@ -194,8 +196,8 @@ static void push(srv_jobs *J, job *j, uint64_t seq, const char *type, uint32_t e
   e->data = s;
   j->dirty = 1;
   uv_async_send(&J->publish);
-  if (J->opt.on_state && !strcmp(type, "state"))
-    J->opt.on_state(J->opt.on_state_u, j->id, srv_job_state_name(j->state));
+  if (J->on_state && !strcmp(type, "state"))
+    J->on_state(J->on_state_u, j->id, srv_job_state_name(j->state));
 }
 
 
@@ -917,6 +919,13 @@ int srv_jobs_idle(srv_jobs *J) {
   int idle = J->running == 0;
   pthread_mutex_unlock(&J->mu);
   return idle;
+}
+
+void srv_jobs_set_notify(srv_jobs *J, void (*cb)(void *, int64_t, const char *), void *u) {
+  pthread_mutex_lock(&J->mu);
+  J->on_state = cb;
+  J->on_state_u = u;
+  pthread_mutex_unlock(&J->mu);
 }
 
 void srv_jobs_close_handles(srv_jobs *J) {

@@ -55,10 +55,6 @@ typedef struct srv_jobs_options {
   int train_threads;    /* threads per job */
   int bootstrap;        /* queue the seed's job when there is no model */
   void (*log)(const char *msg);
-  /* Optional: told every state change once it is shown on the job's
-   * stream (under the jobs lock: it must not call back into the jobs). */
-  void (*on_state)(void *u, int64_t job, const char *state);
-  void *on_state_u;
 } srv_jobs_options;
 
 /* Loads the job records, marks interrupted jobs for resumption and queues
@@ -66,6 +62,11 @@ typedef struct srv_jobs_options {
  * uv_run; scheduling starts when the loop runs. */
 int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *models,
                   srv_data *data, const srv_jobs_options *opt);
+/* Optional: cb is told every job state change once it is shown on the
+ * job's stream (called under the jobs lock: it must not call back into the
+ * jobs). Set it before the loop runs. */
+void srv_jobs_set_notify(srv_jobs *J, void (*cb)(void *u, int64_t job, const char *state),
+                         void *u);
 /* Closes the libuv handles (loop thread, once srv_jobs_idle) so uv_run
  * can return. */
 void srv_jobs_close_handles(srv_jobs *J);

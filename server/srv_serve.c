@@ -406,11 +406,12 @@ int srv_serve_main(int argc, char **argv) {
   /* GET /v1/events hears of every activation (a replica's too) and job. */
   srv_models_set_notify(S.models, srv_events_model_activated, S.events);
   srv_jobs_options jo = {S.cfg.state_dir, S.cfg.max_running_jobs, S.cfg.train_threads,
-                         S.cfg.bootstrap, jobs_log, srv_events_job_state, S.events};
+                         S.cfg.bootstrap, jobs_log};
   if (!replica && (rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
     fprintf(stderr, "mnistd serve: cannot read the job records: %s\n", strerror(-rc));
     goto out;
   }
+  if (S.jobs) srv_jobs_set_notify(S.jobs, srv_events_job_state, S.events);
   if ((rc = srv_http_start(&S, msg, sizeof msg)) || (rc = srv_events_start(S.events, &loop))) {
     fprintf(stderr, "mnistd serve: %s\n", rc == -EADDRINUSE || rc == -EINVAL ? msg : uv_strerror(rc));
     goto out;
