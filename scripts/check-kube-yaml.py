@@ -41,7 +41,11 @@ expose = int(re.search(r'^EXPOSE\s+(\d+)', dockerfile, re.M).group(1))
 uid = int(re.search(r'useradd[^\n]*--uid (\d+)', dockerfile).group(1))
 volume = re.search(r'^VOLUME\s+(\S+)', dockerfile, re.M).group(1)
 entry = re.search(r'^ENTRYPOINT\s+\["([^"]+)"\]', dockerfile, re.M).group(1)
-routes = set(re.findall(r'\{"GET", "(/[^"]*)"', open(os.path.join(root, 'server/srv_http.c')).read()))
+# The route table's GET rows, wherever the server keeps its table.
+import glob
+routes = set()
+for f in glob.glob(os.path.join(root, 'server', '*.c')):
+    routes |= set(re.findall(r'\{"GET", "(/[^"]*)"', open(f).read()))
 image_names = {i['name'] for i in kust.get('images', [])}
 
 KINDS = {'Service': 'v1', 'StatefulSet': 'apps/v1', 'Deployment': 'apps/v1',
