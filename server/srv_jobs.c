@@ -117,6 +117,12 @@ int srv_job_state_parse(const char *name) {
 
 static int finished(srv_job_state s) { return s >= SRV_JOB_SUCCEEDED; }
 
+/* The job's network: its spec (a preset's, or the user's layers). */
+static int job_model_create(nn_model **m, const srv_job_config *c) {
+  if (!c->n_layers) return nn_model_create_preset(m, c->arch);
+  return nn_model_create_spec(m, c->arch, NN_INPUT_MNIST, c->layers, c->n_layers, NULL);
+}
+
 static int64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -620,6 +626,7 @@ static void work_cb(uv_work_t *w) {
       logf_(J, "job %lld: checkpoint unusable (%s); starting over", (long long)j->id, err.msg);
     } else {
       nn_trainer_set_threads(t, (uint32_t)J->opt.train_threads);
+      nn_trainer_set_augment(t, &j->cfg.augment); /* checkpoints do not keep it */
       logf_(J, "job %lld: resuming after epoch %u", (long long)j->id, nn_trainer_epoch(t));
     }
   }
@@ -627,7 +634,8 @@ static void work_cb(uv_work_t *w) {
     nn_train_config tc;
     srv_train_config(&tc, j->cfg.optimizer, j->cfg.learning_rate, j->cfg.momentum,
                      j->cfg.batch_size, j->cfg.seed, (uint32_t)J->opt.train_threads);
-    if ((rc = nn_model_create_preset(&m, j->cfg.arch)) ||
+    tc.augment = j->cfg.augment;
+    if ((rc = job_model_create(&m, &j->cfg)) ||
         (rc = nn_trainer_create(&t, m, &tc))) {
       snprintf(msg, sizeof msg, "cannot create the model: %s", nn_strerror(rc));
       fail_job(J, j, msg);
@@ -771,7 +779,7 @@ static int load_job(const srv_job_row *r, void *u) {
   j->model_id = r->model_id;
   if (r->error) snprintf(j->error, sizeof j->error, "%s", r->error);
   nn_model *tmp = NULL;
-  if (nn_model_create_preset(&tmp, j->cfg.arch) == 0) j->parameters = tmp->n_params;
+  if (job_model_create(&tmp, &j->cfg) == 0) j->parameters = tmp->n_params;
   nn_model_free(tmp);
   uint32_t tr, te;
   if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
@@ -959,7 +967,7 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
     return -ENOMEM;
   }
   nn_model *tmp = NULL;
-  if (nn_model_create_preset(&tmp, cfg->arch) == 0) j->parameters = tmp->n_params;
+  if (job_model_create(&tmp, cfg) == 0) j->parameters = tmp->n_params;
   nn_model_free(tmp);
   j->created_ms = wall_ms();
   pthread_mutex_lock(&J->mu);
