@@ -44,7 +44,7 @@ DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
 .PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd \
-        fuzz reliability valgrind help tsan
+        fuzz reliability valgrind help tsan test-replicas test-kube
 .SECONDARY:
 all: $(BUILD)/mnistd ## build build/mnistd (-Werror); needs `make deps` once
 
@@ -179,6 +179,15 @@ install: $(BUILD)/mnistd data ## install binary, data and systemd unit (PREFIX, 
 
 test-docker: ## build the image with podman and test it (root)
 	@tests/system/test_docker.sh
+
+# A fleet on loopback: primary, two --follow replicas, nginx in front
+# (docs/replicas.md). test-kube: the same from deploy/kubernetes/ under
+# `podman kube play` (as root; builds the image like test-docker).
+test-replicas: $(BUILD)/mnistd data ## a fleet on loopback: primary, two replicas, nginx (docs/replicas.md)
+	@MNISTD_BIN=$(BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) scripts/test-replicas.sh
+
+test-kube: ## the Kubernetes manifests under podman kube play (root)
+	@scripts/test-kube.sh
 
 test-systemd: $(BUILD)/mnistd data ## check the systemd unit, live under podman if available
 	@BUILD=$(BUILD) tests/system/test_systemd.sh
