@@ -23,7 +23,7 @@ int nn_model_layout(nn_model *m, const char *arch, uint32_t n_inputs,
     return NN_EINVAL;
   if (specs[n_specs - 1].type != NN_LAYER_SOFTMAX ||
       specs[n_specs - 2].type != NN_LAYER_DENSE ||
-      specs[n_specs - 2].units != NN_CLASSES)
+      specs[n_specs - 2].units < 2 || specs[n_specs - 2].units > NN_MAX_CLASSES)
     return NN_EINVAL;
   memset(m, 0, sizeof *m);
   snprintf(m->arch, sizeof m->arch, "%s", arch ? arch : "custom");
@@ -93,6 +93,14 @@ int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
 }
 
 int nn_model_create_preset(nn_model **out, const char *arch) {
+  return nn_model_create_preset_classes(out, arch, NN_CLASSES);
+}
+
+uint32_t nn_model_classes(const nn_model *m) {
+  return m->layers[m->n_layers - 2].out;
+}
+
+int nn_model_create_preset_classes(nn_model **out, const char *arch, uint32_t classes) {
   static const nn_layer_spec anti[] = {
     {NN_LAYER_DENSE, 256, 0}, {NN_LAYER_ANTIRECT, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
     {NN_LAYER_DENSE, 256, 0}, {NN_LAYER_ANTIRECT, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
@@ -104,10 +112,15 @@ int nn_model_create_preset(nn_model **out, const char *arch) {
     {NN_LAYER_DENSE, 10, 0},  {NN_LAYER_SOFTMAX, 0, 0},
   };
   if (!out || !arch) return NN_EINVAL;
-  if (!strcmp(arch, "antirectifier"))
-    return nn_model_create(out, arch, NN_IMAGE_SIZE, anti, sizeof anti / sizeof *anti);
-  if (!strcmp(arch, "relu"))
-    return nn_model_create(out, arch, NN_IMAGE_SIZE, relu, sizeof relu / sizeof *relu);
+  nn_layer_spec spec[8];
+  if (!strcmp(arch, "antirectifier")) memcpy(spec, anti, sizeof spec);
+  else if (!strcmp(arch, "relu")) memcpy(spec, relu, sizeof spec);
+  else {
+    *out = NULL;
+    return NN_EINVAL;
+  }
+  spec[6].units = classes;
+  return nn_model_create(out, arch, NN_IMAGE_SIZE, spec, 8);
   *out = NULL;
   return NN_EINVAL;
 }
@@ -390,7 +403,7 @@ int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t
     return NN_EINVAL;
   memcpy(ws->x, x, (size_t)n * m->n_inputs * sizeof(float));
   const float *p = nn_forward(m, ws, n, 0, NULL);
-  memcpy(probs, p, (size_t)n * NN_CLASSES * sizeof(float));
+  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
   return 0;
 }
 
@@ -401,6 +414,6 @@ int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
     return NN_EINVAL;
   nn_k_u8_to_f32(ws->x, images, (size_t)n * m->n_inputs);
   const float *p = nn_forward(m, ws, n, 0, NULL);
-  memcpy(probs, p, (size_t)n * NN_CLASSES * sizeof(float));
+  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
   return 0;
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "srv_datasets.h"
 #include "srv_jobs.h"
 #include "srv_registry.h"
 #include "srv_store.h"
@@ -38,6 +39,7 @@ typedef struct srv_config {
   int conn_timeout;          /* seconds, default 30 */
   int per_ip_limit;          /* connections per client address, default 128; 0 = no limit */
   int head_timeout;          /* seconds to deliver a request head, default 10 */
+  srv_ds_config datasets;    /* uploads: --max-dataset-* flags, --max-datasets-bytes */
 } srv_config;
 
 /* Fills defaults, then MNISTD_* variables, then flags (argv after the
@@ -62,6 +64,7 @@ typedef struct srv {
   srv_store *store;
   srv_models *models;
   srv_data *data;
+  srv_datasets *datasets;
   srv_jobs *jobs;
   uv_loop_t *loop;
   struct MHD_Daemon *mhd;

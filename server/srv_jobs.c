@@ -552,11 +552,16 @@ static void run_finish(run *r) {
                      wall_ms(), 0, NULL};
   pthread_mutex_unlock(&J->mu);
   fin_ctx fc = {J, j, NULL, NULL, {0, 0}};
-  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc};
+  char **classes = NULL;
+  uint32_t n_classes = 0;
+  if (srv_data_classes(J->data, j->cfg.dataset, &classes, &n_classes)) classes = NULL;
+  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc, classes, n_classes};
   int64_t mid = 0;
   int activated = 0;
-  if (srv_models_add(J->models, r->m, j->cfg.dataset, r->vacc, r->vloss, j->id, &fin, &mid,
-                     &activated, msg, sizeof msg)) {
+  int add_rc = srv_models_add(J->models, r->m, j->cfg.dataset, r->vacc, r->vloss, j->id, &fin,
+                              &mid, &activated, msg, sizeof msg);
+  free(classes);
+  if (add_rc) {
     free(fc.state_s);
     free(fc.end_s);
     fail_job(J, j, msg);
@@ -623,7 +628,11 @@ static void work_cb(uv_work_t *w) {
     tc.batch_size = j->cfg.batch_size;
     tc.seed = j->cfg.seed;
     tc.threads = (uint32_t)J->opt.train_threads;
-    if ((rc = nn_model_create_preset(&m, j->cfg.arch)) ||
+    /* The output layer has one unit per class of the data set. */
+    uint32_t k = NN_CLASSES;
+    char **names = NULL;
+    if (!srv_data_classes(J->data, j->cfg.dataset, &names, &k)) free(names);
+    if ((rc = nn_model_create_preset_classes(&m, j->cfg.arch, k)) ||
         (rc = nn_trainer_create(&t, m, &tc))) {
       snprintf(msg, sizeof msg, "cannot create the model: %s", nn_strerror(rc));
       fail_job(J, j, msg);

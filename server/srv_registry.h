@@ -19,7 +19,9 @@
 typedef struct srv_model {
   int64_t id;
   nn_model *m;            /* read-only once registered */
-  char arch[32], dataset[32];
+  char arch[32], dataset[72];
+  char **classes;         /* n_classes names, one block; index = output = label */
+  uint32_t n_classes;
   double test_accuracy, test_loss;
   int64_t job_id, created_ms;
   size_t file_bytes;
@@ -75,6 +77,9 @@ typedef struct srv_model_finish {
   srv_activate activate;
   int (*events)(void *u, int64_t model_id, int activated, srv_event_row *ev, size_t *n);
   void *u;
+  char *const *classes;   /* the data set's class names (NULL: "0".."k-1", or the
+                           * built-in set's names); recorded in ID.json */
+  uint32_t n_classes;
 } srv_model_finish;
 
 /* Registers a trained model: writes its file and metadata atomically, then
@@ -108,5 +113,15 @@ int srv_data_get(srv_data *d, const char *name, nn_split split, const nn_dataset
 void srv_data_put(srv_data *d, const char *name, nn_split split);
 /* Counts from the file headers without loading: -ENOENT if absent. */
 int srv_data_count(srv_data *d, const char *name, uint32_t *train, uint32_t *test);
+
+/* Uploaded data sets (srv_datasets.h) are served through the same calls
+ * once attached; names that are not built in are looked up there. */
+struct srv_datasets;
+void srv_data_attach(srv_data *d, struct srv_datasets *up);
+/* Class names of a data set (built-in or uploaded): a malloc'd block
+ * (free(*names) frees all); -ENOENT if unknown. */
+int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n);
+/* Drops the cached splits of a data set nobody holds (after a delete). */
+void srv_data_forget(srv_data *d, const char *name);
 
 #endif

@@ -2,6 +2,7 @@
  * nesting (CJSON_NESTING_LIMIT), so hostile JSON ends up here as a parse
  * error, never as a crash. */
 #include "srv_validate.h"
+#include "srv_datasets.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -261,9 +262,9 @@ int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *
       }
       snprintf(c->arch, sizeof c->arch, "%s", f->valuestring);
     } else if (!strcmp(k, "dataset")) {
-      if (!cJSON_IsString(f) ||
-          (strcmp(f->valuestring, "mnist") && strcmp(f->valuestring, "fashion-mnist"))) {
-        rc = fail(msg, msglen, "%s must be \"mnist\" or \"fashion-mnist\"", "dataset");
+      if (!cJSON_IsString(f) || !srv_dataset_name_ok(f->valuestring)) {
+        rc = fail(msg, msglen, "%s must be \"mnist\", \"fashion-mnist\" or the name of an "
+                  "uploaded data set (see GET /v1/datasets)", "dataset");
         break;
       }
       snprintf(c->dataset, sizeof c->dataset, "%s", f->valuestring);

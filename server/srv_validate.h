@@ -14,7 +14,7 @@ typedef enum { SRV_ACTIVATE_IF_BETTER = 0, SRV_ACTIVATE_ALWAYS, SRV_ACTIVATE_NEV
 
 typedef struct srv_job_config {
   char arch[16];          /* antirectifier | relu */
-  char dataset[16];       /* mnist | fashion-mnist */
+  char dataset[72];       /* mnist | fashion-mnist | an uploaded set's name */
   uint32_t epochs;        /* 1..1000, default 4 */
   uint32_t batch_size;    /* 1..4096, default 128 */
   nn_opt_kind optimizer;  /* default rmsprop */
