@@ -47,6 +47,9 @@ struct req {
   int bad_target;         /* 400 (%00 in it) or 414 (too many query parameters) */
   int route;              /* index into ROUTES, or STATIC/NOT_FOUND */
   int64_t id;             /* the :id of the path */
+  char name[72];          /* the :name of the path (a data set) */
+  srv_ds_upload *upload;  /* POST /v1/datasets: the body, streamed to a file */
+  int upload_err;         /* first error writing it (-E2BIG, -ENOSPC, -EIO) */
   char *body;
   size_t len, cap;
   int too_big;
@@ -226,20 +229,177 @@ static enum MHD_Result h_readyz(req *r) {
   return send_json(r, 200, d);
 }
 
+/* ---- data sets (issue 13): the store and conversion live in
+ * srv_datasets.c; these only translate HTTP. */
+
+static const char *const DS_TYPES[] = {"application/zip", "application/x-zip-compressed",
+                                       "application/x-tar", "application/gzip",
+                                       "application/x-gzip", "application/x-gtar", "text/csv"};
+
+static cJSON *builtin_json(srv *S, const char *name) {
+  uint32_t tr, te;
+  if (srv_data_count(S->data, name, &tr, &te)) return NULL;
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "name", name);
+  cJSON *c = cJSON_AddArrayToObject(o, "classes");
+  const char *const *names = srv_dataset_builtin_classes(name);
+  for (int i = 0; i < NN_CLASSES; i++) cJSON_AddItemToArray(c, cJSON_CreateString(names[i]));
+  cJSON_AddNumberToObject(o, "train", tr);
+  cJSON_AddNumberToObject(o, "test", te);
+  cJSON_AddNullToObject(o, "bytes");
+  cJSON_AddNullToObject(o, "sha256");
+  cJSON_AddStringToObject(o, "source_format", "idx");
+  cJSON_AddNullToObject(o, "created_at");
+  cJSON_AddBoolToObject(o, "builtin", 1);
+  return o;
+}
+
 static enum MHD_Result h_datasets(req *r) {
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "datasets");
   static const char *names[] = {"mnist", "fashion-mnist"};
   for (size_t i = 0; i < 2; i++) {
-    uint32_t tr, te;
-    if (srv_data_count(r->S->data, names[i], &tr, &te)) continue;
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", names[i]);
-    cJSON_AddNumberToObject(o, "train", tr);
-    cJSON_AddNumberToObject(o, "test", te);
-    cJSON_AddItemToArray(a, o);
+    cJSON *o = builtin_json(r->S, names[i]);
+    if (o) cJSON_AddItemToArray(a, o);
   }
+  srv_datasets_list(r->S->datasets, a);
   return send_json(r, 200, d);
 }
+
+/* Everything that can be refused before the body is: the name, the type,
+ * the size. Then the body goes to a temporary file as it arrives. */
+static enum MHD_Result dataset_upload_head(req *r) {
+  const char *name = query(r, "name");
+  if (!name || !srv_dataset_name_ok(name))
+    return send_error(r, 400, "give the data set a name: ?name=NAME with NAME matching "
+                      "[a-z0-9][a-z0-9._-]{0,63} (got " QUOTE ")", name ? name : "none");
+  cJSON *have = srv_datasets_json(r->S->datasets, name);
+  if (have || srv_dataset_is_builtin(name)) {
+    cJSON_Delete(have);
+    return send_error(r, 409, "a data set named %s exists already (DELETE /v1/datasets/%s "
+                      "first, or pick another name)", name, name);
+  }
+  char ct[96];
+  media_type(r, ct, sizeof ct);
+  int known = 0;
+  for (size_t i = 0; i < sizeof DS_TYPES / sizeof *DS_TYPES; i++) known |= !strcmp(ct, DS_TYPES[i]);
+  if (!known)
+    return send_error(r, 415, "Content-Type " QUOTE " is not a data set format; send "
+                      "application/zip, application/x-tar, application/gzip (a .tar.gz) or "
+                      "text/csv", ct[0] ? ct : "(none)");
+  const srv_ds_config *dc = srv_datasets_config(r->S->datasets);
+  const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  uint64_t clv;
+  if (cl && !parse_dec(cl, UINT64_MAX, &clv) && clv > dc->max_body)
+    return send_error(r, 413, "the upload is %llu bytes; this server accepts data sets up to "
+                      "%llu bytes (--max-dataset-upload)", (unsigned long long)clv,
+                      (unsigned long long)dc->max_body);
+  int rc = srv_ds_upload_open(r->S->datasets, &r->upload);
+  if (rc) return send_error(r, rc == -ENOSPC ? 507 : 500, "cannot store the upload: %s",
+                            strerror(-rc));
+  return MHD_YES;
+}
+
+static int ds_status(int rc) {
+  switch (rc) {
+  case -EEXIST: return 409;
+  case -EINVAL: return 400;
+  case -E2BIG: return 413;
+  case -ENOTSUP: return 415;
+  case -EDQUOT: case -ENOSPC: return 507;
+  default: return 500;
+  }
+}
+
+static enum MHD_Result h_dataset_create(req *r) {
+  if (r->upload_err)
+    return r->upload_err == -E2BIG
+               ? send_error(r, 413, "the upload is larger than %llu bytes, this server's limit "
+                            "(--max-dataset-upload)",
+                            (unsigned long long)srv_datasets_config(r->S->datasets)->max_body)
+               : send_error(r, ds_status(r->upload_err), "cannot store the upload: %s",
+                            strerror(-r->upload_err));
+  if (!r->upload || srv_ds_upload_size(r->upload) == 0)
+    return send_error(r, 400, "the body is empty: send the archive or CSV as the body");
+  char ct[96], msg[700];
+  const char *pp = query(r, "preprocess"), *tf = query(r, "test_fraction");
+  srv_ds_create c = {query(r, "name"), media_type(r, ct, sizeof ct), 1, 1.0 / 6};
+  if (pp && strcmp(pp, "none") && strcmp(pp, "mnist"))
+    return send_error(r, 400, "preprocess must be none or mnist, not " QUOTE, pp);
+  c.preprocess = !pp || strcmp(pp, "none");
+  if (tf) {
+    char *end;
+    c.test_fraction = strtod(tf, &end);
+    if (*end || !(c.test_fraction >= 0.01 && c.test_fraction <= 0.5))
+      return send_error(r, 400, "test_fraction must be a number from 0.01 to 0.5, not " QUOTE,
+                        tf);
+  }
+  cJSON *out = NULL;
+  int rc = srv_datasets_create(r->S->datasets, r->upload, &c, &out, msg, sizeof msg);
+  if (rc) return send_error(r, ds_status(rc), "%s", msg[0] ? msg : strerror(-rc));
+  char loc[160];
+  snprintf(loc, sizeof loc, "/v1/datasets/%s", c.name);
+  srv_json_exact_ints(out);
+  char *s = cJSON_PrintUnformatted(out);
+  cJSON_Delete(out);
+  if (!s) return send_error(r, 500, "out of memory");
+  struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(s);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json");
+  MHD_add_response_header(resp, "Location", loc);
+  common_headers(resp);
+  r->status = 201;
+  enum MHD_Result ret = MHD_queue_response(r->conn, 201, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+static enum MHD_Result h_dataset(req *r) {
+  cJSON *o = srv_dataset_is_builtin(r->name) ? builtin_json(r->S, r->name)
+                                             : srv_datasets_json(r->S->datasets, r->name);
+  if (!o) return send_error(r, 404, "data set " QUOTE " not found (see GET /v1/datasets)", r->name);
+  return send_json(r, 200, o);
+}
+
+/* 1 if a queued or running job trains on the data set. */
+static int dataset_in_use(srv *S, const char *name, int64_t *job) {
+  int states[2] = {SRV_JOB_QUEUED, SRV_JOB_RUNNING}, used = 0;
+  for (int s = 0; s < 2 && !used; s++) {
+    cJSON *a = srv_jobs_list_json(S->jobs, states[s], 1 << 20), *j;
+    cJSON_ArrayForEach(j, a) {
+      const char *d = cJSON_GetStringValue(
+          cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "dataset"));
+      if (d && !strcmp(d, name)) {
+        *job = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "id"));
+        used = 1;
+        break;
+      }
+    }
+    cJSON_Delete(a);
+  }
+  return used;
+}
+
+static enum MHD_Result h_dataset_delete(req *r) {
+  if (srv_dataset_is_builtin(r->name))
+    return send_error(r, 409, "%s is built in (installed beside the binary) and cannot be "
+                      "deleted", r->name);
+  int64_t job = 0;
+  if (dataset_in_use(r->S, r->name, &job))
+    return send_error(r, 409, "data set %s is in use by job %lld (queued or running); cancel "
+                      "it or wait for it to finish", r->name, (long long)job);
+  int rc = srv_datasets_delete(r->S->datasets, r->name);
+  if (rc == -ENOENT) return send_error(r, 404, "data set " QUOTE " not found", r->name);
+  if (rc) return send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
+  srv_data_forget(r->S->data, r->name);
+  return send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
+}
+
+static enum MHD_Result sample_of(req *r, const char *name);
+
+static enum MHD_Result h_dataset_sample(req *r) { return sample_of(r, r->name); }
 
 static enum MHD_Result h_job_create(req *r) {
   if (!json_body_ok(r)) return need_json(r);
@@ -370,6 +530,12 @@ static enum MHD_Result h_job_events(req *r) {
 
 /* ---- models */
 
+/* A model's name for output k (its data set's class; "?" never happens
+ * for a loaded model, but a failed allocation must not crash). */
+static const char *model_class(const srv_model *m, int k) {
+  return m->classes && k >= 0 && (uint32_t)k < m->n_classes ? m->classes[k] : "?";
+}
+
 static cJSON *model_json(const srv_model *m, int active) {
   cJSON *o = cJSON_CreateObject();
   char t[32];
@@ -384,6 +550,8 @@ static cJSON *model_json(const srv_model *m, int active) {
   cJSON_AddStringToObject(o, "created_at", srv_iso8601(m->created_ms, t, sizeof t));
   cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_bytes);
   cJSON_AddBoolToObject(o, "active", active);
+  cJSON *c = cJSON_AddArrayToObject(o, "classes");
+  for (uint32_t k = 0; k < m->n_classes; k++) cJSON_AddItemToArray(c, cJSON_CreateString(m->classes[k]));
   return o;
 }
 
@@ -633,7 +801,8 @@ static enum MHD_Result h_predict(req *r) {
     return send_error(r, status, "%s", msg);
   }
   const uint8_t *images = px ? px : one;
-  float *probs = malloc((size_t)n * NN_CLASSES * sizeof(float));
+  const uint32_t K = nn_model_classes(m->m);
+  float *probs = malloc((size_t)n * K * sizeof(float));
   nn_workspace *ws = workspace_for(m);
   if (!probs || !ws) {
     free(px);
@@ -644,21 +813,22 @@ static enum MHD_Result h_predict(req *r) {
   for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
     uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
     nn_predict_u8(m->m, ws, images + (size_t)off * NN_IMAGE_SIZE, k,
-                  probs + (size_t)off * NN_CLASSES);
+                  probs + (size_t)off * K);
   }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   cJSON *d = cJSON_CreateObject();
   cJSON_AddNumberToObject(d, "model", (double)m->id);
   cJSON *preds = cJSON_AddArrayToObject(d, "predictions");
   for (uint32_t i = 0; i < n; i++) {
-    const float *p = probs + (size_t)i * NN_CLASSES;
-    int label = nn_argmax(p);
+    const float *p = probs + (size_t)i * K;
+    int label = nn_argmax_n(p, K);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "label", label);
+    cJSON_AddStringToObject(o, "class", model_class(m, label));
     cJSON_AddNumberToObject(o, "confidence", round(p[label] * 1e6) / 1e6);
-    double pr[NN_CLASSES];
-    for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(p[k] * 1e6) / 1e6;
-    cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, NN_CLASSES));
+    double pr[NN_MAX_CLASSES];
+    for (uint32_t k = 0; k < K; k++) pr[k] = round(p[k] * 1e6) / 1e6;
+    cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, (int)K));
     cJSON_AddBoolToObject(o, "empty",
                           px ? srv_image_is_empty(images + (size_t)i * NN_IMAGE_SIZE) : empty);
     if (explain) {
@@ -688,7 +858,8 @@ static enum MHD_Result h_tfs_predict(req *r) {
     return send_error(r, status, "%s", msg);
   }
   nn_workspace *ws = workspace_for(m);
-  float *probs = malloc((size_t)n * NN_CLASSES * sizeof(float));
+  const uint32_t K = nn_model_classes(m->m);
+  float *probs = malloc((size_t)n * K * sizeof(float));
   if (!ws || !probs) {
     free(x);
     free(probs);
@@ -698,15 +869,15 @@ static enum MHD_Result h_tfs_predict(req *r) {
   for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
     uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
     nn_predict_f32(m->m, ws, x + (size_t)off * NN_IMAGE_SIZE, k,
-                   probs + (size_t)off * NN_CLASSES);
+                   probs + (size_t)off * K);
   }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   srv_model_unref(m);
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "predictions");
   for (uint32_t i = 0; i < n; i++) {
-    double pr[NN_CLASSES];
-    for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(probs[i * NN_CLASSES + k] * 1e6) / 1e6;
-    cJSON_AddItemToArray(a, cJSON_CreateDoubleArray(pr, NN_CLASSES));
+    double pr[NN_MAX_CLASSES];
+    for (uint32_t k = 0; k < K; k++) pr[k] = round(probs[(size_t)i * K + k] * 1e6) / 1e6;
+    cJSON_AddItemToArray(a, cJSON_CreateDoubleArray(pr, (int)K));
   }
   free(probs);
   free(x);
@@ -724,12 +895,24 @@ static cJSON *pixels_json(const uint8_t *px) {
 static enum MHD_Result h_sample(req *r) {
   const char *name = query(r, "dataset");
   if (!name) name = "mnist";
-  if (strcmp(name, "mnist") && strcmp(name, "fashion-mnist"))
-    return send_error(r, 400, "dataset must be mnist or fashion-mnist");
+  if (!srv_dataset_name_ok(name))
+    return send_error(r, 400, "dataset must be mnist, fashion-mnist or an uploaded data set");
+  return sample_of(r, name);
+}
+
+static enum MHD_Result sample_of(req *r, const char *name) {
+  if (!srv_dataset_name_ok(name))
+    return send_error(r, 404, "data set " QUOTE " not found", name);
+  char **classes = NULL;
+  uint32_t n_classes = 0;
+  if (srv_data_classes(r->S->data, name, &classes, &n_classes))
+    return send_error(r, 404, "data set %s not found (see GET /v1/datasets)", name);
   const nn_dataset *ds;
   char msg[512];
-  if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg))
+  if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
+    free(classes);
     return send_error(r, 404, "%s", msg);
+  }
   static _Thread_local unsigned seed;
   if (!seed) seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;
   uint32_t idx = (uint32_t)rand_r(&seed) % ds->n;
@@ -738,6 +921,7 @@ static enum MHD_Result h_sample(req *r) {
     uint64_t v;
     if (parse_dec(q, (uint64_t)ds->n - 1, &v)) {
       srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+      free(classes);
       return send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
     }
     idx = (uint32_t)v;
@@ -746,8 +930,10 @@ static enum MHD_Result h_sample(req *r) {
   cJSON_AddStringToObject(d, "dataset", name);
   cJSON_AddNumberToObject(d, "index", idx);
   cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
+  cJSON_AddStringToObject(d, "class", ds->labels[idx] < n_classes ? classes[ds->labels[idx]] : "");
   cJSON_AddItemToObject(d, "pixels", pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
   srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+  free(classes);
   return send_json(r, 200, d);
 }
 
@@ -768,11 +954,12 @@ static enum MHD_Result h_evaluation(req *r) {
     return send_error(r, 404, "%s", msg);
   }
   uint8_t *pred = malloc(ds->n);
-  float *probs = malloc(PREDICT_CHUNK * NN_CLASSES * sizeof(float));
+  const uint32_t K = nn_model_classes(m->m);
+  float *probs = malloc(PREDICT_CHUNK * K * sizeof(float));
+  int *conf = calloc((size_t)K * K, sizeof *conf);
   nn_workspace *ws = workspace_for(m);
   cJSON *d = NULL;
-  if (pred && probs && ws) {
-    int conf[NN_CLASSES][NN_CLASSES] = {{0}};
+  if (pred && probs && ws && conf) {
     uint32_t correct = 0, misses = 0;
     d = cJSON_CreateObject();
     cJSON_AddNumberToObject(d, "model", (double)m->id);
@@ -782,9 +969,9 @@ static enum MHD_Result h_evaluation(req *r) {
       uint32_t k = ds->n - off < PREDICT_CHUNK ? ds->n - off : PREDICT_CHUNK;
       nn_predict_u8(m->m, ws, ds->images + (size_t)off * NN_IMAGE_SIZE, k, probs);
       for (uint32_t i = 0; i < k; i++) {
-        const float *p = probs + (size_t)i * NN_CLASSES;
-        int y = ds->labels[off + i], yh = nn_argmax(p);
-        conf[y][yh]++;
+        const float *p = probs + (size_t)i * K;
+        int y = ds->labels[off + i] < K ? ds->labels[off + i] : 0, yh = nn_argmax_n(p, K);
+        conf[(size_t)y * K + yh]++;
         correct += y == yh;
         if (y != yh && misses < EVAL_MISSES) {
           misses++;
@@ -792,6 +979,8 @@ static enum MHD_Result h_evaluation(req *r) {
           cJSON_AddNumberToObject(o, "index", off + i);
           cJSON_AddNumberToObject(o, "label", y);
           cJSON_AddNumberToObject(o, "predicted", yh);
+          cJSON_AddStringToObject(o, "label_class", model_class(m, y));
+          cJSON_AddStringToObject(o, "predicted_class", model_class(m, yh));
           cJSON_AddNumberToObject(o, "confidence", round(p[yh] * 1e4) / 1e4);
           cJSON_AddItemToObject(o, "pixels",
                                 pixels_json(ds->images + (size_t)(off + i) * NN_IMAGE_SIZE));
@@ -802,11 +991,15 @@ static enum MHD_Result h_evaluation(req *r) {
     cJSON_AddNumberToObject(d, "accuracy", round(1e6 * correct / ds->n) / 1e6);
     cJSON_AddNumberToObject(d, "images", ds->n);
     cJSON *cm = cJSON_AddArrayToObject(d, "confusion");
-    for (int y = 0; y < NN_CLASSES; y++) cJSON_AddItemToArray(cm, cJSON_CreateIntArray(conf[y], NN_CLASSES));
+    for (uint32_t y = 0; y < K; y++)
+      cJSON_AddItemToArray(cm, cJSON_CreateIntArray(conf + (size_t)y * K, (int)K));
+    cJSON *cn = cJSON_AddArrayToObject(d, "classes");
+    for (uint32_t y = 0; y < K; y++) cJSON_AddItemToArray(cn, cJSON_CreateString(model_class(m, (int)y)));
     cJSON_AddItemToObject(d, "misclassified", mis);
   }
   free(pred);
   free(probs);
+  free(conf);
   srv_data_put(r->S->data, m->dataset, NN_SPLIT_TEST);
   if (!d) {
     srv_model_unref(m);
@@ -953,6 +1146,10 @@ static const route ROUTES[] = {
     {"GET", "/readyz", h_readyz, 0},
     {"GET", "/metrics", h_metrics, 0},
     {"GET", "/v1/datasets", h_datasets, 0},
+    {"POST", "/v1/datasets", h_dataset_create, 1},
+    {"GET", "/v1/datasets/:name", h_dataset, 0},
+    {"DELETE", "/v1/datasets/:name", h_dataset_delete, 1},
+    {"GET", "/v1/datasets/:name/samples/random", h_dataset_sample, 0},
     {"POST", "/v1/jobs", h_job_create, 1},
     {"GET", "/v1/jobs", h_jobs, 0},
     {"GET", "/v1/jobs/:id", h_job, 0},
@@ -1078,8 +1275,19 @@ size_t srv_routes(const srv_route_info **out) {
 }
 
 /* Matches a path against a pattern; ":id" takes a positive number. */
-static int match(const char *pat, const char *path, int64_t *id) {
+static int match(const char *pat, const char *path, int64_t *id, char *name, size_t name_len) {
   while (*pat && *path) {
+    if (!strncmp(pat, ":name", 5)) {
+      /* A data set name: checked by the handler (a bad one is a 400 that
+       * says the rule, not a 404). */
+      size_t n = strcspn(path, "/");
+      if (n == 0 || n >= name_len) return 0;
+      memcpy(name, path, n);
+      name[n] = 0;
+      path += n;
+      pat += 5;
+      continue;
+    }
     if (!strncmp(pat, ":id", 3)) {
       /* Digits up to the next '/', at most INT64_MAX: an id that does not
        * fit is no id (strtoll would clamp it to another number). */
@@ -1198,7 +1406,7 @@ static enum MHD_Result dispatch_first(req *r) {
   char allow[64] = "";
   for (size_t i = 0; i < N_ROUTES; i++) {
     int64_t id = 0;
-    if (!match(ROUTES[i].pattern, path, &id)) continue;
+    if (!match(ROUTES[i].pattern, path, &id, r->name, sizeof r->name)) continue;
     path_known = 1;
     const char *m = ROUTES[i].method;
     if (!strstr(allow, m) && strlen(allow) + strlen(m) + 8 < sizeof allow) {
@@ -1392,6 +1600,7 @@ static enum MHD_Result on_head(srv *S, req *r) {
     /* A form or text/plain type is refused before the body: even an empty
      * form POST from another site must not start a job. */
     char ct[96];
+    if (ROUTES[r->route].h == h_dataset_create) return dataset_upload_head(r);
     if (media_type(r, ct, sizeof ct)[0] && strcmp(ct, "application/json")) return need_json(r);
   }
   const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -1428,6 +1637,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     size_t n = *upload_size;
     *upload_size = 0;
+    if (r->upload) { /* a data set: to its file, never all in memory */
+      int rc = r->upload_err ? r->upload_err : srv_ds_upload_write(r->upload, upload_data, n);
+      if (rc && !r->upload_err) r->upload_err = rc;
+      return MHD_YES;
+    }
     if (r->too_big || r->len + n > S->cfg.max_body) {
       r->too_big = 1;
       free(r->body);
@@ -1546,6 +1760,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
              aborted ? " (aborted)" : "");
     srv_log(S, "info", line);
   }
+  srv_ds_upload_free(r->upload);
   free(r->body);
   free(r->raw);
   size_t peak = r->peak;
