@@ -67,18 +67,6 @@ const char *const *srv_dataset_builtin_classes(const char *name) {
   return !strcmp(name, "fashion-mnist") ? FASHION : DIGITS;
 }
 
-int srv_dataset_name_ok(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n > 64) return 0;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    int ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-             (i > 0 && (c == '.' || c == '_' || c == '-'));
-    if (!ok) return 0;
-  }
-  return 1;
-}
-
 static void logf_(srv_datasets *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(srv_datasets *d, const char *fmt, ...) {
   if (!d->log) return;

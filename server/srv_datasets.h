@@ -23,6 +23,7 @@
 #include "nn.h"
 #include "srv_dsparse.h"
 #include "srv_store.h"
+#include "srv_validate.h"
 
 typedef struct srv_datasets srv_datasets;
 
@@ -46,8 +47,6 @@ const srv_ds_config *srv_datasets_config(srv_datasets *d);
 int srv_dataset_is_builtin(const char *name);
 /* The class names of a built-in set ("0".."9", Fashion-MNIST's names). */
 const char *const *srv_dataset_builtin_classes(const char *name);
-/* 1 if name matches [a-z0-9][a-z0-9._-]{0,63}. */
-int srv_dataset_name_ok(const char *name);
 
 /* The description of an uploaded set, or NULL (unknown). Caller frees. */
 cJSON *srv_datasets_json(srv_datasets *d, const char *name);

@@ -2,7 +2,6 @@
  * nesting (CJSON_NESTING_LIMIT), so hostile JSON ends up here as a parse
  * error, never as a crash. */
 #include "srv_validate.h"
-#include "srv_datasets.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -518,4 +517,16 @@ int srv_tfs_parse(const char *body, size_t len, float **x, uint32_t *n, char *ms
 out:
   cJSON_Delete(root);
   return rc;
+}
+
+int srv_dataset_name_ok(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 64) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    int ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+             (i > 0 && (c == '.' || c == '_' || c == '-'));
+    if (!ok) return 0;
+  }
+  return 1;
 }

@@ -81,4 +81,7 @@ size_t srv_text_clean(char *dst, size_t dstlen, const char *src, size_t srclen, 
 struct cJSON;
 void srv_json_exact_ints(struct cJSON *node);
 
+/* 1 if name is a valid data set name: [a-z0-9][a-z0-9._-]{0,63}. */
+int srv_dataset_name_ok(const char *name);
+
 #endif
