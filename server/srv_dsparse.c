@@ -120,6 +120,7 @@ static int is_uint(const char *s, unsigned long *v) {
 static int sort_classes(srv_ds_build *b) {
   uint32_t n = b->n_classes, order[256], inv[256];
   if (n > 256) return -E2BIG;
+  if (n == 0) return 0; /* a header and no rows: srv_ds_check says so */
   int numeric = 1;
   for (uint32_t i = 0; i < n; i++) {
     unsigned long v;
@@ -611,20 +612,20 @@ static int idx_finish(walk *w, srv_ds_build *b) {
       p += l + 1;
     }
   } else {
+    /* No classes.txt: classes "0".."max label" of the training labels. */
+    if ((rc = gunzip(&w->idxbuf[1], &w->idxlen[1], w->lim->max_archive_bytes, IDX_NAMES[1], w)))
+      return rc;
     uint32_t max = 0;
     for (size_t k = 8; k < w->idxlen[1]; k++)
       if (w->idxbuf[1][k] > max) max = w->idxbuf[1][k];
-    /* labels may be gzip: name classes after the data is inflated */
-    if ((rc = gunzip(&w->idxbuf[1], &w->idxlen[1], w->lim->max_archive_bytes, IDX_NAMES[1], w)))
-      return rc;
-    max = 0;
-    for (size_t k = 8; k < w->idxlen[1]; k++)
-      if (w->idxbuf[1][k] > max) max = w->idxbuf[1][k];
+    if (max + 1 > w->lim->max_classes)
+      return fail(w->msg, w->msglen, -E2BIG, "%s: label %u makes more than %u classes, this "
+                  "server's limit", IDX_NAMES[1], max, w->lim->max_classes);
     for (uint32_t k = 0; k <= max; k++) {
       char nm[8];
       uint32_t c;
       snprintf(nm, sizeof nm, "%u", k);
-      if ((rc = class_of(b, nm, strlen(nm), 256, &c))) return rc;
+      if ((rc = class_of(b, nm, strlen(nm), w->lim->max_classes, &c))) return rc;
     }
   }
   if ((rc = idx_pair(w, b, 0, &b->train))) return rc;

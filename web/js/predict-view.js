@@ -18,17 +18,26 @@ export class PredictView {
     this.hint = $('#pad-hint');
     this.noModelShown = false;    // the "no model yet" message is up (kept current)
     this.rows = [];
+    this.ensureRows(10);
+  }
+
+  /** One bar per class of the model (2..256; ten for the built-in sets). */
+  ensureRows(n) {
+    if (this.rows.length === n) return;
     const probs = $('#probs');
-    for (let d = 0; d < 10; d++) {
+    this.rows = [];
+    const items = [];
+    for (let d = 0; d < n; d++) {
       const fill = el('span', { class: 'fill' });
       const pct = el('span', { class: 'pct' }, '–');
       const name = el('span', { class: 'name' });
       const li = el('li', { dataset: { digit: String(d) } },
         el('span', { class: 'digit' }, String(d)), name,
         el('span', { class: 'bar', 'aria-hidden': 'true' }, fill), pct);
-      probs.append(li);
+      items.push(li);
       this.rows.push({ li, fill, pct, name });
     }
+    probs.replaceChildren(...items);
   }
 
   setBusy(busy) {
@@ -95,10 +104,16 @@ export class PredictView {
    * model `modelId` on `dataset`; `sample` is the test image shown, if any;
    * `settled` says whether this is the final answer (announced to screen readers).
    */
-  showPrediction(p, { modelId, dataset, sample, settled }) {
+  showPrediction(p, { modelId, dataset, classes, sample, settled }) {
     this.showMessage('');
     if (Array.isArray(p.pixels) && p.pixels.length === 784) drawPixels(this.seen, p.pixels);
-    const name = (d) => className(dataset, d);
+    // The model's class names (a digit's name is its label: not repeated).
+    const name = (d) => {
+      const c = Array.isArray(classes) && classes[d] !== undefined ? classes[d]
+        : (d === p.label && p.class !== undefined ? p.class : className(dataset, d));
+      return c === String(d) ? '' : c;
+    };
+    if (Array.isArray(p.probabilities) && p.probabilities.length >= 2) this.ensureRows(p.probabilities.length);
     if (p.empty) {
       setText(this.prediction, '?');
       setText(this.predName, '');

@@ -102,5 +102,6 @@ export function initTrainForm() {
   });
   $('#compare').addEventListener('click', () => startJobs(form, ['antirectifier', 'relu']));
   on('ready', () => loadDatasets());
+  on('datasets', () => loadDatasets());
   loadDatasets();
 }
