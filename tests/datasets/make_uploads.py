@@ -45,6 +45,13 @@ elif what == 'three-tar':  # 3 classes from MNIST, named, no test part, uncompre
     with tarfile.open(out, 'w') as t:
         for i, (im, l) in enumerate(per_class(ims, labs, names, k)):
             d = png(im); ti = tarfile.TarInfo(f'train/{names[l]}/{i}.png'); ti.size = len(d); t.addfile(ti, io.BytesIO(d))
+elif what == 'three-zip':  # the same 3 named classes as a small zip (browser test)
+    src, k = sys.argv[3], int(sys.argv[4])
+    names = {0: 'zero', 1: 'one', 7: 'seven'}
+    ims = idx(f'{src}/train-images-idx3-ubyte'); labs = idx(f'{src}/train-labels-idx1-ubyte')
+    with zipfile.ZipFile(out, 'w', zipfile.ZIP_DEFLATED) as z:
+        for i, (im, l) in enumerate(per_class(ims, labs, names, k)):
+            z.writestr(f'digits/train/{names[l]}/{i}.png', png(im))
 elif what == 'hostile':  # hostile archives into directory out
     src = sys.argv[3]
     im = idx(f'{src}/train-images-idx3-ubyte')[:4]

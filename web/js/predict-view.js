@@ -1,7 +1,7 @@
 // What the "Draw a digit" panel shows: the answer, its confidence, the ten
 // probability bars, the 28x28 image the model saw, the true label of a test
 // image, and messages. Pure rendering: no requests, no timers.
-import { $, el, setText, fmtPct, drawPixels, className } from './util.js';
+import { $, el, setText, fmtPct, drawPixels, className, datasetName } from './util.js';
 
 export class PredictView {
   constructor() {
@@ -88,8 +88,8 @@ export class PredictView {
     this.hint.hidden = true;
     this.truth.hidden = false;
     setText(this.trueLabel, String(s.label));
-    const name = className(s.dataset, s.label);
-    setText(this.sampleInfo, `${name ? `${name} · ` : ''}test image #${s.index} of ${s.dataset === 'fashion-mnist' ? 'Fashion-MNIST' : 'MNIST'}`);
+    const name = s.class !== undefined && s.class !== String(s.label) ? s.class : className(s.dataset, s.label);
+    setText(this.sampleInfo, `${name ? `${name} · ` : ''}test image #${s.index} of ${datasetName(s.dataset || 'mnist')}`);
     this.truthBadge.className = 'badge';
     setText(this.truthBadge, '…');
     setText(this.prediction, '…');
