@@ -471,9 +471,9 @@ static int one_entry(struct archive *a, struct archive_entry *e, walk *w, srv_ds
   if (n - o == 1 || n == 1) {
     if (!strcmp(base, "classes.txt")) {
       w->idx = 1;
-      free(w->classes_txt);
-      w->classes_txt = NULL;
-      uint8_t *buf;
+      if (w->classes_txt)
+        return fail(w->msg, w->msglen, -EINVAL, "%.200s: a second classes.txt", path);
+      uint8_t *buf = NULL; /* read_entry sets it only on success */
       int rc = read_entry(a, w, path, 1 << 20, &buf, &w->classes_len);
       w->classes_txt = (char *)buf;
       return rc;
