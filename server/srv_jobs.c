@@ -580,6 +580,18 @@ static void run_finish(run *r) {
         (long long)mid, (double)r->vacc, activated ? " (active)" : "");
 }
 
+/* Parameters of the job's network: its output layer has one unit per class
+ * of the data set. */
+static size_t preset_params(srv_jobs *J, const srv_job_config *c) {
+  uint32_t k = NN_CLASSES;
+  char **names = NULL;
+  if (!srv_data_classes(J->data, c->dataset, &names, &k)) free(names);
+  nn_model *tmp = NULL;
+  size_t n = nn_model_create_preset_classes(&tmp, c->arch, k) == 0 ? tmp->n_params : 0;
+  nn_model_free(tmp);
+  return n;
+}
+
 static void work_cb(uv_work_t *w) {
   job *j = w->data;
   srv_jobs *J = j->J;
@@ -775,9 +787,7 @@ static int load_job(const srv_job_row *r, void *u) {
   j->finished_ms = r->finished_ms;
   j->model_id = r->model_id;
   if (r->error) snprintf(j->error, sizeof j->error, "%s", r->error);
-  nn_model *tmp = NULL;
-  if (nn_model_create_preset(&tmp, j->cfg.arch) == 0) j->parameters = tmp->n_params;
-  nn_model_free(tmp);
+  j->parameters = preset_params(J, &j->cfg);
   uint32_t tr, te;
   if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
     if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
@@ -956,9 +966,7 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
     free(j);
     return -ENOMEM;
   }
-  nn_model *tmp = NULL;
-  if (nn_model_create_preset(&tmp, cfg->arch) == 0) j->parameters = tmp->n_params;
-  nn_model_free(tmp);
+  j->parameters = preset_params(J, cfg);
   j->created_ms = wall_ms();
   pthread_mutex_lock(&J->mu);
   /* Insert under the jobs lock so ids and list order agree. */
