@@ -140,12 +140,22 @@ static void test_model_create_rejects(void **state) {
                               {NN_LAYER_SOFTMAX, 0, 0}};
   nn_layer_spec nan_rate[] = {{NN_LAYER_DROPOUT, 0, NAN}, {NN_LAYER_DENSE, 10, 0},
                               {NN_LAYER_SOFTMAX, 0, 0}};
-  nn_layer_spec wrong_classes[] = {{NN_LAYER_DENSE, 9, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
+  /* The output layer has one unit per class: 2..NN_MAX_CLASSES. */
+  nn_layer_spec one_class[] = {{NN_LAYER_DENSE, 1, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
+  nn_layer_spec too_many[] = {{NN_LAYER_DENSE, NN_MAX_CLASSES + 1, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
   assert_int_equal(nn_model_create(&m, "x", 784, no_softmax, 1), NN_EINVAL);
   assert_int_equal(nn_model_create(&m, "x", 784, bad_rate, 3), NN_EINVAL);
   assert_int_equal(nn_model_create(&m, "x", 784, nan_rate, 3), NN_EINVAL);
-  assert_int_equal(nn_model_create(&m, "x", 784, wrong_classes, 2), NN_EINVAL);
+  assert_int_equal(nn_model_create(&m, "x", 784, one_class, 2), NN_EINVAL);
+  assert_int_equal(nn_model_create(&m, "x", 784, too_many, 2), NN_EINVAL);
+  assert_int_equal(nn_model_create_preset_classes(&m, "antirectifier", 1), NN_EINVAL);
   assert_null(m);
+  /* 3 classes: the preset's last layer is 3 wide, predictions write 3. */
+  assert_int_equal(nn_model_create_preset_classes(&m, "antirectifier", 3), 0);
+  assert_int_equal(nn_model_classes(m), 3);
+  assert_int_equal(m->n_params, 337418 - 7 * 513); /* 7 fewer outputs of a 512-wide layer */
+  nn_model_free(m);
+  m = NULL;
 }
 
 /* A small network with every layer type, for gradient checks. */
