@@ -622,7 +622,7 @@ static int idx_finish(walk *w, srv_ds_build *b) {
       return fail(w->msg, w->msglen, -E2BIG, "%s: label %u makes more than %u classes, this "
                   "server's limit", IDX_NAMES[1], max, w->lim->max_classes);
     for (uint32_t k = 0; k <= max; k++) {
-      char nm[8];
+      char nm[12];
       uint32_t c;
       snprintf(nm, sizeof nm, "%u", k);
       if ((rc = class_of(b, nm, strlen(nm), w->lim->max_classes, &c))) return rc;

@@ -72,7 +72,7 @@ static char **pack(char *const *names, uint32_t n) {
  * layer, else the built-in set's, else "0".."k-1". */
 static int set_classes(srv_model *m, char *const *names, uint32_t n) {
   uint32_t k = nn_model_classes(m->m);
-  char num[NN_MAX_CLASSES][8], *v[NN_MAX_CLASSES];
+  char num[NN_MAX_CLASSES][12], *v[NN_MAX_CLASSES];
   if (!names || n != k) {
     const char *const *b = srv_dataset_builtin_classes(m->dataset);
     for (uint32_t i = 0; i < k; i++) {
