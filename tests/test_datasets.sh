@@ -214,5 +214,9 @@ upload big "$M/mnist.csv" text/csv
 check "over --max-dataset-upload: 413" [ "$(code)" = 413 ]
 stop
 
+# Under `make asan` the daemon aborts on the first report; leaks show at exit.
+check "no sanitizer report in the daemon's log" \
+  bash -c "! grep -Eq 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error' '$T/daemon.log'"
+
 echo "test_datasets: $pass passed, $fail failed"
 [ "$fail" = 0 ]
