@@ -19,7 +19,7 @@ RUN apt-get update \
       build-essential pkg-config ca-certificates curl npm \
       libmicrohttpd-dev libcjson-dev libuv1-dev libdnnl-dev zlib1g-dev \
       libsqlite3-dev libspng-dev libsystemd-dev libcmocka-dev dataset-fashion-mnist \
-      libprotobuf-c-dev protobuf-c-compiler libonnx-dev \
+      libprotobuf-c-dev protobuf-c-compiler libonnx-dev libarchive-dev nettle-dev \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
