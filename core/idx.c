@@ -569,6 +569,32 @@ int nn_dataset_load_dir(nn_dataset *ds, const char *dir, nn_split split,
   return nn_dataset_load(ds, images_path, labels_path, err);
 }
 
+int nn_dataset_count_dir(const char *dir, nn_split split, uint32_t *n, nn_err *err) {
+  static const char *const names[2] = {"train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"};
+  char path[IDX_PATH_MAX];
+  uint8_t hdr[8];
+  int rc;
+
+  if (dir == NULL || dir[0] == '\0' || n == NULL ||
+      (split != NN_SPLIT_TRAIN && split != NN_SPLIT_TEST))
+    return nn_fail(err, NN_EINVAL, "nn_dataset_count_dir: bad argument");
+  rc = idx_find(dir, names[split], path, sizeof(path), err);
+  if (rc != 0)
+    return rc;
+  gzFile gz = gzopen(path, "rb");
+  if (gz == NULL)
+    return idx_errno_fail(err, path, "cannot open", errno);
+  int got = gzread(gz, hdr, sizeof(hdr));
+  gzclose(gz);
+  if (got != (int)sizeof(hdr))
+    return nn_fail(err, NN_ETRUNC, "%s: shorter than an IDX header", path);
+  rc = idx_check_magic(path, hdr, IDX_LABEL_DIMS, err);
+  if (rc != 0)
+    return rc;
+  *n = idx_be32(hdr + 4);
+  return 0;
+}
+
 void nn_dataset_truncate(nn_dataset *ds, uint32_t n) {
   if (ds != NULL && n < ds->n)
     ds->n = n;

@@ -133,6 +133,12 @@ typedef enum { NN_SPLIT_TRAIN = 0, NN_SPLIT_TEST = 1 } nn_split;
 int nn_dataset_load_dir(nn_dataset *ds, const char *dir, nn_split split,
                         nn_err *err);
 
+/* The number of samples in a split of such a directory, from the label
+ * file's header alone (nothing is loaded): 0 and *n, or NN_ENOENT when the
+ * file is absent, NN_EFORMAT/NN_ETRUNC for a header that is no IDX label
+ * header, NN_EIO when it cannot be read. */
+int nn_dataset_count_dir(const char *dir, nn_split split, uint32_t *n, nn_err *err);
+
 /* Keeps only the first n samples (n larger than ds->n is a no-op). Does not
  * reallocate. */
 void nn_dataset_truncate(nn_dataset *ds, uint32_t n);

@@ -100,6 +100,8 @@ typedef struct srv_route_info {
   const char *pattern;   /* ":id" stands for a number */
   int mutating;
 } srv_route_info;
+/* Sets *out to the table (static storage, never freed) and returns its
+ * length. */
 size_t srv_routes(const srv_route_info **out);
 
 #endif

@@ -1,6 +1,7 @@
 /* `mnistd train` and `mnistd predict`: translate flags to core calls and
  * print results. */
 #include "srv_cli.h"
+#include "srv_train.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -16,46 +17,6 @@
 
 #include "nn.h"
 #include "srv_image.h"
-
-int srv_parse_long(const char *s, long lo, long hi, long *out) {
-  if (!s || !*s) return -1;
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *end || v < lo || v > hi) return -1;
-  *out = v;
-  return 0;
-}
-
-int srv_parse_float(const char *s, double lo, double hi, double *out) {
-  if (!s || !*s) return -1;
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || *end || !isfinite(v) || v <= lo || v > hi) return -1;
-  *out = v;
-  return 0;
-}
-
-static int file_exists(const char *dir, const char *name) {
-  char p[PATH_MAX];
-  struct stat st;
-  snprintf(p, sizeof p, "%s/%s", dir, name);
-  if (stat(p, &st) == 0) return 1;
-  snprintf(p, sizeof p, "%s/%s.gz", dir, name);
-  return stat(p, &st) == 0;
-}
-
-int srv_dataset_dir(const char *data_dir, const char *name, char *buf, size_t len) {
-  snprintf(buf, len, "%s/%s", data_dir, name);
-  if (file_exists(buf, "train-images-idx3-ubyte") || file_exists(buf, "t10k-images-idx3-ubyte"))
-    return 0;
-  if (file_exists(data_dir, "train-images-idx3-ubyte")) {
-    snprintf(buf, len, "%s", data_dir);
-    return 0;
-  }
-  return -ENOENT;
-}
 
 static int usage_error(const char *cmd, const char *fmt, const char *arg) {
   fprintf(stderr, "mnistd %s: ", cmd);
@@ -100,7 +61,21 @@ static void on_sigint(int sig) {
   g_cancel = 1;
 }
 
-int srv_cli_train(int argc, char **argv) {
+/* mnistd train's choices, defaults filled in. */
+typedef struct train_opts {
+  const char *arch, *dataset, *out_path, *data_dir;
+  long epochs, batch, seed, threads, train_limit, test_limit;
+  double lr;
+  int json;
+  nn_opt_kind opt;
+} train_opts;
+
+/* Parses mnistd train's command line into *o: -1 to go on, else the exit
+ * status (--help, or a usage error already printed). */
+static int train_parse(int argc, char **argv, train_opts *o) {
+  *o = (train_opts){"antirectifier", "mnist", NULL,
+                    getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data",
+                    4, 128, 1, 0, 0, 0, 0, 0, NN_OPT_RMSPROP};
   static const struct option opts[] = {
       {"arch", required_argument, 0, 'a'},      {"dataset", required_argument, 0, 'd'},
       {"data-dir", required_argument, 0, 'D'},  {"epochs", required_argument, 0, 'e'},
@@ -110,12 +85,6 @@ int srv_cli_train(int argc, char **argv) {
       {"json", no_argument, 0, 'j'},            {"train-limit", required_argument, 0, 'L'},
       {"test-limit", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  const char *arch = "antirectifier", *dataset = "mnist", *out_path = NULL;
-  const char *data_dir = getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data";
-  long epochs = 4, batch = 128, seed = 1, threads = 0, train_limit = 0, test_limit = 0;
-  double lr = 0;
-  int json = 0;
-  nn_opt_kind opt = NN_OPT_RMSPROP;
   int c;
   opterr = 0;
   optind = 1;
@@ -124,53 +93,53 @@ int srv_cli_train(int argc, char **argv) {
     case 'a':
       if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu"))
         return usage_error("train", "--arch must be antirectifier or relu, not '%s'", optarg);
-      arch = optarg;
+      o->arch = optarg;
       break;
     case 'd':
       if (strcmp(optarg, "mnist") && strcmp(optarg, "fashion-mnist"))
         return usage_error("train", "--dataset must be mnist or fashion-mnist, not '%s'",
                            optarg);
-      dataset = optarg;
+      o->dataset = optarg;
       break;
-    case 'D': data_dir = optarg; break;
+    case 'D': o->data_dir = optarg; break;
     case 'e':
-      if (srv_parse_long(optarg, 1, 1000, &epochs))
+      if (srv_parse_long(optarg, 1, 1000, &o->epochs))
         return usage_error("train", "--epochs must be an integer in 1..1000, not '%s'", optarg);
       break;
     case 'b':
-      if (srv_parse_long(optarg, 1, 65536, &batch))
+      if (srv_parse_long(optarg, 1, 65536, &o->batch))
         return usage_error("train", "--batch-size must be an integer in 1..65536, not '%s'",
                            optarg);
       break;
     case 'l':
-      if (srv_parse_float(optarg, 0, 10, &lr))
+      if (srv_parse_float(optarg, 0, 10, &o->lr))
         return usage_error("train", "--lr must be a number in (0, 10], not '%s'", optarg);
       break;
     case 'o':
-      if (nn_opt_parse(optarg, &opt))
+      if (nn_opt_parse(optarg, &o->opt))
         return usage_error("train", "--optimizer must be rmsprop, sgd or adam, not '%s'",
                            optarg);
       break;
     case 's':
-      if (srv_parse_long(optarg, 0, LONG_MAX, &seed))
+      if (srv_parse_long(optarg, 0, LONG_MAX, &o->seed))
         return usage_error("train", "--seed must be a non-negative integer, not '%s'", optarg);
       break;
     case 't':
-      if (srv_parse_long(optarg, 1, NN_MAX_THREADS, &threads))
+      if (srv_parse_long(optarg, 1, NN_MAX_THREADS, &o->threads))
         return usage_error("train", "--threads must be an integer in 1..64, not '%s'", optarg);
       break;
     case 'L':
-      if (srv_parse_long(optarg, 1, 100000000, &train_limit))
+      if (srv_parse_long(optarg, 1, 100000000, &o->train_limit))
         return usage_error("train", "--train-limit must be a positive integer, not '%s'",
                            optarg);
       break;
     case 'T':
-      if (srv_parse_long(optarg, 1, 100000000, &test_limit))
+      if (srv_parse_long(optarg, 1, 100000000, &o->test_limit))
         return usage_error("train", "--test-limit must be a positive integer, not '%s'",
                            optarg);
       break;
-    case 'O': out_path = optarg; break;
-    case 'j': json = 1; break;
+    case 'O': o->out_path = optarg; break;
+    case 'j': o->json = 1; break;
     case 'h': fputs(TRAIN_HELP, stdout); return SRV_EXIT_OK;
     case ':':
       return usage_error("train", "option '%s' needs a value", argv[optind - 1]);
@@ -179,6 +148,60 @@ int srv_cli_train(int argc, char **argv) {
     }
   }
   if (optind < argc) return usage_error("train", "unexpected argument '%s'", argv[optind]);
+  return -1;
+}
+
+/* mnistd train's epochs: trains, evaluates and prints each (Keras-style
+ * text, or the shared JSON record). 0, or -1 after a message on stderr. */
+static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_dataset *train,
+                      const nn_dataset *test, long epochs, int json) {
+  const uint32_t batches = (train->n + nn_trainer_config(t)->batch_size - 1) /
+                           nn_trainer_config(t)->batch_size;
+  int rc;
+  struct sigaction sa = {.sa_handler = on_sigint};
+  sigaction(SIGINT, &sa, NULL);
+  struct progress_ctx pc = {.tty = !json && isatty(STDERR_FILENO)};
+  for (long e = 1; e <= epochs; e++) {
+    nn_epoch_metrics mt;
+    if (!json) printf("Epoch %ld/%ld\n", e, epochs), fflush(stdout);
+    rc = nn_train_epoch(t, train, on_progress, &pc, &g_cancel, &mt);
+    if (rc) {
+      if (pc.tty) fputc('\n', stderr);
+      fprintf(stderr, "mnistd train: %s\n",
+              g_interrupted ? "interrupted" : nn_strerror(rc));
+      return -1;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if ((rc = nn_evaluate(m, ews, test, &mt.val_loss, &mt.val_accuracy, NULL))) {
+      fprintf(stderr, "mnistd train: evaluation failed: %s\n", nn_strerror(rc));
+      return -1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (pc.tty) fputs("\r\033[K", stderr);
+    char line[512];
+    if (json && srv_epoch_json(&mt, line, sizeof line) >= 0)
+      printf("%s\n", line);
+    else if (!json)
+      printf("%u/%u - %.2fs - loss: %.4f - accuracy: %.4f - val_loss: %.4f - "
+             "val_accuracy: %.4f - %.0f samples/s\n",
+             batches, batches, mt.seconds, (double)mt.loss,
+             (double)mt.accuracy, (double)mt.val_loss, (double)mt.val_accuracy,
+             mt.samples_per_second);
+    fflush(stdout);
+  }
+  return 0;
+}
+
+int srv_cli_train(int argc, char **argv) {
+  train_opts o;
+  int st = train_parse(argc, argv, &o);
+  if (st >= 0) return st;
+  const char *arch = o.arch, *dataset = o.dataset, *out_path = o.out_path,
+             *data_dir = o.data_dir;
+  long epochs = o.epochs, threads = o.threads;
+  int json = o.json;
 
   char dir[PATH_MAX];
   if (srv_dataset_dir(data_dir, dataset, dir, sizeof dir)) {
@@ -201,16 +224,12 @@ int srv_cli_train(int argc, char **argv) {
     fprintf(stderr, "mnistd train: %s\n", err.msg);
     goto done;
   }
-  if (train_limit) nn_dataset_truncate(&train, (uint32_t)train_limit);
-  if (test_limit) nn_dataset_truncate(&test, (uint32_t)test_limit);
+  if (o.train_limit) nn_dataset_truncate(&train, (uint32_t)o.train_limit);
+  if (o.test_limit) nn_dataset_truncate(&test, (uint32_t)o.test_limit);
 
   nn_train_config cfg;
-  nn_train_defaults(&cfg);
-  nn_opt_defaults(&cfg.opt, opt);
-  if (lr > 0) cfg.opt.lr = (float)lr;
-  cfg.batch_size = (uint32_t)batch;
-  cfg.seed = (uint64_t)seed;
-  cfg.threads = (uint32_t)threads;
+  srv_train_config(&cfg, o.opt, (float)o.lr, -1, (uint32_t)o.batch, (uint64_t)o.seed,
+                   (uint32_t)threads);
   if ((rc = nn_model_create_preset(&m, arch)) || (rc = nn_trainer_create(&t, m, &cfg)) ||
       (rc = nn_workspace_create(&ews, m, 1000))) {
     fprintf(stderr, "mnistd train: cannot create the model: %s\n", nn_strerror(rc));
@@ -219,42 +238,10 @@ int srv_cli_train(int argc, char **argv) {
   nn_model_init(m, cfg.seed);
   if (!json)
     printf("%s on %s: %zu parameters, %u train / %u test images, batch %u, %s lr %g\n", arch,
-           dataset, m->n_params, train.n, test.n, cfg.batch_size, nn_opt_name(opt),
+           dataset, m->n_params, train.n, test.n, cfg.batch_size, nn_opt_name(o.opt),
            (double)cfg.opt.lr);
 
-  struct sigaction sa = {.sa_handler = on_sigint};
-  sigaction(SIGINT, &sa, NULL);
-  struct progress_ctx pc = {.tty = !json && isatty(STDERR_FILENO)};
-  for (long e = 1; e <= epochs; e++) {
-    nn_epoch_metrics mt;
-    if (!json) printf("Epoch %ld/%ld\n", e, epochs), fflush(stdout);
-    rc = nn_train_epoch(t, &train, on_progress, &pc, &g_cancel, &mt);
-    if (rc) {
-      if (pc.tty) fputc('\n', stderr);
-      fprintf(stderr, "mnistd train: %s\n",
-              g_interrupted ? "interrupted" : nn_strerror(rc));
-      goto done;
-    }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    nn_evaluate(m, ews, &test, &mt.val_loss, &mt.val_accuracy, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    if (pc.tty) fputs("\r\033[K", stderr);
-    if (json)
-      printf("{\"epoch\":%u,\"loss\":%.6f,\"accuracy\":%.6f,\"val_loss\":%.6f,"
-             "\"val_accuracy\":%.6f,\"seconds\":%.4f,\"samples_per_second\":%.1f}\n",
-             mt.epoch, (double)mt.loss, (double)mt.accuracy, (double)mt.val_loss,
-             (double)mt.val_accuracy, mt.seconds, mt.samples_per_second);
-    else
-      printf("%u/%u - %.2fs - loss: %.4f - accuracy: %.4f - val_loss: %.4f - "
-             "val_accuracy: %.4f - %.0f samples/s\n",
-             (train.n + cfg.batch_size - 1) / cfg.batch_size,
-             (train.n + cfg.batch_size - 1) / cfg.batch_size, mt.seconds, (double)mt.loss,
-             (double)mt.accuracy, (double)mt.val_loss, (double)mt.val_accuracy,
-             mt.samples_per_second);
-    fflush(stdout);
-  }
+  if (train_loop(m, t, ews, &train, &test, epochs, json)) goto done;
   if (out_path) {
     if ((rc = nn_model_save(m, out_path, &err))) {
       fprintf(stderr, "mnistd train: %s\n", err.msg);

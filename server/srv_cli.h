@@ -6,22 +6,17 @@
 
 #include <stddef.h>
 
+#include "srv_util.h" /* the number parsers and srv_dataset_dir, once here */
+
 #define SRV_EXIT_OK 0
 #define SRV_EXIT_FAIL 1
 #define SRV_EXIT_USAGE 2
 
+/* `mnistd train [options]`: trains in the foreground, one line per epoch. */
 int srv_cli_train(int argc, char **argv);
+/* `mnistd predict --model FILE IMAGE...`: prints each image's digit. */
 int srv_cli_predict(int argc, char **argv);
 /* `mnistd export --format onnx MODEL OUT` (server/srv_export.c). */
 int srv_cli_export(int argc, char **argv);
-
-/* Parses a whole decimal integer in [lo, hi]; 0 on success, -1 otherwise. */
-int srv_parse_long(const char *s, long lo, long hi, long *out);
-/* Parses a finite float in (lo, hi]; 0 on success, -1 otherwise. */
-int srv_parse_float(const char *s, double lo, double hi, double *out);
-
-/* Resolves a data set directory: DIR/NAME when it holds the MNIST file
- * names, else DIR itself when it does. Writes into buf; 0 or -ENOENT. */
-int srv_dataset_dir(const char *data_dir, const char *name, char *buf, size_t len);
 
 #endif

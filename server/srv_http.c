@@ -1,8 +1,12 @@
-/* HTTP front end: one table of routes, each a small handler that turns the
- * request into calls on the jobs, registry and core, and the result into
- * JSON. Everything about bodies, errors, auth, logging and metrics lives
- * here once, not in the handlers. */
-#include "srv.h"
+/* HTTP plumbing: the only code that talks to libmicrohttpd. It matches a
+ * request against the route table (srv_routes.c), checks host, origin and
+ * token, collects the body, calls the handler, and turns what the handler
+ * asks for (srv_send_*: JSON, error, buffer, download, event stream) into
+ * the response; it also serves the static files, logs every request, and
+ * guards connections (head timeout, per-address limit). Handlers live in
+ * srv_routes.c, srv_predict.c and srv_metrics.c; srv_route.h is what they
+ * see. */
+#include "srv_route.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -25,42 +29,7 @@
 #include <unistd.h>
 
 #include "srv_assets.h"
-#include "srv_image.h"
-#include "srv_onnx.h"
-#include "srv_validate.h"
-
-typedef struct req req;
-typedef enum MHD_Result (*handler)(req *r);
-
-typedef struct route {
-  const char *method, *pattern;
-  handler h;
-  int mutating;
-} route;
-
-struct req {
-  srv *S;
-  struct MHD_Connection *conn;
-  const char *method, *url;
-  char *raw;              /* the request target as sent (clipped), for the log */
-  int started;            /* the access handler has seen this request */
-  int bad_target;         /* 400 (%00 in it) or 414 (too many query parameters) */
-  int route;              /* index into ROUTES, or STATIC/NOT_FOUND */
-  int64_t id;             /* the :id of the path */
-  char name[72];          /* the :name of the path (a data set) */
-  srv_ds_upload *upload;  /* POST /v1/datasets: the body, streamed to a file */
-  int upload_err;         /* first error writing it (-E2BIG, -ENOSPC, -EIO) */
-  char *body;
-  size_t len, cap;
-  int too_big;
-  int status;             /* sent status, for the log and metrics */
-  double t0;
-  int is_predict;
-  size_t peak;            /* largest body buffer, to give memory back after */
-};
-
-#define ROUTE_STATIC SRV_MAX_ROUTES
-#define ROUTE_NONE (SRV_MAX_ROUTES + 1)
+#include "srv_util.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -74,7 +43,7 @@ static void common_headers(struct MHD_Response *resp) {
   MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 }
 
-static enum MHD_Result send_buf(req *r, int status, const char *type, const void *data,
+enum MHD_Result srv_send_buf(req *r, int status, const char *type, const void *data,
                                 size_t len, enum MHD_ResponseMemoryMode mode) {
   struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)data, mode);
   if (!resp) return MHD_NO;
@@ -92,7 +61,7 @@ static enum MHD_Result send_json_allow(req *r, int status, cJSON *doc, const cha
   srv_json_exact_ints(doc);
   char *s = doc ? cJSON_PrintUnformatted(doc) : NULL;
   cJSON_Delete(doc);
-  if (!s) return send_buf(r, 500, "application/json",
+  if (!s) return srv_send_buf(r, 500, "application/json",
                           "{\"error\":{\"code\":500,\"message\":\"out of memory\"}}", 49,
                           MHD_RESPMEM_PERSISTENT);
   size_t n = strlen(s);
@@ -112,363 +81,41 @@ static enum MHD_Result send_json_allow(req *r, int status, cJSON *doc, const cha
   return ret;
 }
 
-static enum MHD_Result send_json(req *r, int status, cJSON *doc) {
+enum MHD_Result srv_send_json(req *r, int status, cJSON *doc) {
   return send_json_allow(r, status, doc, NULL);
 }
 
-/* Every error answer goes through here: the message is formatted into a
- * bounded buffer (vsnprintf's return value is never used as a length),
- * made valid UTF-8 and clipped (it may quote the method, path or a header),
- * and cJSON escapes it into the body. */
-static enum MHD_Result verror(req *r, int status, const char *allow, const char *fmt,
-                              va_list ap) {
-  char raw[1024], msg[600];
-  vsnprintf(raw, sizeof raw, fmt, ap);
-  srv_text_clean(msg, sizeof msg, raw, sizeof raw, SRV_CLEAN_JSON);
-  cJSON *doc = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(doc, "error");
-  cJSON_AddNumberToObject(e, "code", status);
-  cJSON_AddStringToObject(e, "message", msg);
-  return send_json_allow(r, status, doc, allow);
-}
-
-static enum MHD_Result send_error(req *r, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum MHD_Result send_error(req *r, int status, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  enum MHD_Result ret = verror(r, status, NULL, fmt, ap);
-  va_end(ap);
-  return ret;
-}
-
-static enum MHD_Result send_405(req *r, const char *allow, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum MHD_Result send_405(req *r, const char *allow, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  enum MHD_Result ret = verror(r, 405, allow, fmt, ap);
-  va_end(ap);
-  return ret;
-}
-
-/* Untrusted text quoted in messages is clipped to this many bytes. */
-#define QUOTE "%.80s"
-
-/* A plain decimal number: digits only (no sign, space or leading zero),
- * at most max, checked in 64 bits before anything narrows it. */
-static int parse_dec(const char *s, uint64_t max, uint64_t *out) {
-  uint64_t v = 0;
-  if (!s || !*s || (s[0] == '0' && s[1])) return -1;
-  for (; *s; s++) {
-    if (*s < '0' || *s > '9') return -1;
-    unsigned d = (unsigned)(*s - '0');
-    if (v > (max - d) / 10) return -1;
-    v = v * 10 + d;
-  }
-  *out = v;
-  return 0;
-}
-
-static const char *query(req *r, const char *key) {
-  return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
-}
-
-static const char *header(req *r, const char *key) {
-  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
-}
-
-/* Media type without parameters, lower case, into buf ("" if none; a
- * type too long for buf comes out cut and so never matches). */
-static const char *media_type(req *r, char *buf, size_t len) {
-  const char *ct = header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
-  size_t i = 0;
-  while (ct && (*ct == ' ' || *ct == '\t')) ct++;
-  for (; ct && ct[i] && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t' && i + 1 < len; i++)
-    buf[i] = (char)(ct[i] >= 'A' && ct[i] <= 'Z' ? ct[i] + 32 : ct[i]);
-  buf[i] = 0;
-  return buf;
-}
-
-/* JSON is taken only as application/json. A browser page on another site
- * can POST text/plain, a form type or no type at all without asking
- * (a "simple" request): accepting those would let any web page start jobs.
- * A body-less request may leave the type out (curl -X POST). */
-static int json_body_ok(req *r) {
-  char ct[96];
-  media_type(r, ct, sizeof ct);
-  return !strcmp(ct, "application/json") || (!ct[0] && r->len == 0);
-}
-
-static enum MHD_Result need_json(req *r) {
-  char ct[96];
-  return send_error(r, 415,
-                    "send the body as application/json (Content-Type: application/json; got "
-                    QUOTE ")", media_type(r, ct, sizeof ct)[0] ? ct : "no Content-Type");
-}
-
-/* ---------------------------------------------------------------- handlers */
-
-static enum MHD_Result h_healthz(req *r) {
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddStringToObject(d, "status", "ok");
-  return send_json(r, 200, d);
-}
-
-static enum MHD_Result h_readyz(req *r) {
-  srv_model *m = srv_models_active(r->S->models);
-  if (!m) {
-    char note[256];
-    srv_jobs_pending_note(r->S->jobs, note, sizeof note);
-    return send_error(r, 503, "no model loaded yet%s%s", note[0] ? ": " : "",
-                      note[0] ? note : " (start a training job: POST /v1/jobs)");
-  }
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddStringToObject(d, "status", "ready");
-  cJSON_AddNumberToObject(d, "model", (double)m->id);
-  srv_model_unref(m);
-  return send_json(r, 200, d);
-}
-
-/* ---- data sets (issue 13): the store and conversion live in
- * srv_datasets.c; these only translate HTTP. */
-
-static const char *const DS_TYPES[] = {"application/zip", "application/x-zip-compressed",
-                                       "application/x-tar", "application/gzip",
-                                       "application/x-gzip", "application/x-gtar", "text/csv"};
-
-static cJSON *builtin_json(srv *S, const char *name) {
-  uint32_t tr, te;
-  if (srv_data_count(S->data, name, &tr, &te)) return NULL;
-  cJSON *o = cJSON_CreateObject();
-  cJSON_AddStringToObject(o, "name", name);
-  cJSON *c = cJSON_AddArrayToObject(o, "classes");
-  const char *const *names = srv_dataset_builtin_classes(name);
-  for (int i = 0; i < NN_CLASSES; i++) cJSON_AddItemToArray(c, cJSON_CreateString(names[i]));
-  cJSON_AddNumberToObject(o, "train", tr);
-  cJSON_AddNumberToObject(o, "test", te);
-  cJSON_AddNullToObject(o, "bytes");
-  cJSON_AddNullToObject(o, "sha256");
-  cJSON_AddStringToObject(o, "source_format", "idx");
-  cJSON_AddNullToObject(o, "created_at");
-  cJSON_AddBoolToObject(o, "builtin", 1);
-  return o;
-}
-
-static enum MHD_Result h_datasets(req *r) {
-  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "datasets");
-  static const char *names[] = {"mnist", "fashion-mnist"};
-  for (size_t i = 0; i < 2; i++) {
-    cJSON *o = builtin_json(r->S, names[i]);
-    if (o) cJSON_AddItemToArray(a, o);
-  }
-  srv_datasets_list(r->S->datasets, a);
-  return send_json(r, 200, d);
-}
-
-/* Everything that can be refused before the body is: the name, the type,
- * the size. Then the body goes to a temporary file as it arrives. */
-static enum MHD_Result dataset_upload_head(req *r) {
-  const char *name = query(r, "name");
-  if (!name || !srv_dataset_name_ok(name))
-    return send_error(r, 400, "give the data set a name: ?name=NAME with NAME matching "
-                      "[a-z0-9][a-z0-9._-]{0,63} (got " QUOTE ")", name ? name : "none");
-  cJSON *have = srv_datasets_json(r->S->datasets, name);
-  if (have || srv_dataset_is_builtin(name)) {
-    cJSON_Delete(have);
-    return send_error(r, 409, "a data set named %s exists already (DELETE /v1/datasets/%s "
-                      "first, or pick another name)", name, name);
-  }
-  char ct[96];
-  media_type(r, ct, sizeof ct);
-  int known = 0;
-  for (size_t i = 0; i < sizeof DS_TYPES / sizeof *DS_TYPES; i++) known |= !strcmp(ct, DS_TYPES[i]);
-  if (!known)
-    return send_error(r, 415, "Content-Type " QUOTE " is not a data set format; send "
-                      "application/zip, application/x-tar, application/gzip (a .tar.gz) or "
-                      "text/csv", ct[0] ? ct : "(none)");
-  const srv_ds_config *dc = srv_datasets_config(r->S->datasets);
-  const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
-  uint64_t clv;
-  if (cl && !parse_dec(cl, UINT64_MAX, &clv) && clv > dc->max_body)
-    return send_error(r, 413, "the upload is %llu bytes; this server accepts data sets up to "
-                      "%llu bytes (--max-dataset-upload)", (unsigned long long)clv,
-                      (unsigned long long)dc->max_body);
-  int rc = srv_ds_upload_open(r->S->datasets, &r->upload);
-  if (rc) return send_error(r, rc == -ENOSPC ? 507 : 500, "cannot store the upload: %s",
-                            strerror(-rc));
-  return MHD_YES;
-}
-
-static int ds_status(int rc) {
-  switch (rc) {
-  case -EEXIST: return 409;
-  case -EINVAL: return 400;
-  case -E2BIG: return 413;
-  case -ENOTSUP: return 415;
-  case -EDQUOT: case -ENOSPC: return 507;
-  default: return 500;
-  }
-}
-
-static enum MHD_Result h_dataset_create(req *r) {
-  if (r->upload_err)
-    return r->upload_err == -E2BIG
-               ? send_error(r, 413, "the upload is larger than %llu bytes, this server's limit "
-                            "(--max-dataset-upload)",
-                            (unsigned long long)srv_datasets_config(r->S->datasets)->max_body)
-               : send_error(r, ds_status(r->upload_err), "cannot store the upload: %s",
-                            strerror(-r->upload_err));
-  if (!r->upload || srv_ds_upload_size(r->upload) == 0)
-    return send_error(r, 400, "the body is empty: send the archive or CSV as the body");
-  char ct[96], msg[700];
-  const char *pp = query(r, "preprocess"), *tf = query(r, "test_fraction");
-  srv_ds_create c = {query(r, "name"), media_type(r, ct, sizeof ct), 1, 1.0 / 6};
-  if (pp && strcmp(pp, "none") && strcmp(pp, "mnist"))
-    return send_error(r, 400, "preprocess must be none or mnist, not " QUOTE, pp);
-  c.preprocess = !pp || strcmp(pp, "none");
-  if (tf) {
-    char *end;
-    c.test_fraction = strtod(tf, &end);
-    if (*end || !(c.test_fraction >= 0.01 && c.test_fraction <= 0.5))
-      return send_error(r, 400, "test_fraction must be a number from 0.01 to 0.5, not " QUOTE,
-                        tf);
-  }
-  cJSON *out = NULL;
-  int rc = srv_datasets_create(r->S->datasets, r->upload, &c, &out, msg, sizeof msg);
-  if (rc) return send_error(r, ds_status(rc), "%s", msg[0] ? msg : strerror(-rc));
-  char loc[160];
-  snprintf(loc, sizeof loc, "/v1/datasets/%s", c.name);
-  srv_json_exact_ints(out);
-  char *s = cJSON_PrintUnformatted(out);
-  cJSON_Delete(out);
-  if (!s) return send_error(r, 500, "out of memory");
+enum MHD_Result srv_send_json_hdrs(req *r, int status, cJSON *doc, ...) {
+  srv_json_exact_ints(doc);
+  char *s = doc ? cJSON_PrintUnformatted(doc) : NULL;
+  cJSON_Delete(doc);
+  if (!s) return srv_send_error(r, 500, "out of memory");
   struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
   if (!resp) {
     free(s);
     return MHD_NO;
   }
   MHD_add_response_header(resp, "Content-Type", "application/json");
-  MHD_add_response_header(resp, "Location", loc);
+  va_list ap;
+  va_start(ap, doc);
+  for (const char *k; (k = va_arg(ap, const char *));) {
+    const char *v = va_arg(ap, const char *);
+    MHD_add_response_header(resp, k, v);
+  }
+  va_end(ap);
+  return srv_send_response(r, status, resp);
+}
+
+enum MHD_Result srv_send_response(req *r, int status, struct MHD_Response *resp) {
   common_headers(resp);
-  r->status = 201;
-  enum MHD_Result ret = MHD_queue_response(r->conn, 201, resp);
+  r->status = status;
+  enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
   MHD_destroy_response(resp);
   return ret;
 }
 
-static enum MHD_Result h_dataset(req *r) {
-  cJSON *o = srv_dataset_is_builtin(r->name) ? builtin_json(r->S, r->name)
-                                             : srv_datasets_json(r->S->datasets, r->name);
-  if (!o) return send_error(r, 404, "data set " QUOTE " not found (see GET /v1/datasets)", r->name);
-  return send_json(r, 200, o);
-}
-
-/* 1 if a queued or running job trains on the data set. */
-static int dataset_in_use(srv *S, const char *name, int64_t *job) {
-  int states[2] = {SRV_JOB_QUEUED, SRV_JOB_RUNNING}, used = 0;
-  for (int s = 0; s < 2 && !used; s++) {
-    cJSON *a = srv_jobs_list_json(S->jobs, states[s], 1 << 20), *j;
-    cJSON_ArrayForEach(j, a) {
-      const char *d = cJSON_GetStringValue(
-          cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "dataset"));
-      if (d && !strcmp(d, name)) {
-        *job = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "id"));
-        used = 1;
-        break;
-      }
-    }
-    cJSON_Delete(a);
-  }
-  return used;
-}
-
-static enum MHD_Result h_dataset_delete(req *r) {
-  if (srv_dataset_is_builtin(r->name))
-    return send_error(r, 409, "%s is built in (installed beside the binary) and cannot be "
-                      "deleted", r->name);
-  int64_t job = 0;
-  if (dataset_in_use(r->S, r->name, &job))
-    return send_error(r, 409, "data set %s is in use by job %lld (queued or running); cancel "
-                      "it or wait for it to finish", r->name, (long long)job);
-  int rc = srv_datasets_delete(r->S->datasets, r->name);
-  if (rc == -ENOENT) return send_error(r, 404, "data set " QUOTE " not found", r->name);
-  if (rc) return send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
-  srv_data_forget(r->S->data, r->name);
-  return send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
-}
-
-static enum MHD_Result sample_of(req *r, const char *name);
-
-static enum MHD_Result h_dataset_sample(req *r) { return sample_of(r, r->name); }
-
-static enum MHD_Result h_job_create(req *r) {
-  if (!json_body_ok(r)) return need_json(r);
-  srv_job_config c;
-  char msg[512];
-  if (srv_job_config_parse(r->body, r->len, &c, msg, sizeof msg))
-    return send_error(r, 400, "%s", msg);
-  uint32_t tr, te;
-  if (srv_data_count(r->S->data, c.dataset, &tr, &te))
-    return send_error(r, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
-                      c.dataset);
-  int64_t id;
-  int rc = srv_jobs_submit(r->S->jobs, &c, &id);
-  if (rc) return send_error(r, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
-                            rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(r->S->store));
-  cJSON *job = srv_jobs_json(r->S->jobs, id);
-  char loc[64];
-  snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
-  srv_json_exact_ints(job);
-  char *s = cJSON_PrintUnformatted(job);
-  cJSON_Delete(job);
-  if (!s) return send_error(r, 500, "out of memory");
-  struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
-  if (!resp) {
-    free(s);
-    return MHD_NO;
-  }
-  MHD_add_response_header(resp, "Content-Type", "application/json");
-  MHD_add_response_header(resp, "Location", loc);
-  common_headers(resp);
-  r->status = 202;
-  enum MHD_Result ret = MHD_queue_response(r->conn, 202, resp);
-  MHD_destroy_response(resp);
-  return ret;
-}
-
-static enum MHD_Result h_jobs(req *r) {
-  int state = -1;
-  long limit = 100;
-  const char *q = query(r, "state");
-  if (q && (state = srv_job_state_parse(q)) < 0)
-    return send_error(r, 400,
-                      "state must be one of queued, running, succeeded, failed, cancelled");
-  q = query(r, "limit");
-  if (q) {
-    uint64_t v;
-    if (parse_dec(q, 1000, &v) || v < 1)
-      return send_error(r, 400, "limit must be an integer from 1 to 1000");
-    limit = (long)v;
-  }
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddItemToObject(d, "jobs", srv_jobs_list_json(r->S->jobs, state, (int)limit));
-  return send_json(r, 200, d);
-}
-
-static enum MHD_Result h_job(req *r) {
-  cJSON *j = srv_jobs_json(r->S->jobs, r->id);
-  if (!j) return send_error(r, 404, "job %lld not found", (long long)r->id);
-  return send_json(r, 200, j);
-}
-
-static enum MHD_Result h_job_cancel(req *r) {
-  int rc = srv_jobs_cancel(r->S->jobs, r->id);
-  if (rc == -ENOENT) return send_error(r, 404, "job %lld not found", (long long)r->id);
-  if (rc == -EALREADY) return send_error(r, 409, "job %lld has already finished", (long long)r->id);
-  return send_json(r, 202, srv_jobs_json(r->S->jobs, r->id));
-}
-
-/* ---- event streams */
+/* A job's event stream: libmicrohttpd pulls from the subscription and the
+ * connection is suspended while there is nothing new (woken by the jobs). */
 
 typedef struct stream {
   struct MHD_Connection *conn;
@@ -491,553 +138,110 @@ static void stream_free(void *cls) {
   free(s);
 }
 
-static enum MHD_Result h_job_events(req *r) {
-  const char *fmt = query(r, "format");
-  int ndjson = fmt && !strcmp(fmt, "ndjson");
-  if (fmt && !ndjson && strcmp(fmt, "sse"))
-    return send_error(r, 400, "format must be sse (default) or ndjson");
-  uint64_t last = 0;
-  const char *lei = header(r, "Last-Event-ID");
-  if (!lei) lei = query(r, "last_event_id");
-  if (lei && srv_parse_event_id(lei, &last))
-    return send_error(r, 400,
-                      "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
+int srv_send_events(req *r, int64_t job, uint64_t last, int ndjson, enum MHD_Result *ret) {
   stream *s = calloc(1, sizeof *s);
-  if (!s) return send_error(r, 500, "out of memory");
+  if (!s) return -ENOMEM;
   s->conn = r->conn;
-  int rc = srv_sub_open(r->S->jobs, r->id, last, ndjson, stream_wake, s, &s->sub);
+  int rc = srv_sub_open(r->S->jobs, job, last, ndjson, stream_wake, s, &s->sub);
   if (rc) {
     free(s);
-    return rc == -ENOENT ? send_error(r, 404, "job %lld not found", (long long)r->id)
-                         : send_error(r, 500, "out of memory");
+    return rc;
   }
   struct MHD_Response *resp =
       MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
   if (!resp) {
     stream_free(s);
-    return MHD_NO;
+    *ret = MHD_NO;
+    return 0;
   }
   MHD_add_response_header(resp, "Content-Type",
                           ndjson ? "application/x-ndjson" : "text/event-stream");
   MHD_add_response_header(resp, "Cache-Control", "no-cache");
   MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-  common_headers(resp);
-  r->status = 200;
-  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-  MHD_destroy_response(resp);
-  return ret;
+  *ret = srv_send_response(r, 200, resp);
+  return 0;
 }
 
-/* ---- models */
-
-/* A model's name for output k (its data set's class; "?" never happens
- * for a loaded model, but a failed allocation must not crash). */
-static const char *model_class(const srv_model *m, int k) {
-  return m->classes && k >= 0 && (uint32_t)k < m->n_classes ? m->classes[k] : "?";
-}
-
-static cJSON *model_json(const srv_model *m, int active) {
-  cJSON *o = cJSON_CreateObject();
-  char t[32];
-  cJSON_AddNumberToObject(o, "id", (double)m->id);
-  cJSON_AddStringToObject(o, "arch", m->arch);
-  cJSON_AddNumberToObject(o, "parameters", (double)m->m->n_params);
-  cJSON_AddStringToObject(o, "dataset", m->dataset);
-  cJSON_AddNumberToObject(o, "test_accuracy", round(m->test_accuracy * 1e6) / 1e6);
-  cJSON_AddNumberToObject(o, "test_loss", round(m->test_loss * 1e6) / 1e6);
-  if (m->job_id) cJSON_AddNumberToObject(o, "job_id", (double)m->job_id);
-  else cJSON_AddNullToObject(o, "job_id");
-  cJSON_AddStringToObject(o, "created_at", srv_iso8601(m->created_ms, t, sizeof t));
-  cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_bytes);
-  cJSON_AddBoolToObject(o, "active", active);
-  cJSON *c = cJSON_AddArrayToObject(o, "classes");
-  for (uint32_t k = 0; k < m->n_classes; k++) cJSON_AddItemToArray(c, cJSON_CreateString(m->classes[k]));
-  return o;
-}
-
-static void add_model(const srv_model *m, int active, void *u) {
-  cJSON_AddItemToArray((cJSON *)u, model_json(m, active));
-}
-
-static enum MHD_Result h_models(req *r) {
-  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "models");
-  srv_models_each(r->S->models, add_model, a);
-  /* Newest first, like the job list. */
-  cJSON *rev = cJSON_CreateArray();
-  int n = cJSON_GetArraySize(a);
-  for (int i = n - 1; i >= 0; i--) cJSON_AddItemToArray(rev, cJSON_DetachItemFromArray(a, i));
-  cJSON_ReplaceItemInObject(d, "models", rev);
-  return send_json(r, 200, d);
-}
-
-static enum MHD_Result h_model(req *r) {
-  srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
-  cJSON *o = model_json(m, srv_models_active_id(r->S->models) == m->id);
-  srv_model_unref(m);
-  return send_json(r, 200, o);
-}
-
-/* ?format=onnx: the model as ONNX (srv_onnx.h), with the daemon's records
- * of it (data set, test accuracy, the training job's configuration). */
-static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
-  srv_onnx_info info;
-  int rc = srv_onnx_info_load(&info, r->S->store, m->id);
-  if (rc) {
-    srv_model_unref(m);
-    return send_error(r, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,
-                      rc == -ENOENT ? "not found" : srv_store_errmsg(r->S->store));
-  }
-  uint8_t *buf;
-  size_t len;
-  char msg[512];
-  rc = srv_onnx_export(m->m, &info, &buf, &len, msg, sizeof msg);
-  srv_onnx_info_clear(&info);
-  srv_model_unref(m);
-  if (rc == -EINVAL) return send_error(r, 422, "model %lld cannot be exported to ONNX: %s",
-                                       (long long)r->id, msg);
-  if (rc) return send_error(r, 500, "ONNX export of model %lld failed: %s", (long long)r->id, msg);
-  struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const char *disposition) {
+  struct MHD_Response *resp =
+      fd >= 0 ? MHD_create_response_from_fd((uint64_t)len, fd)
+              : MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
   if (!resp) {
-    free(buf);
-    return MHD_NO;
-  }
-  char disp[96];
-  snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.onnx\"", (long long)r->id);
-  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-  MHD_add_response_header(resp, "Content-Disposition", disp);
-  common_headers(resp);
-  r->status = 200;
-  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-  MHD_destroy_response(resp);
-  return ret;
-}
-
-static enum MHD_Result h_model_file(req *r) {
-  const char *fmt = query(r, "format");
-  if (fmt && strcmp(fmt, "onnx") && strcmp(fmt, "mnistd"))
-    return send_error(r, 400, "format must be mnistd (the native file, default) or onnx");
-  srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
-  if (fmt && !strcmp(fmt, "onnx")) return model_file_onnx(r, m);
-  srv_model_unref(m);
-  char path[PATH_MAX + 64];
-  srv_models_path(r->S->models, r->id, path, sizeof path);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st) < 0) {
     if (fd >= 0) close(fd);
-    return send_error(r, 500, "model file of %lld is unreadable", (long long)r->id);
-  }
-  struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
-  if (!resp) {
-    close(fd);
+    else free(buf);
     return MHD_NO;
   }
-  char disp[96];
-  snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.model\"",
-           (long long)r->id);
   MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-  MHD_add_response_header(resp, "Content-Disposition", disp);
-  common_headers(resp);
-  r->status = 200;
-  enum MHD_Result ret = MHD_queue_response(r->conn, 200, resp);
-  MHD_destroy_response(resp);
+  MHD_add_response_header(resp, "Content-Disposition", disposition);
+  return srv_send_response(r, 200, resp);
+}
+
+/* Every error answer goes through here: the message is formatted into a
+ * bounded buffer (vsnprintf's return value is never used as a length),
+ * made valid UTF-8 and clipped (it may quote the method, path or a header),
+ * and cJSON escapes it into the body. */
+static enum MHD_Result verror(req *r, int status, const char *allow, const char *fmt,
+                              va_list ap) {
+  char raw[1024], msg[600];
+  vsnprintf(raw, sizeof raw, fmt, ap);
+  srv_text_clean(msg, sizeof msg, raw, sizeof raw, SRV_CLEAN_JSON);
+  cJSON *doc = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(doc, "error");
+  cJSON_AddNumberToObject(e, "code", status);
+  cJSON_AddStringToObject(e, "message", msg);
+  return send_json_allow(r, status, doc, allow);
+}
+
+enum MHD_Result srv_send_error(req *r, int status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  enum MHD_Result ret = verror(r, status, NULL, fmt, ap);
+  va_end(ap);
   return ret;
 }
 
-static enum MHD_Result h_model_activate(req *r) {
-  int rc = srv_models_activate(r->S->models, r->id);
-  if (rc == -ENOENT) return send_error(r, 404, "model %lld not found", (long long)r->id);
-  if (rc) return send_error(r, 500, "could not record the active model: %s",
-                            srv_store_errmsg(r->S->store));
-  srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
-  cJSON *o = model_json(m, 1);
-  srv_model_unref(m);
-  return send_json(r, 200, o);
+enum MHD_Result srv_send_405(req *r, const char *allow, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  enum MHD_Result ret = verror(r, 405, allow, fmt, ap);
+  va_end(ap);
+  return ret;
 }
 
-static enum MHD_Result h_model_delete(req *r) {
-  int rc = srv_models_delete(r->S->models, r->id);
-  if (rc == -ENOENT) return send_error(r, 404, "model %lld not found", (long long)r->id);
-  if (rc == -EBUSY)
-    return send_error(r, 409, "model %lld is the active model; activate another one first",
-                      (long long)r->id);
-  if (rc) return send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
-  r->status = 204;
-  return send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
+const char *srv_query(req *r, const char *key) {
+  return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
-/* ---- prediction */
-
-/* One workspace per HTTP thread, rebuilt when the model changes. The
- * thread holds a reference to the model its workspace was built for, so a
- * freed model's address reused later cannot fool the check; a thread-key
- * destructor gives both back when libmicrohttpd's threads end. */
-#define PREDICT_CHUNK 64
-typedef struct tl_ws {
-  srv_model *m;
-  nn_workspace *ws;
-} tl_ws;
-static pthread_key_t tl_key;
-static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
-
-static void tl_free(void *p) {
-  tl_ws *t = p;
-  nn_workspace_free(t->ws);
-  srv_model_unref(t->m);
-  free(t);
+const char *srv_header(req *r, const char *key) {
+  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
 }
 
-static void tl_init(void) { pthread_key_create(&tl_key, tl_free); }
-
-static nn_workspace *workspace_for(srv_model *m) {
-  pthread_once(&tl_once, tl_init);
-  tl_ws *t = pthread_getspecific(tl_key);
-  if (!t) {
-    if (!(t = calloc(1, sizeof *t))) return NULL;
-    pthread_setspecific(tl_key, t);
-  }
-  if (t->m != m) {
-    nn_workspace_free(t->ws);
-    srv_model_unref(t->m);
-    t->m = NULL;
-    t->ws = NULL;
-    if (nn_workspace_create(&t->ws, m->m, PREDICT_CHUNK)) return NULL;
-    /* Registry models never change: single images may take the sparse path
-     * (on failure the workspace just keeps the dense one). */
-    (void)nn_workspace_pin(t->ws, m->m);
-    atomic_fetch_add(&m->refs, 1);
-    t->m = m;
-  }
-  return t->ws;
+/* Media type without parameters, lower case, into buf ("" if none; a
+ * type too long for buf comes out cut and so never matches). */
+const char *srv_media_type(req *r, char *buf, size_t len) {
+  const char *ct = srv_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+  size_t i = 0;
+  while (ct && (*ct == ' ' || *ct == '\t')) ct++;
+  for (; ct && ct[i] && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t' && i + 1 < len; i++)
+    buf[i] = (char)(ct[i] >= 'A' && ct[i] <= 'Z' ? ct[i] + 32 : ct[i]);
+  buf[i] = 0;
+  return buf;
 }
 
-static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
-  const char *q = query(r, "model");
-  srv_model *m;
-  if (q) {
-    uint64_t v;
-    if (parse_dec(q, INT64_MAX, &v) || v == 0) {
-      *status = 400;
-      snprintf(msg, len, "model must be a model id (a positive number)");
-      return NULL;
-    }
-    long long id = (long long)v;
-    if (!(m = srv_models_get(r->S->models, id))) {
-      *status = 404;
-      snprintf(msg, len, "model %lld not found", id);
-    }
-    return m;
-  }
-  if (!(m = srv_models_active(r->S->models))) {
-    char note[200];
-    srv_jobs_pending_note(r->S->jobs, note, sizeof note);
-    *status = 503;
-    snprintf(msg, len, "no model loaded yet%s%s", note[0] ? ": " : "",
-             note[0] ? note : " (start a training job: POST /v1/jobs)");
-  }
-  return m;
+/* JSON is taken only as application/json. A browser page on another site
+ * can POST text/plain, a form type or no type at all without asking
+ * (a "simple" request): accepting those would let any web page start jobs.
+ * A body-less request may leave the type out (curl -X POST). */
+int srv_json_body_ok(req *r) {
+  char ct[96];
+  srv_media_type(r, ct, sizeof ct);
+  return !strcmp(ct, "application/json") || (!ct[0] && r->len == 0);
 }
 
-static void observe_latency(srv *S, double secs) {
-  static const double edges[SRV_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                                0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
-  for (int i = 0; i < SRV_LAT_BUCKETS; i++)
-    if (secs <= edges[i]) atomic_fetch_add(&S->metrics.lat_buckets[i], 1);
-  atomic_fetch_add(&S->metrics.lat_count, 1);
-  atomic_fetch_add(&S->metrics.lat_sum_ns, (unsigned long)(secs * 1e9));
-}
-
-static enum MHD_Result h_predict(req *r) {
-  char ct[96], msg[512];
-  media_type(r, ct, sizeof ct);
-  uint8_t *px = NULL, one[NN_IMAGE_SIZE];
-  uint32_t n = 0;
-  int empty = 0, rc, explain = 0;
-  const char *ex = query(r, "explain");
-  if (ex) explain = !strcmp(ex, "1") || !strcmp(ex, "true");
-  if (!strcmp(ct, "application/json")) {
-    rc = srv_predict_json_parse(r->body, r->len, &px, &n, msg, sizeof msg);
-    if (rc) return send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
-  } else {
-    srv_image_format f = srv_image_sniff(ct, (const uint8_t *)r->body, r->len);
-    int known = !ct[0] || !strcmp(ct, "application/octet-stream") || !strcmp(ct, "image/png") ||
-                !strcmp(ct, "image/x-portable-graymap") || !strcmp(ct, "image/x-pgm") ||
-                !strcmp(ct, "application/x-www-form-urlencoded");
-    if (!known || f == SRV_IMAGE_UNKNOWN)
-      return send_error(r, 415,
-                        "unsupported body (" QUOTE "): send JSON {\"image\":[784 numbers]} "
-                        "with Content-Type: application/json, image/png, "
-                        "image/x-portable-graymap (PGM) or application/octet-stream "
-                        "(N x 784 bytes)",
-                        ct[0] ? ct : "no Content-Type");
-    if (f == SRV_IMAGE_RAW) {
-      size_t cnt = 0;
-      if (srv_image_raw_count(r->len, &cnt, msg, sizeof msg) < 0)
-        return send_error(r, 400, "%s", msg);
-      if (cnt > SRV_MAX_PREDICT_IMAGES)
-        return send_error(r, 413, "%zu images in one request; at most %d", cnt,
-                          SRV_MAX_PREDICT_IMAGES);
-      px = malloc(r->len);
-      if (!px) return send_error(r, 500, "out of memory");
-      memcpy(px, r->body, r->len);
-      n = (uint32_t)cnt;
-    } else {
-      rc = srv_image_from_bytes(ct, (const uint8_t *)r->body, r->len, one, &empty, msg,
-                                sizeof msg);
-      if (rc == -E2BIG) return send_error(r, 413, "%s", msg);
-      if (rc == -ENOTSUP) return send_error(r, 415, "%s", msg);
-      if (rc == -ENOMEM) return send_error(r, 500, "out of memory");
-      if (rc) return send_error(r, 400, "%s", msg);
-      n = 1;
-    }
-  }
-  int status = 500;
-  srv_model *m = predict_model(r, &status, msg, sizeof msg);
-  if (!m) {
-    free(px);
-    return send_error(r, status, "%s", msg);
-  }
-  const uint8_t *images = px ? px : one;
-  const uint32_t K = nn_model_classes(m->m);
-  float *probs = malloc((size_t)n * K * sizeof(float));
-  nn_workspace *ws = workspace_for(m);
-  if (!probs || !ws) {
-    free(px);
-    free(probs);
-    srv_model_unref(m);
-    return send_error(r, 500, "out of memory");
-  }
-  for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
-    uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
-    nn_predict_u8(m->m, ws, images + (size_t)off * NN_IMAGE_SIZE, k,
-                  probs + (size_t)off * K);
-  }
-  atomic_fetch_add(&r->S->metrics.predictions, n);
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddNumberToObject(d, "model", (double)m->id);
-  cJSON *preds = cJSON_AddArrayToObject(d, "predictions");
-  for (uint32_t i = 0; i < n; i++) {
-    const float *p = probs + (size_t)i * K;
-    int label = nn_argmax_n(p, K);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "label", label);
-    cJSON_AddStringToObject(o, "class", model_class(m, label));
-    cJSON_AddNumberToObject(o, "confidence", round(p[label] * 1e6) / 1e6);
-    double pr[NN_MAX_CLASSES];
-    for (uint32_t k = 0; k < K; k++) pr[k] = round(p[k] * 1e6) / 1e6;
-    cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, (int)K));
-    cJSON_AddBoolToObject(o, "empty",
-                          px ? srv_image_is_empty(images + (size_t)i * NN_IMAGE_SIZE) : empty);
-    if (explain) {
-      int v[NN_IMAGE_SIZE];
-      for (int k = 0; k < NN_IMAGE_SIZE; k++) v[k] = images[(size_t)i * NN_IMAGE_SIZE + k];
-      cJSON_AddItemToObject(o, "pixels", cJSON_CreateIntArray(v, NN_IMAGE_SIZE));
-    }
-    cJSON_AddItemToArray(preds, o);
-  }
-  srv_model_unref(m);
-  free(probs);
-  free(px);
-  return send_json(r, 200, d);
-}
-
-static enum MHD_Result h_tfs_predict(req *r) {
-  if (!json_body_ok(r)) return need_json(r);
-  char msg[512];
-  float *x = NULL;
-  uint32_t n = 0;
-  int rc = srv_tfs_parse(r->body, r->len, &x, &n, msg, sizeof msg);
-  if (rc) return send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
-  int status = 500;
-  srv_model *m = predict_model(r, &status, msg, sizeof msg);
-  if (!m) {
-    free(x);
-    return send_error(r, status, "%s", msg);
-  }
-  nn_workspace *ws = workspace_for(m);
-  const uint32_t K = nn_model_classes(m->m);
-  float *probs = malloc((size_t)n * K * sizeof(float));
-  if (!ws || !probs) {
-    free(x);
-    free(probs);
-    srv_model_unref(m);
-    return send_error(r, 500, "out of memory");
-  }
-  for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
-    uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
-    nn_predict_f32(m->m, ws, x + (size_t)off * NN_IMAGE_SIZE, k,
-                   probs + (size_t)off * K);
-  }
-  atomic_fetch_add(&r->S->metrics.predictions, n);
-  srv_model_unref(m);
-  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "predictions");
-  for (uint32_t i = 0; i < n; i++) {
-    double pr[NN_MAX_CLASSES];
-    for (uint32_t k = 0; k < K; k++) pr[k] = round(probs[(size_t)i * K + k] * 1e6) / 1e6;
-    cJSON_AddItemToArray(a, cJSON_CreateDoubleArray(pr, (int)K));
-  }
-  free(probs);
-  free(x);
-  return send_json(r, 200, d);
-}
-
-/* ---- samples and evaluation */
-
-static cJSON *pixels_json(const uint8_t *px) {
-  int v[NN_IMAGE_SIZE];
-  for (int k = 0; k < NN_IMAGE_SIZE; k++) v[k] = px[k];
-  return cJSON_CreateIntArray(v, NN_IMAGE_SIZE);
-}
-
-static enum MHD_Result h_sample(req *r) {
-  const char *name = query(r, "dataset");
-  if (!name) name = "mnist";
-  if (!srv_dataset_name_ok(name))
-    return send_error(r, 400, "dataset must be mnist, fashion-mnist or an uploaded data set");
-  return sample_of(r, name);
-}
-
-static enum MHD_Result sample_of(req *r, const char *name) {
-  if (!srv_dataset_name_ok(name))
-    return send_error(r, 404, "data set " QUOTE " not found", name);
-  char **classes = NULL;
-  uint32_t n_classes = 0;
-  if (srv_data_classes(r->S->data, name, &classes, &n_classes))
-    return send_error(r, 404, "data set %s not found (see GET /v1/datasets)", name);
-  const nn_dataset *ds;
-  char msg[512];
-  if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
-    free(classes);
-    return send_error(r, 404, "%s", msg);
-  }
-  static _Thread_local unsigned seed;
-  if (!seed) seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;
-  uint32_t idx = (uint32_t)rand_r(&seed) % ds->n;
-  const char *q = query(r, "index");
-  if (q) {
-    uint64_t v;
-    if (parse_dec(q, (uint64_t)ds->n - 1, &v)) {
-      srv_data_put(r->S->data, name, NN_SPLIT_TEST);
-      free(classes);
-      return send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
-    }
-    idx = (uint32_t)v;
-  }
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddStringToObject(d, "dataset", name);
-  cJSON_AddNumberToObject(d, "index", idx);
-  cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
-  cJSON_AddStringToObject(d, "class", ds->labels[idx] < n_classes ? classes[ds->labels[idx]] : "");
-  cJSON_AddItemToObject(d, "pixels", pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
-  srv_data_put(r->S->data, name, NN_SPLIT_TEST);
-  free(classes);
-  return send_json(r, 200, d);
-}
-
-#define EVAL_MISSES 60
-
-static enum MHD_Result h_evaluation(req *r) {
-  srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return send_error(r, 404, "model %lld not found", (long long)r->id);
-  char *cached = srv_models_eval_get(r->S->models, m);
-  if (cached) {
-    srv_model_unref(m);
-    return send_buf(r, 200, "application/json", cached, strlen(cached), MHD_RESPMEM_MUST_FREE);
-  }
-  const nn_dataset *ds;
-  char msg[512];
-  if (srv_data_get(r->S->data, m->dataset, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
-    srv_model_unref(m);
-    return send_error(r, 404, "%s", msg);
-  }
-  uint8_t *pred = malloc(ds->n);
-  const uint32_t K = nn_model_classes(m->m);
-  float *probs = malloc(PREDICT_CHUNK * K * sizeof(float));
-  int *conf = calloc((size_t)K * K, sizeof *conf);
-  nn_workspace *ws = workspace_for(m);
-  cJSON *d = NULL;
-  if (pred && probs && ws && conf) {
-    uint32_t correct = 0, misses = 0;
-    d = cJSON_CreateObject();
-    cJSON_AddNumberToObject(d, "model", (double)m->id);
-    cJSON_AddStringToObject(d, "dataset", m->dataset);
-    cJSON *mis = cJSON_CreateArray();
-    for (uint32_t off = 0; off < ds->n; off += PREDICT_CHUNK) {
-      uint32_t k = ds->n - off < PREDICT_CHUNK ? ds->n - off : PREDICT_CHUNK;
-      nn_predict_u8(m->m, ws, ds->images + (size_t)off * NN_IMAGE_SIZE, k, probs);
-      for (uint32_t i = 0; i < k; i++) {
-        const float *p = probs + (size_t)i * K;
-        int y = ds->labels[off + i] < K ? ds->labels[off + i] : 0, yh = nn_argmax_n(p, K);
-        conf[(size_t)y * K + yh]++;
-        correct += y == yh;
-        if (y != yh && misses < EVAL_MISSES) {
-          misses++;
-          cJSON *o = cJSON_CreateObject();
-          cJSON_AddNumberToObject(o, "index", off + i);
-          cJSON_AddNumberToObject(o, "label", y);
-          cJSON_AddNumberToObject(o, "predicted", yh);
-          cJSON_AddStringToObject(o, "label_class", model_class(m, y));
-          cJSON_AddStringToObject(o, "predicted_class", model_class(m, yh));
-          cJSON_AddNumberToObject(o, "confidence", round(p[yh] * 1e4) / 1e4);
-          cJSON_AddItemToObject(o, "pixels",
-                                pixels_json(ds->images + (size_t)(off + i) * NN_IMAGE_SIZE));
-          cJSON_AddItemToArray(mis, o);
-        }
-      }
-    }
-    cJSON_AddNumberToObject(d, "accuracy", round(1e6 * correct / ds->n) / 1e6);
-    cJSON_AddNumberToObject(d, "images", ds->n);
-    cJSON *cm = cJSON_AddArrayToObject(d, "confusion");
-    for (uint32_t y = 0; y < K; y++)
-      cJSON_AddItemToArray(cm, cJSON_CreateIntArray(conf + (size_t)y * K, (int)K));
-    cJSON *cn = cJSON_AddArrayToObject(d, "classes");
-    for (uint32_t y = 0; y < K; y++) cJSON_AddItemToArray(cn, cJSON_CreateString(model_class(m, (int)y)));
-    cJSON_AddItemToObject(d, "misclassified", mis);
-  }
-  free(pred);
-  free(probs);
-  free(conf);
-  srv_data_put(r->S->data, m->dataset, NN_SPLIT_TEST);
-  if (!d) {
-    srv_model_unref(m);
-    return send_error(r, 500, "out of memory");
-  }
-  char *s = cJSON_PrintUnformatted(d);
-  cJSON_Delete(d);
-  if (s) srv_models_eval_set(r->S->models, m, s);
-  srv_model_unref(m);
-  if (!s) return send_error(r, 500, "out of memory");
-  return send_buf(r, 200, "application/json", s, strlen(s), MHD_RESPMEM_MUST_FREE);
-}
-
-/* ---- metrics */
-
-typedef struct sbuf {
-  char *p;
-  size_t len, cap;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-  for (;;) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if (b->p && b->len + (size_t)n < b->cap) {
-      b->len += (size_t)n;
-      return;
-    }
-    size_t cap = (b->cap ? b->cap * 2 : 8192) + (size_t)n;
-    char *p = realloc(b->p, cap);
-    if (!p) return;
-    b->p = p;
-    b->cap = cap;
-  }
+enum MHD_Result srv_need_json(req *r) {
+  char ct[96];
+  return srv_send_error(r, 415,
+                    "send the body as application/json (Content-Type: application/json; got "
+                    QUOTE ")", srv_media_type(r, ct, sizeof ct)[0] ? ct : "no Content-Type");
 }
 
 /* ---------------------------------------------------------------- static files */
@@ -1062,7 +266,7 @@ static const char *type_of(const char *path) {
 
 static enum MHD_Result send_asset(req *r, const char *path, const void *data, size_t len,
                                   const char *etag, enum MHD_ResponseMemoryMode mode) {
-  const char *inm = header(r, "If-None-Match");
+  const char *inm = srv_header(r, "If-None-Match");
   int not_modified = inm && etag && !strcmp(inm, etag);
   struct MHD_Response *resp = not_modified
                                   ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
@@ -1104,9 +308,9 @@ static int safe_path(const char *p) {
   return 1;
 }
 
-static enum MHD_Result h_static(req *r) {
+enum MHD_Result h_static(req *r) {
   const char *path = !strcmp(r->url, "/") ? "/index.html" : r->url;
-  if (!safe_path(path)) return send_error(r, 404, "not found: " QUOTE, r->url);
+  if (!safe_path(path)) return srv_send_error(r, 404, "not found: " QUOTE, r->url);
   if (r->S->cfg.web_dir[0]) {
     /* From disk (development): web/ plus the vendored chart library. */
     char file[PATH_MAX + 256];
@@ -1118,14 +322,14 @@ static enum MHD_Result h_static(req *r) {
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (16 << 20)) {
       if (fd >= 0) close(fd);
-      return send_error(r, 404, "not found: " QUOTE, r->url);
+      return srv_send_error(r, 404, "not found: " QUOTE, r->url);
     }
     char *buf = malloc((size_t)st.st_size + 1);
     ssize_t got = buf ? read(fd, buf, (size_t)st.st_size) : -1;
     close(fd);
     if (got != st.st_size) {
       free(buf);
-      return send_error(r, 500, "could not read %s", path);
+      return srv_send_error(r, 500, "could not read %s", path);
     }
     char etag[48];
     snprintf(etag, sizeof etag, "\"%lx-%lx\"", (unsigned long)st.st_mtime,
@@ -1133,146 +337,11 @@ static enum MHD_Result h_static(req *r) {
     return send_asset(r, path, buf, (size_t)st.st_size, etag, MHD_RESPMEM_MUST_FREE);
   }
   const srv_asset *a = srv_asset_find(path);
-  if (!a) return send_error(r, 404, "not found: " QUOTE, r->url);
+  if (!a) return srv_send_error(r, 404, "not found: " QUOTE, r->url);
   return send_asset(r, path, a->data, a->len, a->etag, MHD_RESPMEM_PERSISTENT);
 }
 
 /* ---------------------------------------------------------------- routing */
-
-static enum MHD_Result h_metrics(req *r);
-
-static const route ROUTES[] = {
-    {"GET", "/healthz", h_healthz, 0},
-    {"GET", "/readyz", h_readyz, 0},
-    {"GET", "/metrics", h_metrics, 0},
-    {"GET", "/v1/datasets", h_datasets, 0},
-    {"POST", "/v1/datasets", h_dataset_create, 1},
-    {"GET", "/v1/datasets/:name", h_dataset, 0},
-    {"DELETE", "/v1/datasets/:name", h_dataset_delete, 1},
-    {"GET", "/v1/datasets/:name/samples/random", h_dataset_sample, 0},
-    {"POST", "/v1/jobs", h_job_create, 1},
-    {"GET", "/v1/jobs", h_jobs, 0},
-    {"GET", "/v1/jobs/:id", h_job, 0},
-    {"GET", "/v1/jobs/:id/events", h_job_events, 0},
-    {"POST", "/v1/jobs/:id/cancel", h_job_cancel, 1},
-    {"POST", "/v1/models/mnist:predict", h_tfs_predict, 0},
-    {"GET", "/v1/models", h_models, 0},
-    {"GET", "/v1/models/:id", h_model, 0},
-    {"DELETE", "/v1/models/:id", h_model_delete, 1},
-    {"GET", "/v1/models/:id/file", h_model_file, 0},
-    {"GET", "/v1/models/:id/evaluation", h_evaluation, 0},
-    {"POST", "/v1/models/:id/activate", h_model_activate, 1},
-    {"POST", "/v1/predict", h_predict, 0},
-    {"GET", "/v1/samples/random", h_sample, 0},
-};
-static const size_t N_ROUTES = sizeof ROUTES / sizeof *ROUTES;
-
-
-static enum MHD_Result h_metrics(req *r) {
-  srv *S = r->S;
-  sbuf b = {0};
-  sb_printf(&b, "# HELP mnistd_http_requests_total HTTP requests by route and status.\n"
-                "# TYPE mnistd_http_requests_total counter\n");
-  for (size_t i = 0; i < SRV_MAX_ROUTES + 2; i++) {
-    char name[96];
-    if (i < N_ROUTES) snprintf(name, sizeof name, "%s %s", ROUTES[i].method, ROUTES[i].pattern);
-    else snprintf(name, sizeof name, "%s", i == ROUTE_STATIC ? "GET static" : "unmatched");
-    for (int st = 100; st < 600; st++) {
-      unsigned long v = atomic_load(&S->metrics.requests[i][st]);
-      if (v) sb_printf(&b, "mnistd_http_requests_total{route=\"%s\",status=\"%d\"} %lu\n", name,
-                       st, v);
-    }
-  }
-  sb_printf(&b, "# HELP mnistd_http_requests_aborted_total Requests whose client left before "
-                "an answer.\n# TYPE mnistd_http_requests_aborted_total counter\n");
-  for (size_t i = 0; i < SRV_MAX_ROUTES + 2; i++) {
-    unsigned long v = atomic_load(&S->metrics.aborted[i]);
-    if (!v) continue;
-    char name[96];
-    if (i < N_ROUTES) snprintf(name, sizeof name, "%s %s", ROUTES[i].method, ROUTES[i].pattern);
-    else snprintf(name, sizeof name, "%s", i == ROUTE_STATIC ? "GET static" : "unmatched");
-    sb_printf(&b, "mnistd_http_requests_aborted_total{route=\"%s\"} %lu\n", name, v);
-  }
-  static const char *edges[SRV_LAT_BUCKETS] = {"0.0001", "0.00025", "0.0005", "0.001",
-                                               "0.0025", "0.005",   "0.01",   "0.025",
-                                               "0.05",   "0.1",     "0.25",   "1"};
-  sb_printf(&b, "# HELP mnistd_predict_duration_seconds Time to answer POST /v1/predict.\n"
-                "# TYPE mnistd_predict_duration_seconds histogram\n");
-  for (int i = 0; i < SRV_LAT_BUCKETS; i++)
-    sb_printf(&b, "mnistd_predict_duration_seconds_bucket{le=\"%s\"} %lu\n", edges[i],
-              atomic_load(&S->metrics.lat_buckets[i]));
-  unsigned long cnt = atomic_load(&S->metrics.lat_count);
-  sb_printf(&b, "mnistd_predict_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cnt);
-  sb_printf(&b, "mnistd_predict_duration_seconds_sum %.9f\n",
-            atomic_load(&S->metrics.lat_sum_ns) * 1e-9);
-  sb_printf(&b, "mnistd_predict_duration_seconds_count %lu\n", cnt);
-  sb_printf(&b, "# HELP mnistd_predictions_total Images classified.\n"
-                "# TYPE mnistd_predictions_total counter\nmnistd_predictions_total %lu\n",
-            atomic_load(&S->metrics.predictions));
-  int counts[SRV_JOB_NSTATES];
-  double sps;
-  uint64_t total;
-  srv_jobs_counts(S->jobs, counts, &sps, &total);
-  sb_printf(&b, "# HELP mnistd_jobs Training jobs by state.\n# TYPE mnistd_jobs gauge\n");
-  for (int i = 0; i < SRV_JOB_NSTATES; i++)
-    sb_printf(&b, "mnistd_jobs{state=\"%s\"} %d\n", srv_job_state_name((srv_job_state)i),
-              counts[i]);
-  sb_printf(&b,
-            "# HELP mnistd_training_samples_per_second Training speed of the running jobs.\n"
-            "# TYPE mnistd_training_samples_per_second gauge\n"
-            "mnistd_training_samples_per_second %.1f\n"
-            "# HELP mnistd_training_samples_total Images trained on since start.\n"
-            "# TYPE mnistd_training_samples_total counter\n"
-            "mnistd_training_samples_total %llu\n",
-            sps, (unsigned long long)total);
-  sb_printf(&b, "# HELP mnistd_sse_subscribers Open event streams.\n"
-                "# TYPE mnistd_sse_subscribers gauge\nmnistd_sse_subscribers %d\n",
-            srv_jobs_subscribers(S->jobs));
-  sb_printf(&b, "# HELP mnistd_db_recovered 1 if a damaged database was moved aside at start"
-                " (the log names the file).\n# TYPE mnistd_db_recovered gauge\n"
-                "mnistd_db_recovered %d\n"
-                "# HELP mnistd_models_recovered Model files registered again from disk at start.\n"
-                "# TYPE mnistd_models_recovered gauge\nmnistd_models_recovered %d\n",
-            srv_store_recovered(S->store, NULL, 0), srv_models_recovered(S->models));
-  srv_model *m = srv_models_active(S->models);
-  sb_printf(&b, "# HELP mnistd_active_model_info The model answering predictions.\n"
-                "# TYPE mnistd_active_model_info gauge\n");
-  if (m) {
-    sb_printf(&b, "mnistd_active_model_info{id=\"%lld\",arch=\"%s\",dataset=\"%s\"} 1\n",
-              (long long)m->id, m->arch, m->dataset);
-    /* A model registered again from disk may have no known accuracy: then
-     * no sample (never NaN). */
-    if (isfinite(m->test_accuracy))
-      sb_printf(&b,
-                "# HELP mnistd_active_model_test_accuracy Test accuracy of the active model.\n"
-                "# TYPE mnistd_active_model_test_accuracy gauge\n"
-                "mnistd_active_model_test_accuracy %.6f\n",
-                m->test_accuracy);
-    srv_model_unref(m);
-  }
-  nn_backend_info bi;
-  nn_backend_info_get(&bi);
-  sb_printf(&b, "# HELP mnistd_build_info Version and the matrix-product kernels in use.\n"
-                "# TYPE mnistd_build_info gauge\n"
-                "mnistd_build_info{version=\"%s\",onednn=\"%s\",isa=\"%s\",kernel=\"%s\"} 1\n",
-            NN_VERSION, bi.library, bi.isa, bi.kernel);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  sb_printf(&b, "# HELP mnistd_start_time_seconds Unix time the daemon started.\n"
-                "# TYPE mnistd_start_time_seconds gauge\nmnistd_start_time_seconds %.3f\n",
-            S->started_ms / 1000.0);
-  if (!b.p) return send_error(r, 500, "out of memory");
-  return send_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len,
-                  MHD_RESPMEM_MUST_FREE);
-}
-
-size_t srv_routes(const srv_route_info **out) {
-  static srv_route_info info[sizeof ROUTES / sizeof *ROUTES];
-  for (size_t i = 0; i < N_ROUTES; i++)
-    info[i] = (srv_route_info){ROUTES[i].method, ROUTES[i].pattern, ROUTES[i].mutating};
-  *out = info;
-  return N_ROUTES;
-}
 
 /* Matches a path against a pattern; ":id" takes a positive number. */
 static int match(const char *pat, const char *path, int64_t *id, char *name, size_t name_len) {
@@ -1297,7 +366,7 @@ static int match(const char *pat, const char *path, int64_t *id, char *name, siz
       if (n == 0 || n >= sizeof num) return 0;
       memcpy(num, path, n);
       num[n] = 0;
-      if (parse_dec(num, INT64_MAX, &v) || v == 0) return 0;
+      if (srv_parse_dec(num, INT64_MAX, &v) || v == 0) return 0;
       *id = (int64_t)v;
       path += n;
       pat += 3;
@@ -1313,7 +382,7 @@ static int match(const char *pat, const char *path, int64_t *id, char *name, siz
 static int token_ok(req *r) {
   const char *want = r->S->cfg.api_token;
   if (!want[0]) return 1;
-  const char *h = header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+  const char *h = srv_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
   if (!h) return 0;
   while (*h == ' ' || *h == '\t') h++;
   if (strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) return 0;
@@ -1370,7 +439,7 @@ int srv_host_is_loopback(const char *host) {
   }
   if (port) {
     uint64_t v;
-    if (parse_dec(port, 65535, &v)) return 0;
+    if (srv_parse_dec(port, 65535, &v)) return 0;
   }
   return 1;
 }
@@ -1380,7 +449,7 @@ int srv_host_is_loopback(const char *host) {
  * loopback names are served, unless --allow-host lists more. */
 static int host_ok(req *r) {
   if (!r->S->loopback) return 1;
-  const char *h = header(r, MHD_HTTP_HEADER_HOST);
+  const char *h = srv_header(r, MHD_HTTP_HEADER_HOST);
   if (!h) return 1; /* HTTP/1.0 without Host: not a browser */
   if (srv_host_is_loopback(h)) return 1;
   size_t n = h[0] == '[' ? strcspn(h, "]") + 1 : strcspn(h, ":");
@@ -1391,10 +460,10 @@ static int host_ok(req *r) {
  * same-origin when Origin is http(s)://<the Host it was sent to>. No
  * Origin: not a browser (curl, scripts), allowed. */
 static int origin_ok(req *r) {
-  const char *o = header(r, "Origin");
+  const char *o = srv_header(r, "Origin");
   if (!o) return 1;
   if (r->S->cfg.allow_origin[0] && in_list(r->S->cfg.allow_origin, o, strlen(o))) return 1;
-  const char *h = header(r, MHD_HTTP_HEADER_HOST);
+  const char *h = srv_header(r, MHD_HTTP_HEADER_HOST);
   if (!h || !*h) return 0;
   const char *rest = !strncasecmp(o, "http://", 7) ? o + 7 : !strncasecmp(o, "https://", 8) ? o + 8 : NULL;
   return rest && !strcasecmp(rest, h);
@@ -1404,11 +473,11 @@ static enum MHD_Result dispatch_first(req *r) {
   const char *path = r->url;
   int path_known = 0;
   char allow[64] = "";
-  for (size_t i = 0; i < N_ROUTES; i++) {
+  for (size_t i = 0; i < srv_route_count; i++) {
     int64_t id = 0;
-    if (!match(ROUTES[i].pattern, path, &id, r->name, sizeof r->name)) continue;
+    if (!match(srv_route_table[i].pattern, path, &id, r->name, sizeof r->name)) continue;
     path_known = 1;
-    const char *m = ROUTES[i].method;
+    const char *m = srv_route_table[i].method;
     if (!strstr(allow, m) && strlen(allow) + strlen(m) + 8 < sizeof allow) {
       if (allow[0]) strcat(allow, ", ");
       strcat(allow, m);
@@ -1422,12 +491,12 @@ static enum MHD_Result dispatch_first(req *r) {
   }
   r->route = ROUTE_NONE;
   if (path_known)
-    return send_405(r, allow, QUOTE " is not allowed here; use %s", r->method, allow);
+    return srv_send_405(r, allow, QUOTE " is not allowed here; use %s", r->method, allow);
   if (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1"))
-    return send_error(r, 404, "no such endpoint: " QUOTE " " QUOTE " (see the README's API reference)",
+    return srv_send_error(r, 404, "no such endpoint: " QUOTE " " QUOTE " (see the README's API reference)",
                       r->method, path);
   if (strcmp(r->method, "GET") && strcmp(r->method, "HEAD"))
-    return send_405(r, "GET, HEAD", QUOTE " is not allowed on static files; use GET or HEAD",
+    return srv_send_405(r, "GET, HEAD", QUOTE " is not allowed on static files; use GET or HEAD",
                     r->method);
   r->route = ROUTE_STATIC;
   return MHD_YES;
@@ -1561,26 +630,26 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
 
 /* The first call for a request: everything decided from the head. */
 static enum MHD_Result on_head(srv *S, req *r) {
-  if (atomic_load(&S->stopping)) return send_error(r, 503, "the server is shutting down");
+  if (atomic_load(&S->stopping)) return srv_send_error(r, 503, "the server is shutting down");
   if (r->bad_target == 400)
-    return send_error(r, 400, "the request target contains %%00 (a NUL byte): " QUOTE,
+    return srv_send_error(r, 400, "the request target contains %%00 (a NUL byte): " QUOTE,
                       r->raw ? r->raw : "");
   if (r->bad_target == 414)
-    return send_error(r, 414, "more than %d query parameters", SRV_MAX_QUERY_PARAMS);
+    return srv_send_error(r, 414, "more than %d query parameters", SRV_MAX_QUERY_PARAMS);
   if (!host_ok(r))
-    return send_error(r, 403,
+    return srv_send_error(r, 403,
                       "Host " QUOTE " is not a loopback name; this server listens on loopback "
                       "and refuses other names (DNS rebinding). Use http://127.0.0.1 or "
                       "localhost, or start it with --allow-host NAME",
-                      header(r, MHD_HTTP_HEADER_HOST));
+                      srv_header(r, MHD_HTTP_HEADER_HOST));
   if (dispatch_first(r) != MHD_YES || r->status) return r->status ? MHD_YES : MHD_NO;
-  if (r->route < (int)N_ROUTES && ROUTES[r->route].mutating) {
+  if (r->route < (int)srv_route_count && srv_route_table[r->route].mutating) {
     if (!origin_ok(r))
-      return send_error(r, 403,
+      return srv_send_error(r, 403,
                         "cross-origin request from " QUOTE " refused; pages on other origins "
                         "may not change this server (start it with --allow-origin ORIGIN to "
                         "allow one)",
-                        header(r, "Origin"));
+                        srv_header(r, "Origin"));
     if (!token_ok(r)) {
       struct MHD_Response *resp = MHD_create_response_from_buffer(
           strlen("{\"error\":{\"code\":401,\"message\":\"this server needs an API token: send "
@@ -1600,15 +669,15 @@ static enum MHD_Result on_head(srv *S, req *r) {
     /* A form or text/plain type is refused before the body: even an empty
      * form POST from another site must not start a job. */
     char ct[96];
-    if (ROUTES[r->route].h == h_dataset_create) return dataset_upload_head(r);
-    if (media_type(r, ct, sizeof ct)[0] && strcmp(ct, "application/json")) return need_json(r);
+    if (srv_route_table[r->route].h == h_dataset_create) return srv_dataset_upload_head(r);
+    if (srv_media_type(r, ct, sizeof ct)[0] && strcmp(ct, "application/json")) return srv_need_json(r);
   }
-  const char *cl = header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  const char *cl = srv_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
   uint64_t clv;
-  if (cl && !parse_dec(cl, UINT64_MAX, &clv) && clv > S->cfg.max_body)
-    return send_error(r, 413, "the body is %llu bytes; this server accepts at most %zu",
+  if (cl && !srv_parse_dec(cl, UINT64_MAX, &clv) && clv > S->cfg.max_body)
+    return srv_send_error(r, 413, "the body is %llu bytes; this server accepts at most %zu",
                       (unsigned long long)clv, S->cfg.max_body);
-  r->is_predict = r->route < (int)N_ROUTES && ROUTES[r->route].h == h_predict;
+  r->is_predict = r->route < (int)srv_route_count && srv_route_table[r->route].h == h_predict;
   return MHD_YES;
 }
 
@@ -1666,17 +735,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   }
   if (r->status) return MHD_YES;
   if (r->too_big)
-    return send_error(r, 413, "the body is larger than %zu bytes, this server's limit",
+    return srv_send_error(r, 413, "the body is larger than %zu bytes, this server's limit",
                       S->cfg.max_body);
   if (!r->body) {
     r->body = calloc(1, 1);
     if (!r->body) return MHD_NO;
   }
   if (r->route == ROUTE_STATIC) return h_static(r);
-  return ROUTES[r->route].h(r);
+  return srv_route_table[r->route].h(r);
 }
 
-void srv_log(const srv *S, const char *level, const char *msg) {
+/* One log line; fields, if not NULL, are added to the JSON record (and
+ * freed here); the text format has no fields (callers put them in msg). */
+static void log_line(const srv *S, const char *level, const char *msg, cJSON *fields) {
   char t[40];
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -1695,6 +766,8 @@ void srv_log(const srv *S, const char *level, const char *msg) {
     cJSON_AddStringToObject(o, "time", tt);
     cJSON_AddStringToObject(o, "level", level);
     cJSON_AddStringToObject(o, "msg", clean);
+    for (cJSON *f; fields && (f = fields->child);)
+      cJSON_AddItemToObject(o, f->string, cJSON_DetachItemViaPointer(fields, f));
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (s) fprintf(stderr, "%s\n", s);
@@ -1702,6 +775,11 @@ void srv_log(const srv *S, const char *level, const char *msg) {
   } else {
     fprintf(stderr, "%s.%03ldZ %s %s\n", t, ts.tv_nsec / 1000000, level, clean);
   }
+  cJSON_Delete(fields);
+}
+
+void srv_log(const srv *S, const char *level, const char *msg) {
+  log_line(S, level, msg, NULL);
 }
 
 /* Requests with bodies at least this large give their memory back to the
@@ -1734,7 +812,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   /* A client that leaves before any answer is counted apart, not as 500. */
   if (st >= 100 && st < 600) atomic_fetch_add(&S->metrics.requests[r->route][st], 1);
   else atomic_fetch_add(&S->metrics.aborted[r->route], 1);
-  if (r->is_predict && st == 200) observe_latency(S, ms / 1e3);
+  if (r->is_predict && st == 200) srv_metrics_observe_latency(S, ms / 1e3);
   const char *target = r->raw ? r->raw : r->url;
   int aborted = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
   /* Event streams log when they end; everything logs once. */
@@ -1749,10 +827,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     else cJSON_AddNullToObject(o, "status");
     cJSON_AddNumberToObject(o, "ms", round(ms * 100) / 100);
     if (aborted) cJSON_AddBoolToObject(o, "aborted", 1);
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (s) srv_log(S, "info", s);
-    free(s);
+    /* The request's fields are the record's own, not a string in msg. */
+    log_line(S, "info", "request", o);
   } else {
     char line[600], status[8] = "-";
     if (st) snprintf(status, sizeof status, "%d", st);

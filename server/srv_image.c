@@ -569,6 +569,124 @@ static unsigned border_median(const uint8_t *px, uint32_t w, uint32_t h) {
   return 255; /* unreachable: n >= 1 */
 }
 
+/* The four stages of srv_image_to_mnist, in order. */
+
+/* Stage 1: bounding box of ink (pixels whose ink value is above thr) and
+ * the strongest ink value. Returns 0 when there is no ink at all. */
+typedef struct ink_box {
+  uint32_t x0, x1, y0, y1;
+  unsigned peak;
+} ink_box;
+
+static int find_ink(const uint8_t *px, uint32_t w, uint32_t h, const uint8_t ink[256],
+                    unsigned thr, ink_box *b) {
+  uint32_t x0 = w, x1 = 0, y0 = h, y1 = 0;
+  unsigned peak = 0;
+  for (uint32_t y = 0; y < h; y++) {
+    const uint8_t *r = px + (size_t)y * w;
+    for (uint32_t x = 0; x < w; x++) {
+      unsigned v = ink[r[x]];
+      if (v <= thr) continue;
+      if (x < x0) x0 = x;
+      if (x > x1) x1 = x;
+      if (y < y0) y0 = y;
+      if (y > y1) y1 = y;
+      if (v > peak) peak = v;
+    }
+  }
+  *b = (ink_box){x0, x1, y0, y1, peak};
+  return x0 <= x1;
+}
+
+/* Stage 2: background removed and contrast stretched so peak ink is 255.
+ * peak > thr >= bg, so the divisor is positive. */
+static void ink_levels(const uint8_t ink[256], unsigned bg, unsigned peak, float level[256]) {
+  const float gain = 255.0f / (float)(peak - bg);
+  for (unsigned v = 0; v < 256; v++) {
+    int d = (int)ink[v] - (int)bg;
+    level[v] = d > 0 ? fminf((float)d * gain, 255.0f) : 0.0f;
+  }
+}
+
+/* Stage 3: scales the crop so its longer side is 20 (aspect kept, shorter
+ * side rounded) by area averaging: output pixel (i, j) covers the source
+ * rectangle [i*sx, (i+1)*sx) x [j*sy, (j+1)*sy) of the crop; each source
+ * pixel counts by the area it shares with it. Works for shrinking and
+ * enlarging; indices are clamped so rounding can never leave the crop.
+ * Fills sc (nw x nh), *nw, *nh and the centre of mass (*cx, *cy). */
+static void scale_box(const uint8_t *px, uint32_t w, const ink_box *b, const float level[256],
+                      float sc[SRV_IMAGE_BOX * SRV_IMAGE_BOX], uint32_t *nw_, uint32_t *nh_,
+                      double *cx, double *cy) {
+  const uint32_t bw = b->x1 - b->x0 + 1, bh = b->y1 - b->y0 + 1;
+  uint32_t nw, nh;
+  if (bw >= bh) {
+    nw = SRV_IMAGE_BOX;
+    nh = (uint32_t)floor((double)SRV_IMAGE_BOX * bh / bw + 0.5);
+  } else {
+    nh = SRV_IMAGE_BOX;
+    nw = (uint32_t)floor((double)SRV_IMAGE_BOX * bw / bh + 0.5);
+  }
+  if (nw < 1) nw = 1;
+  if (nh < 1) nh = 1;
+  const double sx = (double)bw / nw, sy = (double)bh / nh;
+  double mass = 0, mx = 0, my = 0;
+  for (uint32_t j = 0; j < nh; j++) {
+    const double ya = j * sy, yb = (j + 1) * sy;
+    uint32_t l0 = (uint32_t)floor(ya), l1 = (uint32_t)ceil(yb);
+    if (l1 > bh) l1 = bh;
+    if (l0 >= l1) l0 = l1 - 1;
+    for (uint32_t i = 0; i < nw; i++) {
+      const double xa = i * sx, xb = (i + 1) * sx;
+      uint32_t k0 = (uint32_t)floor(xa), k1 = (uint32_t)ceil(xb);
+      if (k1 > bw) k1 = bw;
+      if (k0 >= k1) k0 = k1 - 1;
+      double acc = 0, wsum = 0;
+      for (uint32_t l = l0; l < l1; l++) {
+        const double wy = fmin(yb, l + 1.0) - fmax(ya, (double)l);
+        if (wy <= 0) continue;
+        const uint8_t *r = px + (size_t)(b->y0 + l) * w + b->x0;
+        for (uint32_t k = k0; k < k1; k++) {
+          const double wx = fmin(xb, k + 1.0) - fmax(xa, (double)k);
+          if (wx <= 0) continue;
+          acc += wx * wy * level[r[k]];
+          wsum += wx * wy;
+        }
+      }
+      const float v = wsum > 0 ? (float)(acc / wsum) : 0.0f;
+      sc[j * nw + i] = v;
+      mass += v;
+      mx += (double)i * v;
+      my += (double)j * v;
+    }
+  }
+  *nw_ = nw;
+  *nh_ = nh;
+  *cx = mass > 0 ? mx / mass : (nw - 1) / 2.0;
+  *cy = mass > 0 ? my / mass : (nh - 1) / 2.0;
+}
+
+/* Stage 4: places the scaled block so the centre of mass lands on (14, 14),
+ * rounded to nearest and clamped so the whole nw x nh block stays inside
+ * 28x28. Returns 1 if any output pixel is non-zero. */
+static int place_centred(const float *sc, uint32_t nw, uint32_t nh, double cx, double cy,
+                         uint8_t res[SRV_IMAGE_SIZE]) {
+  const double centre = SRV_IMAGE_SIDE / 2;
+  int ox = (int)floor(centre - cx + 0.5), oy = (int)floor(centre - cy + 0.5);
+  const int oxmax = SRV_IMAGE_SIDE - (int)nw, oymax = SRV_IMAGE_SIDE - (int)nh;
+  ox = ox < 0 ? 0 : ox > oxmax ? oxmax : ox;
+  oy = oy < 0 ? 0 : oy > oymax ? oymax : oy;
+  int any = 0;
+  for (uint32_t j = 0; j < nh; j++) {
+    for (uint32_t i = 0; i < nw; i++) {
+      const float v = sc[j * nw + i] + 0.5f;
+      const uint8_t b = v >= 255.0f ? 255 : (uint8_t)v;
+      res[(size_t)(oy + (int)j) * SRV_IMAGE_SIDE + (size_t)(ox + (int)i)] = b;
+      any |= b != 0;
+    }
+  }
+  return any;
+}
+
 int srv_image_to_mnist(const srv_gray *g, uint8_t out[SRV_IMAGE_SIZE],
                        int *empty) {
   if (g == NULL || out == NULL || empty == NULL || g->px == NULL ||
@@ -594,111 +712,22 @@ int srv_image_to_mnist(const srv_gray *g, uint8_t out[SRV_IMAGE_SIZE],
     *empty = !any;
     return 0;
   }
-
-  /* Bounding box of ink and the strongest ink value. */
-  uint32_t x0 = w, x1 = 0, y0 = h, y1 = 0;
-  unsigned peak = 0;
-  for (uint32_t y = 0; y < h; y++) {
-    const uint8_t *r = px + (size_t)y * w;
-    for (uint32_t x = 0; x < w; x++) {
-      unsigned v = ink[r[x]];
-      if (v <= thr) continue;
-      if (x < x0) x0 = x;
-      if (x > x1) x1 = x;
-      if (y < y0) y0 = y;
-      if (y > y1) y1 = y;
-      if (v > peak) peak = v;
-    }
-  }
   uint8_t res[SRV_IMAGE_SIZE];
   memset(res, 0, sizeof res);
-  if (x0 > x1) { /* no ink at all */
+  ink_box box;
+  if (!find_ink(px, w, h, ink, thr, &box)) { /* no ink at all */
     memcpy(out, res, SRV_IMAGE_SIZE);
     *empty = 1;
     return 0;
   }
-
-  /* Background removed and contrast stretched so peak ink is 255. peak >
-   * thr >= bg, so the divisor is positive. */
-  float level[256];
-  const float gain = 255.0f / (float)(peak - bg);
-  for (unsigned v = 0; v < 256; v++) {
-    int d = (int)ink[v] - (int)bg;
-    level[v] = d > 0 ? fminf((float)d * gain, 255.0f) : 0.0f;
-  }
-
-  /* Target size: longer side 20, aspect kept, shorter side rounded. */
-  const uint32_t bw = x1 - x0 + 1, bh = y1 - y0 + 1;
+  float level[256], sc[SRV_IMAGE_BOX * SRV_IMAGE_BOX];
+  ink_levels(ink, bg, box.peak, level);
   uint32_t nw, nh;
-  if (bw >= bh) {
-    nw = SRV_IMAGE_BOX;
-    nh = (uint32_t)floor((double)SRV_IMAGE_BOX * bh / bw + 0.5);
-  } else {
-    nh = SRV_IMAGE_BOX;
-    nw = (uint32_t)floor((double)SRV_IMAGE_BOX * bw / bh + 0.5);
-  }
-  if (nw < 1) nw = 1;
-  if (nh < 1) nh = 1;
-  const double sx = (double)bw / nw, sy = (double)bh / nh;
-
-  /* Area averaging: output pixel (i, j) covers the source rectangle
-   * [i*sx, (i+1)*sx) x [j*sy, (j+1)*sy) of the crop; each source pixel
-   * counts by the area it shares with it. Works for shrinking and
-   * enlarging; indices are clamped so rounding can never leave the crop. */
-  float sc[SRV_IMAGE_BOX * SRV_IMAGE_BOX];
-  double mass = 0, mx = 0, my = 0;
-  for (uint32_t j = 0; j < nh; j++) {
-    const double ya = j * sy, yb = (j + 1) * sy;
-    uint32_t l0 = (uint32_t)floor(ya), l1 = (uint32_t)ceil(yb);
-    if (l1 > bh) l1 = bh;
-    if (l0 >= l1) l0 = l1 - 1;
-    for (uint32_t i = 0; i < nw; i++) {
-      const double xa = i * sx, xb = (i + 1) * sx;
-      uint32_t k0 = (uint32_t)floor(xa), k1 = (uint32_t)ceil(xb);
-      if (k1 > bw) k1 = bw;
-      if (k0 >= k1) k0 = k1 - 1;
-      double acc = 0, wsum = 0;
-      for (uint32_t l = l0; l < l1; l++) {
-        const double wy = fmin(yb, l + 1.0) - fmax(ya, (double)l);
-        if (wy <= 0) continue;
-        const uint8_t *r = px + (size_t)(y0 + l) * w + x0;
-        for (uint32_t k = k0; k < k1; k++) {
-          const double wx = fmin(xb, k + 1.0) - fmax(xa, (double)k);
-          if (wx <= 0) continue;
-          acc += wx * wy * level[r[k]];
-          wsum += wx * wy;
-        }
-      }
-      const float v = wsum > 0 ? (float)(acc / wsum) : 0.0f;
-      sc[j * nw + i] = v;
-      mass += v;
-      mx += (double)i * v;
-      my += (double)j * v;
-    }
-  }
-
-  /* Shift so the centre of mass lands on (14, 14), rounded to nearest and
-   * clamped so the whole nw x nh block stays inside 28x28. */
-  const double cx = mass > 0 ? mx / mass : (nw - 1) / 2.0;
-  const double cy = mass > 0 ? my / mass : (nh - 1) / 2.0;
-  const double centre = SRV_IMAGE_SIDE / 2;
-  int ox = (int)floor(centre - cx + 0.5), oy = (int)floor(centre - cy + 0.5);
-  const int oxmax = SRV_IMAGE_SIDE - (int)nw, oymax = SRV_IMAGE_SIDE - (int)nh;
-  ox = ox < 0 ? 0 : ox > oxmax ? oxmax : ox;
-  oy = oy < 0 ? 0 : oy > oymax ? oymax : oy;
-
-  int any = 0;
-  for (uint32_t j = 0; j < nh; j++) {
-    for (uint32_t i = 0; i < nw; i++) {
-      const float v = sc[j * nw + i] + 0.5f;
-      const uint8_t b = v >= 255.0f ? 255 : (uint8_t)v;
-      res[(size_t)(oy + (int)j) * SRV_IMAGE_SIDE + (size_t)(ox + (int)i)] = b;
-      any |= b != 0;
-    }
-  }
+  double cx, cy;
+  scale_box(px, w, &box, level, sc, &nw, &nh, &cx, &cy);
   /* Ink so sparse that it averages away to nothing counts as empty. */
+  *empty = !place_centred(sc, nw, nh, cx, cy, res);
   memcpy(out, res, SRV_IMAGE_SIZE);
-  *empty = !any;
   return 0;
 }
 

@@ -130,13 +130,13 @@ int srv_image_decode_png(const uint8_t *buf, size_t len, srv_gray *out,
 int srv_image_decode_pgm(const uint8_t *buf, size_t len, srv_gray *out,
                          char *msg, size_t msglen);
 
-/* Checks a raw body: it must be exactly N x 784 bytes (N >= 1), each block
- * one MNIST-style image used as-is. On success *n = N. On failure *n = 0.
- * Errors: -EINVAL (len is 0 or not a multiple of 784). */
 /* 1 when a 28x28 MNIST-style image (0 = background) has no pixel above
  * 255/16: the "empty" flag of a prediction, the same for every format. */
 int srv_image_is_empty(const uint8_t px[SRV_IMAGE_SIZE]);
 
+/* Checks a raw body: it must be exactly N x 784 bytes (N >= 1), each block
+ * one MNIST-style image used as-is. On success *n = N. On failure *n = 0.
+ * Errors: -EINVAL (len is 0 or not a multiple of 784). */
 int srv_image_raw_count(size_t len, size_t *n, char *msg, size_t msglen);
 
 /* MNIST preprocessing (how LeCun et al. built MNIST from NIST):

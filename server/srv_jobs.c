@@ -1,6 +1,7 @@
 /* Training jobs. One mutex (J->mu) guards every job's fields, event logs
  * and subscriber lists; the store has its own and is always taken second. */
 #include "srv_jobs.h"
+#include "srv_train.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -332,12 +333,7 @@ static int on_progress(const nn_progress *p, void *user) {
 
 static char *metrics_json(const nn_epoch_metrics *m) {
   char buf[512];
-  snprintf(buf, sizeof buf,
-           "{\"epoch\":%u,\"loss\":%.6f,\"accuracy\":%.6f,\"val_loss\":%.6f,"
-           "\"val_accuracy\":%.6f,\"seconds\":%.4f,\"samples_per_second\":%.1f}",
-           m->epoch, (double)m->loss, (double)m->accuracy, (double)m->val_loss,
-           (double)m->val_accuracy, m->seconds, m->samples_per_second);
-  return strdup(buf);
+  return srv_epoch_json(m, buf, sizeof buf) < 0 ? NULL : strdup(buf);
 }
 
 /* Fails the job with a message (training thread, lock not held). A failed
@@ -405,7 +401,11 @@ static uint32_t run_begin(run *r) {
   job *j = r->j;
   uint32_t done = nn_trainer_epoch(r->t);
   if (done > j->cfg.epochs) done = j->cfg.epochs;
-  srv_store_job_rewind(J->st, j->id, done);
+  /* On failure the stale rows stay until the redone epochs overwrite them
+   * (INSERT OR REPLACE): worth a log line, not the job. */
+  if (srv_store_job_rewind(J->st, j->id, done))
+    logf_(J, "job %lld: could not drop its records past epoch %u: %s", (long long)j->id, done,
+          srv_store_errmsg(J->st));
   pthread_mutex_lock(&J->mu);
   while (j->n_metrics > done) free(j->metrics[--j->n_metrics]);
   size_t keep = 0;
@@ -487,7 +487,11 @@ static int run_epochs(run *r, uint32_t done) {
       return -1;
     }
     double t1 = mono_s();
-    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    if ((rc = nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL))) {
+      snprintf(msg, sizeof msg, "evaluation failed: %s", nn_strerror(rc));
+      fail_job(r->J, j, msg);
+      return -1;
+    }
     mt.val_loss = r->vloss;
     mt.val_accuracy = r->vacc;
     mt.eval_seconds = mono_s() - t1;
@@ -539,7 +543,8 @@ static void run_finish(run *r) {
    * checkpoint and the model's record): evaluate now. A NaN never reaches
    * the records or a comparison. */
   if (!isfinite(r->vacc) || !isfinite(r->vloss)) {
-    nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL);
+    /* A failed evaluation leaves NaN: the job fails just below. */
+    if (nn_evaluate(r->m, r->ews, &r->sv, &r->vloss, &r->vacc, NULL)) r->vacc = NAN;
     logf_(J, "job %lld: evaluated the trained model after the restart: accuracy %.4f",
           (long long)j->id, (double)r->vacc);
   }
@@ -633,13 +638,8 @@ static void work_cb(uv_work_t *w) {
   }
   if (!t) {
     nn_train_config tc;
-    nn_train_defaults(&tc);
-    nn_opt_defaults(&tc.opt, j->cfg.optimizer);
-    tc.opt.lr = j->cfg.learning_rate;
-    tc.opt.momentum = j->cfg.momentum;
-    tc.batch_size = j->cfg.batch_size;
-    tc.seed = j->cfg.seed;
-    tc.threads = (uint32_t)J->opt.train_threads;
+    srv_train_config(&tc, j->cfg.optimizer, j->cfg.learning_rate, j->cfg.momentum,
+                     j->cfg.batch_size, j->cfg.seed, (uint32_t)J->opt.train_threads);
     /* The output layer has one unit per class of the data set. */
     uint32_t k = NN_CLASSES;
     char **names = NULL;

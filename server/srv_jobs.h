@@ -43,6 +43,7 @@ typedef enum {
   SRV_JOB_NSTATES
 } srv_job_state;
 
+/* "queued", "running", ...: a static string, never NULL. */
 const char *srv_job_state_name(srv_job_state s);
 /* -1 for an unknown name. */
 int srv_job_state_parse(const char *name);
@@ -72,8 +73,9 @@ void srv_jobs_close(srv_jobs *J);
 
 /* Starts stopping (loop thread): running jobs stop at the next batch and
  * stay "running" in the store so they resume at the next start; streams
- * end. *idle is set once no job runs. */
+ * end. */
 void srv_jobs_shutdown(srv_jobs *J);
+/* 1 once no job runs (after srv_jobs_shutdown: time to close), else 0. */
 int srv_jobs_idle(srv_jobs *J);
 
 /* Queues a job; *id receives its id. -EIO/-ENOSPC from the store. */

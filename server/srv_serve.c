@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "srv_cli.h"
+#include "srv_util.h"
 
 static const char SERVE_HELP[] =
     "usage: mnistd serve [options]      (also the default command)\n"
@@ -156,7 +156,6 @@ static int add_list(char *list, size_t size, const char *v, const char *flag) {
   return 0;
 }
 
-/* Applies one option; `from` names its source for messages. */
 /* The upload limits: each a positive number within a sane range. */
 static int apply_ds(srv_config *c, int o, const char *v) {
   static const struct {
@@ -194,6 +193,8 @@ static int apply_ds(srv_config *c, int o, const char *v) {
   return 0;
 }
 
+/* Applies one option (from the command line or its MNISTD_* variable):
+ * 0, or the usage() exit status with a message naming the option. */
 static int apply(srv_config *c, int opt, const char *v) {
   long n;
   switch (opt) {
@@ -351,6 +352,48 @@ static void on_signal(uv_signal_t *h, int sig) {
   uv_timer_start(&c->poll, poll_idle, 0, 20);
 }
 
+/* One daemon per state directory: a second one (a restart loop racing the
+ * old process, a mistake) must never touch the files of the first, least
+ * of all move its database aside. Creates the directory if needed and
+ * holds STATE/mnistd.lock (S_lock_fd) until exit. 0, or -1 after a
+ * message on stderr. */
+static int lock_state_dir(const char *dir) {
+  char path[PATH_MAX + 32];
+  int mk = srv_mkdir_durable(dir, 0750);
+  if (!mk) {
+    snprintf(path, sizeof path, "%s/mnistd.lock", dir);
+    S_lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (S_lock_fd < 0) mk = -errno;
+  }
+  if (mk) {
+    fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", dir, strerror(-mk));
+    return -1;
+  }
+  if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n", dir);
+    close(S_lock_fd);
+    S_lock_fd = -1;
+    return -1;
+  }
+  return 0;
+}
+
+/* The start-up lines: address, directories, token, kernels. */
+static void log_started(srv *S) {
+  char msg[2 * PATH_MAX + 512];
+  snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)", NN_VERSION,
+           S->cfg.listen, S->cfg.state_dir, S->cfg.data_dir,
+           S->cfg.api_token[0] ? ", API token required for changes" : "");
+  srv_log(S, "info", msg);
+  nn_backend_info bi;
+  nn_backend_info_get(&bi);
+  snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
+  srv_log(S, "info", msg);
+  if (!strcmp(bi.kernel, "unknown"))
+    srv_log(S, "warn", "oneDNN cannot compile its kernels: training and predictions will fail "
+                       "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
+}
+
 int srv_serve_main(int argc, char **argv) {
   static srv S; /* large (metrics tables): not on the stack */
   int rc = srv_config_parse(&S.cfg, argc, argv);
@@ -368,26 +411,7 @@ int srv_serve_main(int argc, char **argv) {
   int status = 1;
   uv_loop_t loop;
   int loop_ok = 0;
-  /* One daemon per state directory: a second one (a restart loop racing
-   * the old process, a mistake) must never touch the files of the first,
-   * least of all move its database aside. */
-  int mk = srv_mkdir_durable(S.cfg.state_dir, 0750);
-  if (!mk) {
-    snprintf(msg, sizeof msg, "%s/mnistd.lock", S.cfg.state_dir);
-    S_lock_fd = open(msg, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (S_lock_fd < 0) mk = -errno;
-  }
-  if (mk) {
-    fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", S.cfg.state_dir,
-            strerror(-mk));
-    return 1;
-  }
-  if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
-    fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n",
-            S.cfg.state_dir);
-    close(S_lock_fd);
-    return 1;
-  }
+  if (lock_state_dir(S.cfg.state_dir)) return 1;
   if ((rc = srv_store_open_flags(&S.store, S.cfg.state_dir, SRV_STORE_RECOVER, msg, sizeof msg))) {
     fprintf(stderr, "mnistd serve: %s\n", msg);
     close(S_lock_fd);
@@ -442,17 +466,7 @@ int srv_serve_main(int argc, char **argv) {
   uv_signal_start(&sc.sigterm, on_signal, SIGTERM);
   uv_signal_start(&sc.sigint, on_signal, SIGINT);
 
-  snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)", NN_VERSION,
-           S.cfg.listen, S.cfg.state_dir, S.cfg.data_dir,
-           S.cfg.api_token[0] ? ", API token required for changes" : "");
-  srv_log(&S, "info", msg);
-  nn_backend_info bi;
-  nn_backend_info_get(&bi);
-  snprintf(msg, sizeof msg, "kernels: %s, isa %s, matmul %s", bi.library, bi.isa, bi.kernel);
-  srv_log(&S, "info", msg);
-  if (!strcmp(bi.kernel, "unknown"))
-    srv_log(&S, "warn", "oneDNN cannot compile its kernels: training and predictions will fail "
-                        "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
+  log_started(&S);
   sd_notify(0, "READY=1");
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);
@@ -481,19 +495,52 @@ out:
 
 /* ---------------------------------------------------------------- healthcheck */
 
+static const char HEALTHCHECK_USAGE[] =
+    "usage: mnistd healthcheck [--listen HOST:PORT | --url http://HOST:PORT/PATH]\n"
+    "exit 0 if the daemon answers GET /healthz (or PATH) with 200, 1 otherwise.\n"
+    "  --listen HOST:PORT  the daemon's address (default $MNISTD_LISTEN, else 127.0.0.1:8080;\n"
+    "                      0.0.0.0 is checked on 127.0.0.1)\n"
+    "  --url URL           the full URL to check\n";
+
 int srv_healthcheck_main(int argc, char **argv) {
-  const char *url = argc > 2 && !strcmp(argv[1], "--url") ? argv[2] : NULL;
+  const char *url = NULL, *listen = getenv("MNISTD_LISTEN");
   char host[128] = "127.0.0.1", port[16] = "8080", path[256] = "/healthz";
-  const char *listen = getenv("MNISTD_LISTEN");
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(HEALTHCHECK_USAGE, stdout);
+      return 0;
+    }
+    const char *v = NULL;
+    if (!strcmp(argv[i], "--url") || !strcmp(argv[i], "--listen")) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "mnistd healthcheck: %s needs a value\n%s", argv[i], HEALTHCHECK_USAGE);
+        return 2;
+      }
+      v = argv[i + 1];
+    } else if (!strncmp(argv[i], "--url=", 6) || !strncmp(argv[i], "--listen=", 9)) {
+      v = strchr(argv[i], '=') + 1;
+    } else {
+      fprintf(stderr, "mnistd healthcheck: unknown argument '%s'\n%s", argv[i], HEALTHCHECK_USAGE);
+      return 2;
+    }
+    if (!strncmp(argv[i], "--url", 5)) url = v;
+    else listen = v;
+    if (!strchr(argv[i], '=')) i++;
+  }
   if (url) {
     if (sscanf(url, "http://%127[^:/]:%15[0-9]%255s", host, port, path) < 2) {
       fprintf(stderr, "mnistd healthcheck: --url must look like http://127.0.0.1:8080/healthz\n");
       return 2;
     }
-  } else if (listen && strchr(listen, ':')) {
-    snprintf(port, sizeof port, "%s", strrchr(listen, ':') + 1);
-    size_t hl = (size_t)(strrchr(listen, ':') - listen);
-    if (hl && hl < sizeof host) {
+  } else if (listen) {
+    const char *colon = strrchr(listen, ':');
+    size_t hl = colon ? (size_t)(colon - listen) : 0;
+    if (!colon || !colon[1] || strlen(colon + 1) >= sizeof port || hl >= sizeof host) {
+      fprintf(stderr, "mnistd healthcheck: --listen must be HOST:PORT, not '%s'\n", listen);
+      return 2;
+    }
+    snprintf(port, sizeof port, "%s", colon + 1);
+    if (hl) {
       memcpy(host, listen, hl);
       host[hl] = 0;
     }

@@ -249,7 +249,16 @@ void srv_store_close(srv_store *s) {
   free(s);
 }
 
-const char *srv_store_errmsg(srv_store *s) { return s ? sqlite3_errmsg(s->db) : "no store"; }
+/* Copied under the lock: sqlite3_errmsg's buffer belongs to the connection
+ * and another thread's next statement rewrites it. */
+const char *srv_store_errmsg(srv_store *s) {
+  static _Thread_local char buf[256];
+  if (!s) return "no store";
+  pthread_mutex_lock(&s->mu);
+  snprintf(buf, sizeof buf, "%s", sqlite3_errmsg(s->db));
+  pthread_mutex_unlock(&s->mu);
+  return buf;
+}
 
 int srv_store_check(srv_store *s) {
   pthread_mutex_lock(&s->mu);

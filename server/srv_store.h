@@ -38,6 +38,7 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen);
  * around. */
 #define SRV_STORE_RECOVER 1
 int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg, size_t msglen);
+/* Checkpoints the WAL and closes; NULL is a no-op. */
 void srv_store_close(srv_store *s);
 /* 1 if the database had to be moved aside at open (aside receives its new
  * path), else 0. */
@@ -54,6 +55,8 @@ void srv_crash_point(const char *name);
 /* Test-only failure injection: 1 if MNISTD_FAIL_AT names this point (the
  * caller then fails as the real fault would), else 0. */
 int srv_fail_point(const char *name);
+/* SQLite's last message on the store's connection, copied under the lock
+ * into a buffer of the calling thread (valid until its next call). */
 const char *srv_store_errmsg(srv_store *s);
 /* PRAGMA integrity_check == "ok": 0, else -EIO. */
 int srv_store_check(srv_store *s);
@@ -93,6 +96,9 @@ typedef struct srv_event_row {
 /* Appends event seq of a job. */
 int srv_store_event_add(srv_store *s, int64_t job, uint64_t seq, uint32_t epoch,
                         const char *type, const char *json);
+/* Calls cb with each event of a job in seq order (under the store lock;
+ * strings live for the call only); a non-zero return from cb stops early
+ * and is not an error. 0 or a negative errno. */
 int srv_store_events_each(srv_store *s, int64_t job,
                           int (*cb)(uint64_t seq, uint32_t epoch, const char *type,
                                     const char *json, void *user),

@@ -44,6 +44,19 @@ for l in open('$T/train.json'):
     assert set(d) == {'epoch','loss','accuracy','val_loss','val_accuracy','seconds','samples_per_second'}, d
     assert 0 <= d['val_accuracy'] <= 1 and d['seconds'] > 0
 "
+# Byte-compatible with what it printed before the epoch record was shared
+# with the daemon (issue 10): key order and fixed decimals, exactly.
+check "train --json lines are byte-exact (key order, decimals)" python3 -c "
+import re
+pat = re.compile(r'^\{\"epoch\":[0-9]+,\"loss\":-?[0-9]+\.[0-9]{6},\"accuracy\":[0-9]+\.[0-9]{6},'
+                 r'\"val_loss\":-?[0-9]+\.[0-9]{6},\"val_accuracy\":[0-9]+\.[0-9]{6},'
+                 r'\"seconds\":[0-9]+\.[0-9]{4},\"samples_per_second\":[0-9]+\.[0-9]\}$')
+lines = open('$T/train.json').read().split('\n')
+assert lines[-1] == '' and len(lines) == 3, lines
+for i, l in enumerate(lines[:-1]):
+    assert pat.match(l), l
+    assert l.startswith('{\"epoch\":%d,' % (i + 1)), l
+"
 check "model file written" test -s "$T/m.model"
 check "no temp files next to the model" test "$(ls "$T" | grep -c tmp)" = 0
 

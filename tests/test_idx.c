@@ -841,6 +841,22 @@ static void test_load_dir(void **state) {
   assert_memory_equal(ds.images, i3 + 16, 3 * 784);
   nn_dataset_free(&ds);
 
+  /* Counting reads the label header only: 3 from the .gz train labels;
+   * the test split is absent; an image file under a label name is refused. */
+  {
+    uint32_t cnt = 0;
+    assert_int_equal(nn_dataset_count_dir(dir, NN_SPLIT_TRAIN, &cnt, &err), 0);
+    assert_int_equal(cnt, 3);
+    assert_int_equal(nn_dataset_count_dir(dir, NN_SPLIT_TEST, &cnt, &err), NN_ENOENT);
+    char other[PATH_LEN];
+    tpath(other, "count-bad");
+    assert_int_equal(mkdir(other, 0700), 0);
+    put_in(other, "t10k-labels-idx1-ubyte", i5, i5len, 0);
+    assert_int_equal(nn_dataset_count_dir(other, NN_SPLIT_TEST, &cnt, &err), NN_EFORMAT);
+    put_in(other, "train-labels-idx1-ubyte", l5, 4, 0);
+    assert_int_equal(nn_dataset_count_dir(other, NN_SPLIT_TRAIN, &cnt, &err), NN_ETRUNC);
+  }
+
   /* A trailing slash is fine. */
   snprintf(slash, sizeof(slash), "%s/", dir);
   assert_int_equal(nn_dataset_load_dir(&ds, slash, NN_SPLIT_TRAIN, &err), 0);

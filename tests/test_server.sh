@@ -67,6 +67,34 @@ check "second daemon on the same state directory refused" bash -c "
   test $rc = 1 && grep -q 'in use by another mnistd' '$T/fail.log' && ! grep -q Sanitizer '$T/fail.log'"
 req "$B/healthz" >/dev/null; check "first daemon unaffected" test "$(code)" = 200
 
+# ---- `mnistd healthcheck` (issue 10): --listen is honoured, --help only
+# prints the usage, an unknown flag is refused.
+check "healthcheck --listen our port: 0" env -u MNISTD_LISTEN "$BIN" healthcheck --listen 127.0.0.1:$PORT
+check "healthcheck --listen=HOST:PORT: 0" env -u MNISTD_LISTEN "$BIN" healthcheck --listen=127.0.0.1:$PORT
+check "healthcheck --listen on a port nobody serves: 1" bash -c "
+  env -u MNISTD_LISTEN '$BIN' healthcheck --listen 127.0.0.1:$BUSY 2>/dev/null; test \$? = 1"
+check "healthcheck --help: usage on stdout, exit 0, no check" bash -c "
+  out=\$(MNISTD_LISTEN=127.0.0.1:$BUSY '$BIN' healthcheck --help 2>&1) && grep -q 'usage: mnistd healthcheck' <<<\"\$out\" &&
+  ! grep -q 'no answer' <<<\"\$out\""
+check "healthcheck --bogus: exit 2" bash -c "'$BIN' healthcheck --bogus 2>/dev/null; test \$? = 2"
+
+# ---- --log-format json: a request line is one JSON record whose fields
+# (method, path, status, ms) are its own, not a string inside msg.
+timeout 30 "$BIN" serve --listen 127.0.0.1:$BUSY --state-dir "$T/state-logjson" --data-dir "$DATA" \
+  --no-bootstrap --log-format json >"$T/logjson.log" 2>&1 &
+LJ=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$BUSY/healthz" >/dev/null && break; sleep 0.05; done
+curl -s "http://127.0.0.1:$BUSY/v1/models/7" >/dev/null
+kill -TERM $LJ; wait $LJ 2>/dev/null
+check "--log-format json: request fields are JSON fields" python3 -c "
+import json
+recs = [json.loads(l) for l in open('$T/logjson.log') if l.strip()]
+r = [x for x in recs if x.get('path') == '/v1/models/7']
+assert len(r) == 1, recs
+r = r[0]
+assert r['msg'] == 'request' and r['method'] == 'GET' and r['status'] == 404 and r['level'] == 'info', r
+assert isinstance(r['ms'], (int, float)) and 'time' in r, r"
+
 # ---- health and readiness
 req "$B/healthz" >/dev/null; check "healthz 200" test "$(code)" = 200
 req "$B/readyz" >/dev/null

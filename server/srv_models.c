@@ -1,5 +1,5 @@
 /* Model registry and data-set cache. */
-#include "srv_registry.h"
+#include "srv_models.h"
 
 #include <cJSON.h>
 #include <dirent.h>
@@ -15,9 +15,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
-#include "srv_cli.h"
 #include "srv_datasets.h"
 
 typedef struct entry {
@@ -47,7 +45,7 @@ void srv_model_unref(srv_model *m) {
   if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_free(m);
 }
 
-static srv_model *ref(srv_model *m) {
+srv_model *srv_model_ref(srv_model *m) {
   if (m) atomic_fetch_add(&m->refs, 1);
   return m;
 }
@@ -361,7 +359,7 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
   if (srv_store_setting_get(st, "active_model", buf, sizeof buf) == 0) want = atoll(buf);
   srv_model *newest = NULL;
   for (entry *e = r->list; e; e = e->next) {
-    if (e->m->id == want) r->active = ref(e->m);
+    if (e->m->id == want) r->active = srv_model_ref(e->m);
     newest = e->m;
   }
   if (!r->active && newest) {
@@ -371,7 +369,7 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
                (long long)want, (long long)newest->id);
       log(msg);
     }
-    r->active = ref(newest);
+    r->active = srv_model_ref(newest);
   }
   *out = r;
   return 0;
@@ -396,14 +394,14 @@ srv_model *srv_models_get(srv_models *r, int64_t id) {
   srv_model *m = NULL;
   pthread_mutex_lock(&r->mu);
   for (entry *e = r->list; e; e = e->next)
-    if (e->m->id == id) m = ref(e->m);
+    if (e->m->id == id) m = srv_model_ref(e->m);
   pthread_mutex_unlock(&r->mu);
   return m;
 }
 
 srv_model *srv_models_active(srv_models *r) {
   pthread_mutex_lock(&r->mu);
-  srv_model *m = ref(r->active);
+  srv_model *m = srv_model_ref(r->active);
   pthread_mutex_unlock(&r->mu);
   return m;
 }
@@ -425,7 +423,7 @@ void srv_models_each(srv_models *r, void (*cb)(const srv_model *, int, void *), 
 static void set_active(srv_models *r, srv_model *m) {
   pthread_mutex_lock(&r->mu);
   srv_model *old = r->active;
-  r->active = ref(m);
+  r->active = srv_model_ref(m);
   pthread_mutex_unlock(&r->mu);
   srv_model_unref(old);
 }
@@ -588,160 +586,3 @@ void srv_models_eval_set(srv_models *r, srv_model *m, const char *json) {
   pthread_mutex_unlock(&r->mu);
 }
 
-/* ---------------------------------------------------------------- data */
-
-typedef struct slot {
-  char name[72];
-  nn_split split;
-  nn_dataset ds;
-  int refs;
-  struct slot *next;
-} slot;
-
-struct srv_data {
-  pthread_mutex_t mu;
-  char dir[PATH_MAX];
-  slot *slots;
-  srv_datasets *up;   /* uploaded sets, or NULL */
-};
-
-void srv_data_attach(srv_data *d, srv_datasets *up) { d->up = up; }
-
-int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n) {
-  if (!srv_dataset_is_builtin(name))
-    return d->up ? srv_datasets_classes(d->up, name, names, n) : -ENOENT;
-  if (!(*names = pack((char *const *)srv_dataset_builtin_classes(name), NN_CLASSES)))
-    return -ENOMEM;
-  *n = NN_CLASSES;
-  return 0;
-}
-
-int srv_data_open(srv_data **out, const char *data_dir) {
-  srv_data *d = calloc(1, sizeof *d);
-  if (!d) return -ENOMEM;
-  pthread_mutex_init(&d->mu, NULL);
-  snprintf(d->dir, sizeof d->dir, "%s", data_dir);
-  *out = d;
-  return 0;
-}
-
-void srv_data_close(srv_data *d) {
-  if (!d) return;
-  for (slot *s = d->slots, *n; s; s = n) {
-    n = s->next;
-    nn_dataset_free(&s->ds);
-    free(s);
-  }
-  pthread_mutex_destroy(&d->mu);
-  free(d);
-}
-
-int srv_data_get(srv_data *d, const char *name, nn_split split, const nn_dataset **ds,
-                 char *msg, size_t msglen) {
-  pthread_mutex_lock(&d->mu);
-  slot *s = d->slots;
-  while (s && (strcmp(s->name, name) || s->split != split)) s = s->next;
-  int rc = 0;
-  if (!s && !srv_dataset_is_builtin(name)) {
-    if (!d->up || !(s = calloc(1, sizeof *s))) {
-      snprintf(msg, msglen, "data set %s not found", name);
-      rc = d->up ? -ENOMEM : -ENOENT;
-      goto out;
-    }
-    if ((rc = srv_datasets_load(d->up, name, split, &s->ds, msg, msglen))) {
-      free(s);
-      goto out;
-    }
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->split = split;
-    s->next = d->slots;
-    d->slots = s;
-  }
-  if (!s) {
-    char dir[PATH_MAX + 64];
-    if (srv_dataset_dir(d->dir, name, dir, sizeof dir)) {
-      snprintf(msg, msglen, "data set %s not found under %s", name, d->dir);
-      rc = -ENOENT;
-      goto out;
-    }
-    s = calloc(1, sizeof *s);
-    if (!s) {
-      rc = -ENOMEM;
-      goto out;
-    }
-    nn_err err = {0};
-    /* Loading under the lock keeps two jobs from reading the same 47 MB
-     * twice; it takes a fraction of a second. */
-    if ((rc = nn_dataset_load_dir(&s->ds, dir, split, &err))) {
-      snprintf(msg, msglen, "%s", err.msg);
-      free(s);
-      goto out;
-    }
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->split = split;
-    s->next = d->slots;
-    d->slots = s;
-  }
-  s->refs++;
-  *ds = &s->ds;
-out:
-  pthread_mutex_unlock(&d->mu);
-  return rc;
-}
-
-void srv_data_put(srv_data *d, const char *name, nn_split split) {
-  pthread_mutex_lock(&d->mu);
-  for (slot **pp = &d->slots; *pp; pp = &(*pp)->next) {
-    slot *s = *pp;
-    if (strcmp(s->name, name) || s->split != split) continue;
-    if (--s->refs == 0 && split == NN_SPLIT_TRAIN) {
-      *pp = s->next;
-      nn_dataset_free(&s->ds);
-      free(s);
-    }
-    break;
-  }
-  pthread_mutex_unlock(&d->mu);
-}
-
-void srv_data_forget(srv_data *d, const char *name) {
-  pthread_mutex_lock(&d->mu);
-  for (slot **pp = &d->slots; *pp;) {
-    slot *s = *pp;
-    if (strcmp(s->name, name) || s->refs) {
-      pp = &s->next;
-      continue;
-    }
-    *pp = s->next;
-    nn_dataset_free(&s->ds);
-    free(s);
-  }
-  pthread_mutex_unlock(&d->mu);
-}
-
-/* Reads the count from an IDX header (plain or gzip). */
-static int idx_count(const char *dir, const char *file, uint32_t *n) {
-  char p[PATH_MAX + 128];
-  snprintf(p, sizeof p, "%s/%s", dir, file);
-  gzFile f = gzopen(p, "rb");
-  if (!f) {
-    snprintf(p, sizeof p, "%s/%s.gz", dir, file);
-    if (!(f = gzopen(p, "rb"))) return -ENOENT;
-  }
-  unsigned char h[8];
-  int got = gzread(f, h, 8);
-  gzclose(f);
-  if (got != 8) return -EINVAL;
-  *n = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
-  return 0;
-}
-
-int srv_data_count(srv_data *d, const char *name, uint32_t *train, uint32_t *test) {
-  if (!srv_dataset_is_builtin(name))
-    return d->up ? srv_datasets_count(d->up, name, train, test, NULL) : -ENOENT;
-  char dir[PATH_MAX + 64];
-  if (srv_dataset_dir(d->dir, name, dir, sizeof dir)) return -ENOENT;
-  int rc = idx_count(dir, "train-labels-idx1-ubyte", train);
-  if (!rc) rc = idx_count(dir, "t10k-labels-idx1-ubyte", test);
-  return rc;
-}

@@ -1,0 +1,38 @@
+/* srv_data: the data sets the daemon has loaded (DATA_DIR/NAME), shared
+ * by jobs, samples and evaluation. */
+#ifndef MNISTD_SRV_DATA_H
+#define MNISTD_SRV_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nn.h"
+
+/* ---- data sets: loaded on first use, shared, reference counted. */
+typedef struct srv_data srv_data;
+
+/* Creates an empty cache over data_dir (nothing is read yet): 0, or
+ * -ENOMEM. Free with srv_data_close (NULL is a no-op), after every get has
+ * been put back. */
+int srv_data_open(srv_data **out, const char *data_dir);
+void srv_data_close(srv_data *d);
+/* A loaded split of a data set ("mnist", "fashion-mnist"); drop it with
+ * srv_data_put. Training sets are freed when nobody holds them (they are
+ * most of the daemon's memory); test sets stay for samples and evaluation. */
+int srv_data_get(srv_data *d, const char *name, nn_split split, const nn_dataset **ds,
+                 char *msg, size_t msglen); /* 0, -ENOENT, -ENOMEM or an NN_E* code; msg says why */
+void srv_data_put(srv_data *d, const char *name, nn_split split);
+/* Counts from the file headers without loading: -ENOENT if absent. */
+int srv_data_count(srv_data *d, const char *name, uint32_t *train, uint32_t *test);
+
+/* Uploaded data sets (srv_datasets.h) are served through the same calls
+ * once attached; names that are not built in are looked up there. */
+struct srv_datasets;
+void srv_data_attach(srv_data *d, struct srv_datasets *up);
+/* Class names of a data set (built-in or uploaded): a malloc'd block
+ * (free(*names) frees all); -ENOENT if unknown. */
+int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n);
+/* Drops the cached splits of a data set nobody holds (after a delete). */
+void srv_data_forget(srv_data *d, const char *name);
+
+#endif

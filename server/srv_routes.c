@@ -1,0 +1,272 @@
+/* The HTTP API's routes: the table at the end and its small handlers.
+ * Prediction and evaluation live in srv_predict.c, /metrics in
+ * srv_metrics.c, static files and all plumbing in srv_http.c. */
+#include "srv_route.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "srv_onnx.h"
+#include "srv_util.h"
+#include "srv_validate.h"
+
+/* ---------------------------------------------------------------- handlers */
+
+static enum MHD_Result h_healthz(req *r) {
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddStringToObject(d, "status", "ok");
+  return srv_send_json(r, 200, d);
+}
+
+static enum MHD_Result h_readyz(req *r) {
+  srv_model *m = srv_models_active(r->S->models);
+  if (!m) {
+    char note[256];
+    srv_jobs_pending_note(r->S->jobs, note, sizeof note);
+    return srv_send_error(r, 503, "no model loaded yet%s%s", note[0] ? ": " : "",
+                      note[0] ? note : " (start a training job: POST /v1/jobs)");
+  }
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddStringToObject(d, "status", "ready");
+  cJSON_AddNumberToObject(d, "model", (double)m->id);
+  srv_model_unref(m);
+  return srv_send_json(r, 200, d);
+}
+
+
+static enum MHD_Result h_job_create(req *r) {
+  if (!srv_json_body_ok(r)) return srv_need_json(r);
+  srv_job_config c;
+  char msg[512];
+  if (srv_job_config_parse(r->body, r->len, &c, msg, sizeof msg))
+    return srv_send_error(r, 400, "%s", msg);
+  uint32_t tr, te;
+  if (srv_data_count(r->S->data, c.dataset, &tr, &te))
+    return srv_send_error(r, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
+                      c.dataset);
+  int64_t id;
+  int rc = srv_jobs_submit(r->S->jobs, &c, &id);
+  if (rc) return srv_send_error(r, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
+                            rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(r->S->store));
+  char loc[64];
+  snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
+  return srv_send_json_hdrs(r, 202, srv_jobs_json(r->S->jobs, id), "Location", loc, NULL);
+}
+
+static enum MHD_Result h_jobs(req *r) {
+  int state = -1;
+  long limit = 100;
+  const char *q = srv_query(r, "state");
+  if (q && (state = srv_job_state_parse(q)) < 0)
+    return srv_send_error(r, 400,
+                      "state must be one of queued, running, succeeded, failed, cancelled");
+  q = srv_query(r, "limit");
+  if (q) {
+    uint64_t v;
+    if (srv_parse_dec(q, 1000, &v) || v < 1)
+      return srv_send_error(r, 400, "limit must be an integer from 1 to 1000");
+    limit = (long)v;
+  }
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddItemToObject(d, "jobs", srv_jobs_list_json(r->S->jobs, state, (int)limit));
+  return srv_send_json(r, 200, d);
+}
+
+static enum MHD_Result h_job(req *r) {
+  cJSON *j = srv_jobs_json(r->S->jobs, r->id);
+  if (!j) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
+  return srv_send_json(r, 200, j);
+}
+
+static enum MHD_Result h_job_cancel(req *r) {
+  int rc = srv_jobs_cancel(r->S->jobs, r->id);
+  if (rc == -ENOENT) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
+  if (rc == -EALREADY) return srv_send_error(r, 409, "job %lld has already finished", (long long)r->id);
+  return srv_send_json(r, 202, srv_jobs_json(r->S->jobs, r->id));
+}
+
+static enum MHD_Result h_job_events(req *r) {
+  const char *fmt = srv_query(r, "format");
+  int ndjson = fmt && !strcmp(fmt, "ndjson");
+  if (fmt && !ndjson && strcmp(fmt, "sse"))
+    return srv_send_error(r, 400, "format must be sse (default) or ndjson");
+  uint64_t last = 0;
+  const char *lei = srv_header(r, "Last-Event-ID");
+  if (!lei) lei = srv_query(r, "last_event_id");
+  if (lei && srv_parse_event_id(lei, &last))
+    return srv_send_error(r, 400,
+                      "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
+  enum MHD_Result ret;
+  int rc = srv_send_events(r, r->id, last, ndjson, &ret);
+  if (rc == -ENOENT) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
+  if (rc) return srv_send_error(r, 500, "out of memory");
+  return ret;
+}
+
+/* ---- models */
+
+static cJSON *model_json(const srv_model *m, int active) {
+  cJSON *o = cJSON_CreateObject();
+  char t[32];
+  cJSON_AddNumberToObject(o, "id", (double)m->id);
+  cJSON_AddStringToObject(o, "arch", m->arch);
+  cJSON_AddNumberToObject(o, "parameters", (double)m->m->n_params);
+  cJSON_AddStringToObject(o, "dataset", m->dataset);
+  cJSON_AddNumberToObject(o, "test_accuracy", round(m->test_accuracy * 1e6) / 1e6);
+  cJSON_AddNumberToObject(o, "test_loss", round(m->test_loss * 1e6) / 1e6);
+  if (m->job_id) cJSON_AddNumberToObject(o, "job_id", (double)m->job_id);
+  else cJSON_AddNullToObject(o, "job_id");
+  cJSON_AddStringToObject(o, "created_at", srv_iso8601(m->created_ms, t, sizeof t));
+  cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_bytes);
+  cJSON_AddBoolToObject(o, "active", active);
+  cJSON *c = cJSON_AddArrayToObject(o, "classes");
+  for (uint32_t k = 0; k < m->n_classes; k++) cJSON_AddItemToArray(c, cJSON_CreateString(m->classes[k]));
+  return o;
+}
+
+static void add_model(const srv_model *m, int active, void *u) {
+  cJSON_AddItemToArray((cJSON *)u, model_json(m, active));
+}
+
+static enum MHD_Result h_models(req *r) {
+  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "models");
+  srv_models_each(r->S->models, add_model, a);
+  /* Newest first, like the job list. */
+  cJSON *rev = cJSON_CreateArray();
+  int n = cJSON_GetArraySize(a);
+  for (int i = n - 1; i >= 0; i--) cJSON_AddItemToArray(rev, cJSON_DetachItemFromArray(a, i));
+  cJSON_ReplaceItemInObject(d, "models", rev);
+  return srv_send_json(r, 200, d);
+}
+
+static enum MHD_Result h_model(req *r) {
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  cJSON *o = model_json(m, srv_models_active_id(r->S->models) == m->id);
+  srv_model_unref(m);
+  return srv_send_json(r, 200, o);
+}
+
+/* ?format=onnx: the model as ONNX (srv_onnx.h), with the daemon's records
+ * of it (data set, test accuracy, the training job's configuration). */
+static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
+  srv_onnx_info info;
+  int rc = srv_onnx_info_load(&info, r->S->store, m->id);
+  if (rc) {
+    srv_model_unref(m);
+    return srv_send_error(r, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,
+                      rc == -ENOENT ? "not found" : srv_store_errmsg(r->S->store));
+  }
+  uint8_t *buf;
+  size_t len;
+  char msg[512];
+  rc = srv_onnx_export(m->m, &info, &buf, &len, msg, sizeof msg);
+  srv_onnx_info_clear(&info);
+  srv_model_unref(m);
+  if (rc == -EINVAL) return srv_send_error(r, 422, "model %lld cannot be exported to ONNX: %s",
+                                       (long long)r->id, msg);
+  if (rc) return srv_send_error(r, 500, "ONNX export of model %lld failed: %s", (long long)r->id, msg);
+  char disp[96];
+  snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.onnx\"", (long long)r->id);
+  return srv_send_download(r, buf, len, -1, disp);
+}
+
+static enum MHD_Result h_model_file(req *r) {
+  const char *fmt = srv_query(r, "format");
+  if (fmt && strcmp(fmt, "onnx") && strcmp(fmt, "mnistd"))
+    return srv_send_error(r, 400, "format must be mnistd (the native file, default) or onnx");
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (fmt && !strcmp(fmt, "onnx")) return model_file_onnx(r, m);
+  srv_model_unref(m);
+  char path[PATH_MAX + 64];
+  srv_models_path(r->S->models, r->id, path, sizeof path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0) {
+    if (fd >= 0) close(fd);
+    return srv_send_error(r, 500, "model file of %lld is unreadable", (long long)r->id);
+  }
+  char disp[96];
+  snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.model\"",
+           (long long)r->id);
+  return srv_send_download(r, NULL, (size_t)st.st_size, fd, disp);
+}
+
+static enum MHD_Result h_model_activate(req *r) {
+  int rc = srv_models_activate(r->S->models, r->id);
+  if (rc == -ENOENT) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (rc) return srv_send_error(r, 500, "could not record the active model: %s",
+                            srv_store_errmsg(r->S->store));
+  srv_model *m = srv_models_get(r->S->models, r->id);
+  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  cJSON *o = model_json(m, 1);
+  srv_model_unref(m);
+  return srv_send_json(r, 200, o);
+}
+
+static enum MHD_Result h_model_delete(req *r) {
+  int rc = srv_models_delete(r->S->models, r->id);
+  if (rc == -ENOENT) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (rc == -EBUSY)
+    return srv_send_error(r, 409, "model %lld is the active model; activate another one first",
+                      (long long)r->id);
+  if (rc) return srv_send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
+  r->status = 204;
+  return srv_send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
+}
+
+/* ---- samples and evaluation */
+
+
+/* ---------------------------------------------------------------- routing */
+
+/* The route table. Adding an endpoint = one small handler (request in,
+ * calls on jobs/registry/core, one srv_send_* out) plus one row here:
+ * method, pattern (":id" takes a positive number, handed over as r->id),
+ * handler, and 1 if it mutates (then it needs the API token and a
+ * same-origin browser). Order matters only between patterns that match the
+ * same path: the first row wins. At most SRV_MAX_ROUTES rows (metrics keep
+ * one counter set per row). */
+const route srv_route_table[] = {
+    {"GET", "/healthz", h_healthz, 0},
+    {"GET", "/readyz", h_readyz, 0},
+    {"GET", "/metrics", h_metrics, 0},
+    {"GET", "/v1/datasets", h_datasets, 0},
+    {"POST", "/v1/datasets", h_dataset_create, 1},
+    {"GET", "/v1/datasets/:name", h_dataset, 0},
+    {"DELETE", "/v1/datasets/:name", h_dataset_delete, 1},
+    {"GET", "/v1/datasets/:name/samples/random", h_dataset_sample, 0},
+    {"POST", "/v1/jobs", h_job_create, 1},
+    {"GET", "/v1/jobs", h_jobs, 0},
+    {"GET", "/v1/jobs/:id", h_job, 0},
+    {"GET", "/v1/jobs/:id/events", h_job_events, 0},
+    {"POST", "/v1/jobs/:id/cancel", h_job_cancel, 1},
+    {"POST", "/v1/models/mnist:predict", h_tfs_predict, 0},
+    {"GET", "/v1/models", h_models, 0},
+    {"GET", "/v1/models/:id", h_model, 0},
+    {"DELETE", "/v1/models/:id", h_model_delete, 1},
+    {"GET", "/v1/models/:id/file", h_model_file, 0},
+    {"GET", "/v1/models/:id/evaluation", h_evaluation, 0},
+    {"POST", "/v1/models/:id/activate", h_model_activate, 1},
+    {"POST", "/v1/predict", h_predict, 0},
+    {"GET", "/v1/samples/random", h_sample, 0},
+};
+const size_t srv_route_count = sizeof srv_route_table / sizeof *srv_route_table;
+
+
+size_t srv_routes(const srv_route_info **out) {
+  static srv_route_info info[sizeof srv_route_table / sizeof *srv_route_table];
+  for (size_t i = 0; i < srv_route_count; i++)
+    info[i] = (srv_route_info){srv_route_table[i].method, srv_route_table[i].pattern, srv_route_table[i].mutating};
+  *out = info;
+  return srv_route_count;
+}
+
