@@ -148,6 +148,7 @@ static void train_run(nn_dataset *train, nn_dataset *test, const char *arch, uin
   nn_workspace *ws;
   nn_train_config cfg;
   nn_train_defaults(&cfg);
+  if (!strcmp(arch, "cnn")) nn_opt_defaults(&cfg.opt, NN_OPT_ADAM); /* as Keras' example */
   cfg.seed = seed;
   cfg.threads = g_threads;
   if (nn_model_create_preset(&m, arch) || nn_trainer_create(&t, m, &cfg) ||
@@ -192,6 +193,29 @@ int main(int argc, char **argv) {
       printf("seed_%s_accuracy %.4f\nseed_%s_val_loss %.4f\n", argv[i], acc, argv[i], vl);
       fflush(stdout);
     }
+  } else if (!strcmp(mode, "infer1") && argc >= 4) {
+    /* One image at a time through a preset (ARCH), single-threaded. */
+    nn_set_threads(1);
+    load(argv[1], &train, &test);
+    nn_model *m;
+    nn_workspace *ws1;
+    if (nn_model_create_preset(&m, argv[3]) || nn_workspace_create(&ws1, m, 1)) return 1;
+    nn_model_init(m, 1);
+    if (nn_workspace_pin(ws1, m)) return 1;
+    enum { N1 = 5000 };
+    static double lat1[N1];
+    float probs[NN_CLASSES];
+    for (int i = 0; i < 500; i++)
+      nn_predict_u8(m, ws1, test.images + (size_t)(i % test.n) * NN_IMAGE_SIZE, 1, probs);
+    for (int i = 0; i < N1; i++) {
+      double t0 = now_s();
+      nn_predict_u8(m, ws1, test.images + (size_t)(i % test.n) * NN_IMAGE_SIZE, 1, probs);
+      lat1[i] = now_s() - t0;
+    }
+    qsort(lat1, N1, sizeof *lat1, cmp_double);
+    printf("infer_single_us_median %.2f\n", lat1[N1 / 2] * 1e6);
+    nn_workspace_free(ws1);
+    nn_model_free(m);
   } else if (!strcmp(mode, "infer")) {
     nn_set_threads(1);
     load(argv[1], &train, &test);

@@ -7,7 +7,7 @@ Runs the same network and training settings as the C core so that
 Run it with Debian's interpreter, which is where python3-torch is installed:
 
     /usr/bin/python3 bench/torch_ref.py [--data-dir data/mnist] [--epochs N]
-                                        [--threads N] [--arch antirectifier|relu]
+                                        [--threads N] [--arch antirectifier|relu|cnn]
                                         [--json]
 
 (A pyenv/venv `python3` earlier on PATH usually has no torch.)
@@ -21,6 +21,13 @@ Network (Keras example antirectifier.py):
                     out = cat(relu(x), relu(-x))             (doubles the width)
   --arch relu: Linear(784,512) ReLU Dropout(0.1) Linear(512,512) ReLU
                Dropout(0.1) Linear(512,10) -> softmax
+  --arch cnn:  Keras mnist_convnet (34,826 parameters): Conv2d(1,32,3) ReLU
+               MaxPool2d(2) Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten
+               Dropout(0.5) Linear(1600,10), trained with Adam(lr=0.001,
+               eps=1e-7) as mnistd's cnn benchmark. Run it with
+               GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824
+               (see ../shared notes): without it glibc returns PyTorch's
+               activation buffers to the kernel after every batch.
 
 Keras defaults: glorot (xavier) uniform weights, zero biases. Loss is
 cross-entropy on the logits. Optimiser: RMSprop(lr=0.001, rho/alpha=0.9,
@@ -179,11 +186,15 @@ def build_model(arch):
         layers = [nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.1),
                   nn.Linear(512, 512), nn.ReLU(), nn.Dropout(0.1),
                   nn.Linear(512, 10)]
+    elif arch == "cnn":
+        layers = [nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+                  nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                  nn.Dropout(0.5), nn.Linear(1600, 10)]
     else:
         raise ValueError("unknown arch %r" % arch)
     model = nn.Sequential(*layers)  # outputs logits; softmax applied outside
     for m in model.modules():
-        if isinstance(m, nn.Linear):  # Keras Dense defaults
+        if isinstance(m, (nn.Linear, nn.Conv2d)):  # Keras Dense/Conv2D defaults
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
     return model
@@ -217,7 +228,10 @@ def run(args, threads):
     # NB: Keras RMSprop divides by sqrt(v + eps); torch divides by
     # sqrt(v) + eps. Different numerics for tiny v, same cost -- irrelevant
     # for a speed comparison.
-    opt = torch.optim.RMSprop(model.parameters(), lr=0.001, alpha=0.9, eps=1e-7)
+    if args.arch == "cnn":
+        opt = torch.optim.Adam(model.parameters(), lr=0.001, eps=1e-7)
+    else:
+        opt = torch.optim.RMSprop(model.parameters(), lr=0.001, alpha=0.9, eps=1e-7)
 
     epoch_times, last_loss = [], None
     for _ in range(args.epochs):
@@ -320,7 +334,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads; default: try 1 and 2, report the best")
-    ap.add_argument("--arch", choices=("antirectifier", "relu"), default="antirectifier")
+    ap.add_argument("--arch", choices=("antirectifier", "relu", "cnn"), default="antirectifier")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()

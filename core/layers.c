@@ -278,12 +278,16 @@ NN_HOT void nn_k_relu_drop_bwd(float *restrict dx, const float *restrict x,
     const float *restrict xr = x + (size_t)r * d, *restrict gr = g + (size_t)r * d;
     float *restrict o = dx + (size_t)r * d;
     const uint32_t base = r * d;
-    /* thr = 0 keeps every element: the hash is then only wasted work, but
-     * this keeps one loop for both cases. */
+    if (thr == 0) {
+      /* No dropout: skip the hash (wide feature maps make it show). */
 #pragma omp simd
-    for (size_t i = 0; i < d; i++) {
-      float v = gr[i] * (nn_drop_hash(key, base + (uint32_t)i) >= thr ? scale : 0.f);
-      o[i] = xr[i] > 0.f ? v : 0.f;
+      for (size_t i = 0; i < d; i++) o[i] = xr[i] > 0.f ? gr[i] : 0.f;
+    } else {
+#pragma omp simd
+      for (size_t i = 0; i < d; i++) {
+        float v = gr[i] * (nn_drop_hash(key, base + (uint32_t)i) >= thr ? scale : 0.f);
+        o[i] = xr[i] > 0.f ? v : 0.f;
+      }
     }
     if (db) {
 #pragma omp simd

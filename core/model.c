@@ -18,57 +18,26 @@ static size_t round_up(size_t n) { return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1)
 
 int nn_model_layout(nn_model *m, const char *arch, uint32_t n_inputs,
                     const nn_layer_spec *specs, uint32_t n_specs) {
-  if (!m || !specs || n_specs < 2 || n_specs > NN_MAX_LAYERS || n_inputs == 0 ||
+  /* The old form: a built list ending in DENSE(classes) SOFTMAX. */
+  if (!m || !specs || n_specs < 2 || n_specs > NN_MAX_SPECS + 1 || n_inputs == 0 ||
       n_inputs > NN_MAX_WIDTH)
     return NN_EINVAL;
-  if (specs[n_specs - 1].type != NN_LAYER_SOFTMAX ||
-      specs[n_specs - 2].type != NN_LAYER_DENSE ||
-      specs[n_specs - 2].units < 2 || specs[n_specs - 2].units > NN_MAX_CLASSES)
-    return NN_EINVAL;
-  memset(m, 0, sizeof *m);
-  snprintf(m->arch, sizeof m->arch, "%s", arch ? arch : "custom");
-  m->n_inputs = n_inputs;
-  m->n_layers = n_specs;
-  m->max_width = n_inputs;
-  uint32_t width = n_inputs;
-  size_t np = 0;
-  for (uint32_t i = 0; i < n_specs; i++) {
-    nn_layer *l = &m->layers[i];
-    l->type = specs[i].type;
-    l->in = width;
-    switch (l->type) {
-    case NN_LAYER_DENSE:
-      if (specs[i].units == 0 || specs[i].units > NN_MAX_WIDTH) return NN_EINVAL;
-      l->out = specs[i].units;
-      l->w_off = np;
-      np += (size_t)l->in * l->out;
-      l->b_off = np;
-      np += l->out;
-      break;
-    case NN_LAYER_ANTIRECT:
-      if ((uint64_t)width * 2 > NN_MAX_WIDTH) return NN_EINVAL;
-      l->out = width * 2;
-      break;
-    case NN_LAYER_RELU:
-      l->out = width;
-      break;
-    case NN_LAYER_DROPOUT:
-      /* NaN fails both comparisons. */
-      if (!(specs[i].rate >= 0.f && specs[i].rate < 1.f)) return NN_EINVAL;
-      l->rate = specs[i].rate;
-      l->out = width;
-      break;
-    case NN_LAYER_SOFTMAX:
-      if (i != n_specs - 1) return NN_EINVAL;
-      l->out = width;
-      break;
-    default:
-      return NN_EINVAL;
-    }
-    width = l->out;
-    if (width > m->max_width) m->max_width = width;
+  if (specs[n_specs - 1].type != NN_LAYER_SOFTMAX) return NN_EINVAL;
+  nn_shape in = n_inputs == NN_IMAGE_SIZE ? NN_INPUT_MNIST : (nn_shape){1, 1, n_inputs};
+  return nn_model_layout_spec(m, arch, in, specs, n_specs - 1, NULL) ? NN_EINVAL : 0;
+}
+
+static int model_alloc(nn_model **out, nn_model *m, int rc) {
+  if (rc) {
+    free(m);
+    return rc;
   }
-  m->n_params = np;
+  m->params = calloc(m->n_params ? m->n_params : 1, sizeof(float));
+  if (!m->params) {
+    free(m);
+    return NN_ENOMEM;
+  }
+  *out = m;
   return 0;
 }
 
@@ -78,22 +47,27 @@ int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
   *out = NULL;
   nn_model *m = malloc(sizeof *m);
   if (!m) return NN_ENOMEM;
-  int rc = nn_model_layout(m, arch, n_inputs, specs, n_specs);
-  if (rc) {
-    free(m);
-    return rc;
-  }
-  m->params = calloc(m->n_params, sizeof(float));
-  if (!m->params) {
-    free(m);
-    return NN_ENOMEM;
-  }
-  *out = m;
-  return 0;
+  return model_alloc(out, m, nn_model_layout(m, arch, n_inputs, specs, n_specs));
+}
+
+int nn_model_create_spec(nn_model **out, const char *arch, nn_shape input,
+                         const nn_layer_spec *specs, uint32_t n, nn_err *err) {
+  if (!out) return nn_fail(err, NN_EINVAL, "no output");
+  *out = NULL;
+  nn_model *m = malloc(sizeof *m);
+  if (!m) return nn_fail(err, NN_ENOMEM, "out of memory");
+  int rc = model_alloc(out, m, nn_model_layout_spec(m, arch, input, specs, n, err));
+  if (rc == NN_ENOMEM) nn_fail(err, rc, "out of memory for %s", arch ? arch : "the model");
+  return rc;
 }
 
 int nn_model_create_preset(nn_model **out, const char *arch) {
-  return nn_model_create_preset_classes(out, arch, NN_CLASSES);
+  const nn_layer_spec *s;
+  uint32_t n;
+  if (!out || !arch) return NN_EINVAL;
+  *out = NULL;
+  if (nn_preset_spec(arch, &s, &n)) return NN_EINVAL;
+  return nn_model_create_spec(out, arch, NN_INPUT_MNIST, s, n, NULL);
 }
 
 uint32_t nn_model_classes(const nn_model *m) {
@@ -101,28 +75,15 @@ uint32_t nn_model_classes(const nn_model *m) {
 }
 
 int nn_model_create_preset_classes(nn_model **out, const char *arch, uint32_t classes) {
-  static const nn_layer_spec anti[] = {
-    {NN_LAYER_DENSE, 256, 0}, {NN_LAYER_ANTIRECT, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
-    {NN_LAYER_DENSE, 256, 0}, {NN_LAYER_ANTIRECT, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
-    {NN_LAYER_DENSE, 10, 0},  {NN_LAYER_SOFTMAX, 0, 0},
-  };
-  static const nn_layer_spec relu[] = {
-    {NN_LAYER_DENSE, 512, 0}, {NN_LAYER_RELU, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
-    {NN_LAYER_DENSE, 512, 0}, {NN_LAYER_RELU, 0, 0}, {NN_LAYER_DROPOUT, 0, 0.1f},
-    {NN_LAYER_DENSE, 10, 0},  {NN_LAYER_SOFTMAX, 0, 0},
-  };
+  const nn_layer_spec *s;
+  uint32_t n;
+  nn_layer_spec spec[NN_MAX_SPECS];
   if (!out || !arch) return NN_EINVAL;
-  nn_layer_spec spec[8];
-  if (!strcmp(arch, "antirectifier")) memcpy(spec, anti, sizeof spec);
-  else if (!strcmp(arch, "relu")) memcpy(spec, relu, sizeof spec);
-  else {
-    *out = NULL;
-    return NN_EINVAL;
-  }
-  spec[6].units = classes;
-  return nn_model_create(out, arch, NN_IMAGE_SIZE, spec, 8);
   *out = NULL;
-  return NN_EINVAL;
+  if (nn_preset_spec(arch, &s, &n) || n > NN_MAX_SPECS) return NN_EINVAL;
+  memcpy(spec, s, n * sizeof *s);
+  spec[n - 1].units = classes; /* the last layer: one unit per class */
+  return nn_model_create_spec(out, arch, NN_INPUT_MNIST, spec, n, NULL);
 }
 
 void nn_model_init(nn_model *m, uint64_t seed) {
@@ -130,12 +91,15 @@ void nn_model_init(nn_model *m, uint64_t seed) {
   nn_rng_seed(&rng, seed);
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
-    if (l->type != NN_LAYER_DENSE) continue;
-    float limit = sqrtf(6.0f / (float)(l->in + l->out));
+    if (l->type != NN_LAYER_DENSE && l->type != NN_LAYER_CONV2D) continue;
+    nn_layer d = l->type == NN_LAYER_CONV2D ? nn_conv_as_dense(l) : *l;
+    float fan_in = (float)d.in, fan_out = (float)d.out;
+    if (l->type == NN_LAYER_CONV2D) fan_out *= (float)(l->kernel * l->kernel);
+    float limit = sqrtf(6.0f / (fan_in + fan_out));
     float *w = m->params + l->w_off;
-    for (size_t k = 0; k < (size_t)l->in * l->out; k++)
+    for (size_t k = 0; k < (size_t)d.in * d.out; k++)
       w[k] = (2.0f * nn_rng_uniform(&rng) - 1.0f) * limit;
-    memset(m->params + l->b_off, 0, l->out * sizeof(float));
+    memset(m->params + l->b_off, 0, d.out * sizeof(float));
   }
 }
 
@@ -171,7 +135,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   ws->n_layers = m->n_layers;
 
   /* First pass sizes the single block, second pass carves it. */
-  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0;
+  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0, dcol = 0;
   off[k++] = total; total += round_up(B * m->n_inputs * sizeof(float));
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
@@ -180,10 +144,18 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
       off[k++] = total; total += round_up(B * l->out * sizeof(float));
     } else if (l->type == NN_LAYER_ANTIRECT) {
       off[k++] = total; total += round_up(B * l->in * sizeof(float));
-      off[k++] = total; total += round_up(B * sizeof(float));
+      off[k++] = total; total += round_up(B * l->ishape.h * l->ishape.w * sizeof(float));
+    } else if (l->type == NN_LAYER_MAXPOOL) {
+      off[k++] = total; total += round_up(B * l->out * sizeof(uint32_t));
+    } else if (l->type == NN_LAYER_CONV2D) {
+      size_t c = B * l->oshape.h * l->oshape.w * l->kernel * l->kernel * l->ishape.c;
+      off[k++] = total; total += round_up(c * sizeof(float));
+      if (i > 0 && c > dcol) dcol = c;
     }
   }
   size_t gsz = round_up(B * m->max_width * sizeof(float));
+  off[k] = total; /* dcol */
+  total += round_up(dcol * sizeof(float));
   if (total + 2 * gsz > NN_WORKSPACE_MAX_BYTES) {
     free(ws);
     return NN_ETOOBIG;
@@ -204,8 +176,13 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
     } else if (l->type == NN_LAYER_ANTIRECT) {
       ws->anti_y[i] = (float *)(base + off[k++]);
       ws->anti_inv[i] = (float *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_MAXPOOL) {
+      ws->pool_idx[i] = (uint32_t *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_CONV2D) {
+      ws->col[i] = (float *)(base + off[k++]);
     }
   }
+  ws->dcol = dcol ? (float *)(base + off[k]) : NULL;
   ws->g[0] = (float *)(base + total);
   ws->g[1] = (float *)(base + total + gsz);
   int rc = nn_dnn_create(&ws->dnn);
@@ -276,11 +253,26 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
         out = ws->act[i];
       }
       if (l->type == NN_LAYER_ANTIRECT)
-        nn_k_antirect_fwd(in, n, l->in, ws->anti_y[a], ws->anti_inv[a], out, dr);
+        /* Per position across channels; a vector is one position. */
+        nn_k_antirect_fwd(in, n * l->ishape.h * l->ishape.w, l->ishape.c, ws->anti_y[a],
+                          ws->anti_inv[a], out, dr);
       else
         nn_k_relu_drop_fwd(out, in, n, l->in, dr);
       break;
     }
+    case NN_LAYER_CONV2D: {
+      nn_layer d = nn_conv_as_dense(l);
+      nn_im2col(in, n, l, ws->col[i]);
+      nn_dnn_dense_fwd(ws->dnn, i, &d, ws->col[i], n * l->oshape.h * l->oshape.w,
+                       m->params + l->w_off, m->params + l->b_off, out);
+      break;
+    }
+    case NN_LAYER_MAXPOOL:
+      nn_maxpool_fwd(in, n, l, out, ws->pool_idx[i]);
+      break;
+    case NN_LAYER_FLATTEN:
+      ws->cur[i] = in; /* NHWC is already the flattened order */
+      continue;
     case NN_LAYER_DROPOUT:
       if (!drop_active(l, training)) {
         /* Identity at inference: pass the input through without a copy. */
@@ -342,12 +334,30 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
       if (i + 1 < (int)m->n_layers - 1 && ws->fused[i + 1])
         dr = drop_replay(&m->layers[i + 1], ws, (uint32_t)i + 1);
       if (l->type == NN_LAYER_ANTIRECT)
-        nn_k_antirect_bwd(ws->anti_y[i], ws->anti_inv[i], g, n, l->in, dx, db_below, dr);
+        nn_k_antirect_bwd(ws->anti_y[i], ws->anti_inv[i], g, n * l->ishape.h * l->ishape.w,
+                          l->ishape.c, dx, db_below, dr);
       else
         nn_k_relu_drop_bwd(dx, in, g, n, l->in, db_below, dr);
       db_done = db_below != NULL;
       break;
     }
+    case NN_LAYER_CONV2D: {
+      /* Always complete here: the trainer sums the shards' blocks. */
+      nn_layer d = nn_conv_as_dense(l);
+      uint32_t rows = n * l->oshape.h * l->oshape.w;
+      nn_dnn_dense_dw(ws->dnn, (uint32_t)i, &d, g, ws->col[i], rows, grad + l->w_off);
+      if (!db_done) nn_k_colsum(grad + l->b_off, g, rows, d.out);
+      db_done = 0;
+      if (i == 0) return;
+      nn_dnn_dense_dx(ws->dnn, (uint32_t)i, &d, g, m->params + l->w_off, rows, ws->dcol);
+      nn_col2im(ws->dcol, n, l, dx);
+      break;
+    }
+    case NN_LAYER_MAXPOOL:
+      nn_maxpool_bwd(g, ws->pool_idx[i], n, l, dx);
+      break;
+    case NN_LAYER_FLATTEN:
+      continue;
     case NN_LAYER_DROPOUT:
       if (ws->fused[i]) continue; /* done by the activation below */
       if (!drop_active(l, training)) continue; /* identity: reuse g */

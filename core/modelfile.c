@@ -13,8 +13,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define HDR_FIXED 56u   /* magic .. n_layers */
+#define HDR_FIXED 56u   /* v1: magic .. n_layers */
 #define LAYER_REC 12u
+#define HDR2_FIXED 64u  /* v2: magic .. n_specs */
+#define SPEC_REC 32u
 #define CKPT_FIXED (4u + 6u * 4u + 4u + 8u + 4u + 8u)
 #define FLAG_CKPT 1u
 
@@ -130,7 +132,7 @@ int nn_file_save(const nn_model *m, const nn_ckpt_info *ck, const char *path,
                  nn_err *err) {
   if (!m || !path) return nn_fail(err, NN_EINVAL, "model save: no model or path");
   size_t slots = ck ? nn_opt_slots(ck->cfg.opt.kind) : 0;
-  size_t len = HDR_FIXED + (size_t)m->n_layers * LAYER_REC + 8 + m->n_params * 4 + 4;
+  size_t len = HDR2_FIXED + (size_t)m->n_specs * SPEC_REC + 8 + m->n_params * 4 + 4;
   if (ck) len += CKPT_FIXED + slots * m->n_params * 4;
   if (len > NN_MODEL_MAX_BYTES)
     return nn_fail(err, NN_ETOOBIG, "%s: model of %zu bytes exceeds the %u byte limit",
@@ -144,13 +146,20 @@ int nn_file_save(const nn_model *m, const nn_ckpt_info *ck, const char *path,
   memset(b.p + b.off, 0, 32);
   memcpy(b.p + b.off, m->arch, strnlen(m->arch, 31));
   b.off += 32;
-  put_u32(&b, m->n_inputs);
-  put_u32(&b, m->n_layers);
-  for (uint32_t i = 0; i < m->n_layers; i++) {
-    const nn_layer *l = &m->layers[i];
+  put_u32(&b, m->input.h);
+  put_u32(&b, m->input.w);
+  put_u32(&b, m->input.c);
+  put_u32(&b, m->n_specs);
+  for (uint32_t i = 0; i < m->n_specs; i++) {
+    const nn_layer_spec *l = &m->specs[i];
     put_u32(&b, l->type);
-    put_u32(&b, l->type == NN_LAYER_DENSE ? l->out : 0);
+    put_u32(&b, l->units);
     put_f32(&b, l->rate);
+    put_u32(&b, l->filters);
+    put_u32(&b, l->kernel);
+    put_u32(&b, l->stride);
+    put_u32(&b, l->padding);
+    put_u32(&b, l->activation);
   }
   put_u64(&b, m->n_params);
   put_f32s(&b, m->params, m->n_params);
@@ -192,6 +201,56 @@ static int all_finite(const float *f, size_t n) {
   return 1;
 }
 
+/* Version 1: the built layer list (softmax included). Sets *off to the
+ * parameter count's offset. */
+static int parse_layers_v1(nn_model *m, const uint8_t *p, size_t len, const char *arch,
+                           size_t *off, const char *name, nn_err *err) {
+  uint32_t n_inputs = get_u32(p + 48), n_layers = get_u32(p + 52);
+  if (n_layers < 2 || n_layers > 32)
+    return nn_fail(err, NN_EFORMAT, "%s: %u layers (allowed 2..32)", name, n_layers);
+  *off = HDR_FIXED + (size_t)n_layers * LAYER_REC;
+  if (len < *off + 8 + 4)
+    return nn_fail(err, NN_ETRUNC, "%s: truncated inside the layer list", name);
+  nn_layer_spec specs[32];
+  memset(specs, 0, sizeof specs);
+  for (uint32_t i = 0; i < n_layers; i++) {
+    const uint8_t *r = p + HDR_FIXED + i * LAYER_REC;
+    specs[i].type = (nn_layer_type)get_u32(r);
+    specs[i].units = get_u32(r + 4);
+    specs[i].rate = get_f32(r + 8);
+  }
+  if (nn_model_layout(m, arch, n_inputs, specs, n_layers))
+    return nn_fail(err, NN_EFORMAT, "%s: invalid layer list", name);
+  return 0;
+}
+
+/* Version 2: the user spec and the input shape. */
+static int parse_layers_v2(nn_model *m, const uint8_t *p, size_t len, const char *arch,
+                           size_t *off, const char *name, nn_err *err) {
+  if (len < HDR2_FIXED + 8 + 4)
+    return nn_fail(err, NN_ETRUNC, "%s: truncated inside the header", name);
+  nn_shape in = {get_u32(p + 48), get_u32(p + 52), get_u32(p + 56)};
+  uint32_t n = get_u32(p + 60);
+  if (n < 1 || n > NN_MAX_SPECS)
+    return nn_fail(err, NN_EFORMAT, "%s: %u layers (allowed 1..%u)", name, n, NN_MAX_SPECS);
+  *off = HDR2_FIXED + (size_t)n * SPEC_REC;
+  if (len < *off + 8 + 4)
+    return nn_fail(err, NN_ETRUNC, "%s: truncated inside the layer list", name);
+  nn_layer_spec specs[NN_MAX_SPECS];
+  for (uint32_t i = 0; i < n; i++) {
+    const uint8_t *r = p + HDR2_FIXED + i * SPEC_REC;
+    specs[i] = (nn_layer_spec){.type = (nn_layer_type)get_u32(r), .units = get_u32(r + 4),
+                               .rate = get_f32(r + 8), .filters = get_u32(r + 12),
+                               .kernel = get_u32(r + 16), .stride = get_u32(r + 20),
+                               .padding = (nn_padding)get_u32(r + 24),
+                               .activation = (nn_activation)get_u32(r + 28)};
+  }
+  nn_err e;
+  if (nn_model_layout_spec(m, arch, in, specs, n, &e))
+    return nn_fail(err, NN_EFORMAT, "%s: invalid layer list: %s", name, e.msg);
+  return 0;
+}
+
 int nn_file_parse(nn_model **out, const void *buf, size_t len, const char *name,
                   nn_ckpt_info *ck, float **ck_state, nn_err *err) {
   const uint8_t *p = buf;
@@ -207,8 +266,8 @@ int nn_file_parse(nn_model **out, const void *buf, size_t len, const char *name,
     return nn_fail(err, NN_ETRUNC, "%s: truncated: %zu bytes is shorter than the header",
                    name, len);
   uint32_t version = get_u32(p + 8), flags = get_u32(p + 12);
-  if (version != NN_MODEL_VERSION)
-    return nn_fail(err, NN_EVERSION, "%s: format version %u, this build reads version %u",
+  if (version != 1 && version != NN_MODEL_VERSION)
+    return nn_fail(err, NN_EVERSION, "%s: format version %u, this build reads versions 1..%u",
                    name, version, NN_MODEL_VERSION);
   if (flags & ~FLAG_CKPT)
     return nn_fail(err, NN_EFORMAT, "%s: unknown flags 0x%x", name, flags);
@@ -216,37 +275,36 @@ int nn_file_parse(nn_model **out, const void *buf, size_t len, const char *name,
   memcpy(arch, p + 16, 32);
   if (!memchr(arch, 0, 32))
     return nn_fail(err, NN_EFORMAT, "%s: architecture name is not terminated", name);
-  uint32_t n_inputs = get_u32(p + 48), n_layers = get_u32(p + 52);
-  if (n_layers < 2 || n_layers > NN_MAX_LAYERS)
-    return nn_fail(err, NN_EFORMAT, "%s: %u layers (allowed 2..%u)", name, n_layers,
-                   NN_MAX_LAYERS);
-  size_t off = HDR_FIXED + (size_t)n_layers * LAYER_REC;
-  if (len < off + 8 + 4)
-    return nn_fail(err, NN_ETRUNC, "%s: truncated inside the layer list", name);
-  nn_layer_spec specs[NN_MAX_LAYERS];
-  for (uint32_t i = 0; i < n_layers; i++) {
-    const uint8_t *r = p + HDR_FIXED + i * LAYER_REC;
-    specs[i].type = (nn_layer_type)get_u32(r);
-    specs[i].units = get_u32(r + 4);
-    specs[i].rate = get_f32(r + 8);
+  nn_model *shape = malloc(sizeof *shape);
+  if (!shape) return nn_fail(err, NN_ENOMEM, "%s: out of memory", name);
+  size_t off;
+  int rc = version == 1 ? parse_layers_v1(shape, p, len, arch, &off, name, err)
+                        : parse_layers_v2(shape, p, len, arch, &off, name, err);
+  if (rc) {
+    free(shape);
+    return rc;
   }
   uint64_t n_params = get_u64(p + off);
   off += 8;
   /* Bound every allocation by the file's size before making any: a layer
    * list of a few bytes may describe billions of parameters. */
-  nn_model shape;
-  if (nn_model_layout(&shape, arch, n_inputs, specs, n_layers))
-    return nn_fail(err, NN_EFORMAT, "%s: invalid layer list", name);
-  if (n_params != shape.n_params)
-    return nn_fail(err, NN_EMISMATCH, "%s: header says %llu parameters, layers need %zu", name,
-                   (unsigned long long)n_params, shape.n_params);
-  if (n_params > (len - off - 4) / 4)
+  if (n_params != shape->n_params) {
+    rc = nn_fail(err, NN_EMISMATCH, "%s: header says %llu parameters, layers need %zu", name,
+                 (unsigned long long)n_params, shape->n_params);
+    free(shape);
+    return rc;
+  }
+  if (n_params > (len - off - 4) / 4) {
+    free(shape);
     return nn_fail(err, NN_ETRUNC, "%s: truncated: %llu parameters do not fit in %zu bytes",
                    name, (unsigned long long)n_params, len);
-  nn_model *m = NULL;
-  int rc = nn_model_create(&m, arch, n_inputs, specs, n_layers);
-  if (rc == NN_ENOMEM) return nn_fail(err, rc, "%s: out of memory", name);
-  if (rc) return nn_fail(err, NN_EFORMAT, "%s: invalid layer list", name);
+  }
+  nn_model *m = shape;
+  m->params = malloc(m->n_params ? m->n_params * sizeof(float) : 1);
+  if (!m->params) {
+    free(m);
+    return nn_fail(err, NN_ENOMEM, "%s: out of memory", name);
+  }
   int is_ck = flags & FLAG_CKPT;
   /* The sizes are bounded by the layer checks, so this cannot overflow. */
   size_t need = off + m->n_params * 4 + 4;

@@ -150,27 +150,54 @@ void nn_dataset_free(nn_dataset *ds);
 
 typedef enum {
   NN_LAYER_DENSE = 1,    /* y = x W^T + b; param = out units */
-  NN_LAYER_ANTIRECT = 2, /* mean-centre, L2-normalise, [relu(x), relu(-x)] */
+  NN_LAYER_ANTIRECT = 2, /* mean-centre, L2-normalise, [relu(x), relu(-x)];
+                            on a feature map: across channels, per position */
   NN_LAYER_RELU = 3,
   NN_LAYER_DROPOUT = 4,  /* inverted dropout at rate `rate`, training only */
-  NN_LAYER_SOFTMAX = 5   /* last layer; fused with cross-entropy in training */
+  NN_LAYER_SOFTMAX = 5,  /* last layer; fused with cross-entropy in training */
+  NN_LAYER_CONV2D = 6,   /* 2-D convolution, NHWC, weights [filters][k][k][in_c] */
+  NN_LAYER_MAXPOOL = 7,  /* 2-D max pooling, no padding */
+  NN_LAYER_FLATTEN = 8   /* feature map -> vector (NHWC order, as Keras) */
 } nn_layer_type;
 
+typedef enum { NN_PAD_VALID = 0, NN_PAD_SAME = 1 } nn_padding;
+typedef enum { NN_ACT_NONE = 0, NN_ACT_RELU = 1 } nn_activation;
+
+/* One layer of a network as its user describes it (the JSON spec, parsed).
+ * Fields a type does not use are ignored and should be zero. */
 typedef struct nn_layer_spec {
   nn_layer_type type;
-  uint32_t units; /* DENSE: output width; ignored otherwise */
-  float rate;     /* DROPOUT: drop probability in [0, 1); ignored otherwise */
+  uint32_t units;         /* DENSE: output width */
+  float rate;             /* DROPOUT: drop probability in [0, 1) */
+  uint32_t filters;       /* CONV2D: output channels */
+  uint32_t kernel;        /* CONV2D: kernel side; MAXPOOL: window side */
+  uint32_t stride;        /* CONV2D: 1 or 2 (0 = 1); MAXPOOL: 0 = the window side */
+  nn_padding padding;     /* CONV2D */
+  nn_activation activation; /* DENSE, CONV2D: relu runs as a separate layer */
 } nn_layer_spec;
 
-#define NN_MAX_LAYERS 32
-#define NN_MAX_WIDTH 65536
+/* A feature map's shape per sample; a vector of n is {1, 1, n}. */
+typedef struct nn_shape { uint32_t h, w, c; } nn_shape;
+
+#define NN_MAX_SPECS 64               /* layers a user spec may have */
+#define NN_MAX_LAYERS (2 * NN_MAX_SPECS + 1) /* built: activations split + softmax */
+#define NN_MAX_WIDTH 65536            /* dense units */
+#define NN_MAX_PARAMS 50000000u
+#define NN_MAX_FILTERS 4096
+#define NN_MAX_ELEMS (1u << 22)       /* activation elements per sample and layer */
+/* Per-batch activation budget (all shards of a trainer together). */
+#define NN_ACT_BUDGET_BYTES ((size_t)1 << 30)
 
 /* A built layer: shapes resolved and its slice of the parameter block. */
 typedef struct nn_layer {
   nn_layer_type type;
-  uint32_t in, out;       /* widths of input and output */
+  uint32_t in, out;       /* elements per sample of input and output */
   float rate;
-  size_t w_off, b_off;    /* DENSE: offsets into the parameter block */
+  size_t w_off, b_off;    /* DENSE, CONV2D: offsets into the parameter block */
+  nn_shape ishape, oshape;
+  uint32_t kernel, stride; /* CONV2D, MAXPOOL */
+  uint32_t pad_t, pad_l;   /* CONV2D: zero rows above, columns left */
+  uint32_t spec;          /* index of the spec entry it was built from */
 } nn_layer;
 
 typedef struct nn_model {
@@ -181,21 +208,57 @@ typedef struct nn_model {
   size_t n_params;
   float *params;          /* one block: per DENSE layer W[out][in] then b[out] */
   uint32_t max_width;     /* widest activation, for workspaces */
+  nn_shape input;         /* 28x28x1 */
+  uint32_t n_specs;       /* the spec it was built from (no softmax) */
+  nn_layer_spec specs[NN_MAX_SPECS];
 } nn_model;
 
-/* Builds a model from a layer list. The list must end with DENSE(k) then
- * SOFTMAX, with 2 <= k <= NN_MAX_CLASSES (the number of classes); every
- * width must be in 1..NN_MAX_WIDTH.
- * Weights are zeroed; call nn_model_init to randomise. *out is owned by the
- * caller (nn_model_free). */
+/* Builds a model from a layer list in the old form: the list must end with
+ * DENSE(k) then SOFTMAX, with 2 <= k <= NN_MAX_CLASSES (one unit per class). The input is a 28x28x1 image
+ * when n_inputs is 784, else a vector. Weights are zeroed; call
+ * nn_model_init to randomise. *out is owned by the caller (nn_model_free). */
 int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
                     const nn_layer_spec *specs, uint32_t n_specs);
+
+/* Checks a user spec against an input shape and `classes` outputs (shape
+ * inference): the softmax is added by the core after the last layer, which
+ * must be dense with `classes` units and no activation. A dense layer on a
+ * feature map reads it flattened. Limits: NN_MAX_SPECS layers,
+ * NN_MAX_PARAMS parameters and, when batch > 0, NN_ACT_BUDGET_BYTES of
+ * activations and scratch for a batch of that size split over `threads`.
+ * Returns 0 and the parameter count in *n_params (may be NULL), or
+ * NN_EINVAL / NN_ETOOBIG with err->msg naming the layer and the reason,
+ * e.g. "layers[2] conv2d: kernel 5 is larger than its 4x4 input". */
+int nn_spec_check(const nn_layer_spec *specs, uint32_t n, nn_shape input, uint32_t classes,
+                  uint32_t batch, uint32_t threads, size_t *n_params, nn_err *err);
+
+/* Builds a model from a user spec (nn_spec_check's rules, without the batch
+ * budget). Weights are zeroed. */
+int nn_model_create_spec(nn_model **out, const char *arch, nn_shape input,
+                         const nn_layer_spec *specs, uint32_t n, nn_err *err);
+
+/* The presets as specs. nn_preset_spec returns NN_EINVAL for an unknown
+ * name; the arrays are static. nn_preset_name(i) names preset i (0 is the
+ * default), NULL past the last. */
+int nn_preset_spec(const char *name, const nn_layer_spec **specs, uint32_t *n);
+const char *nn_preset_name(uint32_t i);
+
+/* "dense", "conv2d", ...: the spec's name of a layer type ("?" if none). */
+const char *nn_layer_type_name(nn_layer_type t);
+/* The inverse; returns NN_EINVAL for an unknown name. */
+int nn_layer_type_parse(const char *name, nn_layer_type *t);
+
+/* The MNIST input: 28x28x1. */
+#define NN_INPUT_MNIST ((nn_shape){NN_IMAGE_SIDE, NN_IMAGE_SIDE, 1})
 
 /* Builds a preset by name:
  *   "antirectifier": Dense(256) Antirect Dropout(0.1) Dense(256) Antirect
  *                    Dropout(0.1) Dense(10) Softmax — 337,418 parameters;
  *   "relu":          Dense(512) ReLU Dropout(0.1) Dense(512) ReLU
- *                    Dropout(0.1) Dense(10) Softmax — 669,706 parameters.
+ *                    Dropout(0.1) Dense(10) Softmax — 669,706 parameters;
+ *   "cnn":           Keras mnist_convnet: Conv(32, 3x3, relu) MaxPool(2)
+ *                    Conv(64, 3x3, relu) MaxPool(2) Flatten Dropout(0.5)
+ *                    Dense(10) Softmax — 34,826 parameters.
  * Returns NN_EINVAL for an unknown name. */
 int nn_model_create_preset(nn_model **out, const char *arch);
 /* The same preset with an output layer of `classes` units (2..NN_MAX_CLASSES,
@@ -204,7 +267,8 @@ int nn_model_create_preset_classes(nn_model **out, const char *arch, uint32_t cl
 /* Width of the output layer: how many probabilities a prediction writes. */
 uint32_t nn_model_classes(const nn_model *m);
 
-/* Keras initialisation: glorot_uniform kernels (limit sqrt(6/(in+out))),
+/* Keras initialisation: glorot_uniform kernels (limit sqrt(6/(in+out));
+ * for a convolution fan_in = k*k*in_c, fan_out = k*k*filters),
  * zero biases, from the given seed. Deterministic. */
 void nn_model_init(nn_model *m, uint64_t seed);
 
@@ -322,11 +386,32 @@ typedef struct nn_progress {
 /* Called after every batch; a non-zero return cancels like the flag. */
 typedef int (*nn_progress_cb)(const nn_progress *p, void *user);
 
+/* Random affine augmentation of training images, drawn per image and
+ * epoch: shift up to +-shift pixels in x and y, rotation up to +-rotate
+ * degrees, scale in [1 - scale, 1 + scale], about the image centre,
+ * bilinear on the uint8 pixels. All zero: off. Limits: shift <= 8,
+ * rotate <= 180, scale <= 0.5. */
+typedef struct nn_augment {
+  float shift, rotate, scale;
+} nn_augment;
+
+/* Writes src transformed into dst (28x28 each; dst != src): output pixel p
+ * samples src bilinearly at R(-degrees)(p - c - (dx, dy)) / scale + c, c the
+ * centre (13.5, 13.5), outside = 0, rounded to nearest. */
+void nn_augment_apply(const uint8_t *src, uint8_t *dst, float dx, float dy, float degrees,
+                      float scale);
+/* nn_augment_apply with parameters drawn uniformly from a's ranges by an
+ * RNG seeded with key. */
+void nn_augment_random(const nn_augment *a, uint64_t key, const uint8_t *src, uint8_t *dst);
+/* 1 when every field is within its limits. */
+int nn_augment_valid(const nn_augment *a);
+
 typedef struct nn_train_config {
   uint32_t batch_size;   /* default 128 */
   uint64_t seed;         /* shuffling and dropout */
   uint32_t threads;      /* worker threads, 1..NN_MAX_THREADS (default 1) */
   nn_opt_config opt;
+  nn_augment augment;    /* nn_train_epoch only; default off; not kept in checkpoints */
 } nn_train_config;
 
 #define NN_MAX_THREADS 64
@@ -403,6 +488,10 @@ void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps);
  * memory could not be had (the trainer then keeps its old setting). */
 int nn_trainer_set_threads(nn_trainer *t, uint32_t threads);
 
+/* Sets the augmentation of later epochs (checkpoints do not keep it).
+ * Returns NN_EINVAL when a is out of range (nothing changes). */
+int nn_trainer_set_augment(nn_trainer *t, const nn_augment *a);
+
 /* Forward + backward + update on one explicit batch (x: n*784 floats). Used
  * by tests and benchmarks; returns the batch loss via *loss. Dropout masks
  * come from the trainer's RNG. */
@@ -418,24 +507,31 @@ float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels,
 
 /* ---------------------------------------------------------------- files */
 
-/* Model file format, version 1 (all integers little-endian):
+/* Model file format, version 2 (all integers little-endian):
  *   offset 0   8 bytes  magic "MNISTDNN"
- *          8   u32      version (1)
+ *          8   u32      version (2)
  *         12   u32      flags (bit 0: optimizer state present)
  *         16   char[32] architecture name, NUL-padded
- *         48   u32      n_inputs
- *         52   u32      n_layers
- *         56   n_layers x { u32 type, u32 units, f32 rate }
+ *         48   u32      input height, width, channels (28, 28, 1)
+ *         60   u32      n_specs (1..NN_MAX_SPECS)
+ *         64   n_specs x { u32 type, u32 units, f32 rate, u32 filters,
+ *                          u32 kernel, u32 stride, u32 padding,
+ *                          u32 activation }: the user spec, softmax implied
  *          .   u64      n_params
- *          .   f32[n_params] parameters, layer order, W[out][in] then b[out]
+ *          .   f32[n_params] parameters, layer order: per dense layer
+ *              W[out][in] then b[out]; per conv2d W[filters][k][k][in_c]
+ *              then b[filters]
  *   if flags & 1 (a training checkpoint):
  *          .   u32 optimizer kind, f32 lr, rho, momentum, beta1, beta2,
  *              epsilon, u32 batch_size, u64 seed, u32 epoch, u64 steps,
  *              f32[slots * n_params] optimizer state
  *   end-4      u32      CRC32 (zlib) of every byte before it
+ * Version 1 (still read): bytes 48..55 are u32 n_inputs, u32 n_layers, then
+ * n_layers x { u32 type, u32 units, f32 rate }, the built list ending in
+ * DENSE(10) SOFTMAX; the rest as version 2.
  * Files are at most NN_MODEL_MAX_BYTES. */
 #define NN_MODEL_MAGIC "MNISTDNN"
-#define NN_MODEL_VERSION 1u
+#define NN_MODEL_VERSION 2u
 #define NN_MODEL_MAX_BYTES (256u << 20)
 
 /* Writes m to path atomically: a temp file beside it, fsync, rename, fsync

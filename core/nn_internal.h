@@ -68,6 +68,9 @@ struct nn_workspace {
   void *block;                      /* the single allocation behind all */
   const nn_model *pinned;           /* nn_workspace_pin: the model wt copies */
   float *wt[NN_MAX_LAYERS];         /* DENSE: its weights transposed, [in][out] */
+  float *col[NN_MAX_LAYERS];        /* CONV2D: patch matrix [B*oh*ow][k*k*c] */
+  uint32_t *pool_idx[NN_MAX_LAYERS]; /* MAXPOOL: input index of each maximum */
+  float *dcol;                      /* CONV2D backward: gradient of a patch matrix */
   void *wt_block;
 };
 
@@ -150,6 +153,29 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n,
 
 /* The layer before the softmax: the logits of the last forward pass. */
 const float *nn_logits(const nn_model *m, const nn_workspace *ws);
+
+/* Shape inference (spec.c): fills m's layer table, parameter count and
+ * spec from a user spec without allocating the parameters. */
+int nn_model_layout_spec(nn_model *m, const char *arch, nn_shape input,
+                         const nn_layer_spec *specs, uint32_t n, nn_err *err);
+/* Bytes per batch row of a workspace for m. */
+size_t nn_workspace_bytes_per_row(const nn_model *m);
+
+/* Convolution and pooling helpers (conv.c), NHWC, n samples. */
+void nn_im2col(const float *x, uint32_t n, const nn_layer *l, float *col);
+/* dx (overwritten) = the sum of the patch gradients back in place. */
+void nn_col2im(const float *col, uint32_t n, const nn_layer *l, float *dx);
+void nn_maxpool_fwd(const float *x, uint32_t n, const nn_layer *l, float *y, uint32_t *idx);
+void nn_maxpool_bwd(const float *g, const uint32_t *idx, uint32_t n, const nn_layer *l,
+                    float *dx);
+/* The dense layer a convolution is, over its patch matrix. */
+static inline nn_layer nn_conv_as_dense(const nn_layer *l) {
+  nn_layer d = *l;
+  d.type = NN_LAYER_DENSE;
+  d.in = l->kernel * l->kernel * l->ishape.c;
+  d.out = l->oshape.c;
+  return d;
+}
 
 /* Fills m's layer table and parameter count from a layer list without
  * allocating the parameters (m->params is NULL). Same checks as

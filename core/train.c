@@ -19,6 +19,8 @@ typedef struct batch_desc {
   const float *x;            /* or explicit float rows */
   const uint8_t *labels;     /* with explicit labels */
   int training;              /* dropout on, and an optimizer step */
+  uint64_t aug_key;          /* augmentation: key of the epoch, 0 = off */
+  uint32_t aug_off;          /* position of the batch's first row in the epoch */
   int stop;                  /* workers exit */
 } batch_desc;
 
@@ -149,7 +151,14 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
       s->labels[r] = b->labels[lo + r];
     } else {
       uint32_t i = b->idx ? b->idx[lo + r] : lo + r;
-      nn_k_u8_to_f32(dst, b->images + (size_t)i * NN_IMAGE_SIZE, NN_IMAGE_SIZE);
+      const uint8_t *img = b->images + (size_t)i * NN_IMAGE_SIZE;
+      uint8_t aug[NN_IMAGE_SIZE];
+      if (b->aug_key) {
+        uint64_t pos = b->aug_off + lo + r;
+        nn_augment_random(&t->cfg.augment, b->aug_key ^ (pos * 0x9e3779b97f4a7c15ull), img, aug);
+        img = aug;
+      }
+      nn_k_u8_to_f32(dst, img, NN_IMAGE_SIZE);
       s->labels[r] = b->ds_labels[i];
     }
   }
@@ -189,6 +198,16 @@ static void phase_update(nn_trainer *t, uint32_t k) {
   nn_dnn *d = p->shards[k].ws->dnn;
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
+    if (l->type == NN_LAYER_CONV2D) {
+      /* Each shard's backward pass left its full gradient of this layer in
+       * its own block (small: 18k floats for the cnn preset); thread k sums
+       * its slice of it in shard order and updates that slice. */
+      size_t len = l->b_off + l->oshape.c - l->w_off;
+      size_t lo = l->w_off + len * k / p->n, hi = l->w_off + len * (k + 1) / p->n;
+      for (uint32_t s = 1; s < p->n; s++) nn_k_add(g + lo, p->shards[s].grad + lo, hi - lo);
+      if (b->training) update_slice(t, g, lo, hi - lo);
+      continue;
+    }
     if (l->type != NN_LAYER_DENSE) continue;
     uint32_t o_lo = (uint32_t)((uint64_t)l->out * k / p->n);
     uint32_t o_hi = (uint32_t)((uint64_t)l->out * (k + 1) / p->n);
@@ -337,7 +356,8 @@ fail:
 int nn_trainer_create(nn_trainer **out, nn_model *m, const nn_train_config *cfg) {
   if (!out || !m || !cfg || cfg->batch_size == 0 || cfg->batch_size > 65536 ||
       cfg->threads > NN_MAX_THREADS || !(cfg->opt.lr > 0.f) || !isfinite(cfg->opt.lr) ||
-      (uint32_t)cfg->opt.kind > NN_OPT_ADAM || m->n_inputs != NN_IMAGE_SIZE)
+      (uint32_t)cfg->opt.kind > NN_OPT_ADAM || m->n_inputs != NN_IMAGE_SIZE ||
+      !nn_augment_valid(&cfg->augment))
     return NN_EINVAL;
   *out = NULL;
   nn_trainer *t = calloc(1, sizeof *t);
@@ -373,6 +393,12 @@ int nn_trainer_set_threads(nn_trainer *t, uint32_t threads) {
   pool_free(t->pool);
   t->pool = p;
   t->cfg.threads = threads;
+  return 0;
+}
+
+int nn_trainer_set_augment(nn_trainer *t, const nn_augment *a) {
+  if (!t || !a || !nn_augment_valid(a)) return NN_EINVAL;
+  t->cfg.augment = *a;
   return 0;
 }
 
@@ -452,13 +478,18 @@ int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb, void 
     nn_rng_seed(&t->pool->shards[k].rng, base ^ ((uint64_t)(k + 1) << 48));
 
   const uint32_t bs = t->cfg.batch_size;
+  const nn_augment *au = &t->cfg.augment;
+  uint64_t aug_key = au->shift > 0.f || au->rotate > 0.f || au->scale > 0.f
+                         ? (base * 0xbf58476d1ce4e5b9ull) | 1
+                         : 0;
   nn_progress pr = {.epoch = epoch, .batches = (ds->n + bs - 1) / bs};
   double loss_sum = 0.0, t0 = now_s();
   uint64_t correct_sum = 0;
   for (uint32_t off = 0; off < ds->n; off += bs) {
     uint32_t n = ds->n - off < bs ? ds->n - off : bs, correct = 0;
     t->batch = (batch_desc){.n = n, .images = ds->images, .ds_labels = ds->labels,
-                            .idx = t->order + off, .training = 1};
+                            .idx = t->order + off, .training = 1, .aug_key = aug_key,
+                            .aug_off = off};
     loss_sum += run_batch(t, &correct);
     correct_sum += correct;
     pr.batch++;

@@ -1,6 +1,7 @@
 /* `mnistd train` and `mnistd predict`: translate flags to core calls and
  * print results. */
 #include "srv_cli.h"
+#include "srv_spec.h"
 #include "srv_train.h"
 
 #include <errno.h>
@@ -28,7 +29,9 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg) {
 static const char TRAIN_HELP[] =
     "usage: mnistd train [options]\n"
     "Trains a network and prints one line per epoch (Keras style).\n"
-    "  --arch antirectifier|relu   network (default antirectifier)\n"
+    "  --arch antirectifier|relu|cnn  network (default antirectifier)\n"
+    "  --layers FILE               network from a JSON layer spec: {\"layers\":[...]}\n"
+    "  --augment SPEC              e.g. shift=2,rotate=10,scale=0.1 (random per image)\n"
     "  --dataset mnist|fashion-mnist  (default mnist)\n"
     "  --data-dir DIR              folder holding mnist/ and fashion-mnist/ (default data,\n"
     "                              or $MNISTD_DATA_DIR)\n"
@@ -63,7 +66,8 @@ static void on_sigint(int sig) {
 
 /* mnistd train's choices, defaults filled in. */
 typedef struct train_opts {
-  const char *arch, *dataset, *out_path, *data_dir;
+  const char *arch, *dataset, *out_path, *data_dir, *layers_path;
+  nn_augment augment;
   long epochs, batch, seed, threads, train_limit, test_limit;
   double lr;
   int json;
@@ -74,8 +78,9 @@ typedef struct train_opts {
  * status (--help, or a usage error already printed). */
 static int train_parse(int argc, char **argv, train_opts *o) {
   *o = (train_opts){"antirectifier", "mnist", NULL,
-                    getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data",
-                    4, 128, 1, 0, 0, 0, 0, 0, NN_OPT_RMSPROP};
+                    getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data", NULL,
+                    {0, 0, 0}, 4, 128, 1, 0, 0, 0, 0, 0, NN_OPT_RMSPROP};
+  char amsg[256];
   static const struct option opts[] = {
       {"arch", required_argument, 0, 'a'},      {"dataset", required_argument, 0, 'd'},
       {"data-dir", required_argument, 0, 'D'},  {"epochs", required_argument, 0, 'e'},
@@ -84,6 +89,7 @@ static int train_parse(int argc, char **argv, train_opts *o) {
       {"threads", required_argument, 0, 't'},   {"out", required_argument, 0, 'O'},
       {"json", no_argument, 0, 'j'},            {"train-limit", required_argument, 0, 'L'},
       {"test-limit", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
+      {"layers", required_argument, 0, 'Y'},    {"augment", required_argument, 0, 'A'},
       {0, 0, 0, 0}};
   int c;
   opterr = 0;
@@ -91,8 +97,9 @@ static int train_parse(int argc, char **argv, train_opts *o) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case 'a':
-      if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu"))
-        return usage_error("train", "--arch must be antirectifier or relu, not '%s'", optarg);
+      if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu") && strcmp(optarg, "cnn"))
+        return usage_error("train", "--arch must be antirectifier, relu or cnn, not '%s'",
+                           optarg);
       o->arch = optarg;
       break;
     case 'd':
@@ -139,6 +146,11 @@ static int train_parse(int argc, char **argv, train_opts *o) {
                            optarg);
       break;
     case 'O': o->out_path = optarg; break;
+    case 'Y': o->layers_path = optarg; break;
+    case 'A':
+      if (srv_augment_parse_text(optarg, &o->augment, amsg, sizeof amsg))
+        return usage_error("train", "%s", amsg);
+      break;
     case 'j': o->json = 1; break;
     case 'h': fputs(TRAIN_HELP, stdout); return SRV_EXIT_OK;
     case ':':
@@ -194,6 +206,37 @@ static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_da
   return 0;
 }
 
+/* --layers FILE: a JSON spec, checked as the daemon checks a job's. */
+static int load_layers(nn_model **m, const char *path, uint32_t batch) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    int rc = -errno;
+    fprintf(stderr, "mnistd train: %s: %s\n", path, strerror(-rc));
+    return rc;
+  }
+  char *buf = malloc(65537);
+  size_t n = buf ? fread(buf, 1, 65537, f) : 0;
+  fclose(f);
+  if (!buf || n > 65536) {
+    free(buf);
+    fprintf(stderr, "mnistd train: %s: not a layer spec (more than 64 KiB)\n", path);
+    return -EINVAL;
+  }
+  nn_layer_spec spec[NN_MAX_SPECS];
+  uint32_t ns;
+  char msg[512];
+  int rc = srv_spec_parse_text(buf, n, batch, spec, &ns, msg, sizeof msg);
+  free(buf);
+  if (rc) {
+    fprintf(stderr, "mnistd train: %s: %s\n", path, msg);
+    return rc;
+  }
+  nn_err err;
+  if ((rc = nn_model_create_spec(m, "custom", NN_INPUT_MNIST, spec, ns, &err)))
+    fprintf(stderr, "mnistd train: %s: %s\n", path, err.msg);
+  return rc;
+}
+
 int srv_cli_train(int argc, char **argv) {
   train_opts o;
   int st = train_parse(argc, argv, &o);
@@ -230,7 +273,10 @@ int srv_cli_train(int argc, char **argv) {
   nn_train_config cfg;
   srv_train_config(&cfg, o.opt, (float)o.lr, -1, (uint32_t)o.batch, (uint64_t)o.seed,
                    (uint32_t)threads);
-  if ((rc = nn_model_create_preset(&m, arch)) || (rc = nn_trainer_create(&t, m, &cfg)) ||
+  cfg.augment = o.augment;
+  if (o.layers_path && (rc = load_layers(&m, o.layers_path, cfg.batch_size))) goto done;
+  if (o.layers_path) arch = "custom";
+  if ((!m && (rc = nn_model_create_preset(&m, arch))) || (rc = nn_trainer_create(&t, m, &cfg)) ||
       (rc = nn_workspace_create(&ews, m, 1000))) {
     fprintf(stderr, "mnistd train: cannot create the model: %s\n", nn_strerror(rc));
     goto done;

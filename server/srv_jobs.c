@@ -115,6 +115,17 @@ int srv_job_state_parse(const char *name) {
 
 static int finished(srv_job_state s) { return s >= SRV_JOB_SUCCEEDED; }
 
+/* The job's network: its spec (a preset's, or the user's layers). */
+/* The job's network: a preset's output layer gets one unit per class of
+ * the data set; a custom "layers" spec states its own last width. */
+static int job_model_create(nn_model **m, srv_jobs *J, const srv_job_config *c) {
+  if (c->n_layers) return nn_model_create_spec(m, c->arch, NN_INPUT_MNIST, c->layers, c->n_layers, NULL);
+  uint32_t k = NN_CLASSES;
+  char **names = NULL;
+  if (!srv_data_classes(J->data, c->dataset, &names, &k)) free(names);
+  return nn_model_create_preset_classes(m, c->arch, k);
+}
+
 static int64_t wall_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -588,11 +599,8 @@ static void run_finish(run *r) {
 /* Parameters of the job's network: its output layer has one unit per class
  * of the data set. */
 static size_t preset_params(srv_jobs *J, const srv_job_config *c) {
-  uint32_t k = NN_CLASSES;
-  char **names = NULL;
-  if (!srv_data_classes(J->data, c->dataset, &names, &k)) free(names);
   nn_model *tmp = NULL;
-  size_t n = nn_model_create_preset_classes(&tmp, c->arch, k) == 0 ? tmp->n_params : 0;
+  size_t n = job_model_create(&tmp, J, c) == 0 ? tmp->n_params : 0;
   nn_model_free(tmp);
   return n;
 }
@@ -633,6 +641,7 @@ static void work_cb(uv_work_t *w) {
       logf_(J, "job %lld: checkpoint unusable (%s); starting over", (long long)j->id, err.msg);
     } else {
       nn_trainer_set_threads(t, (uint32_t)J->opt.train_threads);
+      nn_trainer_set_augment(t, &j->cfg.augment); /* checkpoints do not keep it */
       logf_(J, "job %lld: resuming after epoch %u", (long long)j->id, nn_trainer_epoch(t));
     }
   }
@@ -640,11 +649,8 @@ static void work_cb(uv_work_t *w) {
     nn_train_config tc;
     srv_train_config(&tc, j->cfg.optimizer, j->cfg.learning_rate, j->cfg.momentum,
                      j->cfg.batch_size, j->cfg.seed, (uint32_t)J->opt.train_threads);
-    /* The output layer has one unit per class of the data set. */
-    uint32_t k = NN_CLASSES;
-    char **names = NULL;
-    if (!srv_data_classes(J->data, j->cfg.dataset, &names, &k)) free(names);
-    if ((rc = nn_model_create_preset_classes(&m, j->cfg.arch, k)) ||
+    tc.augment = j->cfg.augment;
+    if ((rc = job_model_create(&m, J, &j->cfg)) ||
         (rc = nn_trainer_create(&t, m, &tc))) {
       snprintf(msg, sizeof msg, "cannot create the model: %s", nn_strerror(rc));
       fail_job(J, j, msg);

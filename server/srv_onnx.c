@@ -96,7 +96,7 @@ static Onnx__NodeProto *node(gb *g, const char *op, const char *out, size_t n_in
   }
   Onnx__NodeProto *n = palloc(g, sizeof *n);
   char **ins = palloc(g, n_in * sizeof *ins), **outs = palloc(g, sizeof *outs);
-  Onnx__AttributeProto **attrs = palloc(g, 2 * sizeof *attrs);
+  Onnx__AttributeProto **attrs = palloc(g, 4 * sizeof *attrs) /* Conv has 3 */;
   if (!n || !ins || !outs || !attrs || !out) return fail(g, -ENOMEM, "out of memory"), NULL;
   onnx__node_proto__init(n);
   for (size_t i = 0; i < n_in; i++) {
@@ -219,10 +219,26 @@ static Onnx__ValueInfoProto *value_info(gb *g, const char *name, size_t ndims,
  * it. */
 static void ensure_flat(gb *g, uint32_t i) {
   if (g->rank == 2 || g->rc) return;
+  if (g->chw[0] > 1) {
+    /* The core's feature maps are NHWC: flatten in that order so the dense
+     * weights after it line up. */
+    const char *t = pstr(g, "layer%u.to_nhwc", i);
+    attr_ints(g, node(g, "Transpose", t, IN(g->cur)), "perm", 4, (int64_t[]){0, 2, 3, 1});
+    g->cur = t;
+  }
   const char *out = pstr(g, "layer%u.flatten", i);
   attr_int(g, node(g, "Flatten", out, IN(g->cur)), "axis", 1);
   g->cur = out;
   g->rank = 2;
+}
+
+/* Layers that work on feature maps as they are (conv, pool, relu, a
+ * feature-map antirectifier) check the width without flattening. */
+static int check_width(gb *g, const nn_model *m, uint32_t i, const char *kind) {
+  if (!g->rc && m->layers[i].in != g->width)
+    fail(g, -EINVAL, "layer %u (%s) expects %u inputs per sample but receives %u", i + 1, kind,
+         m->layers[i].in, g->width);
+  return g->rc;
 }
 
 static int check_in(gb *g, const nn_model *m, uint32_t i, const char *kind) {
@@ -255,7 +271,11 @@ static int emit_dense(gb *g, const nn_model *m, uint32_t i) {
  * 1e-12)), the core's epsilon), then [relu(x), relu(-x)]. ReduceSum takes
  * its axes as an input from opset 13; ReduceMean still as an attribute. */
 static int emit_antirect(gb *g, const nn_model *m, uint32_t i) {
-  if (check_in(g, m, i, "antirectifier")) return g->rc;
+  /* On a feature map [N,C,H,W] the same nodes work across channels (axis
+   * 1) at every position, as the core does. */
+  int map = g->rank == 4 && m->layers[i].ishape.c > 1 && g->chw[0] == m->layers[i].ishape.c;
+  if (map ? check_width(g, m, i, "antirectifier") : check_in(g, m, i, "antirectifier"))
+    return g->rc;
   static const int64_t axis1[] = {1};
   static const float eps = 1e-12f;
   if (!g->axes1) g->axes1 = tensor(g, "const.axes_1", 1, (int64_t[]){1}, NULL, axis1, 1);
@@ -279,11 +299,12 @@ static int emit_antirect(gb *g, const nn_model *m, uint32_t i) {
   attr_int(g, node(g, "Concat", out, IN(pos, neg)), "axis", 1);
   g->cur = out;
   g->width *= 2;
+  if (map) g->chw[0] *= 2;
   return g->rc;
 }
 
 static int emit_relu(gb *g, const nn_model *m, uint32_t i) {
-  if (check_in(g, m, i, "relu")) return g->rc;
+  if (g->rank == 4 ? check_width(g, m, i, "relu") : check_in(g, m, i, "relu")) return g->rc;
   const char *out = pstr(g, "layer%u.relu", i);
   node(g, "Relu", out, IN(g->cur));
   g->cur = out;
@@ -304,6 +325,62 @@ static int emit_softmax(gb *g, const nn_model *m, uint32_t i) {
   return g->rc;
 }
 
+/* Conv: the core keeps weights [M][kH][kW][C] (NHWC); ONNX wants
+ * [M][C][kH][kW]: a reordered copy in the pool. Padding is explicit
+ * (TensorFlow's "same" puts the odd pixel at the bottom/right). */
+static int emit_conv(gb *g, const nn_model *m, uint32_t i) {
+  const nn_layer *l = &m->layers[i];
+  if (g->rank != 4) return fail(g, -EINVAL, "layer %u (conv2d) needs a feature map", i + 1);
+  if (check_width(g, m, i, "conv2d")) return g->rc;
+  uint32_t M = l->oshape.c, C = l->ishape.c, k = l->kernel;
+  size_t nw = (size_t)M * C * k * k;
+  if (l->w_off + nw > m->n_params || l->b_off + M > m->n_params)
+    return fail(g, -EINVAL, "layer %u (conv2d): weights lie outside the parameter block", i + 1);
+  float *w = palloc(g, nw * sizeof *w);
+  if (!w) return g->rc;
+  const float *src = m->params + l->w_off;
+  for (uint32_t o = 0; o < M; o++)
+    for (uint32_t y = 0; y < k; y++)
+      for (uint32_t x = 0; x < k; x++)
+        for (uint32_t c = 0; c < C; c++)
+          w[(((size_t)o * C + c) * k + y) * k + x] = src[(((size_t)o * k + y) * k + x) * C + c];
+  const char *wn = tensor(g, pstr(g, "layer%u.conv.W", i), 4, (int64_t[]){M, C, k, k}, w, NULL, nw);
+  const char *bn = tensor(g, pstr(g, "layer%u.conv.b", i), 1, (int64_t[]){M},
+                          m->params + l->b_off, NULL, M);
+  int64_t pb = (int64_t)(l->oshape.h - 1) * l->stride + k - l->ishape.h - l->pad_t;
+  int64_t pr = (int64_t)(l->oshape.w - 1) * l->stride + k - l->ishape.w - l->pad_l;
+  const char *out = pstr(g, "layer%u.conv", i);
+  Onnx__NodeProto *n = node(g, "Conv", out, IN(g->cur, wn, bn));
+  attr_ints(g, n, "kernel_shape", 2, (int64_t[]){k, k});
+  attr_ints(g, n, "strides", 2, (int64_t[]){l->stride, l->stride});
+  attr_ints(g, n, "pads", 4, (int64_t[]){l->pad_t, l->pad_l, pb > 0 ? pb : 0, pr > 0 ? pr : 0});
+  g->cur = out;
+  g->chw[0] = M;
+  g->chw[1] = l->oshape.h;
+  g->chw[2] = l->oshape.w;
+  g->width = l->out;
+  return g->rc;
+}
+
+static int emit_maxpool(gb *g, const nn_model *m, uint32_t i) {
+  const nn_layer *l = &m->layers[i];
+  if (g->rank != 4) return fail(g, -EINVAL, "layer %u (max_pool2d) needs a feature map", i + 1);
+  if (check_width(g, m, i, "max_pool2d")) return g->rc;
+  const char *out = pstr(g, "layer%u.maxpool", i);
+  Onnx__NodeProto *n = node(g, "MaxPool", out, IN(g->cur));
+  attr_ints(g, n, "kernel_shape", 2, (int64_t[]){l->kernel, l->kernel});
+  attr_ints(g, n, "strides", 2, (int64_t[]){l->stride, l->stride});
+  g->cur = out;
+  g->chw[1] = l->oshape.h;
+  g->chw[2] = l->oshape.w;
+  g->width = l->out;
+  return g->rc;
+}
+
+static int emit_flatten(gb *g, const nn_model *m, uint32_t i) {
+  return check_in(g, m, i, "flatten");
+}
+
 /* The walker's table: a new core layer kind gets one row and one emitter. */
 typedef int (*emit_fn)(gb *g, const nn_model *m, uint32_t i);
 static const struct {
@@ -313,7 +390,8 @@ static const struct {
 } LAYERS[] = {
     {NN_LAYER_DENSE, "dense", emit_dense},       {NN_LAYER_ANTIRECT, "antirectifier", emit_antirect},
     {NN_LAYER_RELU, "relu", emit_relu},          {NN_LAYER_DROPOUT, "dropout", emit_dropout},
-    {NN_LAYER_SOFTMAX, "softmax", emit_softmax},
+    {NN_LAYER_SOFTMAX, "softmax", emit_softmax}, {NN_LAYER_CONV2D, "conv2d", emit_conv},
+    {NN_LAYER_MAXPOOL, "max_pool2d", emit_maxpool}, {NN_LAYER_FLATTEN, "flatten", emit_flatten},
 };
 #define N_LAYER_KINDS (sizeof LAYERS / sizeof *LAYERS)
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "srv_onnx.h"
+#include "srv_spec.h"
 #include "srv_util.h"
 #include "srv_validate.h"
 
@@ -40,6 +41,18 @@ static enum MHD_Result h_readyz(req *r) {
   return srv_send_json(r, 200, d);
 }
 
+
+static enum MHD_Result h_architectures(req *r) {
+  return srv_send_json(r, 200, srv_architectures_json());
+}
+
+static enum MHD_Result h_architecture_validate(req *r) {
+  if (!srv_json_body_ok(r)) return srv_need_json(r);
+  char msg[256];
+  int status;
+  cJSON *d = srv_spec_validate(r->body, r->len, &status, msg, sizeof msg);
+  return d ? srv_send_json(r, status, d) : srv_send_error(r, status, "%s", msg);
+}
 
 static enum MHD_Result h_job_create(req *r) {
   if (!srv_json_body_ok(r)) return srv_need_json(r);
@@ -118,6 +131,7 @@ static cJSON *model_json(const srv_model *m, int active) {
   cJSON_AddNumberToObject(o, "id", (double)m->id);
   cJSON_AddStringToObject(o, "arch", m->arch);
   cJSON_AddNumberToObject(o, "parameters", (double)m->m->n_params);
+  cJSON_AddItemToObject(o, "layers", srv_spec_to_json(m->m->specs, m->m->n_specs));
   cJSON_AddStringToObject(o, "dataset", m->dataset);
   cJSON_AddNumberToObject(o, "test_accuracy", round(m->test_accuracy * 1e6) / 1e6);
   cJSON_AddNumberToObject(o, "test_loss", round(m->test_loss * 1e6) / 1e6);
@@ -244,6 +258,8 @@ const route srv_route_table[] = {
     {"GET", "/v1/datasets/:name", h_dataset, 0},
     {"DELETE", "/v1/datasets/:name", h_dataset_delete, 1},
     {"GET", "/v1/datasets/:name/samples/random", h_dataset_sample, 0},
+    {"GET", "/v1/architectures", h_architectures, 0},
+    {"POST", "/v1/architectures/validate", h_architecture_validate, 0},
     {"POST", "/v1/jobs", h_job_create, 1},
     {"GET", "/v1/jobs", h_jobs, 0},
     {"GET", "/v1/jobs/:id", h_job, 0},

@@ -2,6 +2,7 @@
  * nesting (CJSON_NESTING_LIMIT), so hostile JSON ends up here as a parse
  * error, never as a crash. */
 #include "srv_validate.h"
+#include "srv_spec.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -13,6 +14,9 @@
 void srv_job_config_defaults(srv_job_config *c) {
   memset(c, 0, sizeof *c);
   snprintf(c->arch, sizeof c->arch, "antirectifier");
+  const nn_layer_spec *ps;
+  if (!nn_preset_spec(c->arch, &ps, &c->n_layers))
+    memcpy(c->layers, ps, c->n_layers * sizeof *ps);
   snprintf(c->dataset, sizeof c->dataset, "mnist");
   c->epochs = 4;
   c->batch_size = 128;
@@ -242,24 +246,66 @@ static int parse_optimizer(const cJSON *o, srv_job_config *c, int *lr_set, char 
   return 0;
 }
 
+/* The network of a parsed config: a preset's spec, or the layers given,
+ * which must then match the preset named beside them (a config read back
+ * from its own JSON has both). Shapes and limits checked for the batch. */
+static int resolve_network(srv_job_config *c, int arch_set, int layers_set, char *msg,
+                           size_t msglen) {
+  const nn_layer_spec *ps = NULL;
+  uint32_t pn = 0;
+  int preset = !nn_preset_spec(c->arch, &ps, &pn);
+  if (!layers_set) c->n_layers = 0; /* the default's spec: arch decides */
+  if (!c->n_layers) {
+    if (!preset)
+      return fail(msg, msglen, "%s needs \"layers\": the network, as a list of layers", "arch custom");
+    memcpy(c->layers, ps, pn * sizeof *ps);
+    c->n_layers = pn;
+  } else if (!arch_set) {
+    snprintf(c->arch, sizeof c->arch, "custom");
+  } else if (preset && (pn != c->n_layers || memcmp(ps, c->layers, pn * sizeof *ps))) {
+    snprintf(msg, msglen,
+             "layers differ from the %s preset: leave \"arch\" out (or say \"custom\") to "
+             "train your own network",
+             c->arch);
+    return -EINVAL;
+  }
+  nn_err err;
+  int rc = nn_spec_check(c->layers, c->n_layers, NN_INPUT_MNIST, NN_CLASSES, c->batch_size, 1,
+                         NULL, &err);
+  if (rc) {
+    snprintf(msg, msglen, "%s", err.msg);
+    return -EINVAL;
+  }
+  return 0;
+}
+
 int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *msg,
                          size_t msglen) {
   srv_job_config_defaults(c);
   int prc;
   cJSON *root = parse_object(body, len, SRV_JOB_MAX_VALUES, msg, msglen, &prc);
   if (!root) return prc;
-  int rc = 0, lr_set = 0;
+  int rc = 0, lr_set = 0, arch_set = 0, layers_set = 0;
   const cJSON *f;
   double d;
   cJSON_ArrayForEach(f, root) {
     const char *k = f->string;
     if (!strcmp(k, "arch")) {
-      if (!cJSON_IsString(f) ||
-          (strcmp(f->valuestring, "antirectifier") && strcmp(f->valuestring, "relu"))) {
-        rc = fail(msg, msglen, "%s must be \"antirectifier\" or \"relu\"", "arch");
+      const nn_layer_spec *ps;
+      uint32_t pn;
+      if (!cJSON_IsString(f) || (strcmp(f->valuestring, "custom") &&
+                                 nn_preset_spec(f->valuestring, &ps, &pn))) {
+        rc = fail(msg, msglen, "%s must be \"antirectifier\", \"relu\", \"cnn\" or \"custom\" "
+                  "(with \"layers\")", "arch");
         break;
       }
       snprintf(c->arch, sizeof c->arch, "%s", f->valuestring);
+      arch_set = 1;
+    } else if (!strcmp(k, "layers")) {
+      if ((rc = srv_spec_from_json(f, c->layers, &c->n_layers, msg, msglen))) break;
+      layers_set = 1;
+    } else if (!strcmp(k, "augment")) {
+      if ((rc = srv_augment_from_json(f, &c->augment, msg, msglen))) break;
     } else if (!strcmp(k, "dataset")) {
       if (!cJSON_IsString(f) || !srv_dataset_name_ok(f->valuestring)) {
         rc = fail(msg, msglen, "%s must be \"mnist\", \"fashion-mnist\" or the name of an "
@@ -310,12 +356,13 @@ int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *
       (void)before;
     } else {
       rc = fail(msg, msglen,
-                "unknown field \"%.40s\" (allowed: arch, dataset, epochs, batch_size, optimizer, "
-                "seed, activate, train_limit, test_limit)",
+                "unknown field \"%.40s\" (allowed: arch, layers, augment, dataset, epochs, "
+                "batch_size, optimizer, seed, activate, train_limit, test_limit)",
                 k);
       break;
     }
   }
+  if (!rc) rc = resolve_network(c, arch_set, layers_set, msg, msglen);
   if (!rc && c->optimizer != NN_OPT_SGD) c->momentum = 0;
   if (!rc && !lr_set) {
     nn_opt_config o;
@@ -334,6 +381,9 @@ char *srv_job_config_json(const srv_job_config *c) {
   cJSON *o = cJSON_CreateObject();
   if (!o) return NULL;
   cJSON_AddStringToObject(o, "arch", c->arch);
+  cJSON_AddItemToObject(o, "layers", srv_spec_to_json(c->layers, c->n_layers));
+  if (c->augment.shift > 0.f || c->augment.rotate > 0.f || c->augment.scale > 0.f)
+    cJSON_AddItemToObject(o, "augment", srv_augment_to_json(&c->augment));
   cJSON_AddStringToObject(o, "dataset", c->dataset);
   cJSON_AddNumberToObject(o, "epochs", c->epochs);
   cJSON_AddNumberToObject(o, "batch_size", c->batch_size);

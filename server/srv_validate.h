@@ -13,7 +13,7 @@
 typedef enum { SRV_ACTIVATE_IF_BETTER = 0, SRV_ACTIVATE_ALWAYS, SRV_ACTIVATE_NEVER } srv_activate;
 
 typedef struct srv_job_config {
-  char arch[16];          /* antirectifier | relu */
+  char arch[16];          /* antirectifier | relu | cnn | custom */
   char dataset[72];       /* mnist | fashion-mnist | an uploaded set's name */
   uint32_t epochs;        /* 1..1000, default 4 */
   uint32_t batch_size;    /* 1..4096, default 128 */
@@ -24,6 +24,9 @@ typedef struct srv_job_config {
   srv_activate activate;  /* default if_better */
   uint32_t train_limit;   /* 0 = all training images */
   uint32_t test_limit;    /* 0 = all test images */
+  uint32_t n_layers;      /* the network: the preset's spec or "layers" */
+  nn_layer_spec layers[NN_MAX_SPECS];
+  nn_augment augment;     /* all zero: off */
 } srv_job_config;
 
 #define SRV_MAX_EPOCHS 1000
@@ -32,7 +35,7 @@ typedef struct srv_job_config {
 /* The most JSON values (nodes) a body may hold, checked before a tree is
  * built: a maximal request of each endpoint plus a little slack. An 8 MiB
  * body of "0," would otherwise become 4 million cJSON nodes (~300 MB). */
-#define SRV_JOB_MAX_VALUES 256
+#define SRV_JOB_MAX_VALUES 1024
 #define SRV_PREDICT_MAX_VALUES ((size_t)SRV_MAX_PREDICT_IMAGES * (NN_IMAGE_SIZE + 1) + 16)
 #define SRV_TFS_MAX_VALUES                                                                   \
   ((size_t)SRV_MAX_PREDICT_IMAGES * (NN_IMAGE_SIZE + NN_IMAGE_SIDE + 1) + 16)
@@ -43,7 +46,11 @@ void srv_job_config_defaults(srv_job_config *c);
 
 /* Parses a POST /v1/jobs body (may be empty: all defaults). Unknown
  * fields, wrong types and out-of-range values are errors naming the field,
- * e.g. "epochs must be an integer from 1 to 1000". */
+ * e.g. "epochs must be an integer from 1 to 1000". The network is "arch" (a
+ * preset) or "layers" (a spec, srv_spec.h; arch then reads "custom"); its
+ * shapes and limits are checked for the batch size, and a bad spec's
+ * message names the layer ("layers[2] conv2d: kernel 5 is larger than its
+ * 4x4 input"). */
 int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *msg,
                          size_t msglen);
 

@@ -135,14 +135,15 @@ static void test_presets(void **state) {
 static void test_model_create_rejects(void **state) {
   (void)state;
   nn_model *m = NULL;
-  nn_layer_spec no_softmax[] = {{NN_LAYER_DENSE, 10, 0}};
-  nn_layer_spec bad_rate[] = {{NN_LAYER_DROPOUT, 0, 1.0f}, {NN_LAYER_DENSE, 10, 0},
-                              {NN_LAYER_SOFTMAX, 0, 0}};
-  nn_layer_spec nan_rate[] = {{NN_LAYER_DROPOUT, 0, NAN}, {NN_LAYER_DENSE, 10, 0},
-                              {NN_LAYER_SOFTMAX, 0, 0}};
+  nn_layer_spec no_softmax[] = {{.type = NN_LAYER_DENSE, .units = 10, .rate = 0}};
+  nn_layer_spec bad_rate[] = {{.type = NN_LAYER_DROPOUT, .units = 0, .rate = 1.0f}, {.type = NN_LAYER_DENSE, .units = 10, .rate = 0},
+                              {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
+  nn_layer_spec nan_rate[] = {{.type = NN_LAYER_DROPOUT, .units = 0, .rate = NAN}, {.type = NN_LAYER_DENSE, .units = 10, .rate = 0},
+                              {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
   /* The output layer has one unit per class: 2..NN_MAX_CLASSES. */
-  nn_layer_spec one_class[] = {{NN_LAYER_DENSE, 1, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
-  nn_layer_spec too_many[] = {{NN_LAYER_DENSE, NN_MAX_CLASSES + 1, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
+  nn_layer_spec one_class[] = {{.type = NN_LAYER_DENSE, .units = 1}, {.type = NN_LAYER_SOFTMAX}};
+  nn_layer_spec too_many[] = {{.type = NN_LAYER_DENSE, .units = NN_MAX_CLASSES + 1},
+                              {.type = NN_LAYER_SOFTMAX}};
   assert_int_equal(nn_model_create(&m, "x", 784, no_softmax, 1), NN_EINVAL);
   assert_int_equal(nn_model_create(&m, "x", 784, bad_rate, 3), NN_EINVAL);
   assert_int_equal(nn_model_create(&m, "x", 784, nan_rate, 3), NN_EINVAL);
@@ -160,10 +161,10 @@ static void test_model_create_rejects(void **state) {
 
 /* A small network with every layer type, for gradient checks. */
 static nn_model *small_model(void) {
-  nn_layer_spec s[] = {{NN_LAYER_DENSE, 16, 0}, {NN_LAYER_ANTIRECT, 0, 0},
-                       {NN_LAYER_DROPOUT, 0, 0.3f}, {NN_LAYER_DENSE, 8, 0},
-                       {NN_LAYER_RELU, 0, 0},       {NN_LAYER_DENSE, 10, 0},
-                       {NN_LAYER_SOFTMAX, 0, 0}};
+  nn_layer_spec s[] = {{.type = NN_LAYER_DENSE, .units = 16, .rate = 0}, {.type = NN_LAYER_ANTIRECT, .units = 0, .rate = 0},
+                       {.type = NN_LAYER_DROPOUT, .units = 0, .rate = 0.3f}, {.type = NN_LAYER_DENSE, .units = 8, .rate = 0},
+                       {.type = NN_LAYER_RELU, .units = 0, .rate = 0},       {.type = NN_LAYER_DENSE, .units = 10, .rate = 0},
+                       {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
   nn_model *m = NULL;
   assert_int_equal(nn_model_create(&m, "small", 784, s, 7), 0);
   nn_model_init(m, 3);
@@ -399,6 +400,8 @@ static double ref_gradient(const nn_model *m, const float *x, const uint8_t *lab
       dz = malloc((size_t)n * l->in * 4);
       loss = nn_softmax_xent(in, labels, n, l->in, act[i], dz, NULL);
       break;
+    default: /* dense networks only */
+      fail();
     }
     in = act[i];
   }
@@ -627,7 +630,7 @@ static void test_model_file_corruption(void **state) {
   assert_int_equal(nn_model_save(m, path, NULL), 0);
   uint8_t *b;
   size_t n = read_all(path, &b);
-  const size_t params_at = 56 + 8 * 12 + 8;
+  const size_t params_at = 64 + 7 * 32 + 8; /* version 2: 7 spec records */
 
   b[params_at + 1000] ^= 0x40; /* one flipped bit in the weights */
   write_all(bad, b, n);
@@ -642,10 +645,10 @@ static void test_model_file_corruption(void **state) {
   write_all(bad, (const uint8_t *)"\x89PNG\r\n\x1a\n\0\0\0\0\0\0\0\0", 16); /* foreign */
   expect_load_error(bad, NN_EFORMAT, "magic");
 
-  b[8] = 2; /* version 2 */
+  b[8] = 3; /* version 3 */
   write_all(bad, b, n);
   expect_load_error(bad, NN_EVERSION, "version");
-  b[8] = 1;
+  b[8] = 2;
 
   uint8_t *big = malloc(n + 3);
   memcpy(big, b, n);
@@ -654,19 +657,19 @@ static void test_model_file_corruption(void **state) {
   expect_load_error(bad, NN_EFORMAT, "unexpected bytes");
   free(big);
 
-  b[56 + 4] = 0x13; /* first Dense claims 0x213 units: parameter count mismatch */
-  b[56 + 5] = 0x02;
+  b[64 + 4] = 0x13; /* first Dense claims 0x213 units: parameter count mismatch */
+  b[64 + 5] = 0x02;
   fix_crc(b, n);
   write_all(bad, b, n);
   expect_load_error(bad, NN_EMISMATCH, "parameters");
-  b[56 + 4] = 0x00;
-  b[56 + 5] = 0x02;
+  b[64 + 4] = 0x00;
+  b[64 + 5] = 0x02;
 
-  b[56 + 7 * 12] = 9; /* last layer type 9: unknown */
+  b[64 + 6 * 32] = 9; /* last layer type 9: unknown */
   fix_crc(b, n);
   write_all(bad, b, n);
   expect_load_error(bad, NN_EFORMAT, "layer list");
-  b[56 + 7 * 12] = NN_LAYER_SOFTMAX;
+  b[64 + 6 * 32] = NN_LAYER_DENSE;
 
   float nanf_ = NAN;
   memcpy(b + params_at + 40, &nanf_, 4); /* NaN with a valid CRC */

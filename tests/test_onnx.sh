@@ -46,17 +46,17 @@ assert [i.name for i in g.input] == ["image"] and dims(g.input[0]) == ["N", 1, 2
 assert [o.name for o in g.output] == ["probabilities"] and dims(g.output[0]) == ["N", 10], g.output
 assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 ops = [n.op_type for n in g.node]
-assert ops[0] == "Flatten" and ops[-1] == "Softmax" and "Dropout" not in ops, ops
+assert ops[0] in ("Flatten", "Conv") and ops[-1] == "Softmax" and "Dropout" not in ops, ops
 meta = {p.key: p.value for p in m.metadata_props}
 fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 want = fashion if dataset == "fashion-mnist" else [str(k) for k in range(10)]
 assert json.loads(meta["class_names"]) == want, meta["class_names"]
-assert meta["architecture"] in ("antirectifier", "relu") and "white ink" in meta["input"], meta
+assert meta["architecture"] in ("antirectifier", "relu", "cnn", "custom") and "white ink" in meta["input"], meta
 if dataset: assert meta["dataset"] == dataset, meta
 if len(sys.argv) > 3:
     assert abs(float(meta["test_accuracy"]) - float(sys.argv[3])) <= 2e-6, (meta["test_accuracy"], sys.argv[3])
     assert json.loads(meta["training_config"]) == json.load(open(sys.argv[4])), meta["training_config"]
-print(meta["architecture"], len(g.node), "nodes", ops.count("Gemm"), "Gemm")
+print(meta["architecture"], len(g.node), "nodes", ops.count("Gemm"), "Gemm", ops.count("Conv"), "Conv")
 EOF
 }
 
@@ -69,9 +69,19 @@ compare() { # name, onnx file, native model file, IDX images
   echo "  $1: $(cat "$T/cmp.json")"
 }
 
-# ---- CLI: both presets, trained for one epoch on 10,000 images
-for arch in antirectifier relu; do
-  "$BIN" train --arch $arch --data-dir "$DATA" --epochs 1 --train-limit 10000 --test-limit 1000 \
+# ---- CLI: the three presets and a custom network with every layer type the
+# core has (stride 2, "same" padding, an antirectifier on a feature map, an
+# overlapping pool, dense relu), trained for one epoch on 10,000 images
+cat > "$T/custom.json" <<'EOF'
+{"layers":[{"type":"conv2d","filters":6,"kernel":3,"stride":2,"padding":"same","activation":"relu"},
+ {"type":"antirectifier"},{"type":"conv2d","filters":8,"kernel":3},{"type":"max_pool2d","size":3,"stride":2},
+ {"type":"relu"},{"type":"flatten"},{"type":"dropout","rate":0.2},{"type":"dense","units":32,"activation":"relu"},
+ {"type":"dense","units":10}]}
+EOF
+for arch in antirectifier relu cnn custom; do
+  spec="--arch $arch"; [ $arch = custom ] && spec="--layers $T/custom.json"
+  # shellcheck disable=SC2086
+  "$BIN" train $spec --data-dir "$DATA" --epochs 1 --train-limit 10000 --test-limit 1000 \
     --threads 2 --json --out "$T/$arch.model" > /dev/null 2>"$T/train.err"
   check "train $arch" test -s "$T/$arch.model"
   "$BIN" export --format onnx "$T/$arch.model" "$T/$arch.onnx" 2>"$T/export.err"
@@ -133,8 +143,10 @@ M1=$(submit '{"arch":"antirectifier","dataset":"mnist","epochs":1,"train_limit":
 J1=$(cat "$T/lastjob")
 M2=$(submit '{"arch":"relu","dataset":"fashion-mnist","epochs":1,"train_limit":10000,"activate":"always"}')
 J2=$(cat "$T/lastjob")
-check "daemon trained both presets" test -n "$M1" -a -n "$M2"
-for pair in "$M1 $J1 mnist $MNIST_IMG" "$M2 $J2 fashion-mnist $FASHION_IMG"; do
+M3=$(submit '{"arch":"cnn","dataset":"mnist","epochs":1,"train_limit":5000,"optimizer":{"name":"adam"}}')
+J3=$(cat "$T/lastjob")
+check "daemon trained the presets" test -n "$M1" -a -n "$M2" -a -n "$M3"
+for pair in "$M1 $J1 mnist $MNIST_IMG" "$M2 $J2 fashion-mnist $FASHION_IMG" "$M3 $J3 mnist $MNIST_IMG"; do
   set -- $pair
   req "$B/v1/models/$1"; acc=$(jq_ 'd["test_accuracy"]'); arch=$(jq_ 'd["arch"]')
   req "$B/v1/models/$1/file?format=onnx"

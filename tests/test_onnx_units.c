@@ -179,7 +179,7 @@ static void test_bad_shapes_refused(void **state) {
   assert_non_null(strstr(msg, "outside the parameter block"));
   nn_model_free(m);
 
-  static const nn_layer_spec small[] = {{NN_LAYER_DENSE, 10, 0}, {NN_LAYER_SOFTMAX, 0, 0}};
+  static const nn_layer_spec small[] = {{.type = NN_LAYER_DENSE, .units = 10, .rate = 0}, {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
   assert_int_equal(nn_model_create(&m, "custom", 100, small, 2), 0);
   assert_int_equal(srv_onnx_export(m, NULL, &buf, &len, msg, sizeof msg), -EINVAL);
   assert_non_null(strstr(msg, "100 inputs"));

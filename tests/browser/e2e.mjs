@@ -277,6 +277,51 @@ try {
     assert(series === 5, `${series} series in the loss chart, expected epoch + 4`);
   });
 
+  await check("custom network editor: the daemon's shape error is shown at the layer", page, async () => {
+    await page.check('input[name="arch"][value="custom"]');
+    await page.fill('#layers', JSON.stringify([
+      { type: 'conv2d', filters: 4, kernel: 3, stride: 2 }, { type: 'max_pool2d', size: 3 },
+      { type: 'conv2d', filters: 4, kernel: 5 }, { type: 'flatten' }, { type: 'dense', units: 10 }]));
+    await page.waitForSelector('#layers-list li.bad');
+    const bad = await page.locator('#layers-list li').nth(2).textContent();
+    assert(/kernel 5 is larger than its 4x4 input/.test(bad), `layer 2 shows "${bad}"`);
+    await page.fill('#layers', '[{"type":"flatten"},{"type":"dense","units":10}]');
+    await page.waitForFunction(() => /7,850 parameters/.test(document.querySelector('#layers-msg').textContent));
+    assert(await page.locator('#layers-list li.bad').count() === 0, 'a layer is still marked bad');
+  });
+
+  await check('a CNN job from the form predicts drawn digits', page, async () => {
+    await page.check('input[name="arch"][value="cnn"]');
+    await page.selectOption('#optimizer', 'adam');
+    await fillForm(page, { epochs: 1, limit: 12000, activate: 'always' });
+    const post = page.waitForResponse((r) => r.url().endsWith('/v1/jobs') && r.request().method() === 'POST');
+    await page.click('#start');
+    const job = await (await post).json();
+    assert(job.config.arch === 'cnn' && job.parameters === 34826, `job ${JSON.stringify(job).slice(0, 200)}`);
+    await page.waitForSelector(`.run[data-job="${job.id}"][data-state="succeeded"]`, { timeout: 180000 });
+    const done = await apiJson(page, `v1/jobs/${job.id}`);
+    await page.waitForFunction((id) => /Model #(\d+)/.exec(document.querySelector('#status-text').textContent)?.[1] === String(id),
+      done.model_id, { timeout: 30000 });
+    // The model list shows its layers on demand.
+    const row = page.locator(`#models-table tr[data-model="${done.model_id}"] details.model-layers`);
+    await row.locator('summary').click();
+    const layers = await row.locator('li').allTextContents();
+    assert(layers.length === 8 && /conv2d/.test(layers[0]) && layers[7] === 'softmax', `layers ${layers}`);
+    let right = 0;
+    const seen = [];
+    for (const d of ['1', '3', '7']) {
+      await clearPad(page);
+      await draw(page, DIGITS[d]);
+      const got = await settled(page);
+      seen.push(`${d}->${got}`);
+      if (got === d) right++;
+    }
+    assert(right >= 2, `the CNN read ${seen.join(', ')}`);
+    await clearPad(page);
+    await page.check('input[name="arch"][value="antirectifier"]');
+    await page.selectOption('#optimizer', 'rmsprop');
+  });
+
   await check('screenshot after drawing', page, async () => {
     await clearPad(page);
     await draw(page, DIGITS['3']);

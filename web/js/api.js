@@ -113,6 +113,10 @@ export const jobEvents = (id) => new EventSource(`v1/jobs/${enc(id)}/events`);
 
 /** GET /v1/datasets: {datasets: [...]}. */
 export const listDatasets = () => api('v1/datasets');
+export const listArchitectures = () => api('v1/architectures');
+/** The daemon's shape check: {valid, parameters} or {valid: false, message, layer}. */
+export const validateLayers = (layers, batchSize) =>
+  api('v1/architectures/validate', { method: 'POST', json: { layers, batch_size: batchSize } });
 /** A random test image of `dataset` (the active model's when empty). */
 export const randomSample = (dataset) => api(`v1/samples/random${query({ dataset })}`);
 

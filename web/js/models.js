@@ -69,9 +69,14 @@ function modelRow(m) {
     title: 'ONNX for onnxruntime and other runtimes: input "image" float32 [N,1,28,28] in 0..1, white ink on black; output "probabilities"' },
   'Download ONNX');
   onnx.setAttribute('aria-label', `Download model ${m.id} as ONNX`);
+  // The layers on demand: a disclosure under the network's name.
+  const archName = el('summary', { title: 'Show the layers' });
+  const layers = el('ol', { class: 'layers-list' },
+    ...(m.layers || []).map((l) => el('li', {}, Object.entries(l).map(([k, v]) => (k === 'type' ? v : `${k} ${v}`)).join(', '))),
+    el('li', { class: 'muted' }, 'softmax'));
   const cells = {
     id: el('th', { scope: 'row' }, `#${m.id}`),
-    arch: el('td'),
+    arch: el('td', {}, el('details', { class: 'model-layers' }, archName, layers)),
     data: el('td'),
     acc: el('td', { class: 'num', dataset: { label: 'test acc.' } }),
     params: el('td', { class: 'num', dataset: { label: 'parameters' } }),
@@ -80,7 +85,7 @@ function modelRow(m) {
     actions: el('td', { class: 'actions' }, el('span', { class: 'badge active-badge' }, 'active'), act, evalBtn, file, onnx, del),
   };
   const tr = el('tr', { dataset: { model: String(m.id) } }, ...Object.values(cells));
-  row = { tr, cells, act, del, evalBtn };
+  row = { tr, cells, act, del, evalBtn, archName };
   rows.set(m.id, row);
   return row;
 }
@@ -95,7 +100,7 @@ function renderModels(models) {
     const active = m.active || m.id === activeId;
     row.tr.classList.toggle('active', active);
     row.tr.dataset.active = active ? 'true' : 'false';
-    setText(row.cells.arch, m.arch);
+    setText(row.archName, m.arch);
     setText(row.cells.data, datasetName(m.dataset));
     setText(row.cells.acc, fmtPct(m.test_accuracy, 2));
     row.cells.acc.classList.toggle('best', m.dataset === 'mnist' && m.test_accuracy === best && models.length > 1);
