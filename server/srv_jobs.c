@@ -116,14 +116,17 @@ int srv_job_state_parse(const char *name) {
 static int finished(srv_job_state s) { return s >= SRV_JOB_SUCCEEDED; }
 
 /* The job's network: its spec (a preset's, or the user's layers). */
-/* The job's network: a preset's output layer gets one unit per class of
- * the data set; a custom "layers" spec states its own last width. */
+/* The job's network (its config always holds the layer spec, a preset's
+ * included): the output layer gets one unit per class of the data set. */
 static int job_model_create(nn_model **m, srv_jobs *J, const srv_job_config *c) {
-  if (c->n_layers) return nn_model_create_spec(m, c->arch, NN_INPUT_MNIST, c->layers, c->n_layers, NULL);
   uint32_t k = NN_CLASSES;
   char **names = NULL;
   if (!srv_data_classes(J->data, c->dataset, &names, &k)) free(names);
-  return nn_model_create_preset_classes(m, c->arch, k);
+  if (!c->n_layers) return nn_model_create_preset_classes(m, c->arch, k);
+  nn_layer_spec spec[NN_MAX_SPECS];
+  memcpy(spec, c->layers, c->n_layers * sizeof *spec);
+  if (spec[c->n_layers - 1].type == NN_LAYER_DENSE) spec[c->n_layers - 1].units = k;
+  return nn_model_create_spec(m, c->arch, NN_INPUT_MNIST, spec, c->n_layers, NULL);
 }
 
 static int64_t wall_ms(void) {
