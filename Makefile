@@ -39,7 +39,7 @@ DATA_DIR ?= data
 STAMP_DEPS := $(BUILD)/.deps-ok
 
 .PHONY: all deps data run test unit asan bench clean distclean check-deps install test-docker test-systemd \
-        fuzz reliability valgrind tsan
+        fuzz reliability valgrind tsan test-replicas test-kube
 .SECONDARY:
 all: $(BUILD)/mnistd
 
@@ -159,6 +159,15 @@ install: $(BUILD)/mnistd data
 
 test-docker:
 	@scripts/test-docker.sh
+
+# A fleet on loopback: primary, two --follow replicas, nginx in front
+# (docs/replicas.md). test-kube: the same from deploy/kubernetes/ under
+# `podman kube play` (as root; builds the image like test-docker).
+test-replicas: $(BUILD)/mnistd data
+	@MNISTD_BIN=$(BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) scripts/test-replicas.sh
+
+test-kube:
+	@scripts/test-kube.sh
 
 test-systemd: $(BUILD)/mnistd data
 	@BUILD=$(BUILD) scripts/test-systemd.sh

@@ -40,6 +40,8 @@ typedef struct srv_config {
   int per_ip_limit;          /* connections per client address, default 128; 0 = no limit */
   int head_timeout;          /* seconds to deliver a request head, default 10 */
   srv_ds_config datasets;    /* uploads: --max-dataset-* flags, --max-datasets-bytes */
+  char follow[512];          /* --follow URL: a read-only replica of that primary */
+  char follow_token[SRV_MAX_TOKEN + 1]; /* --follow-token-file: sent to the primary */
 } srv_config;
 
 /* Fills defaults, then MNISTD_* variables, then flags (argv after the
@@ -64,8 +66,10 @@ typedef struct srv {
   srv_store *store;
   srv_models *models;
   srv_data *data;
-  srv_datasets *datasets;
-  srv_jobs *jobs;
+  srv_datasets *datasets;    /* NULL in a replica */
+  srv_jobs *jobs;             /* NULL in a replica */
+  struct srv_events *events;  /* GET /v1/events */
+  struct srv_follow *follow;  /* set in a replica (--follow) */
   uv_loop_t *loop;
   struct MHD_Daemon *mhd;
   struct srv_conns *conns;   /* open connections, for the request-head deadline */

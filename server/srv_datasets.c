@@ -349,9 +349,13 @@ void srv_datasets_close(srv_datasets *d) {
   free(d);
 }
 
-const srv_ds_config *srv_datasets_config(srv_datasets *d) { return &d->cfg; }
+const srv_ds_config *srv_datasets_config(srv_datasets *d) {
+  static srv_ds_config none; /* a replica's: no uploads */
+  return d ? &d->cfg : &none;
+}
 
 cJSON *srv_datasets_json(srv_datasets *d, const char *name) {
+  if (!d) return NULL;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   cJSON *o = e && !e->pending ? entry_json(e) : NULL;
@@ -360,6 +364,7 @@ cJSON *srv_datasets_json(srv_datasets *d, const char *name) {
 }
 
 void srv_datasets_list(srv_datasets *d, cJSON *arr) {
+  if (!d) return;
   pthread_mutex_lock(&d->mu);
   /* name order: the list is built newest first */
   const entry *v[4096];
@@ -378,6 +383,7 @@ void srv_datasets_list(srv_datasets *d, cJSON *arr) {
 
 int srv_datasets_count(srv_datasets *d, const char *name, uint32_t *train, uint32_t *test,
                        uint32_t *classes) {
+  if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   if (e && !e->pending) {
@@ -390,6 +396,7 @@ int srv_datasets_count(srv_datasets *d, const char *name, uint32_t *train, uint3
 }
 
 int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint32_t *n) {
+  if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   int rc = -ENOENT;
@@ -443,6 +450,7 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
 }
 
 int srv_datasets_delete(srv_datasets *d, const char *name) {
+  if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
   entry **pp = &d->list;
   while (*pp && (strcmp((*pp)->name, name) || (*pp)->pending)) pp = &(*pp)->next;
@@ -463,6 +471,7 @@ int srv_datasets_delete(srv_datasets *d, const char *name) {
 /* ---------------------------------------------------------------- uploads */
 
 int srv_ds_upload_open(srv_datasets *d, srv_ds_upload **out) {
+  if (!d) return -EROFS;
   srv_ds_upload *u = calloc(1, sizeof *u);
   if (!u) return -ENOMEM;
   u->d = d;

@@ -13,7 +13,9 @@
  * rename and the insert) is registered again from its own contents.
  * Checksums are verified whenever a file is loaded.
  *
- * Every function may be called from any thread. */
+ * Every function may be called from any thread. A NULL srv_datasets (a
+ * read-only replica keeps none) lists nothing, finds nothing and refuses
+ * uploads with -EROFS. */
 #ifndef MNISTD_SRV_DATASETS_H
 #define MNISTD_SRV_DATASETS_H
 

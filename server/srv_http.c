@@ -29,6 +29,8 @@
 #include <unistd.h>
 
 #include "srv_assets.h"
+#include "srv_events.h"
+#include "srv_follow.h"
 #include "srv_util.h"
 
 static double now_s(void) {
@@ -162,7 +164,60 @@ int srv_send_events(req *r, int64_t job, uint64_t last, int ndjson, enum MHD_Res
   return 0;
 }
 
+/* The daemon-wide stream (GET /v1/events): the same suspend/wake dance. */
+typedef struct estream {
+  struct MHD_Connection *conn; /* first: stream_suspend/stream_wake read it */
+  srv_events_sub *sub;
+} estream;
+
+static ssize_t estream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)pos;
+  estream *s = cls;
+  ssize_t n = srv_events_sub_read(s->sub, buf, max, stream_suspend);
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void estream_free(void *cls) {
+  estream *s = cls;
+  srv_events_sub_close(s->sub);
+  free(s);
+}
+
+int srv_send_daemon_events(req *r, uint64_t last, const char *hello, enum MHD_Result *ret) {
+  estream *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  s->conn = r->conn;
+  int rc = srv_events_sub_open(r->S->events, last, hello, stream_wake, s, &s->sub);
+  if (rc) {
+    free(s);
+    return rc;
+  }
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, estream_read, s, estream_free);
+  if (!resp) {
+    estream_free(s);
+    *ret = MHD_NO;
+    return 0;
+  }
+  MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+  *ret = srv_send_response(r, 200, resp);
+  return 0;
+}
+
+enum MHD_Result srv_send_not_modified(req *r, const char *etag) {
+  struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, "ETag", etag);
+  return srv_send_response(r, 304, resp);
+}
+
 enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const char *disposition) {
+  /* A file (the native model) carries its SHA-256: replicas check what
+   * they download against it (srv_follow.h). */
+  char sum[65];
+  int have_sum = fd >= 0 && srv_sha256_fd_hex(fd, sum) == 0;
   struct MHD_Response *resp =
       fd >= 0 ? MHD_create_response_from_fd((uint64_t)len, fd)
               : MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
@@ -173,6 +228,7 @@ enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const c
   }
   MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
   MHD_add_response_header(resp, "Content-Disposition", disposition);
+  if (have_sum) MHD_add_response_header(resp, "X-Checksum-Sha256", sum);
   return srv_send_response(r, 200, resp);
 }
 
@@ -643,6 +699,13 @@ static enum MHD_Result on_head(srv *S, req *r) {
                       "localhost, or start it with --allow-host NAME",
                       srv_header(r, MHD_HTTP_HEADER_HOST));
   if (dispatch_first(r) != MHD_YES || r->status) return r->status ? MHD_YES : MHD_NO;
+  if (S->follow && r->route < (int)srv_route_count &&
+      srv_follow_refuses(r->method, srv_route_table[r->route].pattern,
+                         srv_route_table[r->route].mutating))
+    return srv_send_error(r, 403,
+                          "this server is a read-only replica of %s: send %s %s to the primary",
+                          srv_follow_url(S->follow), srv_route_table[r->route].method,
+                          srv_route_table[r->route].pattern);
   if (r->route < (int)srv_route_count && srv_route_table[r->route].mutating) {
     if (!origin_ok(r))
       return srv_send_error(r, 403,

@@ -90,6 +90,8 @@ struct srv_jobs {
   srv_models *models;
   srv_data *data;
   srv_jobs_options opt;
+  void (*on_state)(void *u, int64_t job, const char *state); /* srv_jobs_set_notify */
+  void *on_state_u;
   char state_dir[PATH_MAX];
   job *jobs, *tail;
   int running;
@@ -209,6 +211,8 @@ static void push(srv_jobs *J, job *j, uint64_t seq, const char *type, uint32_t e
   e->data = s;
   j->dirty = 1;
   uv_async_send(&J->publish);
+  if (J->on_state && !strcmp(type, "state"))
+    J->on_state(J->on_state_u, j->id, srv_job_state_name(j->state));
 }
 
 
@@ -945,6 +949,13 @@ int srv_jobs_idle(srv_jobs *J) {
   return idle;
 }
 
+void srv_jobs_set_notify(srv_jobs *J, void (*cb)(void *, int64_t, const char *), void *u) {
+  pthread_mutex_lock(&J->mu);
+  J->on_state = cb;
+  J->on_state_u = u;
+  pthread_mutex_unlock(&J->mu);
+}
+
 void srv_jobs_close_handles(srv_jobs *J) {
   if (J->handles_closed) return;
   J->handles_closed = 1;
@@ -1088,6 +1099,11 @@ cJSON *srv_jobs_list_json(srv_jobs *J, int state, int limit) {
 
 void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *sps, uint64_t *total) {
   memset(counts, 0, SRV_JOB_NSTATES * sizeof *counts);
+  if (!J) { /* a replica trains nothing */
+    *sps = 0;
+    *total = 0;
+    return;
+  }
   pthread_mutex_lock(&J->mu);
   double cur = 0;
   for (job *j = J->jobs; j; j = j->next) {
@@ -1101,6 +1117,7 @@ void srv_jobs_counts(srv_jobs *J, int counts[SRV_JOB_NSTATES], double *sps, uint
 
 void srv_jobs_pending_note(srv_jobs *J, char *buf, size_t len) {
   buf[0] = 0;
+  if (!J) return;
   pthread_mutex_lock(&J->mu);
   for (job *j = J->jobs; j; j = j->next) {
     if (j->state == SRV_JOB_RUNNING) {
@@ -1173,6 +1190,7 @@ void srv_sub_close(srv_sub *s) {
 }
 
 int srv_jobs_subscribers(srv_jobs *J) {
+  if (!J) return 0;
   pthread_mutex_lock(&J->mu);
   int n = J->n_subs;
   pthread_mutex_unlock(&J->mu);

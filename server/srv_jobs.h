@@ -63,6 +63,11 @@ typedef struct srv_jobs_options {
  * uv_run; scheduling starts when the loop runs. */
 int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *models,
                   srv_data *data, const srv_jobs_options *opt);
+/* Optional: cb is told every job state change once it is shown on the
+ * job's stream (called under the jobs lock: it must not call back into the
+ * jobs). Set it before the loop runs. */
+void srv_jobs_set_notify(srv_jobs *J, void (*cb)(void *u, int64_t job, const char *state),
+                         void *u);
 /* Closes the libuv handles (loop thread, once srv_jobs_idle) so uv_run
  * can return. */
 void srv_jobs_close_handles(srv_jobs *J);

@@ -1,5 +1,7 @@
 /* GET /metrics: Prometheus text built from the daemon's counters. */
 #include "srv_route.h"
+#include "srv_events.h"
+#include "srv_follow.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -111,7 +113,12 @@ enum MHD_Result h_metrics(req *r) {
             sps, (unsigned long long)total);
   sb_printf(&b, "# HELP mnistd_sse_subscribers Open event streams.\n"
                 "# TYPE mnistd_sse_subscribers gauge\nmnistd_sse_subscribers %d\n",
-            srv_jobs_subscribers(S->jobs));
+            srv_jobs_subscribers(S->jobs) + srv_events_subscribers(S->events));
+  if (S->follow) {
+    char fm[2048];
+    srv_follow_metrics(S->follow, fm, sizeof fm);
+    sb_printf(&b, "%s", fm);
+  }
   sb_printf(&b, "# HELP mnistd_db_recovered 1 if a damaged database was moved aside at start"
                 " (the log names the file).\n# TYPE mnistd_db_recovered gauge\n"
                 "mnistd_db_recovered %d\n"

@@ -31,6 +31,8 @@ struct srv_models {
   char dir[PATH_MAX];
   entry *list;          /* id order */
   srv_model *active;    /* holds one reference */
+  void (*notify)(void *u, int64_t id); /* after the active model changed */
+  void *notify_u;
 };
 
 static void model_free(srv_model *m) {
@@ -426,6 +428,58 @@ static void set_active(srv_models *r, srv_model *m) {
   r->active = srv_model_ref(m);
   pthread_mutex_unlock(&r->mu);
   srv_model_unref(old);
+  if (r->notify && (!old || old != m)) r->notify(r->notify_u, m->id);
+}
+
+void srv_models_set_notify(srv_models *r, void (*cb)(void *u, int64_t id), void *u) {
+  r->notify = cb;
+  r->notify_u = u;
+}
+
+int srv_models_open_replica(srv_models **out) {
+  *out = NULL;
+  srv_models *r = calloc(1, sizeof *r);
+  if (!r) return -ENOMEM;
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_mutex_init(&r->wr_mu, NULL);
+  *out = r;
+  return 0;
+}
+
+int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) {
+  if (r->st) return -EPERM;
+  srv_model *m = calloc(1, sizeof *m);
+  entry *e = malloc(sizeof *e);
+  if (!m || !e) {
+    free(m);
+    free(e);
+    return -ENOMEM;
+  }
+  m->id = info->id;
+  m->m = nm;
+  snprintf(m->arch, sizeof m->arch, "%s", nm->arch);
+  snprintf(m->dataset, sizeof m->dataset, "%s", info->dataset);
+  m->test_accuracy = info->test_accuracy;
+  m->test_loss = info->test_loss;
+  m->job_id = info->job_id;
+  m->created_ms = info->created_ms;
+  m->file_bytes = info->file_bytes;
+  atomic_init(&m->refs, 1);
+  e->m = m; /* the list's reference */
+  e->next = NULL;
+  pthread_mutex_lock(&r->wr_mu);
+  pthread_mutex_lock(&r->mu);
+  entry *old = r->list;
+  r->list = e;
+  pthread_mutex_unlock(&r->mu);
+  set_active(r, m); /* the activation's hot swap */
+  pthread_mutex_unlock(&r->wr_mu);
+  for (entry *n; old; old = n) {
+    n = old->next;
+    srv_model_unref(old->m);
+    free(old);
+  }
+  return 0;
 }
 
 int srv_models_activate(srv_models *r, int64_t id) {

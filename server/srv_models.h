@@ -104,6 +104,28 @@ int srv_models_add(srv_models *r, nn_model *m, const char *dataset, double acc, 
                    int64_t job_id, const srv_model_finish *fin, int64_t *out_id,
                    int *activated, char *msg, size_t msglen);
 
+/* Called (on the changing thread, under the registry's writer lock: it
+ * must not call back into the registry) each time another model becomes
+ * active, by activation, a finished job or srv_models_install. */
+void srv_models_set_notify(srv_models *r, void (*cb)(void *u, int64_t id), void *u);
+
+/* ---- replicas (srv_follow.h): a registry with no store and no files,
+ * holding only the model copied from the primary. */
+int srv_models_open_replica(srv_models **out);
+
+typedef struct srv_model_info {
+  int64_t id, job_id, created_ms;
+  char dataset[32];
+  double test_accuracy, test_loss;
+  size_t file_bytes;
+} srv_model_info;
+
+/* Makes nm (the registry's on success; the caller's on error) the only
+ * and active model of a replica registry, under the primary's id, through
+ * the same pointer swap as activation: requests holding the previous model
+ * finish on it. -EPERM for a registry with a store, -ENOMEM. */
+int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm);
+
 /* Path of a model's file (for downloads). */
 void srv_models_path(srv_models *r, int64_t id, char *buf, size_t len);
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <pthread.h>
 
+#include "srv_follow.h"
 #include "srv_image.h"
 #include "srv_util.h"
 #include "srv_validate.h"
@@ -104,7 +105,10 @@ static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
     }
     return m;
   }
-  if (!(m = srv_models_active(r->S->models))) {
+  if (!(m = srv_models_active(r->S->models)) && r->S->follow) {
+    *status = 503;
+    srv_follow_note(r->S->follow, msg, len);
+  } else if (!m) {
     char note[200];
     srv_jobs_pending_note(r->S->jobs, note, sizeof note);
     *status = 503;

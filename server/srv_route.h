@@ -85,9 +85,16 @@ enum MHD_Result srv_send_response(req *r, int status, struct MHD_Response *resp)
  * 0, or -ENOENT (no such job) / -ENOMEM with nothing sent: the caller
  * answers then. */
 int srv_send_events(req *r, int64_t job, uint64_t last, int ndjson, enum MHD_Result *ret);
+/* Answers 200 with the daemon-wide event stream (srv_events.h) from after
+ * id last, starting with a "hello" event whose data is hello (JSON). 0, or
+ * -ENOMEM with nothing sent. */
+int srv_send_daemon_events(req *r, uint64_t last, const char *hello, enum MHD_Result *ret);
+/* A 304 Not Modified with its ETag. */
+enum MHD_Result srv_send_not_modified(req *r, const char *etag);
 /* Answers 200 with an application/octet-stream attachment: len bytes of
  * buf (malloc'd, handed over) or, when fd >= 0, of the file fd (handed
- * over, buf unused). Both are freed/closed on every path. */
+ * over, buf unused; the answer then carries X-Checksum-Sha256, the hex
+ * SHA-256 of the file). Both are freed/closed on every path. */
 enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const char *disposition);
 /* The 415 answer for a body that is not application/json. */
 enum MHD_Result srv_need_json(req *r);

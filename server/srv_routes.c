@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "srv_follow.h"
 #include "srv_onnx.h"
 #include "srv_spec.h"
 #include "srv_util.h"
@@ -28,6 +29,11 @@ static enum MHD_Result h_healthz(req *r) {
 
 static enum MHD_Result h_readyz(req *r) {
   srv_model *m = srv_models_active(r->S->models);
+  if (!m && r->S->follow) {
+    char note[512];
+    srv_follow_note(r->S->follow, note, sizeof note);
+    return srv_send_error(r, 503, "%s", note);
+  }
   if (!m) {
     char note[256];
     srv_jobs_pending_note(r->S->jobs, note, sizeof note);
@@ -249,6 +255,51 @@ static enum MHD_Result h_model_delete(req *r) {
  * same-origin browser). Order matters only between patterns that match the
  * same path: the first row wins. At most SRV_MAX_ROUTES rows (metrics keep
  * one counter set per row). */
+/* ---- the active model and the daemon-wide event stream (replicas) */
+
+/* The model answering predictions, with an ETag that changes with it (a
+ * replica answers its primary's id and so the same ETag). */
+static enum MHD_Result h_model_active(req *r) {
+  srv_model *m = srv_models_active(r->S->models);
+  if (!m) {
+    char note[512];
+    if (r->S->follow) srv_follow_note(r->S->follow, note, sizeof note);
+    else srv_jobs_pending_note(r->S->jobs, note, sizeof note);
+    return srv_send_error(r, 503, "no active model yet%s%s", note[0] ? ": " : "", note);
+  }
+  char etag[48];
+  snprintf(etag, sizeof etag, "\"model-%lld\"", (long long)m->id);
+  const char *inm = srv_header(r, "If-None-Match");
+  if (inm && !strcmp(inm, etag)) {
+    srv_model_unref(m);
+    return srv_send_not_modified(r, etag);
+  }
+  cJSON *o = model_json(m, 1);
+  srv_model_unref(m);
+  if (r->S->follow) cJSON_AddStringToObject(o, "primary", srv_follow_url(r->S->follow));
+  return srv_send_json_hdrs(r, 200, o, "ETag", etag, NULL);
+}
+
+/* GET /v1/events: SSE of model.activated and job.state (srv_events.h). */
+static enum MHD_Result h_events(req *r) {
+  uint64_t last = 0;
+  const char *lei = srv_header(r, "Last-Event-ID");
+  if (!lei) lei = srv_query(r, "last_event_id");
+  if (lei && srv_parse_event_id(lei, &last))
+    return srv_send_error(r, 400,
+                          "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
+  char hello[640];
+  int64_t id = srv_models_active_id(r->S->models);
+  if (id == 0) snprintf(hello, sizeof hello, "{\"model\":null}");
+  else if (r->S->follow)
+    snprintf(hello, sizeof hello, "{\"model\":%lld,\"primary\":\"%.500s\"}", (long long)id,
+             srv_follow_url(r->S->follow));
+  else snprintf(hello, sizeof hello, "{\"model\":%lld}", (long long)id);
+  enum MHD_Result ret;
+  if (srv_send_daemon_events(r, last, hello, &ret)) return srv_send_error(r, 500, "out of memory");
+  return ret;
+}
+
 const route srv_route_table[] = {
     {"GET", "/healthz", h_healthz, 0},
     {"GET", "/readyz", h_readyz, 0},
@@ -274,6 +325,8 @@ const route srv_route_table[] = {
     {"POST", "/v1/models/:id/activate", h_model_activate, 1},
     {"POST", "/v1/predict", h_predict, 0},
     {"GET", "/v1/samples/random", h_sample, 0},
+    {"GET", "/v1/models/active", h_model_active, 0},
+    {"GET", "/v1/events", h_events, 0},
 };
 const size_t srv_route_count = sizeof srv_route_table / sizeof *srv_route_table;
 

@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "srv_events.h"
+#include "srv_follow.h"
 #include "srv_util.h"
 
 static const char SERVE_HELP[] =
@@ -50,6 +52,10 @@ static const char SERVE_HELP[] =
     "  --allow-host NAME         on loopback, also answer Host NAME (repeatable; * = any)\n"
     "  --log-format text|json    one line per request on stderr (default text)\n"
     "  --no-bootstrap            do not train a first model when there is none\n"
+    "  --follow URL              run as a read-only replica of the mnistd at URL\n"
+    "                            (http://HOST:PORT): serve its active model, train\n"
+    "                            nothing, keep no state (docs/replicas.md)\n"
+    "  --follow-token-file FILE  the primary's API token, sent by the replica\n"
     "Uploaded data sets (POST /v1/datasets):\n"
     "  --max-dataset-upload BYTES   largest upload (default 536870912 = 512 MiB)\n"
     "  --max-dataset-images N       images per data set (default 1000000)\n"
@@ -62,8 +68,8 @@ static const char SERVE_HELP[] =
 enum {
   O_LISTEN = 1, O_STATE, O_DATA, O_WEB, O_TOKEN, O_TOKEN_FILE, O_MAX_BODY, O_THREADS,
   O_TRAIN_THREADS, O_MAX_JOBS, O_CONN_LIMIT, O_CONN_TIMEOUT, O_LOG, O_NO_BOOT, O_HELP,
-  O_PER_IP, O_HEAD_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_DS_UPLOAD, O_DS_IMAGES, O_DS_CLASSES,
-  O_DS_ARCH_BYTES, O_DS_ENTRIES, O_DS_IMG_BYTES, O_DS_QUOTA
+  O_PER_IP, O_HEAD_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_FOLLOW, O_FOLLOW_TOKEN_FILE,
+  O_DS_UPLOAD, O_DS_IMAGES, O_DS_CLASSES, O_DS_ARCH_BYTES, O_DS_ENTRIES, O_DS_IMG_BYTES, O_DS_QUOTA
 };
 
 static const struct option OPTS[] = {
@@ -92,6 +98,8 @@ static const struct option OPTS[] = {
     {"allow-host", required_argument, 0, O_ALLOW_HOST},
     {"log-format", required_argument, 0, O_LOG},
     {"no-bootstrap", no_argument, 0, O_NO_BOOT},
+    {"follow", required_argument, 0, O_FOLLOW},
+    {"follow-token-file", required_argument, 0, O_FOLLOW_TOKEN_FILE},
     {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
@@ -104,7 +112,7 @@ static int usage(const char *fmt, const char *a) {
 
 /* A token is stored whole or refused: never cut short (a cut token would
  * silently refuse every client holding the real one). */
-static int set_token(srv_config *c, const char *v, size_t n, const char *what) {
+static int set_token_to(char *dst, const char *v, size_t n, const char *what) {
   char why[128];
   if (n == 0) return usage("%s is empty", what);
   if (n > SRV_MAX_TOKEN) {
@@ -118,14 +126,22 @@ static int set_token(srv_config *c, const char *v, size_t n, const char *what) {
                "a header cannot carry it", i);
       return usage(why, what);
     }
-  memcpy(c->api_token, v, n);
-  c->api_token[n] = 0;
+  memcpy(dst, v, n);
+  dst[n] = 0;
   return 0;
 }
 
-static int read_token_file(srv_config *c, const char *path) {
+static int set_token(srv_config *c, const char *v, size_t n, const char *what) {
+  return set_token_to(c->api_token, v, n, what);
+}
+
+static int read_token_file(char *dst, const char *path, const char *flag) {
   FILE *f = fopen(path, "r");
-  if (!f) return usage("cannot read --api-token-file %s", path);
+  if (!f) {
+    char what[PATH_MAX + 64];
+    snprintf(what, sizeof what, "cannot read %s %%s", flag);
+    return usage(what, path);
+  }
   char *line = NULL;
   size_t cap = 0;
   ssize_t n = getline(&line, &cap, f);
@@ -138,8 +154,8 @@ static int read_token_file(srv_config *c, const char *path) {
     len--;
   while (len && (*v == ' ' || *v == '\t')) v++, len--;
   char what[PATH_MAX + 32];
-  snprintf(what, sizeof what, "--api-token-file %s", path);
-  int rc = set_token(c, v, len, what);
+  snprintf(what, sizeof what, "%s %s", flag, path);
+  int rc = set_token_to(dst, v, len, what);
   free(line);
   return rc;
 }
@@ -209,7 +225,13 @@ static int apply(srv_config *c, int opt, const char *v) {
   case O_WEB: snprintf(c->web_dir, sizeof c->web_dir, "%s", v); break;
   case O_TOKEN:
     return set_token(c, v, strlen(v), "--api-token");
-  case O_TOKEN_FILE: return read_token_file(c, v);
+  case O_TOKEN_FILE: return read_token_file(c->api_token, v, "--api-token-file");
+  case O_FOLLOW_TOKEN_FILE:
+    return read_token_file(c->follow_token, v, "--follow-token-file");
+  case O_FOLLOW:
+    if (strlen(v) >= sizeof c->follow) return usage("--follow URL is too long: '%.200s'", v);
+    snprintf(c->follow, sizeof c->follow, "%s", v);
+    break;
   case O_MAX_BODY:
     if (srv_parse_long(v, 1024, 1L << 30, &n))
       return usage("--max-body must be a number of bytes from 1024 to 1073741824, not '%s'", v);
@@ -333,12 +355,12 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 
 static void poll_idle(uv_timer_t *t) {
   shutdown_ctx *c = t->data;
-  if (!srv_jobs_idle(c->S->jobs)) return;
+  if (c->S->jobs && !srv_jobs_idle(c->S->jobs)) return;
   uv_timer_stop(t);
   uv_close((uv_handle_t *)&c->poll, close_cb);
   uv_close((uv_handle_t *)&c->sigterm, close_cb);
   uv_close((uv_handle_t *)&c->sigint, close_cb);
-  srv_jobs_close_handles(c->S->jobs);
+  if (c->S->jobs) srv_jobs_close_handles(c->S->jobs);
 }
 
 static void on_signal(uv_signal_t *h, int sig) {
@@ -348,7 +370,8 @@ static void on_signal(uv_signal_t *h, int sig) {
   srv_log(S, "info", sig == SIGTERM ? "SIGTERM: shutting down" : "SIGINT: shutting down");
   sd_notify(0, "STOPPING=1");
   srv_http_quiesce(S);
-  srv_jobs_shutdown(S->jobs);
+  srv_events_shutdown(S->events);
+  if (S->jobs) srv_jobs_shutdown(S->jobs);
   uv_timer_start(&c->poll, poll_idle, 0, 20);
 }
 
@@ -378,12 +401,45 @@ static int lock_state_dir(const char *dir) {
   return 0;
 }
 
+/* The primary's state: the lock on the state directory, the database and
+ * the model records. Returns 0, or -1 after a message on stderr. */
+static int open_state(srv *S, char *msg, size_t msgsize) {
+  int rc;
+  if (lock_state_dir(S->cfg.state_dir)) return -1;
+  if ((rc = srv_store_open_flags(&S->store, S->cfg.state_dir, SRV_STORE_RECOVER, msg, msgsize))) {
+    fprintf(stderr, "mnistd serve: %s\n", msg);
+    return -1;
+  }
+  char aside[PATH_MAX];
+  if (srv_store_recovered(S->store, aside, sizeof aside)) {
+    char line[3 * PATH_MAX + 1024];
+    snprintf(line, sizeof line,
+             "DATABASE RECOVERY: the database was damaged (%s); it was moved aside to %s "
+             "(kept for inspection) and a fresh one was created; model files on disk are "
+             "registered again, job records are in the old file",
+             msg, aside);
+    srv_log(S, "error", line);
+  }
+  if ((rc = srv_models_open(&S->models, S->store, S->cfg.state_dir, jobs_log))) {
+    fprintf(stderr, "mnistd serve: cannot read the model records: %s\n", strerror(-rc));
+    return -1;
+  }
+  return 0;
+}
+
+static void follow_log(const char *level, const char *msg) { srv_log(g_log_srv, level, msg); }
+
 /* The start-up lines: address, directories, token, kernels. */
 static void log_started(srv *S) {
   char msg[2 * PATH_MAX + 512];
-  snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)", NN_VERSION,
-           S->cfg.listen, S->cfg.state_dir, S->cfg.data_dir,
-           S->cfg.api_token[0] ? ", API token required for changes" : "");
+  if (S->follow)
+    snprintf(msg, sizeof msg, "mnistd %s listening on http://%s: read-only replica of %s "
+             "(no state; data %s)", NN_VERSION, S->cfg.listen, srv_follow_url(S->follow),
+             S->cfg.data_dir);
+  else
+    snprintf(msg, sizeof msg, "mnistd %s listening on http://%s (state %s, data %s%s)",
+             NN_VERSION, S->cfg.listen, S->cfg.state_dir, S->cfg.data_dir,
+             S->cfg.api_token[0] ? ", API token required for changes" : "");
   srv_log(S, "info", msg);
   nn_backend_info bi;
   nn_backend_info_get(&bi);
@@ -411,29 +467,23 @@ int srv_serve_main(int argc, char **argv) {
   int status = 1;
   uv_loop_t loop;
   int loop_ok = 0;
-  if (lock_state_dir(S.cfg.state_dir)) return 1;
-  if ((rc = srv_store_open_flags(&S.store, S.cfg.state_dir, SRV_STORE_RECOVER, msg, sizeof msg))) {
-    fprintf(stderr, "mnistd serve: %s\n", msg);
-    close(S_lock_fd);
-    return 1;
-  }
-  char aside[PATH_MAX];
-  if (srv_store_recovered(S.store, aside, sizeof aside)) {
-    char line[sizeof msg + sizeof aside + 400];
-    snprintf(line, sizeof line,
-             "DATABASE RECOVERY: the database was damaged (%s); it was moved aside to %s "
-             "(kept for inspection) and a fresh one was created; model files on disk are "
-             "registered again, job records are in the old file",
-             msg, aside);
-    srv_log(&S, "error", line);
-  }
-  if ((rc = srv_models_open(&S.models, S.store, S.cfg.state_dir, jobs_log))) {
-    fprintf(stderr, "mnistd serve: cannot read the model records: %s\n", strerror(-rc));
+  int replica = S.cfg.follow[0] != 0;
+  if (srv_events_create(&S.events, S.started_ms)) return 1;
+  if (replica) {
+    /* A replica keeps nothing: no state directory, no database. */
+    if ((rc = srv_models_open_replica(&S.models)) ||
+        (rc = srv_follow_create(&S.follow, S.cfg.follow, S.cfg.follow_token, S.models,
+                                follow_log, msg, sizeof msg))) {
+      fprintf(stderr, "mnistd serve: %s\n", rc == -EINVAL ? msg : strerror(-rc));
+      goto out;
+    }
+  } else if (open_state(&S, msg, sizeof msg)) {
     goto out;
   }
   if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) goto out;
-  if ((rc = srv_datasets_open(&S.datasets, S.store, S.cfg.state_dir, &S.cfg.datasets,
-                              jobs_log))) {
+  /* A replica keeps no state: no uploaded data sets either. */
+  if (!replica && (rc = srv_datasets_open(&S.datasets, S.store, S.cfg.state_dir,
+                                          &S.cfg.datasets, jobs_log))) {
     fprintf(stderr, "mnistd serve: cannot open the data sets under %s/datasets: %s\n",
             S.cfg.state_dir, strerror(-rc));
     goto out;
@@ -448,14 +498,21 @@ int srv_serve_main(int argc, char **argv) {
   if (uv_loop_init(&loop)) goto out;
   loop_ok = 1;
   S.loop = &loop;
+  /* GET /v1/events hears of every activation (a replica's too) and job. */
+  srv_models_set_notify(S.models, srv_events_model_activated, S.events);
   srv_jobs_options jo = {S.cfg.state_dir, S.cfg.max_running_jobs, S.cfg.train_threads,
                          S.cfg.bootstrap, jobs_log};
-  if ((rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
+  if (!replica && (rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
     fprintf(stderr, "mnistd serve: cannot read the job records: %s\n", strerror(-rc));
     goto out;
   }
-  if ((rc = srv_http_start(&S, msg, sizeof msg))) {
-    fprintf(stderr, "mnistd serve: %s\n", msg);
+  if (S.jobs) srv_jobs_set_notify(S.jobs, srv_events_job_state, S.events);
+  if ((rc = srv_http_start(&S, msg, sizeof msg)) || (rc = srv_events_start(S.events, &loop))) {
+    fprintf(stderr, "mnistd serve: %s\n", rc == -EADDRINUSE || rc == -EINVAL ? msg : uv_strerror(rc));
+    goto out;
+  }
+  if (S.follow && (rc = srv_follow_start(S.follow))) {
+    fprintf(stderr, "mnistd serve: cannot start the follower: %s\n", strerror(-rc));
     goto out;
   }
   shutdown_ctx sc = {.S = &S};
@@ -473,7 +530,11 @@ int srv_serve_main(int argc, char **argv) {
   srv_log(&S, "info", "stopped cleanly");
   status = 0;
 out:
+  srv_follow_free(S.follow); /* first: it installs models into the registry */
+  S.follow = NULL;
+  srv_events_shutdown(S.events);
   srv_http_stop(&S);
+  srv_events_close_handles(S.events);
   /* Every handle is closed and its close callback has run before the jobs
    * are freed, also when start-up failed after srv_jobs_open (a busy port):
    * a wake-up queued by srv_jobs_open must never fire on freed memory. */
@@ -488,7 +549,8 @@ out:
   srv_data_close(S.data);
   srv_datasets_close(S.datasets);
   srv_store_close(S.store);
-  close(S_lock_fd);
+  srv_events_free(S.events);
+  if (S_lock_fd >= 0) close(S_lock_fd);
   S_lock_fd = -1;
   return status;
 }

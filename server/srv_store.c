@@ -233,7 +233,7 @@ int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg,
 }
 
 int srv_store_recovered(srv_store *s, char *aside, size_t len) {
-  if (!s->aside[0]) return 0;
+  if (!s || !s->aside[0]) return 0;
   if (aside) snprintf(aside, len, "%s", s->aside);
   return 1;
 }

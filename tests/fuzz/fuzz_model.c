@@ -24,8 +24,10 @@
 
 #include "nn.h"
 
-#define MODEL_FUZZ_HDR 56u
+#define MODEL_FUZZ_HDR 56u   /* format version 1: fixed header, 12-byte layer records */
 #define MODEL_FUZZ_LAYER 12u
+#define MODEL_FUZZ_HDR2 64u  /* version 2: fixed header, 32-byte spec records */
+#define MODEL_FUZZ_SPEC 32u
 #define MODEL_FUZZ_CKPT (4u + 6u * 4u + 4u + 8u + 4u + 8u)
 /* A file this small must never need so much memory that loading it fails:
  * allocations are to be bounded by the file's size, not by its claims.
@@ -37,7 +39,7 @@ static uint32_t model_fuzz_le32(const uint8_t *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static void model_fuzz_check_model(const nn_model *m, size_t size, int ckpt_flag) {
+static void model_fuzz_check_model(const nn_model *m, size_t size, uint32_t version, int ckpt_flag) {
   FUZZ_CHECK(m->n_layers >= 2 && m->n_layers <= NN_MAX_LAYERS, "n_layers %u", m->n_layers);
   FUZZ_CHECK(memchr(m->arch, '\0', sizeof m->arch) != NULL, "arch not terminated");
   const nn_layer *last = &m->layers[m->n_layers - 1], *logits = &m->layers[m->n_layers - 2];
@@ -47,14 +49,19 @@ static void model_fuzz_check_model(const nn_model *m, size_t size, int ckpt_flag
   uint32_t width = m->n_inputs;
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
-    FUZZ_CHECK(l->in == width && l->out >= 1 && l->out <= NN_MAX_WIDTH, "layer %u shape", i);
+    /* Convolutions' feature maps may be wider than NN_MAX_WIDTH (a dense
+     * limit); every activation must fit the workspaces sized by max_width. */
+    FUZZ_CHECK(l->in == width && l->out >= 1 && l->out <= m->max_width, "layer %u shape", i);
     if (l->type == NN_LAYER_DENSE)
       FUZZ_CHECK(l->b_off == l->w_off + (size_t)l->in * l->out && l->b_off + l->out <= m->n_params,
                  "layer %u parameter slice outside the block", i);
     width = l->out;
   }
   FUZZ_CHECK(m->max_width >= m->n_inputs, "max_width %u", m->max_width);
-  size_t want = MODEL_FUZZ_HDR + (size_t)m->n_layers * MODEL_FUZZ_LAYER + 8 + m->n_params * 4 + 4;
+  size_t want = version == 1
+                    ? MODEL_FUZZ_HDR + (size_t)m->n_layers * MODEL_FUZZ_LAYER
+                    : MODEL_FUZZ_HDR2 + (size_t)m->n_specs * MODEL_FUZZ_SPEC;
+  want += 8 + m->n_params * 4 + 4;
   if (!ckpt_flag)
     FUZZ_CHECK(size == want, "file is %zu bytes, header implies %zu", size, want);
   else
@@ -90,7 +97,8 @@ static void model_fuzz_mem(const uint8_t *data, size_t size) {
   int rc = nn_model_load_mem(&m, data, size, &err);
   if (rc == 0) {
     FUZZ_CHECK(m != NULL, "success without a model");
-    model_fuzz_check_model(m, size, size >= 16 && (model_fuzz_le32(data + 12) & 1));
+    model_fuzz_check_model(m, size, model_fuzz_le32(data + 8),
+                           size >= 16 && (model_fuzz_le32(data + 12) & 1));
     model_fuzz_use(m);
     nn_model_free(m);
   } else {
@@ -122,7 +130,7 @@ static void model_fuzz_checkpoint(const uint8_t *data, size_t size) {
   }
   FUZZ_CHECK(m != NULL && t != NULL, "success without model and trainer");
   FUZZ_CHECK(nn_trainer_model(t) == m, "trainer is not bound to the loaded model");
-  model_fuzz_check_model(m, size, 1);
+  model_fuzz_check_model(m, size, size >= 12 ? model_fuzz_le32(data + 8) : 0, 1);
   const nn_train_config *cfg = nn_trainer_config(t);
   FUZZ_CHECK(cfg->batch_size >= 1 && (uint32_t)cfg->opt.kind <= NN_OPT_ADAM, "bad config");
   /* One optimizer step with the file's hyper-parameters and state (small
