@@ -464,6 +464,13 @@ int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) 
   m->job_id = info->job_id;
   m->created_ms = info->created_ms;
   m->file_bytes = info->file_bytes;
+  /* The built-in set's names, or "0".."k-1" (the primary's uploaded class
+   * names do not travel to replicas yet). */
+  if (set_classes(m, NULL, 0)) {
+    free(m);
+    free(e);
+    return -ENOMEM;
+  }
   atomic_init(&m->refs, 1);
   e->m = m; /* the list's reference */
   e->next = NULL;
