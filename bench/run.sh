@@ -4,7 +4,7 @@
 # Usage: bench/run.sh BUILD_DIR   (env: MNISTD_DATA=data, SEEDS="1 2 3 4 5",
 #                                  BENCH_EPOCHS40=1 to add the 40-epoch run,
 #                                  BENCH_SHORT=1 for the in-core rows only:
-#                                  no PyTorch, seeds, RSS or HTTP; what CI
+#                                  no PyTorch, seeds, RSS, HTTP or cnn; what CI
 #                                  runs under ONEDNN_MAX_CPU_ISA=AVX2)
 # mnistd and PyTorch run one after the other in the same invocation; every
 # timing is the best of several repetitions. The table says what else used
@@ -32,11 +32,11 @@ train1=$("$B"/bench/bench_core "$D" train 1 2)
 gemm=$("$B"/bench/bench_core "$D" gemm 2)
 peak=$("$B"/bench/bench_core "$D" peak 2)
 infer=$("$B"/bench/bench_core "$D" infer 2)
-# The cnn preset (issue 12): 2 epochs, 2 threads, Adam; one image at a time.
-cnn=$("$B"/bench/bench_core "$D" train 2 2 cnn)
-cnn1=$("$B"/bench/bench_core "$D" infer1 cnn)
-seeds=""; rss=""; http=""; torch=""; torch_cnn=""
+seeds=""; rss=""; http=""; torch=""; torch_cnn=""; cnn=""; cnn1=""
 if [ "$SHORT" != 1 ]; then
+  # The cnn preset (issue 12): 2 epochs, 2 threads, Adam; one image at a time.
+  cnn=$("$B"/bench/bench_core "$D" train 2 2 cnn)
+  cnn1=$("$B"/bench/bench_core "$D" infer1 cnn)
   seeds=$("$B"/bench/bench_core "$D" seeds 4 $SEEDS)
   # Peak RSS of a real `mnistd train` (1 epoch): the kernel's high-water mark.
   rss=$(python3 -c 'import resource,subprocess,sys
