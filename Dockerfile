@@ -19,7 +19,7 @@ RUN apt-get update \
       build-essential pkg-config ca-certificates curl npm \
       libmicrohttpd-dev libcjson-dev libuv1-dev libdnnl-dev zlib1g-dev \
       libsqlite3-dev libspng-dev libsystemd-dev libcmocka-dev dataset-fashion-mnist \
-      libprotobuf-c-dev protobuf-c-compiler libonnx-dev \
+      libprotobuf-c-dev protobuf-c-compiler libonnx-dev libarchive-dev nettle-dev \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -67,7 +67,7 @@ LABEL org.opencontainers.image.title="mnistd" \
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libmicrohttpd12 libcjson1 libuv1 libdnnl2 zlib1g libsqlite3-0 \
-      libspng0 libsystemd0 libprotobuf-c1 \
+      libspng0 libsystemd0 libprotobuf-c1 libarchive13 libnettle8 \
  && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt/* /var/log/dpkg.log \
  && groupadd --system --gid 10001 mnistd \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --no-log-init \

@@ -3,7 +3,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := libmicrohttpd libcjson libuv zlib sqlite3 spng libsystemd libprotobuf-c
+PKGS    := libmicrohttpd libcjson libuv zlib sqlite3 spng libsystemd libprotobuf-c libarchive nettle
 # oneDNN ships no .pc file: Debian's libdnnl-dev, OpenMP runtime (libgomp,
 # whose omp_set_num_threads the core calls to size the team per thread).
 DNNL_LIBS := -ldnnl -lgomp

@@ -110,11 +110,13 @@ double nn_xent_sum(const float *z, const uint8_t *labels, uint32_t n, uint32_t k
   return loss;
 }
 
-int nn_argmax(const float *probs) {
-  int best = 0;
-  for (int i = 1; i < NN_CLASSES; i++)
+int nn_argmax(const float *probs) { return nn_argmax_n(probs, NN_CLASSES); }
+
+int nn_argmax_n(const float *probs, uint32_t k) {
+  uint32_t best = 0;
+  for (uint32_t i = 1; i < k; i++)
     if (probs[i] > probs[best]) best = i;
-  return best;
+  return (int)best;
 }
 
 NN_HOT void nn_k_colsum(float *restrict db, const float *restrict g, uint32_t rows,

@@ -70,6 +70,22 @@ int nn_model_create_preset(nn_model **out, const char *arch) {
   return nn_model_create_spec(out, arch, NN_INPUT_MNIST, s, n, NULL);
 }
 
+uint32_t nn_model_classes(const nn_model *m) {
+  return m->layers[m->n_layers - 2].out;
+}
+
+int nn_model_create_preset_classes(nn_model **out, const char *arch, uint32_t classes) {
+  const nn_layer_spec *s;
+  uint32_t n;
+  nn_layer_spec spec[NN_MAX_SPECS];
+  if (!out || !arch) return NN_EINVAL;
+  *out = NULL;
+  if (nn_preset_spec(arch, &s, &n) || n > NN_MAX_SPECS) return NN_EINVAL;
+  memcpy(spec, s, n * sizeof *s);
+  spec[n - 1].units = classes; /* the last layer: one unit per class */
+  return nn_model_create_spec(out, arch, NN_INPUT_MNIST, spec, n, NULL);
+}
+
 void nn_model_init(nn_model *m, uint64_t seed) {
   nn_rng rng;
   nn_rng_seed(&rng, seed);
@@ -397,7 +413,7 @@ int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t
     return NN_EINVAL;
   memcpy(ws->x, x, (size_t)n * m->n_inputs * sizeof(float));
   const float *p = nn_forward(m, ws, n, 0, NULL);
-  memcpy(probs, p, (size_t)n * NN_CLASSES * sizeof(float));
+  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
   return 0;
 }
 
@@ -408,6 +424,6 @@ int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
     return NN_EINVAL;
   nn_k_u8_to_f32(ws->x, images, (size_t)n * m->n_inputs);
   const float *p = nn_forward(m, ws, n, 0, NULL);
-  memcpy(probs, p, (size_t)n * NN_CLASSES * sizeof(float));
+  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
   return 0;
 }

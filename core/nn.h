@@ -119,7 +119,8 @@ void nn_backend_info_get(nn_backend_info *out);
 #define NN_IDX_MAX_BYTES (1u << 30)        /* payload bytes per file */
 #define NN_IMAGE_SIDE 28
 #define NN_IMAGE_SIZE (NN_IMAGE_SIDE * NN_IMAGE_SIDE)
-#define NN_CLASSES 10
+#define NN_CLASSES 10               /* MNIST's and Fashion-MNIST's classes */
+#define NN_MAX_CLASSES 256          /* widest output layer (uploaded data sets) */
 
 /* A labelled set of 28x28 images kept as uint8. */
 typedef struct nn_dataset {
@@ -242,7 +243,7 @@ typedef struct nn_model {
 } nn_model;
 
 /* Builds a model from a layer list in the old form: the list must end with
- * DENSE(k) then SOFTMAX, with k == NN_CLASSES. The input is a 28x28x1 image
+ * DENSE(k) then SOFTMAX, with 2 <= k <= NN_MAX_CLASSES (one unit per class). The input is a 28x28x1 image
  * when n_inputs is 784, else a vector. Weights are zeroed; call
  * nn_model_init to randomise. *out is owned by the caller (nn_model_free). */
 int nn_model_create(nn_model **out, const char *arch, uint32_t n_inputs,
@@ -289,6 +290,11 @@ int nn_layer_type_parse(const char *name, nn_layer_type *t);
  *                    Dense(10) Softmax — 34,826 parameters.
  * Returns NN_EINVAL for an unknown name. */
 int nn_model_create_preset(nn_model **out, const char *arch);
+/* The same preset with an output layer of `classes` units (2..NN_MAX_CLASSES,
+ * else NN_EINVAL): the network for a data set with that many classes. */
+int nn_model_create_preset_classes(nn_model **out, const char *arch, uint32_t classes);
+/* Width of the output layer: how many probabilities a prediction writes. */
+uint32_t nn_model_classes(const nn_model *m);
 
 /* Keras initialisation: glorot_uniform kernels (limit sqrt(6/(in+out));
  * for a convolution fan_in = k*k*in_c, fan_out = k*k*filters),
@@ -324,7 +330,7 @@ void nn_workspace_free(nn_workspace *ws);
 int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
 
 /* Runs n images (n <= the workspace's max_batch) through the model in
- * inference mode (dropout off) and writes n*NN_CLASSES probabilities.
+ * inference mode (dropout off) and writes n*nn_model_classes(m) probabilities.
  * `images` holds n*784 uint8 pixels. Allocates nothing. */
 int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
                   uint32_t n, float *probs);
@@ -335,6 +341,8 @@ int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x,
 
 /* Index of the largest of the NN_CLASSES probabilities. */
 int nn_argmax(const float *probs);
+/* Index of the largest of k probabilities. */
+int nn_argmax_n(const float *probs, uint32_t k);
 
 /* ---------------------------------------------------------------- kernels */
 /* The layer kernels, exposed so they can be tested one by one. `n` is the

@@ -243,11 +243,11 @@ int nn_model_layout_spec(nn_model *m, const char *arch, nn_shape input,
     if (rc) return rc;
   }
   const nn_layer_spec *last = &specs[n - 1];
-  if (last->type != NN_LAYER_DENSE || last->units != NN_CLASSES ||
+  if (last->type != NN_LAYER_DENSE || last->units < 2 || last->units > NN_MAX_CLASSES ||
       last->activation != NN_ACT_NONE)
-    return BAD("layers[%u] %s: the last layer must be dense with %u units (one per class) and "
-               "no activation; the softmax is added after it",
-               n - 1, nn_layer_type_name(last->type), NN_CLASSES);
+    return BAD("layers[%u] %s: the last layer must be dense with one unit per class (2..%u) "
+               "and no activation; the softmax is added after it",
+               n - 1, nn_layer_type_name(last->type), NN_MAX_CLASSES);
   push(m, NN_LAYER_SOFTMAX, n, cur);
   for (uint32_t i = 0; i < m->n_layers; i++)
     if (m->layers[i].out > m->max_width) m->max_width = m->layers[i].out;
@@ -277,8 +277,11 @@ size_t nn_workspace_bytes_per_row(const nn_model *m) {
 
 int nn_spec_check(const nn_layer_spec *specs, uint32_t n, nn_shape input, uint32_t classes,
                   uint32_t batch, uint32_t threads, size_t *n_params, nn_err *err) {
-  if (classes != NN_CLASSES)
-    return BAD("%u classes: this build trains %u-class data sets", classes, NN_CLASSES);
+  if (classes < 2 || classes > NN_MAX_CLASSES)
+    return BAD("%u classes: a data set has 2..%u", classes, NN_MAX_CLASSES);
+  if (n && specs[n - 1].type == NN_LAYER_DENSE && specs[n - 1].units != classes)
+    return BAD("layers[%u] dense: %u units, but the data set has %u classes (one unit per class)",
+               n - 1, specs[n - 1].units, classes);
   nn_model *m = malloc(sizeof *m);
   if (!m) return nn_fail(err, NN_ENOMEM, "out of memory");
   int rc = nn_model_layout_spec(m, "check", input, specs, n, err);

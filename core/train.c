@@ -163,7 +163,7 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
     }
   }
   nn_forward(t->m, s->ws, n, b->training, &s->rng);
-  s->loss_sum = nn_xent_sum(nn_logits(t->m, s->ws), s->labels, n, NN_CLASSES,
+  s->loss_sum = nn_xent_sum(nn_logits(t->m, s->ws), s->labels, n, nn_model_classes(t->m),
                             s->ws->act[t->m->n_layers - 1], s->dz, 1.0f / (float)b->n,
                             &s->correct);
   nn_backward(t->m, s->ws, n, s->dz, s->grad, b->training, 1);
@@ -318,7 +318,7 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
     if ((rc = nn_dnn_prepare(s->ws->dnn, t->m, rows, 1))) goto fail;
     rc = NN_ENOMEM;
     if (!(s->grad = calloc(t->m->n_params, sizeof(float)))) goto fail;
-    if (!(s->dz = calloc((size_t)rows * NN_CLASSES, sizeof(float)))) goto fail;
+    if (!(s->dz = calloc((size_t)rows * nn_model_classes(t->m), sizeof(float)))) goto fail;
     if (!(s->labels = calloc(rows, 1))) goto fail;
   }
   if (n > 1) {
@@ -426,7 +426,7 @@ int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels, uint32_
                    float *loss) {
   if (!t || !x || !labels || n == 0 || n > t->cfg.batch_size) return NN_EINVAL;
   for (uint32_t i = 0; i < n; i++)
-    if (labels[i] >= NN_CLASSES) return NN_EINVAL;
+    if (labels[i] >= nn_model_classes(t->m)) return NN_EINVAL;
   t->batch = (batch_desc){.n = n, .x = x, .labels = labels, .training = 1};
   double l = run_batch(t, NULL);
   if (loss) *loss = (float)(l / n);
@@ -441,16 +441,21 @@ float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels, 
   return (float)(l / n);
 }
 
-static int check_dataset(const nn_dataset *ds) {
+/* Every label must name one of the model's outputs: a label past the
+ * output layer would index past the probabilities. */
+static int check_dataset(const nn_dataset *ds, const nn_model *m) {
   if (!ds || ds->n == 0 || !ds->images || !ds->labels ||
       (uint64_t)ds->rows * ds->cols != NN_IMAGE_SIZE)
     return NN_EINVAL;
+  uint32_t k = nn_model_classes(m);
+  for (uint32_t i = 0; i < ds->n; i++)
+    if (ds->labels[i] >= k) return NN_EINVAL;
   return 0;
 }
 
 int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb, void *user,
                    const volatile int *cancel, nn_epoch_metrics *out) {
-  if (!t || check_dataset(ds)) return NN_EINVAL;
+  if (!t || check_dataset(ds, t->m)) return NN_EINVAL;
   if (ds->n > t->order_cap) {
     uint32_t *o = realloc(t->order, (size_t)ds->n * sizeof *o);
     if (!o) return NN_ENOMEM;
@@ -510,7 +515,7 @@ int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb, void 
 
 int nn_evaluate(const nn_model *m, nn_workspace *ws, const nn_dataset *ds, float *loss,
                 float *accuracy, uint8_t *predictions) {
-  if (!m || !ws || check_dataset(ds) || ws->n_layers != m->n_layers) return NN_EINVAL;
+  if (!m || !ws || check_dataset(ds, m) || ws->n_layers != m->n_layers) return NN_EINVAL;
   double loss_sum = 0.0;
   uint64_t correct_sum = 0;
   for (uint32_t off = 0; off < ds->n; off += ws->max_batch) {
@@ -519,12 +524,13 @@ int nn_evaluate(const nn_model *m, nn_workspace *ws, const nn_dataset *ds, float
     const float *p = nn_forward(m, ws, n, 0, NULL);
     /* Recomputes the softmax from the logits so the loss uses the same
      * clipping as training. */
-    loss_sum += nn_xent_sum(nn_logits(m, ws), ds->labels + off, n, NN_CLASSES, (float *)p,
+    loss_sum += nn_xent_sum(nn_logits(m, ws), ds->labels + off, n, nn_model_classes(m), (float *)p,
                             NULL, 0.f, &correct);
     correct_sum += correct;
     if (predictions)
       for (uint32_t r = 0; r < n; r++)
-        predictions[off + r] = (uint8_t)nn_argmax(p + (size_t)r * NN_CLASSES);
+        predictions[off + r] =
+            (uint8_t)nn_argmax_n(p + (size_t)r * nn_model_classes(m), nn_model_classes(m));
   }
   if (loss) *loss = (float)(loss_sum / ds->n);
   if (accuracy) *accuracy = (float)((double)correct_sum / ds->n);

@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libcjson-dev libuv1-dev
       libcmocka-dev libdnnl-dev zlib1g-dev libsqlite3-dev libspng-dev libsystemd-dev
       dataset-fashion-mnist curl ca-certificates prometheus chromium fonts-dejavu-core
-      libprotobuf-c-dev protobuf-c-compiler libonnx-dev python3-onnx
+      libprotobuf-c-dev protobuf-c-compiler libonnx-dev python3-onnx libarchive-dev nettle-dev
       nginx python3-yaml jq)
 # Node.js may come from elsewhere (nodesource, nvm): only ask Debian when absent.
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

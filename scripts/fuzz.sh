@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      (make fuzz FUZZ_SECONDS=N)
 #
 # SECONDS defaults to 60 (0: build, then run each seed corpus once and stop);
-# TARGETs default to all of them (idx model png pgm image jobconfig predict).
+# TARGETs default to all of them (idx model png pgm image jobconfig predict dscsv dsarchive).
 # Each target starts from a throwaway copy of its seed corpus
 # tests/fuzz/corpus/<target>/ in build/fuzz/work/ (the committed corpus never
 # grows), with tests/fuzz/<target>.dict when there is one. Crashers, timeouts and
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-60}
 [ $# -gt 0 ] && shift
 case "$SECS" in ''|*[!0-9]*) echo "fuzz.sh: SECONDS must be a number, not '$SECS'" >&2; exit 2 ;; esac
-ALL=(idx model png pgm image jobconfig predict)
+ALL=(idx model png pgm image jobconfig predict dscsv dsarchive)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 
 OUT=build/fuzz
@@ -38,6 +38,7 @@ target_srcs() {
     model)     echo "core/modelfile.c core/model.c core/spec.c core/conv.c core/augment.c core/train.c core/optim.c core/layers.c core/dnn.c core/nn_err.c" ;;
     png|pgm|image) echo "server/srv_image.c" ;;
     jobconfig|predict) echo "server/srv_validate.c server/srv_spec.c core/spec.c core/optim.c core/nn_err.c" ;;
+    dscsv|dsarchive) echo "server/srv_dsparse.c server/srv_image.c" ;;
     *) return 1 ;;
   esac
 }
@@ -47,6 +48,7 @@ target_pkgs() {
     png)       echo "spng zlib" ;;      # the harness recomputes chunk CRCs
     pgm|image) echo "spng" ;;
     jobconfig|predict) echo "libcjson" ;;
+    dscsv|dsarchive) echo "libarchive spng zlib" ;;
   esac
 }
 target_libs() {
@@ -64,6 +66,7 @@ target_maxlen() {
     idx|model|png|pgm|image) echo 65536 ;;
     jobconfig) echo 4096 ;;
     predict)   echo 131072 ;;
+    dscsv|dsarchive) echo 131072 ;;
   esac
 }
 
@@ -99,7 +102,7 @@ if ! toolchain_ok; then
   fi
   toolchain_ok || { echo "fuzz.sh: $CLANG cannot build -fsanitize=fuzzer binaries" >&2; exit 1; }
 fi
-for p in zlib spng libcjson; do
+for p in zlib spng libcjson libarchive; do
   pkg-config --exists "$p" || { echo "fuzz.sh: missing library $p: run 'make deps'" >&2; exit 1; }
 done
 [ -f /usr/include/oneapi/dnnl/dnnl.h ] || { echo "fuzz.sh: missing oneDNN (libdnnl-dev): run 'make deps'" >&2; exit 1; }

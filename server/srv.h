@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "srv_datasets.h"
 #include "srv_jobs.h"
 #include "srv_registry.h"
 #include "srv_store.h"
@@ -38,6 +39,7 @@ typedef struct srv_config {
   int conn_timeout;          /* seconds, default 30 */
   int per_ip_limit;          /* connections per client address, default 128; 0 = no limit */
   int head_timeout;          /* seconds to deliver a request head, default 10 */
+  srv_ds_config datasets;    /* uploads: --max-dataset-* flags, --max-datasets-bytes */
   char follow[512];          /* --follow URL: a read-only replica of that primary */
   char follow_token[SRV_MAX_TOKEN + 1]; /* --follow-token-file: sent to the primary */
 } srv_config;
@@ -64,6 +66,7 @@ typedef struct srv {
   srv_store *store;
   srv_models *models;
   srv_data *data;
+  srv_datasets *datasets;    /* NULL in a replica */
   srv_jobs *jobs;             /* NULL in a replica */
   struct srv_events *events;  /* GET /v1/events */
   struct srv_follow *follow;  /* set in a replica (--follow) */

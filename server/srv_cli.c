@@ -453,27 +453,35 @@ int srv_cli_predict(int argc, char **argv) {
       free(px);
       goto done;
     }
-    float probs[256 * NN_CLASSES];
+    /* One probability per class of the model (an uploaded set may have up
+     * to 256): too large for the stack. */
+    const uint32_t K = nn_model_classes(m);
+    float *probs = malloc((size_t)256 * K * sizeof *probs);
+    if (!probs) {
+      free(px);
+      goto done;
+    }
     for (uint32_t off = 0; off < n; off += 256) {
       uint32_t k = n - off < 256 ? n - off : 256;
       nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs);
       for (uint32_t i = 0; i < k; i++) {
-        const float *p = probs + (size_t)i * NN_CLASSES;
-        int d = nn_argmax(p);
+        const float *p = probs + (size_t)i * K;
+        int d = nn_argmax_n(p, K);
         if (labels) correct += labels[off + i] == d;
         total++;
         if (json) {
           printf("{\"file\":\"%s\",\"index\":%u,\"label\":%d,\"confidence\":%.6f,"
                  "\"probabilities\":[", argv[a], off + i, d, (double)p[d]);
-          for (int j = 0; j < NN_CLASSES; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
+          for (uint32_t j = 0; j < K; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
           printf("]}\n");
         } else {
           printf("%s[%u]: %d (%.3f)  ", argv[a], off + i, d, (double)p[d]);
-          for (int j = 0; j < NN_CLASSES; j++) printf(" %d:%.3f", j, (double)p[j]);
+          for (uint32_t j = 0; j < K; j++) printf(" %u:%.3f", j, (double)p[j]);
           putchar('\n');
         }
       }
     }
+    free(probs);
     free(px);
   }
   if (labels) {

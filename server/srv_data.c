@@ -8,10 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "srv_datasets.h"
 #include "srv_util.h"
 
 typedef struct slot {
-  char name[32];
+  char name[72];
   nn_split split;
   nn_dataset ds;
   int refs;
@@ -22,7 +23,49 @@ struct srv_data {
   pthread_mutex_t mu;
   char dir[PATH_MAX];
   slot *slots;
+  srv_datasets *up;   /* uploaded sets, or NULL */
 };
+
+void srv_data_attach(srv_data *d, srv_datasets *up) { d->up = up; }
+
+/* names, one block: the pointer array then the strings. */
+static char **pack(const char *const *names, uint32_t n) {
+  size_t sz = n * sizeof(char *);
+  for (uint32_t i = 0; i < n; i++) sz += strlen(names[i]) + 1;
+  char **out = malloc(sz ? sz : 1);
+  if (!out) return NULL;
+  char *p = (char *)(out + n);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t l = strlen(names[i]) + 1;
+    memcpy(p, names[i], l);
+    out[i] = p;
+    p += l;
+  }
+  return out;
+}
+
+int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n) {
+  if (!srv_dataset_is_builtin(name))
+    return d->up ? srv_datasets_classes(d->up, name, names, n) : -ENOENT;
+  if (!(*names = pack(srv_dataset_builtin_classes(name), NN_CLASSES))) return -ENOMEM;
+  *n = NN_CLASSES;
+  return 0;
+}
+
+void srv_data_forget(srv_data *d, const char *name) {
+  pthread_mutex_lock(&d->mu);
+  for (slot **pp = &d->slots; *pp;) {
+    slot *s = *pp;
+    if (strcmp(s->name, name) || s->refs) {
+      pp = &s->next;
+      continue;
+    }
+    *pp = s->next;
+    nn_dataset_free(&s->ds);
+    free(s);
+  }
+  pthread_mutex_unlock(&d->mu);
+}
 
 int srv_data_open(srv_data **out, const char *data_dir) {
   srv_data *d = calloc(1, sizeof *d);
@@ -50,6 +93,21 @@ int srv_data_get(srv_data *d, const char *name, nn_split split, const nn_dataset
   slot *s = d->slots;
   while (s && (strcmp(s->name, name) || s->split != split)) s = s->next;
   int rc = 0;
+  if (!s && !srv_dataset_is_builtin(name)) {
+    if (!d->up || !(s = calloc(1, sizeof *s))) {
+      snprintf(msg, msglen, "data set %s not found", name);
+      rc = d->up ? -ENOMEM : -ENOENT;
+      goto out;
+    }
+    if ((rc = srv_datasets_load(d->up, name, split, &s->ds, msg, msglen))) {
+      free(s);
+      goto out;
+    }
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->split = split;
+    s->next = d->slots;
+    d->slots = s;
+  }
   if (!s) {
     char dir[PATH_MAX + 64];
     if (srv_dataset_dir(d->dir, name, dir, sizeof dir)) {
@@ -98,6 +156,8 @@ void srv_data_put(srv_data *d, const char *name, nn_split split) {
 }
 
 int srv_data_count(srv_data *d, const char *name, uint32_t *train, uint32_t *test) {
+  if (!srv_dataset_is_builtin(name))
+    return d->up ? srv_datasets_count(d->up, name, train, test, NULL) : -ENOENT;
   char dir[PATH_MAX + 64];
   if (srv_dataset_dir(d->dir, name, dir, sizeof dir)) return -ENOENT;
   nn_err err = {0};

@@ -25,4 +25,14 @@ void srv_data_put(srv_data *d, const char *name, nn_split split);
 /* Counts from the file headers without loading: -ENOENT if absent. */
 int srv_data_count(srv_data *d, const char *name, uint32_t *train, uint32_t *test);
 
+/* Uploaded data sets (srv_datasets.h) are served through the same calls
+ * once attached; names that are not built in are looked up there. */
+struct srv_datasets;
+void srv_data_attach(srv_data *d, struct srv_datasets *up);
+/* Class names of a data set (built-in or uploaded): a malloc'd block
+ * (free(*names) frees all); -ENOENT if unknown. */
+int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n);
+/* Drops the cached splits of a data set nobody holds (after a delete). */
+void srv_data_forget(srv_data *d, const char *name);
+
 #endif

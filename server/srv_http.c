@@ -400,8 +400,19 @@ enum MHD_Result h_static(req *r) {
 /* ---------------------------------------------------------------- routing */
 
 /* Matches a path against a pattern; ":id" takes a positive number. */
-static int match(const char *pat, const char *path, int64_t *id) {
+static int match(const char *pat, const char *path, int64_t *id, char *name, size_t name_len) {
   while (*pat && *path) {
+    if (!strncmp(pat, ":name", 5)) {
+      /* A data set name: checked by the handler (a bad one is a 400 that
+       * says the rule, not a 404). */
+      size_t n = strcspn(path, "/");
+      if (n == 0 || n >= name_len) return 0;
+      memcpy(name, path, n);
+      name[n] = 0;
+      path += n;
+      pat += 5;
+      continue;
+    }
     if (!strncmp(pat, ":id", 3)) {
       /* Digits up to the next '/', at most INT64_MAX: an id that does not
        * fit is no id (strtoll would clamp it to another number). */
@@ -520,7 +531,7 @@ static enum MHD_Result dispatch_first(req *r) {
   char allow[64] = "";
   for (size_t i = 0; i < srv_route_count; i++) {
     int64_t id = 0;
-    if (!match(srv_route_table[i].pattern, path, &id)) continue;
+    if (!match(srv_route_table[i].pattern, path, &id, r->name, sizeof r->name)) continue;
     path_known = 1;
     const char *m = srv_route_table[i].method;
     if (!strstr(allow, m) && strlen(allow) + strlen(m) + 8 < sizeof allow) {
@@ -721,6 +732,7 @@ static enum MHD_Result on_head(srv *S, req *r) {
     /* A form or text/plain type is refused before the body: even an empty
      * form POST from another site must not start a job. */
     char ct[96];
+    if (srv_route_table[r->route].h == h_dataset_create) return srv_dataset_upload_head(r);
     if (srv_media_type(r, ct, sizeof ct)[0] && strcmp(ct, "application/json")) return srv_need_json(r);
   }
   const char *cl = srv_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -757,6 +769,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     size_t n = *upload_size;
     *upload_size = 0;
+    if (r->upload) { /* a data set: to its file, never all in memory */
+      int rc = r->upload_err ? r->upload_err : srv_ds_upload_write(r->upload, upload_data, n);
+      if (rc && !r->upload_err) r->upload_err = rc;
+      return MHD_YES;
+    }
     if (r->too_big || r->len + n > S->cfg.max_body) {
       r->too_big = 1;
       free(r->body);
@@ -882,6 +899,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
              aborted ? " (aborted)" : "");
     srv_log(S, "info", line);
   }
+  srv_ds_upload_free(r->upload);
   free(r->body);
   free(r->raw);
   size_t peak = r->peak;

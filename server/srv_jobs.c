@@ -118,9 +118,17 @@ int srv_job_state_parse(const char *name) {
 static int finished(srv_job_state s) { return s >= SRV_JOB_SUCCEEDED; }
 
 /* The job's network: its spec (a preset's, or the user's layers). */
-static int job_model_create(nn_model **m, const srv_job_config *c) {
-  if (!c->n_layers) return nn_model_create_preset(m, c->arch);
-  return nn_model_create_spec(m, c->arch, NN_INPUT_MNIST, c->layers, c->n_layers, NULL);
+/* The job's network (its config always holds the layer spec, a preset's
+ * included): the output layer gets one unit per class of the data set. */
+static int job_model_create(nn_model **m, srv_jobs *J, const srv_job_config *c) {
+  uint32_t k = NN_CLASSES;
+  char **names = NULL;
+  if (!srv_data_classes(J->data, c->dataset, &names, &k)) free(names);
+  if (!c->n_layers) return nn_model_create_preset_classes(m, c->arch, k);
+  nn_layer_spec spec[NN_MAX_SPECS];
+  memcpy(spec, c->layers, c->n_layers * sizeof *spec);
+  if (spec[c->n_layers - 1].type == NN_LAYER_DENSE) spec[c->n_layers - 1].units = k;
+  return nn_model_create_spec(m, c->arch, NN_INPUT_MNIST, spec, c->n_layers, NULL);
 }
 
 static int64_t wall_ms(void) {
@@ -567,11 +575,16 @@ static void run_finish(run *r) {
                      wall_ms(), 0, NULL};
   pthread_mutex_unlock(&J->mu);
   fin_ctx fc = {J, j, NULL, NULL, {0, 0}};
-  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc};
+  char **classes = NULL;
+  uint32_t n_classes = 0;
+  if (srv_data_classes(J->data, j->cfg.dataset, &classes, &n_classes)) classes = NULL;
+  srv_model_finish fin = {&row, j->cfg.activate, fin_events, &fc, classes, n_classes};
   int64_t mid = 0;
   int activated = 0;
-  if (srv_models_add(J->models, r->m, j->cfg.dataset, r->vacc, r->vloss, j->id, &fin, &mid,
-                     &activated, msg, sizeof msg)) {
+  int add_rc = srv_models_add(J->models, r->m, j->cfg.dataset, r->vacc, r->vloss, j->id, &fin,
+                              &mid, &activated, msg, sizeof msg);
+  free(classes);
+  if (add_rc) {
     free(fc.state_s);
     free(fc.end_s);
     fail_job(J, j, msg);
@@ -588,6 +601,15 @@ static void run_finish(run *r) {
   unlink(r->ck);
   logf_(J, "job %lld succeeded: model %lld, test accuracy %.4f%s", (long long)j->id,
         (long long)mid, (double)r->vacc, activated ? " (active)" : "");
+}
+
+/* Parameters of the job's network: its output layer has one unit per class
+ * of the data set. */
+static size_t preset_params(srv_jobs *J, const srv_job_config *c) {
+  nn_model *tmp = NULL;
+  size_t n = job_model_create(&tmp, J, c) == 0 ? tmp->n_params : 0;
+  nn_model_free(tmp);
+  return n;
 }
 
 static void work_cb(uv_work_t *w) {
@@ -635,7 +657,7 @@ static void work_cb(uv_work_t *w) {
     srv_train_config(&tc, j->cfg.optimizer, j->cfg.learning_rate, j->cfg.momentum,
                      j->cfg.batch_size, j->cfg.seed, (uint32_t)J->opt.train_threads);
     tc.augment = j->cfg.augment;
-    if ((rc = job_model_create(&m, &j->cfg)) ||
+    if ((rc = job_model_create(&m, J, &j->cfg)) ||
         (rc = nn_trainer_create(&t, m, &tc))) {
       snprintf(msg, sizeof msg, "cannot create the model: %s", nn_strerror(rc));
       fail_job(J, j, msg);
@@ -778,9 +800,7 @@ static int load_job(const srv_job_row *r, void *u) {
   j->finished_ms = r->finished_ms;
   j->model_id = r->model_id;
   if (r->error) snprintf(j->error, sizeof j->error, "%s", r->error);
-  nn_model *tmp = NULL;
-  if (job_model_create(&tmp, &j->cfg) == 0) j->parameters = tmp->n_params;
-  nn_model_free(tmp);
+  j->parameters = preset_params(J, &j->cfg);
   uint32_t tr, te;
   if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
     if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
@@ -966,9 +986,7 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
     free(j);
     return -ENOMEM;
   }
-  nn_model *tmp = NULL;
-  if (job_model_create(&tmp, cfg) == 0) j->parameters = tmp->n_params;
-  nn_model_free(tmp);
+  j->parameters = preset_params(J, cfg);
   j->created_ms = wall_ms();
   pthread_mutex_lock(&J->mu);
   /* Insert under the jobs lock so ids and list order agree. */

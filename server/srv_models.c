@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "srv_datasets.h"
 
 typedef struct entry {
   srv_model *m;
@@ -36,6 +37,7 @@ struct srv_models {
 
 static void model_free(srv_model *m) {
   if (!m) return;
+  free(m->classes);
   nn_model_free(m->m);
   free(m->evaluation);
   free(m);
@@ -48,6 +50,68 @@ void srv_model_unref(srv_model *m) {
 srv_model *srv_model_ref(srv_model *m) {
   if (m) atomic_fetch_add(&m->refs, 1);
   return m;
+}
+
+/* names, one block: the pointer array then the strings. */
+static char **pack(char *const *names, uint32_t n) {
+  size_t sz = n * sizeof(char *);
+  for (uint32_t i = 0; i < n; i++) sz += strlen(names[i]) + 1;
+  char **out = malloc(sz ? sz : 1);
+  if (!out) return NULL;
+  char *p = (char *)(out + n);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t l = strlen(names[i]) + 1;
+    memcpy(p, names[i], l);
+    out[i] = p;
+    p += l;
+  }
+  return out;
+}
+
+/* A model's class names: the recorded ones when they fit its output
+ * layer, else the built-in set's, else "0".."k-1". */
+static int set_classes(srv_model *m, char *const *names, uint32_t n) {
+  uint32_t k = nn_model_classes(m->m);
+  char num[NN_MAX_CLASSES][12], *v[NN_MAX_CLASSES];
+  if (!names || n != k) {
+    const char *const *b = srv_dataset_builtin_classes(m->dataset);
+    for (uint32_t i = 0; i < k; i++) {
+      snprintf(num[i], sizeof num[i], "%u", i);
+      v[i] = k == NN_CLASSES && srv_dataset_is_builtin(m->dataset) ? (char *)b[i] : num[i];
+    }
+    names = v;
+  }
+  if (!(m->classes = pack(names, k))) return -ENOMEM;
+  m->n_classes = k;
+  return 0;
+}
+
+/* Reads ID.json (NULL if absent or unreadable). */
+static cJSON *meta_read(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) return NULL;
+  char *buf = malloc(1 << 16);
+  size_t n = buf ? fread(buf, 1, (1 << 16) - 1, f) : 0;
+  fclose(f);
+  if (!buf) return NULL;
+  buf[n] = 0;
+  cJSON *o = cJSON_Parse(buf);
+  free(buf);
+  return o;
+}
+
+static int classes_from_meta(srv_model *m, const cJSON *meta) {
+  const cJSON *c = cJSON_GetObjectItemCaseSensitive(meta, "classes");
+  char *v[NN_MAX_CLASSES];
+  uint32_t n = 0;
+  if (cJSON_IsArray(c) && cJSON_GetArraySize(c) <= NN_MAX_CLASSES) {
+    const cJSON *it;
+    cJSON_ArrayForEach(it, c) {
+      if (!cJSON_IsString(it)) break;
+      v[n++] = it->valuestring;
+    }
+  }
+  return set_classes(m, n ? v : NULL, n);
 }
 
 void srv_models_path(srv_models *r, int64_t id, char *buf, size_t len) {
@@ -95,6 +159,15 @@ static int load_one(const srv_model_row *row, void *u) {
   m->test_loss = row->test_loss;
   m->job_id = row->job_id;
   m->created_ms = row->created_ms;
+  char mp[PATH_MAX + 64];
+  snprintf(mp, sizeof mp, "%s/models/%lld.json", c->r->dir, (long long)row->id);
+  cJSON *meta = meta_read(mp);
+  int rc = classes_from_meta(m, meta);
+  cJSON_Delete(meta);
+  if (rc) {
+    model_free(m);
+    return 0;
+  }
   atomic_init(&m->refs, 1);
   insert_sorted(c->r, m);
   return 0;
@@ -140,8 +213,12 @@ static int write_small_atomic(const char *path, const char *text) {
   return rc;
 }
 
-static char *meta_json(const srv_model_row *row) {
+static char *meta_json(const srv_model_row *row, char *const *classes, uint32_t n) {
   cJSON *o = cJSON_CreateObject();
+  if (classes) {
+    cJSON *a = cJSON_AddArrayToObject(o, "classes");
+    for (uint32_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(classes[i]));
+  }
   cJSON_AddNumberToObject(o, "id", (double)row->id);
   cJSON_AddStringToObject(o, "arch", row->arch);
   cJSON_AddStringToObject(o, "dataset", row->dataset);
@@ -195,20 +272,12 @@ static void recover_one(srv_models *r, int64_t id, void (*log)(const char *)) {
   struct stat sb;
   int64_t mtime = stat(path, &sb) == 0 ? (int64_t)sb.st_mtime * 1000 : 0;
   srv_model_row row = {id, nm->arch, "mnist", nm->n_params, NAN, NAN, 0, mtime};
-  char dataset[32] = "mnist";
+  char dataset[72] = "mnist";
   meta_path(r, id, mp, sizeof mp);
-  FILE *f = fopen(mp, "r");
-  cJSON *meta = NULL;
-  if (f) {
-    char buf[4096];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    meta = cJSON_Parse(buf);
-  }
+  cJSON *meta = meta_read(mp);
   const cJSON *ds = cJSON_GetObjectItemCaseSensitive(meta, "dataset");
-  if (cJSON_IsString(ds) &&
-      (!strcmp(ds->valuestring, "mnist") || !strcmp(ds->valuestring, "fashion-mnist")))
+  if (cJSON_IsString(ds) && srv_dataset_name_ok(ds->valuestring) &&
+      strlen(ds->valuestring) < sizeof dataset)
     snprintf(dataset, sizeof dataset, "%s", ds->valuestring);
   row.dataset = dataset;
   if (meta) {
@@ -395,6 +464,13 @@ int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) 
   m->job_id = info->job_id;
   m->created_ms = info->created_ms;
   m->file_bytes = info->file_bytes;
+  /* The built-in set's names, or "0".."k-1" (the primary's uploaded class
+   * names do not travel to replicas yet). */
+  if (set_classes(m, NULL, 0)) {
+    free(m);
+    free(e);
+    return -ENOMEM;
+  }
   atomic_init(&m->refs, 1);
   e->m = m; /* the list's reference */
   e->next = NULL;
@@ -506,7 +582,7 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
   }
   srv_crash_point("model_saved");
   srv_model_row row = {id, nm->arch, dataset, nm->n_params, acc, loss, job_id, now_ms()};
-  if (!(meta = meta_json(&row))) {
+  if (!(meta = meta_json(&row, fin ? fin->classes : NULL, fin ? fin->n_classes : 0))) {
     rc = -ENOMEM;
   } else if ((rc = write_small_atomic(mp, meta)) == 0) {
     int act = should_activate(r, fin ? fin->activate : SRV_ACTIVATE_NEVER, dataset, acc);
@@ -537,6 +613,11 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
   m->test_loss = loss;
   m->job_id = job_id;
   m->created_ms = row.created_ms;
+  if (set_classes(m, fin ? fin->classes : NULL, fin ? fin->n_classes : 0)) {
+    /* The model is recorded; it loads with its names at the next start. */
+    m->classes = NULL;
+    m->n_classes = 0;
+  }
   atomic_init(&m->refs, 1);
   pthread_mutex_lock(&r->mu);
   insert_sorted(r, m);

@@ -23,7 +23,9 @@ typedef struct srv_model {
   /* public, read-only */
   int64_t id;
   nn_model *m;            /* never changes once registered */
-  char arch[32], dataset[32];
+  char arch[32], dataset[72];
+  char **classes;         /* n_classes names, one block; index = output = label */
+  uint32_t n_classes;
   double test_accuracy, test_loss;
   int64_t job_id, created_ms;
   size_t file_bytes;
@@ -86,6 +88,9 @@ typedef struct srv_model_finish {
   srv_activate activate;
   int (*events)(void *u, int64_t model_id, int activated, srv_event_row *ev, size_t *n);
   void *u;
+  char *const *classes;   /* the data set's class names (NULL: "0".."k-1", or the
+                           * built-in set's names); recorded in ID.json */
+  uint32_t n_classes;
 } srv_model_finish;
 
 /* Registers a trained model: writes its file and metadata atomically, then

@@ -66,8 +66,8 @@ static nn_workspace *workspace_for(srv_model *m) {
 
 /* The one chunk loop: runs m over n images (u8 pixels or f32 inputs,
  * exactly one non-NULL) in chunks the workspace takes. Without each, the
- * probabilities of all n images go to probs (n x NN_CLASSES); with it,
- * probs holds one chunk (PREDICT_CHUNK x NN_CLASSES) and each sees every
+ * probabilities of all n images go to probs (n x classes); with it,
+ * probs holds one chunk (PREDICT_CHUNK x classes) and each sees every
  * chunk in turn, off being the index of its first image. */
 typedef void (*chunk_fn)(const float *probs, uint32_t off, uint32_t k, void *u);
 
@@ -75,11 +75,17 @@ static void predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *
                            const float *f32, uint32_t n, float *probs, chunk_fn each, void *u) {
   for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
     uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
-    float *out = each ? probs : probs + (size_t)off * NN_CLASSES;
+    float *out = each ? probs : probs + (size_t)off * nn_model_classes(m->m);
     if (u8) nn_predict_u8(m->m, ws, u8 + (size_t)off * NN_IMAGE_SIZE, k, out);
     else nn_predict_f32(m->m, ws, f32 + (size_t)off * NN_IMAGE_SIZE, k, out);
     if (each) each(probs, off, k, u);
   }
+}
+
+/* A model's name for output k (its data set's class; "?" only if the
+ * names could not be allocated). */
+static const char *model_class(const srv_model *m, int k) {
+  return m->classes && k >= 0 && (uint32_t)k < m->n_classes ? m->classes[k] : "?";
 }
 
 static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
@@ -163,7 +169,8 @@ enum MHD_Result h_predict(req *r) {
     return srv_send_error(r, status, "%s", msg);
   }
   const uint8_t *images = px ? px : one;
-  float *probs = malloc((size_t)n * NN_CLASSES * sizeof(float));
+  const uint32_t K = nn_model_classes(m->m);
+  float *probs = malloc((size_t)n * K * sizeof(float));
   nn_workspace *ws = workspace_for(m);
   if (!probs || !ws) {
     free(px);
@@ -177,14 +184,15 @@ enum MHD_Result h_predict(req *r) {
   cJSON_AddNumberToObject(d, "model", (double)m->id);
   cJSON *preds = cJSON_AddArrayToObject(d, "predictions");
   for (uint32_t i = 0; i < n; i++) {
-    const float *p = probs + (size_t)i * NN_CLASSES;
-    int label = nn_argmax(p);
+    const float *p = probs + (size_t)i * K;
+    int label = nn_argmax_n(p, K);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "label", label);
+    cJSON_AddStringToObject(o, "class", model_class(m, label));
     cJSON_AddNumberToObject(o, "confidence", round(p[label] * 1e6) / 1e6);
-    double pr[NN_CLASSES];
-    for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(p[k] * 1e6) / 1e6;
-    cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, NN_CLASSES));
+    double pr[NN_MAX_CLASSES];
+    for (uint32_t k = 0; k < K; k++) pr[k] = round(p[k] * 1e6) / 1e6;
+    cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, (int)K));
     cJSON_AddBoolToObject(o, "empty",
                           px ? srv_image_is_empty(images + (size_t)i * NN_IMAGE_SIZE) : empty);
     if (explain) {
@@ -214,7 +222,8 @@ enum MHD_Result h_tfs_predict(req *r) {
     return srv_send_error(r, status, "%s", msg);
   }
   nn_workspace *ws = workspace_for(m);
-  float *probs = malloc((size_t)n * NN_CLASSES * sizeof(float));
+  const uint32_t K = nn_model_classes(m->m);
+  float *probs = malloc((size_t)n * K * sizeof(float));
   if (!ws || !probs) {
     free(x);
     free(probs);
@@ -226,9 +235,9 @@ enum MHD_Result h_tfs_predict(req *r) {
   srv_model_unref(m);
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "predictions");
   for (uint32_t i = 0; i < n; i++) {
-    double pr[NN_CLASSES];
-    for (int k = 0; k < NN_CLASSES; k++) pr[k] = round(probs[i * NN_CLASSES + k] * 1e6) / 1e6;
-    cJSON_AddItemToArray(a, cJSON_CreateDoubleArray(pr, NN_CLASSES));
+    double pr[NN_MAX_CLASSES];
+    for (uint32_t k = 0; k < K; k++) pr[k] = round(probs[(size_t)i * K + k] * 1e6) / 1e6;
+    cJSON_AddItemToArray(a, cJSON_CreateDoubleArray(pr, (int)K));
   }
   free(probs);
   free(x);
@@ -246,7 +255,9 @@ cJSON *srv_pixels_json(const uint8_t *px) {
 /* Evaluation's running totals, fed one chunk at a time. */
 typedef struct eval_acc {
   const nn_dataset *ds;
-  int conf[NN_CLASSES][NN_CLASSES];
+  const srv_model *m;
+  uint32_t K;       /* the model's classes */
+  int *conf;        /* K x K */
   uint32_t correct, misses;
   cJSON *mis;
 } eval_acc;
@@ -254,9 +265,9 @@ typedef struct eval_acc {
 static void eval_chunk(const float *probs, uint32_t off, uint32_t k, void *u) {
   eval_acc *a = u;
   for (uint32_t i = 0; i < k; i++) {
-    const float *p = probs + (size_t)i * NN_CLASSES;
-    int y = a->ds->labels[off + i], yh = nn_argmax(p);
-    a->conf[y][yh]++;
+    const float *p = probs + (size_t)i * a->K;
+    int y = a->ds->labels[off + i] < a->K ? a->ds->labels[off + i] : 0, yh = nn_argmax_n(p, a->K);
+    a->conf[(size_t)y * a->K + yh]++;
     a->correct += y == yh;
     if (y == yh || a->misses >= EVAL_MISSES) continue;
     a->misses++;
@@ -264,6 +275,8 @@ static void eval_chunk(const float *probs, uint32_t off, uint32_t k, void *u) {
     cJSON_AddNumberToObject(o, "index", off + i);
     cJSON_AddNumberToObject(o, "label", y);
     cJSON_AddNumberToObject(o, "predicted", yh);
+    cJSON_AddStringToObject(o, "label_class", model_class(a->m, y));
+    cJSON_AddStringToObject(o, "predicted_class", model_class(a->m, yh));
     cJSON_AddNumberToObject(o, "confidence", round(p[yh] * 1e4) / 1e4);
     cJSON_AddItemToObject(o, "pixels",
                           srv_pixels_json(a->ds->images + (size_t)(off + i) * NN_IMAGE_SIZE));
@@ -274,12 +287,15 @@ static void eval_chunk(const float *probs, uint32_t off, uint32_t k, void *u) {
 /* The evaluation document of m on its data set's test split, or NULL when
  * out of memory. */
 static cJSON *evaluate(srv_model *m, const nn_dataset *ds) {
-  float *probs = malloc(PREDICT_CHUNK * NN_CLASSES * sizeof(float));
+  const uint32_t K = nn_model_classes(m->m);
+  float *probs = malloc(PREDICT_CHUNK * K * sizeof(float));
   nn_workspace *ws = workspace_for(m);
-  eval_acc a = {.ds = ds, .mis = cJSON_CreateArray()};
+  eval_acc a = {.ds = ds, .m = m, .K = K, .conf = calloc((size_t)K * K, sizeof(int)),
+                .mis = cJSON_CreateArray()};
   cJSON *d = cJSON_CreateObject();
-  if (!probs || !ws || !a.mis || !d) {
+  if (!probs || !ws || !a.mis || !d || !a.conf) {
     free(probs);
+    free(a.conf);
     cJSON_Delete(a.mis);
     cJSON_Delete(d);
     return NULL;
@@ -291,8 +307,11 @@ static cJSON *evaluate(srv_model *m, const nn_dataset *ds) {
   cJSON_AddNumberToObject(d, "accuracy", round(1e6 * a.correct / ds->n) / 1e6);
   cJSON_AddNumberToObject(d, "images", ds->n);
   cJSON *cm = cJSON_AddArrayToObject(d, "confusion");
-  for (int y = 0; y < NN_CLASSES; y++)
-    cJSON_AddItemToArray(cm, cJSON_CreateIntArray(a.conf[y], NN_CLASSES));
+  for (uint32_t y = 0; y < K; y++)
+    cJSON_AddItemToArray(cm, cJSON_CreateIntArray(a.conf + (size_t)y * K, (int)K));
+  cJSON *cn = cJSON_AddArrayToObject(d, "classes");
+  for (uint32_t y = 0; y < K; y++) cJSON_AddItemToArray(cn, cJSON_CreateString(model_class(m, (int)y)));
+  free(a.conf);
   cJSON_AddItemToObject(d, "misclassified", a.mis);
   return d;
 }

@@ -32,6 +32,9 @@ struct req {
   int bad_target;         /* 400 (%00 in it) or 414 (too many query parameters) */
   int route;              /* index into srv_route_table, or STATIC/NOT_FOUND */
   int64_t id;             /* the :id of the path */
+  char name[72];          /* the :name of the path (a data set) */
+  srv_ds_upload *upload;  /* POST /v1/datasets: the body, streamed to a file */
+  int upload_err;         /* first error writing it (-E2BIG, -ENOSPC, -EIO) */
   char *body;
   size_t len, cap;
   int too_big;
@@ -112,6 +115,17 @@ enum MHD_Result h_tfs_predict(req *r); /* srv_predict.c */
 enum MHD_Result h_evaluation(req *r);  /* srv_predict.c */
 enum MHD_Result h_metrics(req *r);     /* srv_metrics.c */
 enum MHD_Result h_static(req *r);      /* srv_http.c: the fallback for every GET no route takes */
+/* srv_dataset_routes.c (issue 13): uploaded data sets */
+enum MHD_Result h_datasets(req *r);
+enum MHD_Result h_dataset_create(req *r);
+enum MHD_Result h_dataset(req *r);
+enum MHD_Result h_dataset_delete(req *r);
+enum MHD_Result h_dataset_sample(req *r);
+enum MHD_Result h_sample(req *r);
+/* The checks of an upload that need no body (name, type, size), run when
+ * its head arrives; opens r->upload. MHD_YES with r->status still 0 means
+ * "go on, stream the body". */
+enum MHD_Result srv_dataset_upload_head(req *r);
 
 /* The 784 pixels of one image as a JSON array of numbers (srv_predict.c);
  * NULL when out of memory. */

@@ -47,20 +47,6 @@ static enum MHD_Result h_readyz(req *r) {
   return srv_send_json(r, 200, d);
 }
 
-static enum MHD_Result h_datasets(req *r) {
-  cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "datasets");
-  static const char *names[] = {"mnist", "fashion-mnist"};
-  for (size_t i = 0; i < 2; i++) {
-    uint32_t tr, te;
-    if (srv_data_count(r->S->data, names[i], &tr, &te)) continue;
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "name", names[i]);
-    cJSON_AddNumberToObject(o, "train", tr);
-    cJSON_AddNumberToObject(o, "test", te);
-    cJSON_AddItemToArray(a, o);
-  }
-  return srv_send_json(r, 200, d);
-}
 
 static enum MHD_Result h_architectures(req *r) {
   return srv_send_json(r, 200, srv_architectures_json());
@@ -160,6 +146,8 @@ static cJSON *model_json(const srv_model *m, int active) {
   cJSON_AddStringToObject(o, "created_at", srv_iso8601(m->created_ms, t, sizeof t));
   cJSON_AddNumberToObject(o, "file_bytes", (double)m->file_bytes);
   cJSON_AddBoolToObject(o, "active", active);
+  cJSON *c = cJSON_AddArrayToObject(o, "classes");
+  for (uint32_t k = 0; k < m->n_classes; k++) cJSON_AddItemToArray(c, cJSON_CreateString(m->classes[k]));
   return o;
 }
 
@@ -257,35 +245,6 @@ static enum MHD_Result h_model_delete(req *r) {
 
 /* ---- samples and evaluation */
 
-static enum MHD_Result h_sample(req *r) {
-  const char *name = srv_query(r, "dataset");
-  if (!name) name = "mnist";
-  if (strcmp(name, "mnist") && strcmp(name, "fashion-mnist"))
-    return srv_send_error(r, 400, "dataset must be mnist or fashion-mnist");
-  const nn_dataset *ds;
-  char msg[512];
-  if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg))
-    return srv_send_error(r, 404, "%s", msg);
-  static _Thread_local unsigned seed;
-  if (!seed) seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;
-  uint32_t idx = (uint32_t)rand_r(&seed) % ds->n;
-  const char *q = srv_query(r, "index");
-  if (q) {
-    uint64_t v;
-    if (srv_parse_dec(q, (uint64_t)ds->n - 1, &v)) {
-      srv_data_put(r->S->data, name, NN_SPLIT_TEST);
-      return srv_send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
-    }
-    idx = (uint32_t)v;
-  }
-  cJSON *d = cJSON_CreateObject();
-  cJSON_AddStringToObject(d, "dataset", name);
-  cJSON_AddNumberToObject(d, "index", idx);
-  cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
-  cJSON_AddItemToObject(d, "pixels", srv_pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
-  srv_data_put(r->S->data, name, NN_SPLIT_TEST);
-  return srv_send_json(r, 200, d);
-}
 
 /* ---------------------------------------------------------------- routing */
 
@@ -346,6 +305,10 @@ const route srv_route_table[] = {
     {"GET", "/readyz", h_readyz, 0},
     {"GET", "/metrics", h_metrics, 0},
     {"GET", "/v1/datasets", h_datasets, 0},
+    {"POST", "/v1/datasets", h_dataset_create, 1},
+    {"GET", "/v1/datasets/:name", h_dataset, 0},
+    {"DELETE", "/v1/datasets/:name", h_dataset_delete, 1},
+    {"GET", "/v1/datasets/:name/samples/random", h_dataset_sample, 0},
     {"GET", "/v1/architectures", h_architectures, 0},
     {"POST", "/v1/architectures/validate", h_architecture_validate, 0},
     {"POST", "/v1/jobs", h_job_create, 1},

@@ -55,12 +55,21 @@ static const char SERVE_HELP[] =
     "  --follow URL              run as a read-only replica of the mnistd at URL\n"
     "                            (http://HOST:PORT): serve its active model, train\n"
     "                            nothing, keep no state (docs/replicas.md)\n"
-    "  --follow-token-file FILE  the primary's API token, sent by the replica\n";
+    "  --follow-token-file FILE  the primary's API token, sent by the replica\n"
+    "Uploaded data sets (POST /v1/datasets):\n"
+    "  --max-dataset-upload BYTES   largest upload (default 536870912 = 512 MiB)\n"
+    "  --max-dataset-images N       images per data set (default 1000000)\n"
+    "  --max-dataset-classes N      classes per data set, 2..256 (default 256)\n"
+    "  --max-archive-bytes BYTES    bytes an archive may unpack to (default 2 GiB)\n"
+    "  --max-archive-entries N      entries in an archive (default 2000000)\n"
+    "  --max-image-file-bytes BYTES one image file in an archive (default 16 MiB)\n"
+    "  --max-datasets-bytes BYTES   disk for all uploaded data sets (default 4 GiB)\n";
 
 enum {
   O_LISTEN = 1, O_STATE, O_DATA, O_WEB, O_TOKEN, O_TOKEN_FILE, O_MAX_BODY, O_THREADS,
   O_TRAIN_THREADS, O_MAX_JOBS, O_CONN_LIMIT, O_CONN_TIMEOUT, O_LOG, O_NO_BOOT, O_HELP,
-  O_PER_IP, O_HEAD_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_FOLLOW, O_FOLLOW_TOKEN_FILE
+  O_PER_IP, O_HEAD_TIMEOUT, O_ALLOW_ORIGIN, O_ALLOW_HOST, O_FOLLOW, O_FOLLOW_TOKEN_FILE,
+  O_DS_UPLOAD, O_DS_IMAGES, O_DS_CLASSES, O_DS_ARCH_BYTES, O_DS_ENTRIES, O_DS_IMG_BYTES, O_DS_QUOTA
 };
 
 static const struct option OPTS[] = {
@@ -71,6 +80,13 @@ static const struct option OPTS[] = {
     {"api-token", required_argument, 0, O_TOKEN},
     {"api-token-file", required_argument, 0, O_TOKEN_FILE},
     {"max-body", required_argument, 0, O_MAX_BODY},
+    {"max-dataset-upload", required_argument, 0, O_DS_UPLOAD},
+    {"max-dataset-images", required_argument, 0, O_DS_IMAGES},
+    {"max-dataset-classes", required_argument, 0, O_DS_CLASSES},
+    {"max-archive-bytes", required_argument, 0, O_DS_ARCH_BYTES},
+    {"max-archive-entries", required_argument, 0, O_DS_ENTRIES},
+    {"max-image-file-bytes", required_argument, 0, O_DS_IMG_BYTES},
+    {"max-datasets-bytes", required_argument, 0, O_DS_QUOTA},
     {"threads", required_argument, 0, O_THREADS},
     {"train-threads", required_argument, 0, O_TRAIN_THREADS},
     {"max-running-jobs", required_argument, 0, O_MAX_JOBS},
@@ -156,6 +172,43 @@ static int add_list(char *list, size_t size, const char *v, const char *flag) {
   return 0;
 }
 
+/* The upload limits: each a positive number within a sane range. */
+static int apply_ds(srv_config *c, int o, const char *v) {
+  static const struct {
+    int o;
+    const char *flag;
+    long min, max;
+  } R[] = {{O_DS_UPLOAD, "--max-dataset-upload", 1024, 1L << 40},
+           {O_DS_IMAGES, "--max-dataset-images", 1, 16000000},
+           {O_DS_CLASSES, "--max-dataset-classes", 2, NN_MAX_CLASSES},
+           {O_DS_ARCH_BYTES, "--max-archive-bytes", 1024, 1L << 42},
+           {O_DS_ENTRIES, "--max-archive-entries", 1, 100000000},
+           {O_DS_IMG_BYTES, "--max-image-file-bytes", 64, 1L << 30},
+           {O_DS_QUOTA, "--max-datasets-bytes", 0, 1L << 50}};
+  long n;
+  for (size_t i = 0; i < sizeof R / sizeof *R; i++) {
+    if (R[i].o != o) continue;
+    if (srv_parse_long(v, R[i].min, R[i].max, &n)) {
+      char m[160];
+      snprintf(m, sizeof m, "%s must be a number from %ld to %ld, not '%.40s'", R[i].flag,
+               R[i].min, R[i].max, v);
+      return usage("%s", m);
+    }
+    srv_ds_config *d = &c->datasets;
+    uint64_t u = (uint64_t)n;
+    switch (o) {
+    case O_DS_UPLOAD: d->max_body = u; break;
+    case O_DS_IMAGES: d->lim.max_images = u; break;
+    case O_DS_CLASSES: d->lim.max_classes = (uint32_t)u; break;
+    case O_DS_ARCH_BYTES: d->lim.max_archive_bytes = u; break;
+    case O_DS_ENTRIES: d->lim.max_entries = u; break;
+    case O_DS_IMG_BYTES: d->lim.max_image_bytes = u; break;
+    default: d->quota = u; break;
+    }
+  }
+  return 0;
+}
+
 /* Applies one option (from the command line or its MNISTD_* variable):
  * 0, or the usage() exit status with a message naming the option. */
 static int apply(srv_config *c, int opt, const char *v) {
@@ -215,6 +268,13 @@ static int apply(srv_config *c, int opt, const char *v) {
     if (srv_parse_long(v, 1, 3600, &n)) return usage("--head-timeout must be 1..3600, not '%s'", v);
     c->head_timeout = (int)n;
     break;
+  case O_DS_UPLOAD:
+  case O_DS_IMAGES:
+  case O_DS_CLASSES:
+  case O_DS_ARCH_BYTES:
+  case O_DS_ENTRIES:
+  case O_DS_IMG_BYTES:
+  case O_DS_QUOTA: return apply_ds(c, opt, v);
   case O_ALLOW_ORIGIN: return add_list(c->allow_origin, sizeof c->allow_origin, v, "--allow-origin");
   case O_ALLOW_HOST: return add_list(c->allow_host, sizeof c->allow_host, v, "--allow-host");
   case O_LOG:
@@ -244,6 +304,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv) {
   c->conn_timeout = 30;
   c->per_ip_limit = 128;
   c->head_timeout = 10;
+  srv_ds_config_default(&c->datasets);
   /* Environment first: MNISTD_ + the flag in upper snake case. */
   for (const struct option *o = OPTS; o->name; o++) {
     if (o->val == O_HELP) continue;
@@ -420,6 +481,14 @@ int srv_serve_main(int argc, char **argv) {
     goto out;
   }
   if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) goto out;
+  /* A replica keeps no state: no uploaded data sets either. */
+  if (!replica && (rc = srv_datasets_open(&S.datasets, S.store, S.cfg.state_dir,
+                                          &S.cfg.datasets, jobs_log))) {
+    fprintf(stderr, "mnistd serve: cannot open the data sets under %s/datasets: %s\n",
+            S.cfg.state_dir, strerror(-rc));
+    goto out;
+  }
+  srv_data_attach(S.data, S.datasets);
   uint32_t tr, te;
   if (srv_data_count(S.data, "mnist", &tr, &te)) {
     snprintf(msg, sizeof msg, "no MNIST under %s (run 'make data' or set --data-dir)",
@@ -478,6 +547,7 @@ out:
   S.jobs = NULL;
   srv_models_close(S.models);
   srv_data_close(S.data);
+  srv_datasets_close(S.datasets);
   srv_store_close(S.store);
   srv_events_free(S.events);
   if (S_lock_fd >= 0) close(S_lock_fd);

@@ -57,7 +57,8 @@ static const char SCHEMA[] =
     " parameters INTEGER NOT NULL, test_accuracy REAL, test_loss REAL,"
     " job_id INTEGER, created_ms INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS job_seq (job INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS job_seq (job INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, info TEXT NOT NULL);";
 
 static int map_rc(int rc) {
   switch (rc & 0xff) {
@@ -648,6 +649,39 @@ int srv_store_setting_get(srv_store *s, const char *key, char *buf, size_t len) 
     } else if (rc == SQLITE_DONE) {
       rc = SQLITE_NOTFOUND;
     }
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+/* ---------------------------------------------------------------- data sets */
+
+int srv_store_dataset_put(srv_store *s, const char *name, const char *info_json) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "INSERT OR REPLACE INTO datasets (name, info) VALUES (?, ?)", "tt",
+                       name, info_json);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_dataset_delete(srv_store *s, const char *name) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "DELETE FROM datasets WHERE name=?", "t", name);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_datasets_each(srv_store *s, int (*cb)(const char *name, const char *info, void *u),
+                            void *u) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db, "SELECT name, info FROM datasets ORDER BY name", -1, &st,
+                              NULL);
+  if (rc == SQLITE_OK) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+      if (cb(col_text(st, 0), col_text(st, 1), u)) break;
+    if (rc == SQLITE_ROW) rc = SQLITE_OK;
     sqlite3_finalize(st);
   }
   pthread_mutex_unlock(&s->mu);

@@ -154,4 +154,12 @@ int srv_store_models_each(srv_store *s, int (*cb)(const srv_model_row *m, void *
 int srv_store_setting_set(srv_store *s, const char *key, const char *value);
 int srv_store_setting_get(srv_store *s, const char *key, char *buf, size_t len);
 
+/* Uploaded data sets: one row per name with its description as JSON (the
+ * file STATE/datasets/NAME.mds holds the images). put inserts or replaces;
+ * each walks the rows in name order (a non-zero return stops it). */
+int srv_store_dataset_put(srv_store *s, const char *name, const char *info_json);
+int srv_store_dataset_delete(srv_store *s, const char *name);
+int srv_store_datasets_each(srv_store *s, int (*cb)(const char *name, const char *info, void *u),
+                            void *u);
+
 #endif

@@ -307,9 +307,9 @@ int srv_job_config_parse(const char *body, size_t len, srv_job_config *c, char *
     } else if (!strcmp(k, "augment")) {
       if ((rc = srv_augment_from_json(f, &c->augment, msg, msglen))) break;
     } else if (!strcmp(k, "dataset")) {
-      if (!cJSON_IsString(f) ||
-          (strcmp(f->valuestring, "mnist") && strcmp(f->valuestring, "fashion-mnist"))) {
-        rc = fail(msg, msglen, "%s must be \"mnist\" or \"fashion-mnist\"", "dataset");
+      if (!cJSON_IsString(f) || !srv_dataset_name_ok(f->valuestring)) {
+        rc = fail(msg, msglen, "%s must be \"mnist\", \"fashion-mnist\" or the name of an "
+                  "uploaded data set (see GET /v1/datasets)", "dataset");
         break;
       }
       snprintf(c->dataset, sizeof c->dataset, "%s", f->valuestring);
@@ -567,4 +567,16 @@ int srv_tfs_parse(const char *body, size_t len, float **x, uint32_t *n, char *ms
 out:
   cJSON_Delete(root);
   return rc;
+}
+
+int srv_dataset_name_ok(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 64) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    int ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+             (i > 0 && (c == '.' || c == '_' || c == '-'));
+    if (!ok) return 0;
+  }
+  return 1;
 }

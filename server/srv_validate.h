@@ -14,7 +14,7 @@ typedef enum { SRV_ACTIVATE_IF_BETTER = 0, SRV_ACTIVATE_ALWAYS, SRV_ACTIVATE_NEV
 
 typedef struct srv_job_config {
   char arch[16];          /* antirectifier | relu | cnn | custom */
-  char dataset[16];       /* mnist | fashion-mnist */
+  char dataset[72];       /* mnist | fashion-mnist | an uploaded set's name */
   uint32_t epochs;        /* 1..1000, default 4 */
   uint32_t batch_size;    /* 1..4096, default 128 */
   nn_opt_kind optimizer;  /* default rmsprop */
@@ -89,5 +89,8 @@ size_t srv_text_clean(char *dst, size_t dstlen, const char *src, size_t srclen, 
  * siblings) as a raw literal, so cJSON prints it digit for digit. */
 struct cJSON;
 void srv_json_exact_ints(struct cJSON *node);
+
+/* 1 if name is a valid data set name: [a-z0-9][a-z0-9._-]{0,63}. */
+int srv_dataset_name_ok(const char *name);
 
 #endif

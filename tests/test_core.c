@@ -140,12 +140,23 @@ static void test_model_create_rejects(void **state) {
                               {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
   nn_layer_spec nan_rate[] = {{.type = NN_LAYER_DROPOUT, .units = 0, .rate = NAN}, {.type = NN_LAYER_DENSE, .units = 10, .rate = 0},
                               {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
-  nn_layer_spec wrong_classes[] = {{.type = NN_LAYER_DENSE, .units = 9, .rate = 0}, {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
+  /* The output layer has one unit per class: 2..NN_MAX_CLASSES. */
+  nn_layer_spec one_class[] = {{.type = NN_LAYER_DENSE, .units = 1}, {.type = NN_LAYER_SOFTMAX}};
+  nn_layer_spec too_many[] = {{.type = NN_LAYER_DENSE, .units = NN_MAX_CLASSES + 1},
+                              {.type = NN_LAYER_SOFTMAX}};
   assert_int_equal(nn_model_create(&m, "x", 784, no_softmax, 1), NN_EINVAL);
   assert_int_equal(nn_model_create(&m, "x", 784, bad_rate, 3), NN_EINVAL);
   assert_int_equal(nn_model_create(&m, "x", 784, nan_rate, 3), NN_EINVAL);
-  assert_int_equal(nn_model_create(&m, "x", 784, wrong_classes, 2), NN_EINVAL);
+  assert_int_equal(nn_model_create(&m, "x", 784, one_class, 2), NN_EINVAL);
+  assert_int_equal(nn_model_create(&m, "x", 784, too_many, 2), NN_EINVAL);
+  assert_int_equal(nn_model_create_preset_classes(&m, "antirectifier", 1), NN_EINVAL);
   assert_null(m);
+  /* 3 classes: the preset's last layer is 3 wide, predictions write 3. */
+  assert_int_equal(nn_model_create_preset_classes(&m, "antirectifier", 3), 0);
+  assert_int_equal(nn_model_classes(m), 3);
+  assert_int_equal(m->n_params, 337418 - 7 * 513); /* 7 fewer outputs of a 512-wide layer */
+  nn_model_free(m);
+  m = NULL;
 }
 
 /* A small network with every layer type, for gradient checks. */

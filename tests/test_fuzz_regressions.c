@@ -42,6 +42,8 @@
 #include "fuzz/fuzz_image.c"
 #include "fuzz/fuzz_jobconfig.c"
 #include "fuzz/fuzz_predict.c"
+#include "fuzz/fuzz_dscsv.c"
+#include "fuzz/fuzz_dsarchive.c"
 
 typedef struct fuzz_target {
   const char *name; /* also the corpus directory name */
@@ -51,7 +53,7 @@ typedef struct fuzz_target {
 static const fuzz_target TARGETS[] = {
     {"idx", fuzz_idx},     {"model", fuzz_model},         {"png", fuzz_png},
     {"pgm", fuzz_pgm},     {"image", fuzz_image},         {"jobconfig", fuzz_jobconfig},
-    {"predict", fuzz_predict},
+    {"predict", fuzz_predict}, {"dscsv", fuzz_dscsv},    {"dsarchive", fuzz_dsarchive},
 };
 #define N_TARGETS (sizeof TARGETS / sizeof *TARGETS)
 

@@ -52,7 +52,7 @@ static void test_spec_errors(void **state) {
   assert_int_equal(np, 4 * 9 + 4 + 4 * 25 * 4 + 4 + 4 * 4 * 4 * 10 + 10);
 
   nn_layer_spec last[] = {FLAT, DENSE(12)};
-  expect_spec_error(last, 2, 0, NN_EINVAL, "layers[1] dense: the last layer must be dense with 10");
+  expect_spec_error(last, 2, 0, NN_EINVAL, "layers[1] dense: 12 units, but the data set has 10 classes");
   nn_layer_spec stride[] = {CONV(4, 3, 3, NN_PAD_VALID, 0), FLAT, DENSE(10)};
   expect_spec_error(stride, 3, 0, NN_EINVAL, "layers[0] conv2d: stride must be 1 or 2");
   nn_layer_spec pool[] = {POOL(29, 0), FLAT, DENSE(10)};

@@ -59,7 +59,7 @@ static void test_job_config_table(void **state) {
       {"{\"batch_size\":5000}", -EINVAL, "batch_size"},
       {"{\"arch\":\"lenet\"}", -EINVAL, "arch"},
       {"{\"arch\":1}", -EINVAL, "arch"},
-      {"{\"dataset\":\"cifar\"}", -EINVAL, "dataset"},
+      {"{\"dataset\":\"Cifar/10\"}", -EINVAL, "dataset"}, /* not a data set name */
       {"{\"seed\":-1}", -EINVAL, "seed"},
       {"{\"activate\":\"sometimes\"}", -EINVAL, "activate"},
       {"{\"train_limit\":0}", -EINVAL, "train_limit"},
@@ -346,7 +346,7 @@ static void test_nan_never_stored(void **state) {
   double acc[8] = {0};
   assert_int_equal(srv_store_models_each(st, count_rows, acc), 0);
   assert_true(isnan(acc[5]));
-  srv_model_finish fin = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  srv_model_finish fin = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL, NULL, 0};
   /* model 5 has no file here; register a real one with unknown accuracy
    * through a reopen: write its file first. */
   char path[512];
@@ -380,7 +380,7 @@ static void *add_thread(void *u) {
   adder *a = u;
   char msg[256];
   int64_t id;
-  srv_model_finish fin = {NULL, SRV_ACTIVATE_IF_BETTER, NULL, NULL};
+  srv_model_finish fin = {NULL, SRV_ACTIVATE_IF_BETTER, NULL, NULL, NULL, 0};
   a->rc = srv_models_add(a->r, tiny_model(3), "mnist", a->acc, 0.5, 0, &fin, &id, &a->activated,
                          msg, sizeof msg);
   return NULL;
@@ -397,7 +397,7 @@ static void test_if_better_is_atomic(void **state) {
   assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
   int64_t base;
   int act;
-  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL, NULL, 0};
   assert_int_equal(srv_models_add(r, tiny_model(2), "mnist", 0.5, 1, 0, &always, &base, &act, msg,
                                   sizeof msg), 0);
   for (int round = 0; round < 12; round++) {
@@ -443,7 +443,7 @@ static void test_damaged_database_recovery(void **state) {
     assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
     int64_t id1, id2;
     int act;
-    srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+    srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL, NULL, 0};
     assert_int_equal(srv_models_add(r, tiny_model(4), "fashion-mnist", 0.61, 1.5, 0, &always,
                                     &id1, &act, msg, sizeof msg), 0);
     assert_int_equal(srv_models_add(r, tiny_model(5), "mnist", 0.93, 0.25, 7, &always, &id2,
@@ -547,7 +547,7 @@ static void test_registry_lock_not_held_across_sqlite(void **state) {
   assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
   int64_t a, b, c;
   int act;
-  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL};
+  srv_model_finish always = {NULL, SRV_ACTIVATE_ALWAYS, NULL, NULL, NULL, 0};
   assert_int_equal(srv_models_add(r, tiny_model(7), "mnist", 0.5, 1, 0, &always, &a, &act, msg,
                                   sizeof msg), 0);
   assert_int_equal(srv_models_add(r, tiny_model(8), "mnist", 0.6, 1, 0, NULL, &b, &act, msg,

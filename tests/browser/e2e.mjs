@@ -17,7 +17,7 @@ const OUT = process.argv[3] || 'tests/out';
 // so a test run leaves the tree clean; the full-size one always goes to the output folder.
 const DOC_SHOT = process.env.MNISTD_SCREENSHOT_DOC ?? '';
 const EXECUTABLE = process.env.CHROMIUM || '/usr/bin/chromium';
-const DEADLINE_MS = Number(process.env.E2E_DEADLINE_MS || 170000);
+const DEADLINE_MS = Number(process.env.E2E_DEADLINE_MS || 230000);
 const DRAWN = ['1', '0', '7', '4', '2', '3', '5'];
 
 fs.mkdirSync(OUT, { recursive: true });
@@ -523,6 +523,48 @@ try {
     await phone.screenshot({ path: path.join(OUT, 'screenshot-360.png'), fullPage: true });
   });
   await mobile.close();
+
+  // ------------------------------------------------------------ own data (issue 13)
+  if (process.env.E2E_DATASET_ZIP) {
+    const dctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    dctx.setDefaultTimeout(60000);
+    const dp = await dctx.newPage();
+    watchConsole(dp, 'data');
+    await check('Data: upload a PNG-folder zip, train one epoch on it, predictions name its classes', dp, async () => {
+      await dp.goto(BASE);
+      await dp.waitForSelector('#status[data-state="ready"]');
+      await dp.fill('#upload-name', 'digits3');
+      await dp.setInputFiles('#upload-file', process.env.E2E_DATASET_ZIP);
+      await dp.click('#upload-start');
+      await dp.waitForFunction(() => /Data set digits3/.test(document.querySelector('#upload-msg').textContent));
+      const card = dp.locator('#datasets-list li[data-name="digits3"]');
+      await card.waitFor();
+      assert(/one, seven, zero/.test(await card.textContent()), 'the class names are not listed');
+      await dp.waitForFunction(() => document.querySelectorAll('#datasets-list li[data-name="digits3"] .strip canvas').length > 0);
+      await dp.waitForSelector('#dataset option[value="digits3"]', { state: 'attached' });
+      await dp.selectOption('#dataset', 'digits3');
+      await fillForm(dp, { epochs: 1, limit: 0, activate: 'always' });
+      await dp.click('#start');
+      let model = null;
+      for (let i = 0; i < 120 && !model; i++) {
+        const ms = await apiJson(dp, 'v1/models');
+        model = (ms.models || []).find((m) => m.dataset === 'digits3' && m.active);
+        if (!model) await dp.waitForTimeout(500);
+      }
+      assert(model, 'no active model trained on digits3');
+      assert(model.classes.join(',') === 'one,seven,zero', `model classes ${model.classes}`);
+      await dp.reload();
+      await dp.waitForSelector('#status[data-state="ready"]');
+      await dp.click('#sample');
+      await dp.waitForFunction(() => ['one', 'seven', 'zero'].includes(document.querySelector('#prediction-name').textContent));
+      const bars = await dp.locator('#probs li').count();
+      assert(bars === 3, `${bars} probability bars for a 3-class model`);
+      const names = await dp.locator('#probs li .name').allTextContents();
+      assert(names.join(',') === 'one,seven,zero', `bar names ${names}`);
+      await dp.screenshot({ path: path.join(OUT, 'screenshot-data.png'), fullPage: true });
+    });
+    await dctx.close();
+  }
 
   // ------------------------------------------------------------ console
   await check('no console errors or uncaught exceptions', null, async () => {

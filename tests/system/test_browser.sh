@@ -102,7 +102,12 @@ for _ in $(seq 50); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; d
 curl -sf "$BASE/readyz" >/dev/null || fail "/readyz is not 200 after training"
 echo "model: job $id succeeded"
 
-timeout 200 node tests/browser/e2e.mjs "$BASE/" "$OUT"
+# A small PNG-folder zip made from real MNIST digits, for the Data panel's
+# upload check (issue 13).
+python3 tests/datasets/make_uploads.py three-zip "$T/three.zip" "$DATA/mnist" 150 || fail "cannot make the upload zip"
+export E2E_DATASET_ZIP="$T/three.zip"
+
+timeout 260 node tests/browser/e2e.mjs "$BASE/" "$OUT"
 rc=$?
 if [ $rc -ne 0 ]; then
   # Keep the daemons' logs next to the failure screenshots; the summary line stays last.

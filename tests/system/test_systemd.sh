@@ -213,7 +213,7 @@ if [ "$LIVE" = 1 ]; then
     echo 'LABEL org.opencontainers.image.title="mnistd-systemd-test"'
     echo 'RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \'
     echo '      systemd systemd-sysv curl libmicrohttpd12 libcjson1 libuv1 libdnnl2 \'
-    echo '      zlib1g libsqlite3-0 libspng0 libsystemd0 libprotobuf-c1 && apt-get clean && rm -rf /var/lib/apt/lists/*'
+    echo '      zlib1g libsqlite3-0 libspng0 libsystemd0 libprotobuf-c1 libarchive13 libnettle8 && apt-get clean && rm -rf /var/lib/apt/lists/*'
     echo 'COPY root/ /'
     echo 'RUN systemctl enable mnistd.service && systemctl mask systemd-logind.service getty.target'
     echo 'STOPSIGNAL SIGRTMIN+3'

@@ -124,3 +124,49 @@ export const randomSample = (dataset) => api(`v1/samples/random${query({ dataset
 export const predictPng = (blob) => api('v1/predict?explain=1', { method: 'POST', body: blob, type: 'image/png' });
 /** POST /v1/predict?explain=1 with 784 MNIST pixels (0 = background). */
 export const predictPixels = (pixels) => api('v1/predict?explain=1', { method: 'POST', json: { image: pixels } });
+
+// ------------------------------------------------------------ data sets
+/** GET /v1/datasets/NAME: one data set's description. */
+export const getDataset = (name) => api(`v1/datasets/${enc(name)}`);
+/** DELETE /v1/datasets/NAME (409 while a job uses it; built-ins refused). */
+export const deleteDataset = (name) => api(`v1/datasets/${enc(name)}`, { method: 'DELETE' });
+/** GET /v1/datasets/NAME/samples/random: {label, class, pixels}. */
+export const datasetSample = (name) => api(`v1/datasets/${enc(name)}/samples/random`);
+
+/** The Content-Type the daemon expects for an upload, from the file's name. */
+export function uploadType(file) {
+  const n = (file.name || '').toLowerCase();
+  if (n.endsWith('.zip')) return 'application/zip';
+  if (n.endsWith('.tar.gz') || n.endsWith('.tgz')) return 'application/gzip';
+  if (n.endsWith('.tar')) return 'application/x-tar';
+  if (n.endsWith('.csv')) return 'text/csv';
+  return file.type || 'application/octet-stream';
+}
+
+/**
+ * POST /v1/datasets?name=NAME with the file as the body. XMLHttpRequest,
+ * not fetch: only it reports upload progress. onProgress(fraction) runs
+ * while the body goes out, then onProgress(null) while the daemon converts.
+ * Resolves to the new data set; rejects with an ApiError carrying the
+ * daemon's message.
+ */
+export function uploadDataset(name, file, { preprocess, onProgress } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `v1/datasets${query({ name, preprocess })}`);
+    xhr.setRequestHeader('Content-Type', uploadType(file));
+    xhr.setRequestHeader('Accept', 'application/json');
+    const token = getToken();
+    if (token) xhr.setRequestHeader('Authorization', `Bearer ${token}`);
+    xhr.upload.onprogress = (e) => { if (onProgress && e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.upload.onload = () => { if (onProgress) onProgress(null); };
+    xhr.onerror = () => reject(new ApiError(0, 'Cannot reach the mnistd daemon. Is it running?'));
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+      else reject(new ApiError(xhr.status, (data && data.error && data.error.message) || `${xhr.status} error`, data));
+    };
+    xhr.send(file);
+  });
+}

@@ -14,10 +14,12 @@
 //   'prediction'    predict.js: {label, empty} of each answer shown
 //   'job-updated'   jobs.js, runs.js: a job object fresher than before
 //   'job-ended'     runs.js: the `end` event of a watched job
+//   'datasets'      datasets.js: the data set list (array) after each refresh
 // requests
 //   'refresh-models'  → status.js re-reads the models (and readiness)
 //   'check-status'    → status.js re-checks readiness now
 //   'refresh-jobs'    → jobs.js re-reads the job list
+//   'refresh-datasets' → datasets.js re-reads the data sets (answers 'datasets')
 //   'cancel-job'      → jobs.js cancels job `id` ({id}); answers 'job-updated'
 //                       or, on failure, 'cancel-failed' ({id})
 //   'watch-jobs'      → runs.js shows these jobs (array) in cards and charts

@@ -6,6 +6,7 @@ import { initModels } from './models.js';
 import { initTrainForm } from './train-form.js';
 import { initRuns } from './runs.js';
 import { initJobs } from './jobs.js';
+import { initDatasets } from './datasets.js';
 
 initStatus();
 initPredict();
@@ -13,4 +14,5 @@ initModels();
 initRuns();
 initTrainForm();
 initJobs();
+initDatasets();
 document.documentElement.dataset.ready = 'true';

@@ -130,14 +130,19 @@ function heat(alpha, hue) {
   return `rgba(${rgb}, ${(0.08 + 0.92 * alpha).toFixed(3)})`;
 }
 
+/** Name of class k in an evaluation (its classes; '' when it is the digit). */
+const evName = (ev, k) => {
+  const c = Array.isArray(ev.classes) ? ev.classes[k] : className(ev.dataset, k);
+  return c === undefined || c === String(k) ? '' : c;
+};
+
 function renderConfusion(ev) {
   const table = $('#confusion');
   const conf = ev.confusion || [];
-  const ds = ev.dataset;
   let maxOff = 1;
   conf.forEach((row, t) => row.forEach((v, p) => { if (t !== p) maxOff = Math.max(maxOff, v); }));
   const head = el('tr', {}, el('th', { scope: 'col', class: 'corner' }, el('span', { class: 'sr-only' }, 'True label'), el('span', { 'aria-hidden': 'true' }, 'T\\P')),
-    ...conf.map((_, p) => el('th', { scope: 'col', title: className(ds, p) || undefined }, String(p))),
+    ...conf.map((_, p) => el('th', { scope: 'col', title: evName(ev, p) || undefined }, evName(ev, p) || String(p))),
     el('th', { scope: 'col', class: 'opt' }, 'recall'));
   const body = conf.map((row, t) => {
     const total = row.reduce((a, b) => a + b, 0) || 1;
@@ -151,7 +156,7 @@ function renderConfusion(ev) {
       if (t === p) td.classList.add('diag');
       return td;
     });
-    return el('tr', {}, el('th', { scope: 'row', title: className(ds, t) || undefined }, String(t)), ...cells,
+    return el('tr', {}, el('th', { scope: 'row', title: evName(ev, t) || undefined }, evName(ev, t) || String(t)), ...cells,
       el('td', { class: 'opt recall' }, fmtPct(row[t] / total, 1)));
   });
   table.replaceChildren(
@@ -164,7 +169,7 @@ function renderGallery(ev) {
   const items = (ev.misclassified || []).map((m) => {
     const canvas = el('canvas', { width: 28, height: 28, 'aria-hidden': 'true' });
     drawPixels(canvas, m.pixels);
-    const lbl = (d) => `${d}${className(ev.dataset, d) ? ` ${className(ev.dataset, d)}` : ''}`;
+    const lbl = (d) => `${d}${evName(ev, d) ? ` ${evName(ev, d)}` : ''}`;
     const button = el('button', {
       type: 'button', class: 'digit-card',
       'aria-label': `Test image ${m.index}: true ${lbl(m.label)}, predicted ${lbl(m.predicted)} with ${fmtPct(m.confidence, 0)} confidence. Load it into the drawing pad.`,
@@ -172,7 +177,7 @@ function renderGallery(ev) {
         emit('load-sample', { dataset: ev.dataset, index: m.index, label: m.label, pixels: m.pixels });
         $('#draw').scrollIntoView({ behavior: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'auto' : 'smooth' });
       },
-    }, canvas, el('span', { class: 'cap' }, el('b', {}, String(m.label)), ' → ', el('b', { class: 'wrong' }, String(m.predicted)),
+    }, canvas, el('span', { class: 'cap' }, el('b', {}, evName(ev, m.label) || String(m.label)), ' → ', el('b', { class: 'wrong' }, evName(ev, m.predicted) || String(m.predicted)),
       el('small', {}, ` ${fmtPct(m.confidence, 0)}`)));
     return el('li', {}, button);
   });

@@ -1,7 +1,7 @@
 // What the "Draw a digit" panel shows: the answer, its confidence, the ten
 // probability bars, the 28x28 image the model saw, the true label of a test
 // image, and messages. Pure rendering: no requests, no timers.
-import { $, el, setText, fmtPct, drawPixels, className } from './util.js';
+import { $, el, setText, fmtPct, drawPixels, className, datasetName } from './util.js';
 
 export class PredictView {
   constructor() {
@@ -18,17 +18,26 @@ export class PredictView {
     this.hint = $('#pad-hint');
     this.noModelShown = false;    // the "no model yet" message is up (kept current)
     this.rows = [];
+    this.ensureRows(10);
+  }
+
+  /** One bar per class of the model (2..256; ten for the built-in sets). */
+  ensureRows(n) {
+    if (this.rows.length === n) return;
     const probs = $('#probs');
-    for (let d = 0; d < 10; d++) {
+    this.rows = [];
+    const items = [];
+    for (let d = 0; d < n; d++) {
       const fill = el('span', { class: 'fill' });
       const pct = el('span', { class: 'pct' }, '–');
       const name = el('span', { class: 'name' });
       const li = el('li', { dataset: { digit: String(d) } },
         el('span', { class: 'digit' }, String(d)), name,
         el('span', { class: 'bar', 'aria-hidden': 'true' }, fill), pct);
-      probs.append(li);
+      items.push(li);
       this.rows.push({ li, fill, pct, name });
     }
+    probs.replaceChildren(...items);
   }
 
   setBusy(busy) {
@@ -79,8 +88,8 @@ export class PredictView {
     this.hint.hidden = true;
     this.truth.hidden = false;
     setText(this.trueLabel, String(s.label));
-    const name = className(s.dataset, s.label);
-    setText(this.sampleInfo, `${name ? `${name} · ` : ''}test image #${s.index} of ${s.dataset === 'fashion-mnist' ? 'Fashion-MNIST' : 'MNIST'}`);
+    const name = s.class !== undefined && s.class !== String(s.label) ? s.class : className(s.dataset, s.label);
+    setText(this.sampleInfo, `${name ? `${name} · ` : ''}test image #${s.index} of ${datasetName(s.dataset || 'mnist')}`);
     this.truthBadge.className = 'badge';
     setText(this.truthBadge, '…');
     setText(this.prediction, '…');
@@ -95,10 +104,16 @@ export class PredictView {
    * model `modelId` on `dataset`; `sample` is the test image shown, if any;
    * `settled` says whether this is the final answer (announced to screen readers).
    */
-  showPrediction(p, { modelId, dataset, sample, settled }) {
+  showPrediction(p, { modelId, dataset, classes, sample, settled }) {
     this.showMessage('');
     if (Array.isArray(p.pixels) && p.pixels.length === 784) drawPixels(this.seen, p.pixels);
-    const name = (d) => className(dataset, d);
+    // The model's class names (a digit's name is its label: not repeated).
+    const name = (d) => {
+      const c = Array.isArray(classes) && classes[d] !== undefined ? classes[d]
+        : (d === p.label && p.class !== undefined ? p.class : className(dataset, d));
+      return c === String(d) ? '' : c;
+    };
+    if (Array.isArray(p.probabilities) && p.probabilities.length >= 2) this.ensureRows(p.probabilities.length);
     if (p.empty) {
       setText(this.prediction, '?');
       setText(this.predName, '');

@@ -58,6 +58,7 @@ async function send() {
     view.showPrediction(p, {
       modelId: data.model,
       dataset: (model && model.dataset) || (shown && shown.dataset) || 'mnist',
+      classes: model && model.classes,
       sample: shown,
       settled: !scheduler.waiting && !pad.current,
     });

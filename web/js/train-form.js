@@ -190,5 +190,6 @@ export function initTrainForm() {
   });
   initCustom(form);
   on('ready', () => loadDatasets());
+  on('datasets', () => loadDatasets());
   loadDatasets();
 }
