@@ -386,13 +386,15 @@ int srv_datasets_count(srv_datasets *d, const char *name, uint32_t *train, uint3
   if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
-  if (e && !e->pending) {
+  /* Decided under the lock: a concurrent delete may free `e` after it. */
+  int found = e && !e->pending;
+  if (found) {
     if (train) *train = e->train;
     if (test) *test = e->test;
     if (classes) *classes = e->n_classes;
   }
   pthread_mutex_unlock(&d->mu);
-  return e && !e->pending ? 0 : -ENOENT;
+  return found ? 0 : -ENOENT;
 }
 
 int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint32_t *n) {
@@ -413,9 +415,11 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
   char want[65], path[PATH_MAX + 160], sha[65];
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
-  if (e && !e->pending) memcpy(want, e->sha256, 65);
+  /* Decided under the lock: a concurrent delete may free `e` after it. */
+  int found = e && !e->pending;
+  if (found) memcpy(want, e->sha256, 65);
   pthread_mutex_unlock(&d->mu);
-  if (!e || e->pending) {
+  if (!found) {
     snprintf(msg, msglen, "data set %s not found", name);
     return -ENOENT;
   }

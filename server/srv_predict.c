@@ -71,15 +71,21 @@ static nn_workspace *workspace_for(srv_model *m) {
  * chunk in turn, off being the index of its first image. */
 typedef void (*chunk_fn)(const float *probs, uint32_t off, uint32_t k, void *u);
 
-static void predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *u8,
-                           const float *f32, uint32_t n, float *probs, chunk_fn each, void *u) {
+/* Returns 0, or the core's negative code (nothing sensible is in probs
+ * then): a model whose input is not one 28x28 image cannot read these
+ * buffers, whatever file it came from. */
+static int predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *u8,
+                          const float *f32, uint32_t n, float *probs, chunk_fn each, void *u) {
+  if (m->m->n_inputs != NN_IMAGE_SIZE) return -EINVAL;
   for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
     uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
     float *out = each ? probs : probs + (size_t)off * nn_model_classes(m->m);
-    if (u8) nn_predict_u8(m->m, ws, u8 + (size_t)off * NN_IMAGE_SIZE, k, out);
-    else nn_predict_f32(m->m, ws, f32 + (size_t)off * NN_IMAGE_SIZE, k, out);
+    int rc = u8 ? nn_predict_u8(m->m, ws, u8 + (size_t)off * NN_IMAGE_SIZE, k, out)
+                : nn_predict_f32(m->m, ws, f32 + (size_t)off * NN_IMAGE_SIZE, k, out);
+    if (rc) return rc;
     if (each) each(probs, off, k, u);
   }
+  return 0;
 }
 
 /* A model's name for output k (its data set's class; "?" only if the
@@ -178,7 +184,13 @@ enum MHD_Result h_predict(req *r) {
     srv_model_unref(m);
     return srv_send_error(r, 500, "out of memory");
   }
-  predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL);
+  if (predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL)) {
+    free(px);
+    free(probs);
+    long long id = (long long)m->id;
+    srv_model_unref(m);
+    return srv_send_error(r, 500, "model %lld cannot predict 28x28 images", id);
+  }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   cJSON *d = cJSON_CreateObject();
   cJSON_AddNumberToObject(d, "model", (double)m->id);
@@ -230,7 +242,13 @@ enum MHD_Result h_tfs_predict(req *r) {
     srv_model_unref(m);
     return srv_send_error(r, 500, "out of memory");
   }
-  predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL);
+  if (predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL)) {
+    free(x);
+    free(probs);
+    long long id = (long long)m->id;
+    srv_model_unref(m);
+    return srv_send_error(r, 500, "model %lld cannot predict 28x28 images", id);
+  }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   srv_model_unref(m);
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "predictions");
@@ -300,8 +318,14 @@ static cJSON *evaluate(srv_model *m, const nn_dataset *ds) {
     cJSON_Delete(d);
     return NULL;
   }
-  predict_chunks(m, ws, ds->images, NULL, ds->n, probs, eval_chunk, &a);
+  int rc = predict_chunks(m, ws, ds->images, NULL, ds->n, probs, eval_chunk, &a);
   free(probs);
+  if (rc) {
+    free(a.conf);
+    cJSON_Delete(a.mis);
+    cJSON_Delete(d);
+    return NULL;
+  }
   cJSON_AddNumberToObject(d, "model", (double)m->id);
   cJSON_AddStringToObject(d, "dataset", m->dataset);
   cJSON_AddNumberToObject(d, "accuracy", round(1e6 * a.correct / ds->n) / 1e6);

@@ -18,11 +18,16 @@ static const char *allowed(nn_layer_type t) {
   }
 }
 
+/* Whether `k` is one whole name of the ", "-separated list: compared token by
+ * token, so neither a part of a name ("ype") nor the empty key matches. */
 static int field_ok(nn_layer_type t, const char *k) {
-  const char *list = allowed(t);
   size_t n = strlen(k);
-  for (const char *p = list; (p = strstr(p, k)); p += n)
-    if ((p == list || p[-2] == ',') && (p[n] == 0 || p[n] == ',')) return 1;
+  for (const char *p = allowed(t); *p;) {
+    size_t len = strcspn(p, ",");
+    if (len == n && n > 0 && memcmp(p, k, n) == 0) return 1;
+    p += len;
+    while (*p == ',' || *p == ' ') p++;
+  }
   return 0;
 }
 

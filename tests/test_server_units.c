@@ -22,6 +22,7 @@
 #include "srv.h"
 #include "srv_jobs.h"
 #include "srv_store.h"
+#include "srv_spec.h"
 #include "srv_validate.h"
 
 #include <cJSON.h>
@@ -795,6 +796,39 @@ static void test_token_config(void **state) {
   free(tok);
 }
 
+/* Issue 12 review: a layer's field names are matched whole. The empty key
+ * once made the matcher loop forever (an unauthenticated request to
+ * /v1/architectures/validate pinned an HTTP thread), and a key matching
+ * at the list's second byte read before it. */
+static void test_spec_field_names_whole(void **state) {
+  (void)state;
+  static const char *bad[] = {
+      "[{\"type\":\"dense\",\"units\":10,\"\":1}]",
+      "[{\"type\":\"dense\",\"units\":10,\"ype\":1}]",
+      "[{\"type\":\"dense\",\"units\":10,\"unit\":1}]",
+      "[{\"type\":\"dense\",\"units\":10,\"type, units\":1}]",
+      "[{\"type\":\"dense\",\"units\":10,\" units\":1}]",
+      "[{\"type\":\"dropout\",\"rate\":0.5,\"\":0},{\"type\":\"dense\",\"units\":10}]",
+  };
+  nn_layer_spec specs[NN_MAX_SPECS];
+  uint32_t n = 0;
+  char msg[256];
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    cJSON *j = cJSON_Parse(bad[i]);
+    assert_non_null(j);
+    msg[0] = 0;
+    assert_int_equal(srv_spec_from_json(j, specs, &n, msg, sizeof msg), -EINVAL);
+    assert_non_null(strstr(msg, "unknown field"));
+    cJSON_Delete(j);
+  }
+  cJSON *ok = cJSON_Parse("[{\"type\":\"dense\",\"units\":12,\"activation\":\"relu\"},"
+                          "{\"type\":\"dropout\",\"rate\":0.5},{\"type\":\"dense\",\"units\":10}]");
+  assert_non_null(ok);
+  assert_int_equal(srv_spec_from_json(ok, specs, &n, msg, sizeof msg), 0);
+  assert_int_equal(n, 3);
+  cJSON_Delete(ok);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_job_config_table),
@@ -812,6 +846,7 @@ int main(void) {
       cmocka_unit_test(test_json_exact_ints),
       cmocka_unit_test(test_host_is_loopback),
       cmocka_unit_test(test_token_config),
+      cmocka_unit_test(test_spec_field_names_whole),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,6 +43,15 @@ post /v1/architectures/validate '{"layers":[{"type":"flatten"},{"type":"dense","
 check "validate: a good spec gives its parameter count" py "assert d == {'valid': True, 'parameters': 7850}, d"
 post /v1/architectures/validate '[1,2]'
 check "validate: not an object: 400 JSON error" bash -c "test $(code) = 400 && grep -q '\"error\"' $T/body"
+# Field names match whole: the empty key once looped forever in the matcher
+# (an unauthenticated request pinned an HTTP thread); "ype" read before it.
+for k in '""' '"ype"'; do
+  req --max-time 5 -XPOST -H 'Content-Type: application/json' \
+    -d "{\"layers\":[{\"type\":\"dense\",\"units\":10,$k:1}]}" "$B/v1/architectures/validate"
+  check "validate: field $k is refused at once, named" py "assert d['valid'] is False and 'unknown field' in d['message'], d"
+done
+curl -s --max-time 2 "$B/healthz" >/dev/null
+check "the daemon still answers after those" bash -c "curl -sf --max-time 2 $B/healthz >/dev/null"
 post /v1/jobs "$BADK"
 check "job with a bad spec: 400 naming the layer" bash -c "test $(code) = 400 && grep -q 'layers\[2\] conv2d: kernel 5 is larger than its 4x4 input' $T/body"
 for bad in '{"layers":[{"type":"conv3d"}]}' '{"layers":[{"type":"dense","units":10,"size":2}]}' \
