@@ -28,26 +28,10 @@ struct srv_data {
 
 void srv_data_attach(srv_data *d, srv_datasets *up) { d->up = up; }
 
-/* names, one block: the pointer array then the strings. */
-static char **pack(const char *const *names, uint32_t n) {
-  size_t sz = n * sizeof(char *);
-  for (uint32_t i = 0; i < n; i++) sz += strlen(names[i]) + 1;
-  char **out = malloc(sz ? sz : 1);
-  if (!out) return NULL;
-  char *p = (char *)(out + n);
-  for (uint32_t i = 0; i < n; i++) {
-    size_t l = strlen(names[i]) + 1;
-    memcpy(p, names[i], l);
-    out[i] = p;
-    p += l;
-  }
-  return out;
-}
-
 int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n) {
   if (!srv_dataset_is_builtin(name))
     return d->up ? srv_datasets_classes(d->up, name, names, n) : -ENOENT;
-  if (!(*names = pack(srv_dataset_builtin_classes(name), NN_CLASSES))) return -ENOMEM;
+  if (!(*names = srv_names_pack(srv_dataset_builtin_classes(name), NN_CLASSES))) return -ENOMEM;
   *n = NN_CLASSES;
   return 0;
 }

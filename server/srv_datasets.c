@@ -1,5 +1,6 @@
 /* Uploaded data sets: see srv_datasets.h. */
 #include "srv_datasets.h"
+#include "srv_util.h"
 
 #include <archive.h>
 #include <dirent.h>
@@ -84,22 +85,6 @@ static void entry_free(entry *e) {
   free(e);
 }
 
-/* Packs names into one block: the pointer array, then the strings. */
-static char **pack_names(char *const *names, uint32_t n) {
-  size_t sz = n * sizeof(char *);
-  for (uint32_t i = 0; i < n; i++) sz += strlen(names[i]) + 1;
-  char **out = malloc(sz ? sz : 1);
-  if (!out) return NULL;
-  char *p = (char *)(out + n);
-  for (uint32_t i = 0; i < n; i++) {
-    size_t l = strlen(names[i]) + 1;
-    memcpy(p, names[i], l);
-    out[i] = p;
-    p += l;
-  }
-  return out;
-}
-
 static cJSON *entry_json(const entry *e) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "name", e->name);
@@ -135,7 +120,7 @@ static entry *entry_from_json(const char *name, const char *info) {
     if (!cJSON_IsString(s)) goto bad;
     names[i] = s->valuestring;
   }
-  if (!(e->classes = pack_names(names, n))) goto bad;
+  if (!(e->classes = srv_names_pack((const char *const *)names, n))) goto bad;
   e->n_classes = n;
   e->train = (uint32_t)cJSON_GetNumberValue(cJSON_GetObjectItem(o, "train"));
   e->test = (uint32_t)cJSON_GetNumberValue(cJSON_GetObjectItem(o, "test"));
@@ -237,7 +222,7 @@ static int recover_file(srv_datasets *d, const char *name) {
     char *p = blob;
     uint32_t i = 0;
     for (char *s; i < k && (s = strsep(&p, "\n"));) names[i++] = s;
-    if (i == k && (e->classes = pack_names(names, k))) rc = 0;
+    if (i == k && (e->classes = srv_names_pack((const char *const *)names, k))) rc = 0;
   }
   free(blob);
   if (!rc) {
@@ -403,7 +388,7 @@ int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint3
   entry *e = find(d, name);
   int rc = -ENOENT;
   if (e && !e->pending) {
-    rc = (*names = pack_names(e->classes, e->n_classes)) ? 0 : -ENOMEM;
+    rc = (*names = srv_names_pack((const char *const *)e->classes, e->n_classes)) ? 0 : -ENOMEM;
     *n = e->n_classes;
   }
   pthread_mutex_unlock(&d->mu);
@@ -694,7 +679,7 @@ int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *
              (unsigned long long)need, (unsigned long long)used, (unsigned long long)d->cfg.quota);
     goto fail;
   }
-  if (!(e->classes = pack_names(b.classes, b.n_classes))) {
+  if (!(e->classes = srv_names_pack((const char *const *)b.classes, b.n_classes))) {
     rc = -ENOMEM;
     goto fail;
   }

@@ -1,5 +1,6 @@
 /* Model registry and data-set cache. */
 #include "srv_models.h"
+#include "srv_util.h"
 
 #include <cJSON.h>
 #include <dirent.h>
@@ -52,22 +53,6 @@ srv_model *srv_model_ref(srv_model *m) {
   return m;
 }
 
-/* names, one block: the pointer array then the strings. */
-static char **pack(char *const *names, uint32_t n) {
-  size_t sz = n * sizeof(char *);
-  for (uint32_t i = 0; i < n; i++) sz += strlen(names[i]) + 1;
-  char **out = malloc(sz ? sz : 1);
-  if (!out) return NULL;
-  char *p = (char *)(out + n);
-  for (uint32_t i = 0; i < n; i++) {
-    size_t l = strlen(names[i]) + 1;
-    memcpy(p, names[i], l);
-    out[i] = p;
-    p += l;
-  }
-  return out;
-}
-
 /* A model's class names: the recorded ones when they fit its output
  * layer, else the built-in set's, else "0".."k-1". */
 static int set_classes(srv_model *m, char *const *names, uint32_t n) {
@@ -81,7 +66,7 @@ static int set_classes(srv_model *m, char *const *names, uint32_t n) {
     }
     names = v;
   }
-  if (!(m->classes = pack(names, k))) return -ENOMEM;
+  if (!(m->classes = srv_names_pack((const char *const *)names, k))) return -ENOMEM;
   m->n_classes = k;
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 /* A plain decimal number: digits only (no sign, space or leading zero),
@@ -64,3 +65,18 @@ int srv_dataset_dir(const char *data_dir, const char *name, char *buf, size_t le
   return -ENOENT;
 }
 
+
+char **srv_names_pack(const char *const *names, uint32_t n) {
+  size_t sz = n * sizeof(char *);
+  for (uint32_t i = 0; i < n; i++) sz += strlen(names[i]) + 1;
+  char **out = malloc(sz ? sz : 1);
+  if (!out) return NULL;
+  char *p = (char *)(out + n);
+  for (uint32_t i = 0; i < n; i++) {
+    size_t l = strlen(names[i]) + 1;
+    memcpy(p, names[i], l);
+    out[i] = p;
+    p += l;
+  }
+  return out;
+}

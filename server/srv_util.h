@@ -21,4 +21,8 @@ int srv_parse_float(const char *s, double lo, double hi, double *out);
  * path into buf. Returns 0, or -ENOENT (buf then holds DATA_DIR/NAME). */
 int srv_dataset_dir(const char *data_dir, const char *name, char *buf, size_t len);
 
+/* Copies n strings into one malloc'd block: the pointer array, then the
+ * strings, so one free() releases all. NULL when out of memory. */
+char **srv_names_pack(const char *const *names, uint32_t n);
+
 #endif
