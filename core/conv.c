@@ -6,6 +6,8 @@
 #include "nn_internal.h"
 
 #include <float.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void nn_im2col(const float *restrict x, uint32_t n, const nn_layer *l, float *restrict col) {
@@ -101,12 +103,304 @@ NN_HOT void nn_maxpool_fwd(const float *restrict x, uint32_t n, const nn_layer *
 }
 
 void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx, uint32_t n,
-                    const nn_layer *l, float *restrict dx) {
+                    const nn_layer *l, const float *restrict x, float *restrict dx) {
   memset(dx, 0, (size_t)n * l->in * sizeof(float));
   for (uint32_t b = 0; b < n; b++) {
     const float *gb = g + (size_t)b * l->out;
     const uint32_t *ib = idx + (size_t)b * l->out;
     float *db = dx + (size_t)b * l->in;
-    for (uint32_t o = 0; o < l->out; o++) db[ib[o]] += gb[o];
+    if (!x) {
+      for (uint32_t o = 0; o < l->out; o++) db[ib[o]] += gb[o];
+      continue;
+    }
+    /* The ReLU before the pool, folded in: a maximum that is not positive
+     * was clamped, and passes no gradient. */
+    const float *xb = x + (size_t)b * l->in;
+    for (uint32_t o = 0; o < l->out; o++) db[ib[o]] += xb[ib[o]] > 0.f ? gb[o] : 0.f;
   }
+}
+
+/* ---------------------------------------------------------------- oneDNN
+ * Direct convolutions through oneDNN primitives, measured against im2col +
+ * GEMM on the cnn preset (docs/benchmarks.md): they never build a patch
+ * matrix (9x the input for a 3x3 kernel), fuse the bias and the ReLU into
+ * the forward kernel, and their weight gradient includes the bias gradient.
+ * Activations stay NHWC, the layout of the rest of the core, so pooling,
+ * flatten, model files and the ONNX exporter see no change; the weights are
+ * reordered from our [filters][ky][kx][c] (OIHW dims, tag ohwi) into the
+ * blocked layout the kernel wants (18k floats for the cnn preset: a few
+ * microseconds) and gradients back. Primitives are built once per (layer,
+ * pass, image count, team size) and kept in the workspace's context. */
+#include <dnnl.h>
+
+enum { CV_FWD, CV_BWD_W, CV_BWD_D, CV_OPS };
+
+typedef struct cv_prim {
+  dnnl_primitive_t prim, reorder;  /* reorder: weights to (or grads from) the kernel */
+  dnnl_memory_t src, wei, bias, dst, sp, wuser;
+  float *wbuf;                     /* the kernel's layout of the weights, or NULL */
+  uint64_t key;                    /* image count | relu << 32; 0 = not built */
+  int team;
+} cv_prim;
+
+struct nn_conv {
+  dnnl_engine_t eng;
+  dnnl_stream_t stream;
+  cv_prim op[NN_MAX_LAYERS][CV_OPS];
+  void *scratch; /* user scratchpad shared by this context's primitives */
+  size_t scratch_len;
+};
+
+int nn_conv_create(nn_conv **out) {
+  nn_conv *c = calloc(1, sizeof *c);
+  if (!c) return NN_ENOMEM;
+  if (dnnl_engine_create(&c->eng, dnnl_cpu, 0) != dnnl_success ||
+      dnnl_stream_create(&c->stream, c->eng, dnnl_stream_default_flags) != dnnl_success) {
+    nn_conv_free(c);
+    return NN_ENOMEM;
+  }
+  *out = c;
+  return 0;
+}
+
+static void cv_clear(cv_prim *p) {
+  if (p->prim) dnnl_primitive_destroy(p->prim);
+  if (p->reorder) dnnl_primitive_destroy(p->reorder);
+  dnnl_memory_t *mems[] = {&p->src, &p->wei, &p->bias, &p->dst, &p->sp, &p->wuser};
+  for (size_t k = 0; k < sizeof mems / sizeof *mems; k++)
+    if (*mems[k]) dnnl_memory_destroy(*mems[k]);
+  free(p->wbuf);
+  memset(p, 0, sizeof *p);
+}
+
+void nn_conv_free(nn_conv *c) {
+  if (!c) return;
+  for (int i = 0; i < NN_MAX_LAYERS; i++)
+    for (int k = 0; k < CV_OPS; k++) cv_clear(&c->op[i][k]);
+  if (c->stream) dnnl_stream_destroy(c->stream);
+  if (c->eng) dnnl_engine_destroy(c->eng);
+  free(c->scratch);
+  free(c);
+}
+
+typedef struct cv_shapes {
+  dnnl_memory_desc_t src, wany, wuser, bias, dst;
+  dnnl_dims_t strides, pad_l, pad_r;
+} cv_shapes;
+
+static int md4(dnnl_memory_desc_t *md, int64_t a, int64_t b, int64_t h, int64_t w,
+               dnnl_format_tag_t tag) {
+  dnnl_dims_t d = {a, b, h, w};
+  return dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32, tag) == dnnl_success ? 0 : -1;
+}
+
+static int cv_shapes_init(cv_shapes *s, const nn_layer *l, uint32_t n) {
+  const int64_t C = l->ishape.c, F = l->oshape.c, k = l->kernel;
+  dnnl_dims_t bd = {F};
+  /* oneDNN checks oh == (ih - k + pad_t + pad_b) / stride + 1 with integer
+   * division, so a valid stride-2 layer that drops the last row needs no
+   * negative padding; "same" puts its odd pixel at the bottom/right. */
+  int64_t pb = ((int64_t)l->oshape.h - 1) * l->stride + k - l->ishape.h - l->pad_t;
+  int64_t pr = ((int64_t)l->oshape.w - 1) * l->stride + k - l->ishape.w - l->pad_l;
+  s->strides[0] = s->strides[1] = l->stride;
+  s->pad_l[0] = l->pad_t;
+  s->pad_l[1] = l->pad_l;
+  s->pad_r[0] = pb > 0 ? pb : 0;
+  s->pad_r[1] = pr > 0 ? pr : 0;
+  if (md4(&s->src, n, C, l->ishape.h, l->ishape.w, dnnl_nhwc) ||
+      md4(&s->dst, n, F, l->oshape.h, l->oshape.w, dnnl_nhwc) ||
+      md4(&s->wany, F, C, k, k, dnnl_format_tag_any) || md4(&s->wuser, F, C, k, k, dnnl_ohwi) ||
+      dnnl_memory_desc_init_by_tag(&s->bias, 1, bd, dnnl_f32, dnnl_x) != dnnl_success)
+    return -1;
+  return 0;
+}
+
+static dnnl_primitive_attr_t cv_attr(int relu) {
+  dnnl_primitive_attr_t a = NULL;
+  dnnl_post_ops_t po = NULL;
+  if (dnnl_primitive_attr_create(&a) != dnnl_success) return NULL;
+  /* The context's own scratchpad, never one the library shares between
+   * threads. */
+  if (dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user) != dnnl_success)
+    goto fail;
+  if (relu && (dnnl_post_ops_create(&po) != dnnl_success ||
+               dnnl_post_ops_append_eltwise(po, 1.f, dnnl_eltwise_relu, 0.f, 0.f) !=
+                   dnnl_success ||
+               dnnl_primitive_attr_set_post_ops(a, po) != dnnl_success))
+    goto fail;
+  if (po) dnnl_post_ops_destroy(po);
+  return a;
+fail:
+  if (po) dnnl_post_ops_destroy(po);
+  dnnl_primitive_attr_destroy(a);
+  return NULL;
+}
+
+static int cv_fwd_pd(nn_conv *c, const cv_shapes *s, int relu, dnnl_primitive_desc_t *pd) {
+  dnnl_convolution_desc_t d;
+  if (dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct,
+                                         &s->src, &s->wany, &s->bias, &s->dst, s->strides,
+                                         s->pad_l, s->pad_r) != dnnl_success)
+    return NN_EINVAL;
+  dnnl_primitive_attr_t a = cv_attr(relu);
+  if (!a) return NN_ENOMEM;
+  int rc = dnnl_primitive_desc_create(pd, &d, a, c->eng, NULL) == dnnl_success ? 0 : NN_EINVAL;
+  dnnl_primitive_attr_destroy(a);
+  return rc;
+}
+
+static int mem(nn_conv *c, dnnl_memory_t *m, const dnnl_memory_desc_t *md) {
+  return dnnl_memory_create(m, md, c->eng, DNNL_MEMORY_NONE) == dnnl_success ? 0 : NN_ENOMEM;
+}
+
+/* Grows the context's scratchpad to what pd asks for and makes p's
+ * primitive and scratchpad memory. */
+static int cv_make(nn_conv *c, cv_prim *p, const_dnnl_primitive_desc_t pd) {
+  const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+  size_t need = smd ? dnnl_memory_desc_get_size(smd) : 0;
+  if (need > c->scratch_len) {
+    void *q = aligned_alloc(64, (need + 63) & ~(size_t)63);
+    if (!q) return NN_ENOMEM;
+    free(c->scratch);
+    c->scratch = q;
+    c->scratch_len = need;
+  }
+  if (dnnl_primitive_create(&p->prim, pd) != dnnl_success) return NN_ENOMEM;
+  return need ? mem(c, &p->sp, smd) : 0;
+}
+
+/* The weights reorder between our layout and the kernel's kmd: to the
+ * kernel (to_kernel) or back. Nothing when they are the same. */
+static int cv_wreorder(nn_conv *c, cv_prim *p, const cv_shapes *s, const dnnl_memory_desc_t *kmd,
+                       int to_kernel) {
+  if (dnnl_memory_desc_equal(kmd, &s->wuser)) return mem(c, &p->wei, kmd);
+  size_t len = dnnl_memory_desc_get_size(kmd);
+  dnnl_primitive_desc_t rpd = NULL;
+  if (!(p->wbuf = aligned_alloc(64, (len + 63) & ~(size_t)63))) return NN_ENOMEM;
+  if (mem(c, &p->wei, kmd) || mem(c, &p->wuser, &s->wuser)) return NN_ENOMEM;
+  dnnl_memory_set_data_handle(p->wei, p->wbuf);
+  const dnnl_memory_desc_t *from = to_kernel ? &s->wuser : kmd, *to = to_kernel ? kmd : &s->wuser;
+  if (dnnl_reorder_primitive_desc_create(&rpd, from, c->eng, to, c->eng, NULL) != dnnl_success)
+    return NN_EINVAL;
+  int rc = dnnl_primitive_create(&p->reorder, rpd) == dnnl_success ? 0 : NN_ENOMEM;
+  dnnl_primitive_desc_destroy(rpd);
+  return rc;
+}
+
+static int cv_build(nn_conv *c, cv_prim *p, int op, const nn_layer *l, uint32_t n, int relu) {
+  cv_shapes s;
+  dnnl_primitive_desc_t fpd = NULL, pd = NULL;
+  if (cv_shapes_init(&s, l, n)) return NN_EINVAL;
+  int rc = cv_fwd_pd(c, &s, op == CV_FWD && relu, &fpd);
+  if (rc) return rc;
+  rc = NN_EINVAL;
+  if (op == CV_FWD) {
+    pd = fpd;
+    fpd = NULL;
+  } else {
+    dnnl_convolution_desc_t d;
+    dnnl_primitive_attr_t a = cv_attr(0);
+    if (!a) goto out;
+    dnnl_status_t st =
+        op == CV_BWD_W
+            ? dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &s.src,
+                                                          &s.wany, &s.bias, &s.dst, s.strides,
+                                                          s.pad_l, s.pad_r)
+            : dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &s.src,
+                                                       &s.wany, &s.dst, s.strides, s.pad_l,
+                                                       s.pad_r);
+    if (st == dnnl_success) st = dnnl_primitive_desc_create(&pd, &d, a, c->eng, fpd);
+    dnnl_primitive_attr_destroy(a);
+    if (st != dnnl_success) goto out;
+  }
+  const dnnl_memory_desc_t *kmd = dnnl_primitive_desc_query_md(
+      pd, op == CV_BWD_W ? dnnl_query_diff_weights_md : dnnl_query_weights_md, 0);
+  if ((rc = cv_make(c, p, pd)) || (rc = cv_wreorder(c, p, &s, kmd, op != CV_BWD_W)) ||
+      (rc = mem(c, &p->src, &s.src)) || (rc = mem(c, &p->dst, &s.dst)) ||
+      (op != CV_BWD_D && (rc = mem(c, &p->bias, &s.bias))))
+    goto out;
+  rc = 0;
+out:
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  if (fpd) dnnl_primitive_desc_destroy(fpd);
+  if (rc) cv_clear(p);
+  return rc;
+}
+
+/* A pass has no error return: fail loudly rather than compute garbage
+ * (oneDNN fails only without memory for its kernels). */
+static void cv_must(int rc) {
+  if (rc) {
+    fputs("mnistd core: oneDNN could not build or run a convolution\n", stderr);
+    abort();
+  }
+}
+
+static cv_prim *cv_get(nn_conv *c, uint32_t layer, int op, const nn_layer *l, uint32_t n,
+                       int relu, int team) {
+  cv_prim *p = &c->op[layer][op];
+  uint64_t key = (uint64_t)n | (uint64_t)!!relu << 32;
+  if (p->prim && p->key == key && p->team == team) return p;
+  cv_clear(p);
+  cv_must(cv_build(c, p, op, l, n, relu));
+  p->key = key;
+  p->team = team;
+  return p;
+}
+
+static void cv_exec(nn_conv *c, dnnl_primitive_t prim, cv_prim *p, int n, dnnl_exec_arg_t *a) {
+  if (p && p->sp) {
+    /* The buffer may have grown (moved) for a later primitive. */
+    dnnl_memory_set_data_handle(p->sp, c->scratch);
+    a[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->sp};
+  }
+  cv_must(dnnl_primitive_execute(prim, c->stream, n, a) != dnnl_success);
+}
+
+/* Runs p's weights reorder between the user's w and the kernel's buffer. */
+static void cv_reorder(nn_conv *c, cv_prim *p, const float *w, int to_kernel) {
+  if (!p->reorder) {
+    dnnl_memory_set_data_handle(p->wei, (void *)w);
+    return;
+  }
+  dnnl_memory_set_data_handle(p->wuser, (void *)w);
+  dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, to_kernel ? p->wuser : p->wei},
+                          {DNNL_ARG_TO, to_kernel ? p->wei : p->wuser}};
+  cv_must(dnnl_primitive_execute(p->reorder, c->stream, 2, a) != dnnl_success);
+}
+
+void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
+                 uint32_t n, const float *w, const float *b, int relu, float *y) {
+  cv_prim *p = cv_get(c, layer, CV_FWD, l, n, relu, team);
+  cv_reorder(c, p, w, 1);
+  dnnl_memory_set_data_handle(p->src, (void *)x);
+  dnnl_memory_set_data_handle(p->bias, (void *)b);
+  dnnl_memory_set_data_handle(p->dst, y);
+  dnnl_exec_arg_t a[5] = {{DNNL_ARG_SRC, p->src}, {DNNL_ARG_WEIGHTS, p->wei},
+                          {DNNL_ARG_BIAS, p->bias}, {DNNL_ARG_DST, p->dst}};
+  cv_exec(c, p->prim, p, 4, a);
+}
+
+void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
+                   const float *g, uint32_t n, float *dw, float *db) {
+  cv_prim *p = cv_get(c, layer, CV_BWD_W, l, n, 0, team);
+  if (!p->reorder) dnnl_memory_set_data_handle(p->wei, dw);
+  dnnl_memory_set_data_handle(p->src, (void *)x);
+  dnnl_memory_set_data_handle(p->dst, (void *)g);
+  dnnl_memory_set_data_handle(p->bias, db);
+  dnnl_exec_arg_t a[5] = {{DNNL_ARG_SRC, p->src}, {DNNL_ARG_DIFF_DST, p->dst},
+                          {DNNL_ARG_DIFF_WEIGHTS, p->wei}, {DNNL_ARG_DIFF_BIAS, p->bias}};
+  cv_exec(c, p->prim, p, 4, a);
+  if (p->reorder) cv_reorder(c, p, dw, 0);
+}
+
+void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *g,
+                   const float *w, uint32_t n, float *dx) {
+  cv_prim *p = cv_get(c, layer, CV_BWD_D, l, n, 0, team);
+  cv_reorder(c, p, w, 1);
+  dnnl_memory_set_data_handle(p->dst, (void *)g);
+  dnnl_memory_set_data_handle(p->src, dx);
+  dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, p->dst}, {DNNL_ARG_WEIGHTS, p->wei},
+                          {DNNL_ARG_DIFF_SRC, p->src}};
+  cv_exec(c, p->prim, p, 3, a);
 }

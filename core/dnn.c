@@ -55,6 +55,8 @@ static int dnn_team(const nn_dnn *d) {
   return omp_get_max_threads();
 }
 
+int nn_dnn_team(nn_dnn *d) { return dnn_team(d); }
+
 int nn_dnn_create(nn_dnn **out) {
   nn_dnn *d = calloc(1, sizeof *d);
   if (!d) return NN_ENOMEM;

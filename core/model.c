@@ -135,7 +135,8 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   ws->n_layers = m->n_layers;
 
   /* First pass sizes the single block, second pass carves it. */
-  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0, dcol = 0;
+  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0;
+  int convs = 0;
   off[k++] = total; total += round_up(B * m->n_inputs * sizeof(float));
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
@@ -148,14 +149,10 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
     } else if (l->type == NN_LAYER_MAXPOOL) {
       off[k++] = total; total += round_up(B * l->out * sizeof(uint32_t));
     } else if (l->type == NN_LAYER_CONV2D) {
-      size_t c = B * l->oshape.h * l->oshape.w * l->kernel * l->kernel * l->ishape.c;
-      off[k++] = total; total += round_up(c * sizeof(float));
-      if (i > 0 && c > dcol) dcol = c;
+      convs = 1;
     }
   }
   size_t gsz = round_up(B * m->max_width * sizeof(float));
-  off[k] = total; /* dcol */
-  total += round_up(dcol * sizeof(float));
   if (total + 2 * gsz > NN_WORKSPACE_MAX_BYTES) {
     free(ws);
     return NN_ETOOBIG;
@@ -178,15 +175,13 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
       ws->anti_inv[i] = (float *)(base + off[k++]);
     } else if (l->type == NN_LAYER_MAXPOOL) {
       ws->pool_idx[i] = (uint32_t *)(base + off[k++]);
-    } else if (l->type == NN_LAYER_CONV2D) {
-      ws->col[i] = (float *)(base + off[k++]);
     }
   }
-  ws->dcol = dcol ? (float *)(base + off[k]) : NULL;
   ws->g[0] = (float *)(base + total);
   ws->g[1] = (float *)(base + total + gsz);
   int rc = nn_dnn_create(&ws->dnn);
   if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
+  if (!rc && convs) rc = nn_conv_create(&ws->conv);
   if (rc) {
     nn_workspace_free(ws);
     return rc;
@@ -198,6 +193,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
 void nn_workspace_free(nn_workspace *ws) {
   if (!ws) return;
   free(ws->wt_block);
+  nn_conv_free(ws->conv);
   nn_dnn_free(ws->dnn);
   free(ws->block);
   free(ws);
@@ -228,6 +224,7 @@ static int drop_active(const nn_layer *l, int training) {
 const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
                         int training, nn_rng *rng) {
   const float *in = ws->x;
+  int rectified = 0; /* the layer before ran a ReLU inside its kernel */
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     float *out = ws->act[i];
@@ -242,6 +239,16 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
       break;
     case NN_LAYER_ANTIRECT:
     case NN_LAYER_RELU: {
+      if (rectified && !(i + 1 < m->n_layers && drop_active(&m->layers[i + 1], training))) {
+        /* Done by the convolution: its output is this layer's. The
+         * backward pass reads it as the ReLU's input, which gives the
+         * same mask (x > 0 exactly where relu(x) > 0). */
+        rectified = 0;
+        ws->fused[i] = 2;
+        ws->cur[i] = in;
+        continue;
+      }
+      rectified = 0;
       /* An active dropout right after runs inside this kernel and writes the
        * dropout layer's buffer; this layer's own output never exists. */
       nn_drop dr = {0, 0, 1.0f};
@@ -260,13 +267,14 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
         nn_k_relu_drop_fwd(out, in, n, l->in, dr);
       break;
     }
-    case NN_LAYER_CONV2D: {
-      nn_layer d = nn_conv_as_dense(l);
-      nn_im2col(in, n, l, ws->col[i]);
-      nn_dnn_dense_fwd(ws->dnn, i, &d, ws->col[i], n * l->oshape.h * l->oshape.w,
-                       m->params + l->w_off, m->params + l->b_off, out);
-      break;
-    }
+    case NN_LAYER_CONV2D:
+      /* A ReLU right after runs inside the kernel (a post-op). */
+      rectified = i + 1 < m->n_layers && m->layers[i + 1].type == NN_LAYER_RELU;
+      nn_conv_fwd(ws->conv, nn_dnn_team(ws->dnn), i, l, in, n, m->params + l->w_off,
+                  m->params + l->b_off, rectified, out);
+      ws->cur[i] = out;
+      in = out;
+      continue;
     case NN_LAYER_MAXPOOL:
       nn_maxpool_fwd(in, n, l, out, ws->pool_idx[i]);
       break;
@@ -330,6 +338,8 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
     }
     case NN_LAYER_ANTIRECT:
     case NN_LAYER_RELU: {
+      /* Folded into the pooling below (see NN_LAYER_MAXPOOL). */
+      if (ws->fused[i] == 2 && m->layers[i + 1].type == NN_LAYER_MAXPOOL) continue;
       nn_drop dr = {0, 0, 1.0f};
       if (i + 1 < (int)m->n_layers - 1 && ws->fused[i + 1])
         dr = drop_replay(&m->layers[i + 1], ws, (uint32_t)i + 1);
@@ -342,20 +352,23 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
       break;
     }
     case NN_LAYER_CONV2D: {
-      /* Always complete here: the trainer sums the shards' blocks. */
-      nn_layer d = nn_conv_as_dense(l);
-      uint32_t rows = n * l->oshape.h * l->oshape.w;
-      nn_dnn_dense_dw(ws->dnn, (uint32_t)i, &d, g, ws->col[i], rows, grad + l->w_off);
-      if (!db_done) nn_k_colsum(grad + l->b_off, g, rows, d.out);
+      /* Always complete here: the trainer sums the shards' blocks. The
+       * kernel computes the bias gradient too. */
+      int team = nn_dnn_team(ws->dnn);
+      nn_conv_bwd_w(ws->conv, team, (uint32_t)i, l, in, g, n, grad + l->w_off,
+                    grad + l->b_off);
       db_done = 0;
       if (i == 0) return;
-      nn_dnn_dense_dx(ws->dnn, (uint32_t)i, &d, g, m->params + l->w_off, rows, ws->dcol);
-      nn_col2im(ws->dcol, n, l, dx);
+      nn_conv_bwd_d(ws->conv, team, (uint32_t)i, l, g, m->params + l->w_off, n, dx);
       break;
     }
-    case NN_LAYER_MAXPOOL:
-      nn_maxpool_bwd(g, ws->pool_idx[i], n, l, dx);
+    case NN_LAYER_MAXPOOL: {
+      /* A ReLU the convolution below ran is folded in here: its input (the
+       * rectified map) masks the gradient as it is scattered. */
+      int fold = i > 0 && m->layers[i - 1].type == NN_LAYER_RELU && ws->fused[i - 1] == 2;
+      nn_maxpool_bwd(g, ws->pool_idx[i], n, l, fold ? in : NULL, dx);
       break;
+    }
     case NN_LAYER_FLATTEN:
       continue;
     case NN_LAYER_DROPOUT:

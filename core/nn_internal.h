@@ -50,6 +50,8 @@ int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_pa
 void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *w, uint32_t n, float *dx);
 
+typedef struct nn_conv nn_conv; /* conv.c */
+
 struct nn_workspace {
   uint32_t max_batch;
   uint32_t n_layers;
@@ -68,9 +70,8 @@ struct nn_workspace {
   void *block;                      /* the single allocation behind all */
   const nn_model *pinned;           /* nn_workspace_pin: the model wt copies */
   float *wt[NN_MAX_LAYERS];         /* DENSE: its weights transposed, [in][out] */
-  float *col[NN_MAX_LAYERS];        /* CONV2D: patch matrix [B*oh*ow][k*k*c] */
   uint32_t *pool_idx[NN_MAX_LAYERS]; /* MAXPOOL: input index of each maximum */
-  float *dcol;                      /* CONV2D backward: gradient of a patch matrix */
+  nn_conv *conv;                    /* CONV2D: oneDNN kernels, or NULL */
   void *wt_block;
 };
 
@@ -166,8 +167,31 @@ void nn_im2col(const float *x, uint32_t n, const nn_layer *l, float *col);
 /* dx (overwritten) = the sum of the patch gradients back in place. */
 void nn_col2im(const float *col, uint32_t n, const nn_layer *l, float *dx);
 void nn_maxpool_fwd(const float *x, uint32_t n, const nn_layer *l, float *y, uint32_t *idx);
+/* x: the pool's input when the ReLU before it is folded in (a maximum that
+ * is not positive passes no gradient), else NULL. */
 void nn_maxpool_bwd(const float *g, const uint32_t *idx, uint32_t n, const nn_layer *l,
-                    float *dx);
+                    const float *x, float *dx);
+
+/* Convolutions through oneDNN primitives (conv.c), NHWC activations,
+ * weights [filters][ky][kx][c]. One context per workspace, used by one
+ * thread at a time; it keeps each layer's compiled kernels for the last
+ * image count and team size. A pass aborts if oneDNN cannot get memory for
+ * a kernel, as the matrix products do. */
+int nn_conv_create(nn_conv **out);
+void nn_conv_free(nn_conv *c);
+/* y = conv(x, w) + b, then max(0, .) when relu. */
+void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
+                 uint32_t n, const float *w, const float *b, int relu, float *y);
+/* dw, db (overwritten) = the weight and bias gradients from x and the
+ * output gradient g. */
+void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
+                   const float *g, uint32_t n, float *dw, float *db);
+/* dx (overwritten) = the input gradient from g. */
+void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *g,
+                   const float *w, uint32_t n, float *dx);
+/* Applies this workspace's team size to the calling thread (dnn.c) and
+ * returns it. */
+int nn_dnn_team(nn_dnn *d);
 /* The dense layer a convolution is, over its patch matrix. */
 static inline nn_layer nn_conv_as_dense(const nn_layer *l) {
   nn_layer d = *l;

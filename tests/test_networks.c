@@ -161,6 +161,25 @@ static void test_conv_pool_hand(void **state) {
   nn_workspace_free(ws);
   nn_model_free(m);
 
+  /* Valid, stride 2, 2x2 kernel of ones on 5x5 (1..25): two windows a side,
+   * the last row and column unread. Two images, so the batch dimension is
+   * crossed too. */
+  nn_layer_spec s4[] = {CONV(1, 2, 2, NN_PAD_VALID, 0), FLAT, DENSE(10)};
+  assert_int_equal(nn_model_create_spec(&m, "t", (nn_shape){5, 5, 1}, s4, 3, NULL), 0);
+  assert_int_equal(m->layers[0].oshape.h, 2);
+  float x4[50];
+  for (int i = 0; i < 25; i++) x4[i] = (float)(i + 1), x4[25 + i] = -(float)(i + 1);
+  w = m->params + m->layers[0].w_off;
+  for (int i = 0; i < 4; i++) w[i] = 1.f;
+  ws = run(m, x4, 2);
+  const float want4[4] = {16, 24, 56, 64};
+  for (int i = 0; i < 4; i++) {
+    assert_float_equal(ws->cur[0][i], want4[i], 1e-5);
+    assert_float_equal(ws->cur[0][4 + i], -want4[i], 1e-5);
+  }
+  nn_workspace_free(ws);
+  nn_model_free(m);
+
   /* Max pooling 2 (stride 2) on 5x5, channels 1: the odd last row/column is
    * dropped; pool 3 stride 1 overlaps. */
   nn_layer_spec s3[] = {POOL(2, 0), FLAT, DENSE(10)};
@@ -220,11 +239,38 @@ static nn_model *conv_model(uint64_t seed) {
   return m;
 }
 
-static void test_conv_gradient(void **state) {
-  (void)state;
+/* The cnn preset's pattern at small sizes: conv + ReLU (run inside the
+ * convolution's kernel) straight into a pooling (which then folds in the
+ * ReLU's gradient), the same again with a valid stride-2 convolution whose
+ * windows leave the last row and column out (13 -> 6), dropout after the
+ * flatten. */
+static nn_model *conv_pool_model(uint64_t seed) {
+  nn_layer_spec s[] = {CONV(4, 3, 1, NN_PAD_VALID, NN_ACT_RELU), /* 26x26x4 */
+                       POOL(2, 0),                               /* 13x13x4 */
+                       CONV(5, 2, 2, NN_PAD_VALID, NN_ACT_RELU), /* 6x6x5 */
+                       POOL(2, 0),                               /* 3x3x5 */
+                       FLAT,
+                       {.type = NN_LAYER_DROPOUT, .rate = 0.5f},
+                       DENSE(10)};
+  nn_model *m;
+  lcg = seed;
+  assert_int_equal(nn_model_create_spec(&m, "convpool", NN_INPUT_MNIST, s, 7, NULL), 0);
+  assert_int_equal(m->layers[4].oshape.h, 6);
+  nn_model_init(m, seed);
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    /* Negative biases: many pooling windows hold only clamped values, whose
+     * gradient the ReLU must stop. */
+    if (l->type == NN_LAYER_CONV2D)
+      for (uint32_t k = 0; k < l->oshape.c; k++) m->params[l->b_off + k] = 0.1f * frand() - 0.3f;
+  }
+  return m;
+}
+
+static void check_gradient(nn_model *(*make)(uint64_t)) {
   enum { N = 3 };
   for (uint32_t threads = 1; threads <= 2; threads++) {
-    nn_model *m = conv_model(5);
+    nn_model *m = make(5);
     nn_trainer *t;
     nn_train_config cfg;
     nn_train_defaults(&cfg);
@@ -278,6 +324,12 @@ static void test_conv_gradient(void **state) {
     nn_trainer_free(t);
     nn_model_free(m);
   }
+}
+
+static void test_conv_gradient(void **state) {
+  (void)state;
+  check_gradient(conv_model);
+  check_gradient(conv_pool_model);
 }
 
 static nn_dataset synth;
