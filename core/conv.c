@@ -71,7 +71,7 @@ NN_HOT void nn_col2im(const float *restrict col, uint32_t n, const nn_layer *l,
   }
 }
 
-NN_HOT void nn_maxpool_fwd(const float *restrict x, uint32_t n, const nn_layer *l,
+NN_HOT void nn_maxpool_fwd(const float *restrict x, uint32_t n, const nn_layer *l, int rect,
                            float *restrict y, uint32_t *restrict idx) {
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w, k = l->kernel, s = l->stride;
@@ -98,25 +98,56 @@ NN_HOT void nn_maxpool_fwd(const float *restrict x, uint32_t n, const nn_layer *
               io[c] = gt ? p + c : io[c];
             }
           }
+        if (rect) {
+          /* A rectified window whose maximum is 0 was clamped: no gradient. */
+#pragma omp simd
+          for (uint32_t c = 0; c < C; c++) io[c] = yo[c] > 0.f ? io[c] : NN_POOL_NONE;
+        }
       }
   }
 }
 
-void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx, uint32_t n,
-                    const nn_layer *l, const float *restrict x, float *restrict dx) {
-  memset(dx, 0, (size_t)n * l->in * sizeof(float));
-  for (uint32_t b = 0; b < n; b++) {
-    const float *gb = g + (size_t)b * l->out;
-    const uint32_t *ib = idx + (size_t)b * l->out;
-    float *db = dx + (size_t)b * l->in;
-    if (!x) {
-      for (uint32_t o = 0; o < l->out; o++) db[ib[o]] += gb[o];
-      continue;
+NN_HOT void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx, uint32_t n,
+                           const nn_layer *l, float *restrict dx) {
+  const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
+  const uint32_t OH = l->oshape.h, OW = l->oshape.w, k = l->kernel, s = l->stride;
+  if (k != s) {
+    /* Overlapping (or gapped) windows: scatter. */
+    memset(dx, 0, (size_t)n * l->in * sizeof(float));
+    for (uint32_t b = 0; b < n; b++) {
+      const float *gb = g + (size_t)b * l->out;
+      const uint32_t *ib = idx + (size_t)b * l->out;
+      float *db = dx + (size_t)b * l->in;
+      for (uint32_t o = 0; o < l->out; o++)
+        if (ib[o] != NN_POOL_NONE) db[ib[o]] += gb[o];
     }
-    /* The ReLU before the pool, folded in: a maximum that is not positive
-     * was clamped, and passes no gradient. */
-    const float *xb = x + (size_t)b * l->in;
-    for (uint32_t o = 0; o < l->out; o++) db[ib[o]] += xb[ib[o]] > 0.f ? gb[o] : 0.f;
+    return;
+  }
+  /* Windows tile the input: every input value is written once, as the
+   * gradient where it was the maximum and 0 elsewhere, in one streaming
+   * pass (no clear, no scatter); the rows and columns past the last window
+   * are zeroed. */
+  for (uint32_t b = 0; b < n; b++) {
+    float *db = dx + (size_t)b * l->in;
+    for (uint32_t oy = 0; oy < OH; oy++) {
+      for (uint32_t ky = 0; ky < k; ky++) {
+        uint32_t row = (oy * s + ky) * W;
+        for (uint32_t ox = 0; ox < OW; ox++) {
+          size_t o = (((size_t)b * OH + oy) * OW + ox) * C;
+          const float *go = g + o;
+          const uint32_t *io = idx + o;
+          for (uint32_t kx = 0; kx < k; kx++) {
+            uint32_t p = (row + ox * s + kx) * C;
+            float *dp = db + p;
+#pragma omp simd
+            for (uint32_t c = 0; c < C; c++) dp[c] = io[c] == p + c ? go[c] : 0.f;
+          }
+        }
+        if (OW * s < W) memset(db + (size_t)(row + OW * s) * C, 0, (W - OW * s) * C * sizeof(float));
+      }
+    }
+    if (OH * s < H)
+      memset(db + (size_t)OH * s * W * C, 0, (size_t)(H - OH * s) * W * C * sizeof(float));
   }
 }
 
@@ -133,13 +164,13 @@ void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx, uint3
  * pass, image count, team size) and kept in the workspace's context. */
 #include <dnnl.h>
 
-enum { CV_FWD, CV_BWD_W, CV_BWD_D, CV_OPS };
+enum { CV_FWD, CV_BWD_W, CV_BWD_D, CV_REORDER, CV_OPS };
 
 typedef struct cv_prim {
   dnnl_primitive_t prim, reorder;  /* reorder: weights to (or grads from) the kernel */
   dnnl_memory_t src, wei, bias, dst, sp, wuser;
   float *wbuf;                     /* the kernel's layout of the weights, or NULL */
-  uint64_t key;                    /* image count | relu << 32; 0 = not built */
+  uint64_t key;                    /* image count | relu, formats << 32; 0 = not built */
   int team;
 } cv_prim;
 
@@ -194,7 +225,12 @@ static int md4(dnnl_memory_desc_t *md, int64_t a, int64_t b, int64_t h, int64_t 
   return dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32, tag) == dnnl_success ? 0 : -1;
 }
 
-static int cv_shapes_init(cv_shapes *s, const nn_layer *l, uint32_t n) {
+/* An activation's oneDNN layout: NHWC, or nChw16c blocks (blk). */
+static dnnl_format_tag_t cv_tag(int blk, uint32_t c) {
+  return blk ? dnnl_nChw16c : c == 1 ? dnnl_nchw : dnnl_nhwc;
+}
+
+static int cv_shapes_init(cv_shapes *s, const nn_layer *l, uint32_t n, unsigned fmt) {
   const int64_t C = l->ishape.c, F = l->oshape.c, k = l->kernel;
   dnnl_dims_t bd = {F};
   /* oneDNN checks oh == (ih - k + pad_t + pad_b) / stride + 1 with integer
@@ -207,8 +243,8 @@ static int cv_shapes_init(cv_shapes *s, const nn_layer *l, uint32_t n) {
   s->pad_l[1] = l->pad_l;
   s->pad_r[0] = pb > 0 ? pb : 0;
   s->pad_r[1] = pr > 0 ? pr : 0;
-  if (md4(&s->src, n, C, l->ishape.h, l->ishape.w, dnnl_nhwc) ||
-      md4(&s->dst, n, F, l->oshape.h, l->oshape.w, dnnl_nhwc) ||
+  if (md4(&s->src, n, C, l->ishape.h, l->ishape.w, cv_tag(fmt & NN_CONV_SRC_BLK, C)) ||
+      md4(&s->dst, n, F, l->oshape.h, l->oshape.w, cv_tag(fmt & NN_CONV_DST_BLK, F)) ||
       md4(&s->wany, F, C, k, k, dnnl_format_tag_any) || md4(&s->wuser, F, C, k, k, dnnl_ohwi) ||
       dnnl_memory_desc_init_by_tag(&s->bias, 1, bd, dnnl_f32, dnnl_x) != dnnl_success)
     return -1;
@@ -287,10 +323,11 @@ static int cv_wreorder(nn_conv *c, cv_prim *p, const cv_shapes *s, const dnnl_me
   return rc;
 }
 
-static int cv_build(nn_conv *c, cv_prim *p, int op, const nn_layer *l, uint32_t n, int relu) {
+static int cv_build(nn_conv *c, cv_prim *p, int op, const nn_layer *l, uint32_t n, int relu,
+                    unsigned fmt) {
   cv_shapes s;
   dnnl_primitive_desc_t fpd = NULL, pd = NULL;
-  if (cv_shapes_init(&s, l, n)) return NN_EINVAL;
+  if (cv_shapes_init(&s, l, n, fmt)) return NN_EINVAL;
   int rc = cv_fwd_pd(c, &s, op == CV_FWD && relu, &fpd);
   if (rc) return rc;
   rc = NN_EINVAL;
@@ -337,12 +374,12 @@ static void cv_must(int rc) {
 }
 
 static cv_prim *cv_get(nn_conv *c, uint32_t layer, int op, const nn_layer *l, uint32_t n,
-                       int relu, int team) {
+                       int relu, unsigned fmt, int team) {
   cv_prim *p = &c->op[layer][op];
-  uint64_t key = (uint64_t)n | (uint64_t)!!relu << 32;
+  uint64_t key = (uint64_t)n | (uint64_t)!!relu << 32 | (uint64_t)fmt << 33;
   if (p->prim && p->key == key && p->team == team) return p;
   cv_clear(p);
-  cv_must(cv_build(c, p, op, l, n, relu));
+  cv_must(cv_build(c, p, op, l, n, relu, fmt));
   p->key = key;
   p->team = team;
   return p;
@@ -369,9 +406,9 @@ static void cv_reorder(nn_conv *c, cv_prim *p, const float *w, int to_kernel) {
   cv_must(dnnl_primitive_execute(p->reorder, c->stream, 2, a) != dnnl_success);
 }
 
-void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
-                 uint32_t n, const float *w, const float *b, int relu, float *y) {
-  cv_prim *p = cv_get(c, layer, CV_FWD, l, n, relu, team);
+void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                 const float *x, uint32_t n, const float *w, const float *b, int relu, float *y) {
+  cv_prim *p = cv_get(c, layer, CV_FWD, l, n, relu, fmt, team);
   cv_reorder(c, p, w, 1);
   dnnl_memory_set_data_handle(p->src, (void *)x);
   dnnl_memory_set_data_handle(p->bias, (void *)b);
@@ -381,9 +418,9 @@ void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const 
   cv_exec(c, p->prim, p, 4, a);
 }
 
-void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
-                   const float *g, uint32_t n, float *dw, float *db) {
-  cv_prim *p = cv_get(c, layer, CV_BWD_W, l, n, 0, team);
+void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                   const float *x, const float *g, uint32_t n, float *dw, float *db) {
+  cv_prim *p = cv_get(c, layer, CV_BWD_W, l, n, 0, fmt, team);
   if (!p->reorder) dnnl_memory_set_data_handle(p->wei, dw);
   dnnl_memory_set_data_handle(p->src, (void *)x);
   dnnl_memory_set_data_handle(p->dst, (void *)g);
@@ -394,13 +431,68 @@ void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, cons
   if (p->reorder) cv_reorder(c, p, dw, 0);
 }
 
-void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *g,
-                   const float *w, uint32_t n, float *dx) {
-  cv_prim *p = cv_get(c, layer, CV_BWD_D, l, n, 0, team);
+void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                   const float *g, const float *w, uint32_t n, float *dx) {
+  cv_prim *p = cv_get(c, layer, CV_BWD_D, l, n, 0, fmt, team);
   cv_reorder(c, p, w, 1);
   dnnl_memory_set_data_handle(p->dst, (void *)g);
   dnnl_memory_set_data_handle(p->src, dx);
   dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, p->dst}, {DNNL_ARG_WEIGHTS, p->wei},
                           {DNNL_ARG_DIFF_SRC, p->src}};
   cv_exec(c, p->prim, p, 3, a);
+}
+
+void nn_conv_reorder(nn_conv *c, int team, uint32_t layer, nn_shape sh, uint32_t n,
+                     int to_blocks, const float *x, float *y) {
+  cv_prim *p = &c->op[layer][CV_REORDER];
+  uint64_t key = (uint64_t)n | (uint64_t)!!to_blocks << 32;
+  if (!(p->prim && p->key == key && p->team == team)) {
+    dnnl_memory_desc_t nhwc, blk;
+    dnnl_primitive_desc_t pd = NULL;
+    cv_clear(p);
+    int rc = md4(&nhwc, n, sh.c, sh.h, sh.w, dnnl_nhwc) || md4(&blk, n, sh.c, sh.h, sh.w, dnnl_nChw16c)
+                 ? NN_EINVAL : 0;
+    if (!rc)
+      rc = dnnl_reorder_primitive_desc_create(&pd, to_blocks ? &nhwc : &blk, c->eng,
+                                              to_blocks ? &blk : &nhwc, c->eng, NULL) ==
+                   dnnl_success
+               ? 0 : NN_EINVAL;
+    if (!rc && (dnnl_primitive_create(&p->prim, pd) != dnnl_success ||
+                mem(c, &p->src, to_blocks ? &nhwc : &blk) || mem(c, &p->dst, to_blocks ? &blk : &nhwc)))
+      rc = NN_ENOMEM;
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (rc) cv_clear(p);
+    cv_must(rc);
+    p->key = key;
+    p->team = team;
+  }
+  dnnl_memory_set_data_handle(p->src, (void *)x);
+  dnnl_memory_set_data_handle(p->dst, y);
+  dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, p->src}, {DNNL_ARG_TO, p->dst}};
+  cv_must(dnnl_primitive_execute(p->prim, c->stream, 2, a) != dnnl_success);
+}
+
+/* The implementation a primitive runs, or "" when unknown. */
+static const char *cv_impl(const cv_prim *p) {
+  const_dnnl_primitive_desc_t pd;
+  const char *impl = NULL;
+  if (p->prim && dnnl_primitive_get_primitive_desc(p->prim, &pd) == dnnl_success &&
+      dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+    return impl;
+  return "";
+}
+
+int nn_conv_probe(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                  uint32_t n, int relu, int need_dx) {
+  int ops[3] = {CV_FWD, CV_BWD_W, CV_BWD_D};
+  for (int k = 0; k < (need_dx ? 3 : 2); k++) {
+    cv_prim *p = &c->op[layer][ops[k]];
+    cv_clear(p);
+    int rc = cv_build(c, p, ops[k], l, n, k == 0 && relu, fmt);
+    if (rc) return rc;
+    p->key = (uint64_t)n | (uint64_t)(k == 0 && relu) << 32 | (uint64_t)fmt << 33;
+    p->team = team;
+    if (!strncmp(cv_impl(p), "ref", 3)) return 1;
+  }
+  return 0;
 }

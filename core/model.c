@@ -126,6 +126,68 @@ void nn_model_free(nn_model *m) {
 
 /* ---------------------------------------------------------------- workspace */
 
+/* Whether convolution i writes oneDNN's nChw16c blocks, the layout its
+ * kernels are fastest on: when its channels come in whole blocks and
+ * everything up to the next convolution or flatten works on any layout
+ * (ReLU, pooling); the flatten reorders to NHWC (and its gradient back). */
+static int conv_blocked(const nn_model *m, const nn_workspace *ws, uint32_t i) {
+  if (m->layers[i].oshape.c % 16 || ws->gemm[i]) return 0;
+  for (uint32_t j = i + 1; j < m->n_layers; j++) {
+    nn_layer_type t = m->layers[j].type;
+    if (t == NN_LAYER_CONV2D) return !ws->gemm[j];
+    if (t == NN_LAYER_FLATTEN) return 1;
+    if (t != NN_LAYER_RELU && t != NN_LAYER_MAXPOOL) return 0;
+  }
+  return 0;
+}
+
+/* A pooling on blocks is the same pooling on n * c/16 maps of 16 channels. */
+static nn_layer pool_blocks(const nn_layer *l, uint32_t *n) {
+  nn_layer p = *l;
+  *n *= l->ishape.c / 16;
+  p.ishape.c = p.oshape.c = 16;
+  p.in = l->in / (l->ishape.c / 16);
+  p.out = l->out / (l->ishape.c / 16);
+  return p;
+}
+
+static unsigned conv_fmt(const nn_workspace *ws, uint32_t i) {
+  return (i > 0 && ws->blk[i - 1] ? NN_CONV_SRC_BLK : 0) | (ws->blk[i] ? NN_CONV_DST_BLK : 0);
+}
+
+/* Each activation's layout (ws->blk) from the convolutions' kinds. */
+static void conv_layouts(const nn_model *m, nn_workspace *ws) {
+  uint8_t blk = 0;
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    if (m->layers[i].type == NN_LAYER_CONV2D) blk = (uint8_t)conv_blocked(m, ws, i);
+    if (m->layers[i].type == NN_LAYER_FLATTEN) blk = 0;
+    ws->blk[i] = blk;
+  }
+}
+
+/* Picks each convolution's kind: oneDNN's direct kernels where it has an
+ * optimised one for the layer (their kernels are built now), im2col + GEMM
+ * where it has only reference code, which is many times slower. */
+static int conv_plan(const nn_model *m, nn_workspace *ws) {
+  int convs = 0;
+  for (uint32_t i = 0; i < m->n_layers; i++) convs |= m->layers[i].type == NN_LAYER_CONV2D;
+  if (!convs) return 0;
+  int rc = nn_conv_create(&ws->conv);
+  if (rc) return rc;
+  conv_layouts(m, ws);
+  int team = nn_dnn_team(ws->dnn);
+  for (uint32_t i = 0; i < m->n_layers; i++) {
+    const nn_layer *l = &m->layers[i];
+    if (l->type != NN_LAYER_CONV2D) continue;
+    int relu = i + 1 < m->n_layers && m->layers[i + 1].type == NN_LAYER_RELU;
+    rc = nn_conv_probe(ws->conv, team, i, l, conv_fmt(ws, i), ws->max_batch, relu, i > 0);
+    if (rc < 0) return rc;
+    ws->gemm[i] = (uint8_t)rc;
+  }
+  conv_layouts(m, ws);
+  return 0;
+}
+
 int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batch) {
   if (!out || !m || max_batch == 0 || max_batch > (1u << 20)) return NN_EINVAL;
   *out = NULL;
@@ -134,9 +196,16 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   ws->max_batch = max_batch;
   ws->n_layers = m->n_layers;
 
+  int rc = nn_dnn_create(&ws->dnn);
+  if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
+  if (!rc) rc = conv_plan(m, ws);
+  if (rc) {
+    nn_workspace_free(ws);
+    return rc;
+  }
+
   /* First pass sizes the single block, second pass carves it. */
-  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0;
-  int convs = 0;
+  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0, dcol = 0;
   off[k++] = total; total += round_up(B * m->n_inputs * sizeof(float));
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
@@ -148,18 +217,22 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
       off[k++] = total; total += round_up(B * l->ishape.h * l->ishape.w * sizeof(float));
     } else if (l->type == NN_LAYER_MAXPOOL) {
       off[k++] = total; total += round_up(B * l->out * sizeof(uint32_t));
-    } else if (l->type == NN_LAYER_CONV2D) {
-      convs = 1;
+    } else if (l->type == NN_LAYER_CONV2D && ws->gemm[i]) {
+      size_t c = B * l->oshape.h * l->oshape.w * l->kernel * l->kernel * l->ishape.c;
+      off[k++] = total; total += round_up(c * sizeof(float));
+      if (i > 0 && c > dcol) dcol = c;
     }
   }
   size_t gsz = round_up(B * m->max_width * sizeof(float));
+  off[k] = total; /* dcol */
+  total += round_up(dcol * sizeof(float));
   if (total + 2 * gsz > NN_WORKSPACE_MAX_BYTES) {
-    free(ws);
+    nn_workspace_free(ws);
     return NN_ETOOBIG;
   }
   ws->block = aligned_alloc(ALIGN, total + 2 * gsz);
   if (!ws->block) {
-    free(ws);
+    nn_workspace_free(ws);
     return NN_ENOMEM;
   }
   char *base = ws->block;
@@ -175,17 +248,13 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
       ws->anti_inv[i] = (float *)(base + off[k++]);
     } else if (l->type == NN_LAYER_MAXPOOL) {
       ws->pool_idx[i] = (uint32_t *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_CONV2D && ws->gemm[i]) {
+      ws->col[i] = (float *)(base + off[k++]);
     }
   }
+  ws->dcol = dcol ? (float *)(base + off[k]) : NULL;
   ws->g[0] = (float *)(base + total);
   ws->g[1] = (float *)(base + total + gsz);
-  int rc = nn_dnn_create(&ws->dnn);
-  if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
-  if (!rc && convs) rc = nn_conv_create(&ws->conv);
-  if (rc) {
-    nn_workspace_free(ws);
-    return rc;
-  }
   *out = ws;
   return 0;
 }
@@ -228,6 +297,7 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     float *out = ws->act[i];
+    int blk = i > 0 && ws->blk[i - 1]; /* `in` is in nChw16c blocks */
     ws->fused[i] = 0;
     switch (l->type) {
     case NN_LAYER_DENSE:
@@ -268,17 +338,33 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
       break;
     }
     case NN_LAYER_CONV2D:
+      if (ws->gemm[i]) {
+        nn_layer d = nn_conv_as_dense(l);
+        nn_im2col(in, n, l, ws->col[i]);
+        nn_dnn_dense_fwd(ws->dnn, i, &d, ws->col[i], n * l->oshape.h * l->oshape.w,
+                         m->params + l->w_off, m->params + l->b_off, out);
+        break;
+      }
       /* A ReLU right after runs inside the kernel (a post-op). */
       rectified = i + 1 < m->n_layers && m->layers[i + 1].type == NN_LAYER_RELU;
-      nn_conv_fwd(ws->conv, nn_dnn_team(ws->dnn), i, l, in, n, m->params + l->w_off,
-                  m->params + l->b_off, rectified, out);
+      nn_conv_fwd(ws->conv, nn_dnn_team(ws->dnn), i, l, conv_fmt(ws, i), in, n,
+                  m->params + l->w_off, m->params + l->b_off, rectified, out);
       ws->cur[i] = out;
       in = out;
       continue;
-    case NN_LAYER_MAXPOOL:
-      nn_maxpool_fwd(in, n, l, out, ws->pool_idx[i]);
+    case NN_LAYER_MAXPOOL: {
+      /* A ReLU the convolution ran is undone here in the backward pass. */
+      int rect = i > 0 && m->layers[i - 1].type == NN_LAYER_RELU && ws->fused[i - 1] == 2;
+      uint32_t pn = n;
+      nn_layer pl = blk ? pool_blocks(l, &pn) : *l;
+      nn_maxpool_fwd(in, pn, &pl, rect, out, ws->pool_idx[i]);
       break;
+    }
     case NN_LAYER_FLATTEN:
+      if (blk) {
+        nn_conv_reorder(ws->conv, nn_dnn_team(ws->dnn), i, l->ishape, n, 0, in, out);
+        break;
+      }
       ws->cur[i] = in; /* NHWC is already the flattened order */
       continue;
     case NN_LAYER_DROPOUT:
@@ -352,25 +438,40 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
       break;
     }
     case NN_LAYER_CONV2D: {
-      /* Always complete here: the trainer sums the shards' blocks. The
-       * kernel computes the bias gradient too. */
+      /* Always complete here: the trainer sums the shards' blocks. */
+      if (ws->gemm[i]) {
+        nn_layer d = nn_conv_as_dense(l);
+        uint32_t rows = n * l->oshape.h * l->oshape.w;
+        nn_dnn_dense_dw(ws->dnn, (uint32_t)i, &d, g, ws->col[i], rows, grad + l->w_off);
+        if (!db_done) nn_k_colsum(grad + l->b_off, g, rows, d.out);
+        db_done = 0;
+        if (i == 0) return;
+        nn_dnn_dense_dx(ws->dnn, (uint32_t)i, &d, g, m->params + l->w_off, rows, ws->dcol);
+        nn_col2im(ws->dcol, n, l, dx);
+        break;
+      }
+      /* The kernel computes the bias gradient too. */
       int team = nn_dnn_team(ws->dnn);
-      nn_conv_bwd_w(ws->conv, team, (uint32_t)i, l, in, g, n, grad + l->w_off,
+      unsigned fmt = conv_fmt(ws, (uint32_t)i);
+      nn_conv_bwd_w(ws->conv, team, (uint32_t)i, l, fmt, in, g, n, grad + l->w_off,
                     grad + l->b_off);
       db_done = 0;
       if (i == 0) return;
-      nn_conv_bwd_d(ws->conv, team, (uint32_t)i, l, g, m->params + l->w_off, n, dx);
+      nn_conv_bwd_d(ws->conv, team, (uint32_t)i, l, fmt, g, m->params + l->w_off, n, dx);
       break;
     }
     case NN_LAYER_MAXPOOL: {
-      /* A ReLU the convolution below ran is folded in here: its input (the
-       * rectified map) masks the gradient as it is scattered. */
-      int fold = i > 0 && m->layers[i - 1].type == NN_LAYER_RELU && ws->fused[i - 1] == 2;
-      nn_maxpool_bwd(g, ws->pool_idx[i], n, l, fold ? in : NULL, dx);
+      /* The ReLU below, when the convolution ran it, is folded in: the
+       * forward pass recorded its clamped windows as NN_POOL_NONE. */
+      uint32_t pn = n;
+      nn_layer pl = ws->blk[i] ? pool_blocks(l, &pn) : *l;
+      nn_maxpool_bwd(g, ws->pool_idx[i], pn, &pl, dx);
       break;
     }
     case NN_LAYER_FLATTEN:
-      continue;
+      if (i == 0 || !ws->blk[i - 1]) continue;
+      nn_conv_reorder(ws->conv, nn_dnn_team(ws->dnn), (uint32_t)i, l->ishape, n, 1, g, dx);
+      break;
     case NN_LAYER_DROPOUT:
       if (ws->fused[i]) continue; /* done by the activation below */
       if (!drop_active(l, training)) continue; /* identity: reuse g */

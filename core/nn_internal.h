@@ -63,6 +63,10 @@ struct nn_workspace {
   float *anti_inv[NN_MAX_LAYERS];   /* ANTIRECT: 1/norm per row */
   uint32_t drop_key[NN_MAX_LAYERS]; /* DROPOUT: key of the last training pass */
   uint8_t fused[NN_MAX_LAYERS];     /* layer ran inside its predecessor's kernel */
+  uint8_t blk[NN_MAX_LAYERS];       /* output in nChw16c blocks (nn_conv_fwd) */
+  uint8_t gemm[NN_MAX_LAYERS];      /* CONV2D: im2col + GEMM (no oneDNN kernel) */
+  float *col[NN_MAX_LAYERS];        /* CONV2D gemm: patch matrix [B*oh*ow][k*k*c] */
+  float *dcol;                      /* CONV2D gemm backward: gradient of a patch matrix */
   float *g[2];                      /* gradient ping-pong, [B][max_width] */
   float *delta[NN_MAX_LAYERS];      /* DENSE: gradient w.r.t. its output, [B][out] */
   const float *dg[NN_MAX_LAYERS];   /* DENSE: where the last backward pass left it */
@@ -166,11 +170,13 @@ size_t nn_workspace_bytes_per_row(const nn_model *m);
 void nn_im2col(const float *x, uint32_t n, const nn_layer *l, float *col);
 /* dx (overwritten) = the sum of the patch gradients back in place. */
 void nn_col2im(const float *col, uint32_t n, const nn_layer *l, float *dx);
-void nn_maxpool_fwd(const float *x, uint32_t n, const nn_layer *l, float *y, uint32_t *idx);
-/* x: the pool's input when the ReLU before it is folded in (a maximum that
- * is not positive passes no gradient), else NULL. */
+/* rect: x is the output of a ReLU whose backward pass the pooling does;
+ * a window whose maximum is 0 then records NN_POOL_NONE (no gradient). */
+#define NN_POOL_NONE UINT32_MAX
+void nn_maxpool_fwd(const float *x, uint32_t n, const nn_layer *l, int rect, float *y,
+                    uint32_t *idx);
 void nn_maxpool_bwd(const float *g, const uint32_t *idx, uint32_t n, const nn_layer *l,
-                    const float *x, float *dx);
+                    float *dx);
 
 /* Convolutions through oneDNN primitives (conv.c), NHWC activations,
  * weights [filters][ky][kx][c]. One context per workspace, used by one
@@ -179,16 +185,32 @@ void nn_maxpool_bwd(const float *g, const uint32_t *idx, uint32_t n, const nn_la
  * a kernel, as the matrix products do. */
 int nn_conv_create(nn_conv **out);
 void nn_conv_free(nn_conv *c);
+/* fmt: the layouts of the layer's input (NN_CONV_SRC_BLK) and output
+ * (NN_CONV_DST_BLK): oneDNN's nChw16c blocks ([n][c/16][h][w][16], for
+ * channel counts that are multiples of 16), else NHWC. */
+#define NN_CONV_SRC_BLK 1u
+#define NN_CONV_DST_BLK 2u
 /* y = conv(x, w) + b, then max(0, .) when relu. */
-void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
-                 uint32_t n, const float *w, const float *b, int relu, float *y);
+void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                 const float *x, uint32_t n, const float *w, const float *b, int relu, float *y);
 /* dw, db (overwritten) = the weight and bias gradients from x and the
  * output gradient g. */
-void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *x,
-                   const float *g, uint32_t n, float *dw, float *db);
+void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                   const float *x, const float *g, uint32_t n, float *dw, float *db);
 /* dx (overwritten) = the input gradient from g. */
-void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, const float *g,
-                   const float *w, uint32_t n, float *dx);
+void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                   const float *g, const float *w, uint32_t n, float *dx);
+/* Builds the kernels of one layer for n images (the backward ones too;
+ * need_dx: also the input gradient's) and keeps them. Returns 0 when they
+ * are all optimised kernels, 1 when oneDNN has only its reference code for
+ * one (odd shapes: a few channels, "same" padding with strides), negative
+ * on failure. */
+int nn_conv_probe(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
+                  uint32_t n, int relu, int need_dx);
+/* y = x (n maps of shape sh) from NHWC to nChw16c blocks (to_blocks) or
+ * back; the primitive is kept under `layer`. */
+void nn_conv_reorder(nn_conv *c, int team, uint32_t layer, nn_shape sh, uint32_t n,
+                     int to_blocks, const float *x, float *y);
 /* Applies this workspace's team size to the calling thread (dnn.c) and
  * returns it. */
 int nn_dnn_team(nn_dnn *d);
