@@ -71,10 +71,77 @@ NN_HOT void nn_col2im(const float *restrict col, uint32_t n, const nn_layer *l,
   }
 }
 
+/* 2x2 windows, stride 2 (the common pooling): the window position of each
+ * maximum (0..3 in window order, POOL2_NONE for a clamped window) is kept
+ * as a byte, a quarter of the memory traffic of an index. */
+#define POOL2_NONE 255
+
+static void pool2_fwd(const float *restrict x, uint32_t n, const nn_layer *l, int rect,
+                      float *restrict y, uint8_t *restrict pos) {
+  const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
+  const uint32_t OH = l->oshape.h, OW = l->oshape.w;
+  for (uint32_t b = 0; b < n; b++)
+    for (uint32_t oy = 0; oy < OH; oy++)
+      for (uint32_t ox = 0; ox < OW; ox++) {
+        const float *restrict p0 = x + (((size_t)b * H + 2 * oy) * W + 2 * ox) * C;
+        const float *restrict p1 = p0 + C, *restrict p2 = p0 + (size_t)W * C, *restrict p3 = p2 + C;
+        size_t o = (((size_t)b * OH + oy) * OW + ox) * C;
+        float *restrict yo = y + o;
+        uint8_t *restrict po = pos + o;
+        /* The first maximum in window order wins ties (strict >). */
+#pragma omp simd
+        for (uint32_t c = 0; c < C; c++) {
+          float v = p0[c];
+          uint8_t q = 0;
+          q = p1[c] > v ? 1 : q;
+          v = p1[c] > v ? p1[c] : v;
+          q = p2[c] > v ? 2 : q;
+          v = p2[c] > v ? p2[c] : v;
+          q = p3[c] > v ? 3 : q;
+          v = p3[c] > v ? p3[c] : v;
+          yo[c] = v;
+          po[c] = rect && !(v > 0.f) ? POOL2_NONE : q;
+        }
+      }
+}
+
+static void pool2_bwd(const float *restrict g, const uint8_t *restrict pos, uint32_t n,
+                      const nn_layer *l, float *restrict dx) {
+  const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
+  const uint32_t OH = l->oshape.h, OW = l->oshape.w;
+  for (uint32_t b = 0; b < n; b++) {
+    float *db = dx + (size_t)b * l->in;
+    for (uint32_t oy = 0; oy < OH; oy++) {
+      for (uint32_t ox = 0; ox < OW; ox++) {
+        float *restrict d0 = db + ((size_t)2 * oy * W + 2 * ox) * C;
+        float *restrict d1 = d0 + C, *restrict d2 = d0 + (size_t)W * C, *restrict d3 = d2 + C;
+        size_t o = (((size_t)b * OH + oy) * OW + ox) * C;
+        const float *restrict go = g + o;
+        const uint8_t *restrict po = pos + o;
+#pragma omp simd
+        for (uint32_t c = 0; c < C; c++) {
+          d0[c] = po[c] == 0 ? go[c] : 0.f;
+          d1[c] = po[c] == 1 ? go[c] : 0.f;
+          d2[c] = po[c] == 2 ? go[c] : 0.f;
+          d3[c] = po[c] == 3 ? go[c] : 0.f;
+        }
+      }
+      if (OW * 2 < W)
+        for (uint32_t r = 0; r < 2; r++)
+          memset(db + ((size_t)(2 * oy + r) * W + OW * 2) * C, 0, (W - OW * 2) * C * sizeof(float));
+    }
+    if (OH * 2 < H) memset(db + (size_t)OH * 2 * W * C, 0, (size_t)(H - OH * 2) * W * C * sizeof(float));
+  }
+}
+
 NN_HOT void nn_maxpool_fwd(const float *restrict x, uint32_t n, const nn_layer *l, int rect,
                            float *restrict y, uint32_t *restrict idx) {
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w, k = l->kernel, s = l->stride;
+  if (k == 2 && s == 2) {
+    pool2_fwd(x, n, l, rect, y, (uint8_t *)idx);
+    return;
+  }
   for (uint32_t b = 0; b < n; b++) {
     const float *xb = x + (size_t)b * H * W * C;
     for (uint32_t oy = 0; oy < OH; oy++)
@@ -111,6 +178,10 @@ NN_HOT void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx
                            const nn_layer *l, float *restrict dx) {
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w, k = l->kernel, s = l->stride;
+  if (k == 2 && s == 2) {
+    pool2_bwd(g, (const uint8_t *)idx, n, l, dx);
+    return;
+  }
   if (k != s) {
     /* Overlapping (or gapped) windows: scatter. */
     memset(dx, 0, (size_t)n * l->in * sizeof(float));
