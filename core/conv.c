@@ -297,8 +297,14 @@ static int md4(dnnl_memory_desc_t *md, int64_t a, int64_t b, int64_t h, int64_t 
 }
 
 /* An activation's oneDNN layout: NHWC, or nChw16c blocks (blk). */
-static dnnl_format_tag_t cv_tag(int blk, uint32_t c) {
-  return blk ? dnnl_nChw16c : c == 1 ? dnnl_nchw : dnnl_nhwc;
+static dnnl_format_tag_t cv_tag(unsigned fmt, int blk, uint32_t c) {
+  if (blk) return fmt & NN_CONV_BLK8 ? dnnl_nChw8c : dnnl_nChw16c;
+  return c == 1 ? dnnl_nchw : dnnl_nhwc;
+}
+
+uint32_t nn_conv_block(void) {
+  /* The AVX2 kernels work on blocks of 8 channels, AVX-512's on 16. */
+  return dnnl_get_effective_cpu_isa() >= dnnl_cpu_isa_avx512_core ? 16 : 8;
 }
 
 static int cv_shapes_init(cv_shapes *s, const nn_layer *l, uint32_t n, unsigned fmt) {
@@ -314,8 +320,8 @@ static int cv_shapes_init(cv_shapes *s, const nn_layer *l, uint32_t n, unsigned 
   s->pad_l[1] = l->pad_l;
   s->pad_r[0] = pb > 0 ? pb : 0;
   s->pad_r[1] = pr > 0 ? pr : 0;
-  if (md4(&s->src, n, C, l->ishape.h, l->ishape.w, cv_tag(fmt & NN_CONV_SRC_BLK, C)) ||
-      md4(&s->dst, n, F, l->oshape.h, l->oshape.w, cv_tag(fmt & NN_CONV_DST_BLK, F)) ||
+  if (md4(&s->src, n, C, l->ishape.h, l->ishape.w, cv_tag(fmt, fmt & NN_CONV_SRC_BLK, C)) ||
+      md4(&s->dst, n, F, l->oshape.h, l->oshape.w, cv_tag(fmt, fmt & NN_CONV_DST_BLK, F)) ||
       md4(&s->wany, F, C, k, k, dnnl_format_tag_any) || md4(&s->wuser, F, C, k, k, dnnl_ohwi) ||
       dnnl_memory_desc_init_by_tag(&s->bias, 1, bd, dnnl_f32, dnnl_x) != dnnl_success)
     return -1;
@@ -514,14 +520,14 @@ void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsi
 }
 
 void nn_conv_reorder(nn_conv *c, int team, uint32_t layer, nn_shape sh, uint32_t n,
-                     int to_blocks, const float *x, float *y) {
+                     uint32_t block, int to_blocks, const float *x, float *y) {
   cv_prim *p = &c->op[layer][CV_REORDER];
-  uint64_t key = (uint64_t)n | (uint64_t)!!to_blocks << 32;
+  uint64_t key = (uint64_t)n | (uint64_t)!!to_blocks << 32 | (uint64_t)block << 33;
   if (!(p->prim && p->key == key && p->team == team)) {
     dnnl_memory_desc_t nhwc, blk;
     dnnl_primitive_desc_t pd = NULL;
     cv_clear(p);
-    int rc = md4(&nhwc, n, sh.c, sh.h, sh.w, dnnl_nhwc) || md4(&blk, n, sh.c, sh.h, sh.w, dnnl_nChw16c)
+    int rc = md4(&nhwc, n, sh.c, sh.h, sh.w, dnnl_nhwc) || md4(&blk, n, sh.c, sh.h, sh.w, block == 8 ? dnnl_nChw8c : dnnl_nChw16c)
                  ? NN_EINVAL : 0;
     if (!rc)
       rc = dnnl_reorder_primitive_desc_create(&pd, to_blocks ? &nhwc : &blk, c->eng,

@@ -131,28 +131,30 @@ void nn_model_free(nn_model *m) {
  * everything up to the next convolution or flatten works on any layout
  * (ReLU, pooling); the flatten reorders to NHWC (and its gradient back). */
 static int conv_blocked(const nn_model *m, const nn_workspace *ws, uint32_t i) {
-  if (m->layers[i].oshape.c % 16 || ws->gemm[i]) return 0;
+  if (m->layers[i].oshape.c % ws->cblock || ws->gemm[i] || ws->nhwc[i]) return 0;
   for (uint32_t j = i + 1; j < m->n_layers; j++) {
     nn_layer_type t = m->layers[j].type;
-    if (t == NN_LAYER_CONV2D) return !ws->gemm[j];
+    if (t == NN_LAYER_CONV2D) return !ws->gemm[j] && !ws->nhwc[j];
     if (t == NN_LAYER_FLATTEN) return 1;
     if (t != NN_LAYER_RELU && t != NN_LAYER_MAXPOOL) return 0;
   }
   return 0;
 }
 
-/* A pooling on blocks is the same pooling on n * c/16 maps of 16 channels. */
-static nn_layer pool_blocks(const nn_layer *l, uint32_t *n) {
+/* A pooling on blocks of B channels is the same pooling on n * c/B maps of
+ * B channels. */
+static nn_layer pool_blocks(const nn_layer *l, uint32_t B, uint32_t *n) {
   nn_layer p = *l;
-  *n *= l->ishape.c / 16;
-  p.ishape.c = p.oshape.c = 16;
-  p.in = l->in / (l->ishape.c / 16);
-  p.out = l->out / (l->ishape.c / 16);
+  *n *= l->ishape.c / B;
+  p.ishape.c = p.oshape.c = B;
+  p.in = l->in / (l->ishape.c / B);
+  p.out = l->out / (l->ishape.c / B);
   return p;
 }
 
 static unsigned conv_fmt(const nn_workspace *ws, uint32_t i) {
-  return (i > 0 && ws->blk[i - 1] ? NN_CONV_SRC_BLK : 0) | (ws->blk[i] ? NN_CONV_DST_BLK : 0);
+  return (i > 0 && ws->blk[i - 1] ? NN_CONV_SRC_BLK : 0) | (ws->blk[i] ? NN_CONV_DST_BLK : 0) |
+         (ws->cblock == 8 ? NN_CONV_BLK8 : 0);
 }
 
 /* Each activation's layout (ws->blk) from the convolutions' kinds. */
@@ -165,26 +167,35 @@ static void conv_layouts(const nn_model *m, nn_workspace *ws) {
   }
 }
 
-/* Picks each convolution's kind: oneDNN's direct kernels where it has an
- * optimised one for the layer (their kernels are built now), im2col + GEMM
- * where it has only reference code, which is many times slower. */
+/* Picks each convolution's kind: oneDNN's direct kernels on channel
+ * blocks, else on NHWC, where it has an optimised kernel for the layer
+ * (they are built now), else im2col + GEMM: its reference code is many
+ * times slower. Each refusal changes a layout, so the layers are probed
+ * again until all agree (at most twice per convolution). */
 static int conv_plan(const nn_model *m, nn_workspace *ws) {
   int convs = 0;
   for (uint32_t i = 0; i < m->n_layers; i++) convs |= m->layers[i].type == NN_LAYER_CONV2D;
   if (!convs) return 0;
   int rc = nn_conv_create(&ws->conv);
   if (rc) return rc;
-  conv_layouts(m, ws);
-  int team = nn_dnn_team(ws->dnn);
-  for (uint32_t i = 0; i < m->n_layers; i++) {
-    const nn_layer *l = &m->layers[i];
-    if (l->type != NN_LAYER_CONV2D) continue;
-    int relu = i + 1 < m->n_layers && m->layers[i + 1].type == NN_LAYER_RELU;
-    rc = nn_conv_probe(ws->conv, team, i, l, conv_fmt(ws, i), ws->max_batch, relu, i > 0);
-    if (rc < 0) return rc;
-    ws->gemm[i] = (uint8_t)rc;
+  ws->cblock = nn_conv_block();
+  int team = nn_dnn_team(ws->dnn), changed = 1;
+  while (changed) {
+    changed = 0;
+    conv_layouts(m, ws);
+    for (uint32_t i = 0; i < m->n_layers && !changed; i++) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type != NN_LAYER_CONV2D || ws->gemm[i]) continue;
+      int relu = i + 1 < m->n_layers && m->layers[i + 1].type == NN_LAYER_RELU;
+      rc = nn_conv_probe(ws->conv, team, i, l, conv_fmt(ws, i), ws->max_batch, relu, i > 0);
+      if (rc < 0) return rc;
+      if (rc == 0) continue;
+      /* Blocks around this layer (its own, or its input's) first go. */
+      changed = 1;
+      if (!ws->nhwc[i]) ws->nhwc[i] = 1;
+      else ws->gemm[i] = 1;
+    }
   }
-  conv_layouts(m, ws);
   return 0;
 }
 
@@ -356,13 +367,14 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
       /* A ReLU the convolution ran is undone here in the backward pass. */
       int rect = i > 0 && m->layers[i - 1].type == NN_LAYER_RELU && ws->fused[i - 1] == 2;
       uint32_t pn = n;
-      nn_layer pl = blk ? pool_blocks(l, &pn) : *l;
+      nn_layer pl = blk ? pool_blocks(l, ws->cblock, &pn) : *l;
       nn_maxpool_fwd(in, pn, &pl, rect, out, ws->pool_idx[i]);
       break;
     }
     case NN_LAYER_FLATTEN:
       if (blk) {
-        nn_conv_reorder(ws->conv, nn_dnn_team(ws->dnn), i, l->ishape, n, 0, in, out);
+        nn_conv_reorder(ws->conv, nn_dnn_team(ws->dnn), i, l->ishape, n, ws->cblock, 0, in,
+                        out);
         break;
       }
       ws->cur[i] = in; /* NHWC is already the flattened order */
@@ -464,13 +476,14 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
       /* The ReLU below, when the convolution ran it, is folded in: the
        * forward pass recorded its clamped windows as NN_POOL_NONE. */
       uint32_t pn = n;
-      nn_layer pl = ws->blk[i] ? pool_blocks(l, &pn) : *l;
+      nn_layer pl = ws->blk[i] ? pool_blocks(l, ws->cblock, &pn) : *l;
       nn_maxpool_bwd(g, ws->pool_idx[i], pn, &pl, dx);
       break;
     }
     case NN_LAYER_FLATTEN:
       if (i == 0 || !ws->blk[i - 1]) continue;
-      nn_conv_reorder(ws->conv, nn_dnn_team(ws->dnn), (uint32_t)i, l->ishape, n, 1, g, dx);
+      nn_conv_reorder(ws->conv, nn_dnn_team(ws->dnn), (uint32_t)i, l->ishape, n, ws->cblock, 1,
+                      g, dx);
       break;
     case NN_LAYER_DROPOUT:
       if (ws->fused[i]) continue; /* done by the activation below */

@@ -63,8 +63,10 @@ struct nn_workspace {
   float *anti_inv[NN_MAX_LAYERS];   /* ANTIRECT: 1/norm per row */
   uint32_t drop_key[NN_MAX_LAYERS]; /* DROPOUT: key of the last training pass */
   uint8_t fused[NN_MAX_LAYERS];     /* layer ran inside its predecessor's kernel */
-  uint8_t blk[NN_MAX_LAYERS];       /* output in nChw16c blocks (nn_conv_fwd) */
+  uint8_t blk[NN_MAX_LAYERS];       /* output in channel blocks (nn_conv_fwd) */
   uint8_t gemm[NN_MAX_LAYERS];      /* CONV2D: im2col + GEMM (no oneDNN kernel) */
+  uint8_t nhwc[NN_MAX_LAYERS];      /* CONV2D: no blocked kernel, NHWC in and out */
+  uint32_t cblock;                  /* channels per block: 16 or 8 */
   float *col[NN_MAX_LAYERS];        /* CONV2D gemm: patch matrix [B*oh*ow][k*k*c] */
   float *dcol;                      /* CONV2D gemm backward: gradient of a patch matrix */
   float *g[2];                      /* gradient ping-pong, [B][max_width] */
@@ -186,10 +188,14 @@ void nn_maxpool_bwd(const float *g, const uint32_t *idx, uint32_t n, const nn_la
 int nn_conv_create(nn_conv **out);
 void nn_conv_free(nn_conv *c);
 /* fmt: the layouts of the layer's input (NN_CONV_SRC_BLK) and output
- * (NN_CONV_DST_BLK): oneDNN's nChw16c blocks ([n][c/16][h][w][16], for
- * channel counts that are multiples of 16), else NHWC. */
+ * (NN_CONV_DST_BLK): oneDNN's channel blocks ([n][c/B][h][w][B], for
+ * channel counts that are multiples of B = 16, or 8 with NN_CONV_BLK8),
+ * else NHWC. */
 #define NN_CONV_SRC_BLK 1u
 #define NN_CONV_DST_BLK 2u
+#define NN_CONV_BLK8 4u
+/* The block size the CPU's kernels want: 16 (AVX-512) or 8. */
+uint32_t nn_conv_block(void);
 /* y = conv(x, w) + b, then max(0, .) when relu. */
 void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
                  const float *x, uint32_t n, const float *w, const float *b, int relu, float *y);
@@ -207,10 +213,10 @@ void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsi
  * on failure. */
 int nn_conv_probe(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
                   uint32_t n, int relu, int need_dx);
-/* y = x (n maps of shape sh) from NHWC to nChw16c blocks (to_blocks) or
- * back; the primitive is kept under `layer`. */
+/* y = x (n maps of shape sh) from NHWC to blocks of `block` channels
+ * (to_blocks) or back; the primitive is kept under `layer`. */
 void nn_conv_reorder(nn_conv *c, int team, uint32_t layer, nn_shape sh, uint32_t n,
-                     int to_blocks, const float *x, float *y);
+                     uint32_t block, int to_blocks, const float *x, float *y);
 /* Applies this workspace's team size to the calling thread (dnn.c) and
  * returns it. */
 int nn_dnn_team(nn_dnn *d);
