@@ -126,7 +126,7 @@ void nn_model_free(nn_model *m) {
 
 /* ---------------------------------------------------------------- workspace */
 
-/* Whether convolution i writes oneDNN's nChw16c blocks, the layout its
+/* Whether convolution i writes oneDNN's channel blocks (nChw16c), the layout its
  * kernels are fastest on: when its channels come in whole blocks and
  * everything up to the next convolution or flatten works on any layout
  * (ReLU, pooling); the flatten reorders to NHWC (and its gradient back). */
@@ -308,7 +308,7 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     float *out = ws->act[i];
-    int blk = i > 0 && ws->blk[i - 1]; /* `in` is in nChw16c blocks */
+    int blk = i > 0 && ws->blk[i - 1]; /* `in` is in channel blocks */
     ws->fused[i] = 0;
     switch (l->type) {
     case NN_LAYER_DENSE:

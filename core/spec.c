@@ -257,17 +257,24 @@ int nn_model_layout_spec(nn_model *m, const char *arch, nn_shape input,
   return 0;
 }
 
-/* Per-sample bytes of a workspace for m (what nn_workspace_create sizes). */
+/* Per-sample bytes of a workspace for m (what nn_workspace_create sizes at
+ * most: a convolution has a patch matrix only where it runs as im2col +
+ * GEMM, which depends on the CPU, so every one is counted). */
 size_t nn_workspace_bytes_per_row(const nn_model *m) {
-  size_t f = m->n_inputs + 2 * (size_t)m->max_width;
+  size_t f = m->n_inputs + 2 * (size_t)m->max_width, dcol = 0;
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     f += l->out;
     if (l->type == NN_LAYER_DENSE) f += l->out;
     if (l->type == NN_LAYER_ANTIRECT) f += l->in + (size_t)l->ishape.h * l->ishape.w;
     if (l->type == NN_LAYER_MAXPOOL) f += l->out; /* argmax indices */
+    if (l->type == NN_LAYER_CONV2D) {
+      size_t col = (size_t)l->oshape.h * l->oshape.w * l->kernel * l->kernel * l->ishape.c;
+      f += col;
+      if (col > dcol) dcol = col;
+    }
   }
-  return f * sizeof(float);
+  return (f + dcol) * sizeof(float);
 }
 
 int nn_spec_check(const nn_layer_spec *specs, uint32_t n, nn_shape input, uint32_t classes,
