@@ -92,6 +92,10 @@ int srv_host_is_loopback(const char *host);
 
 /* Writes one log line (text or JSON per configuration) to stderr. */
 void srv_log(const srv *S, const char *level, const char *msg);
+/* One access log line for a request: method, target as sent, status (0:
+ * none was sent), milliseconds, and whether the client left early. */
+void srv_log_request(const srv *S, const char *method, const char *target, int st, double ms,
+                     int aborted);
 
 /* `mnistd serve` and `mnistd healthcheck`: exit statuses. */
 int srv_serve_main(int argc, char **argv);
