@@ -45,8 +45,8 @@ typedef struct srv_config {
 } srv_config;
 
 /* Fills defaults, then MNISTD_* variables, then flags (argv after the
- * subcommand). Returns 0, or 2 after printing a one-line usage error, or
- * 1 when --help was printed. */
+ * subcommand). Returns 0, SRV_EUSAGE (srv_util.h) after printing a
+ * one-line usage error, or 1 when --help was printed. */
 int srv_config_parse(srv_config *c, int argc, char **argv);
 
 #define SRV_MAX_ROUTES 32
@@ -97,7 +97,10 @@ void srv_log(const srv *S, const char *level, const char *msg);
 void srv_log_request(const srv *S, const char *method, const char *target, int st, double ms,
                      int aborted);
 
-/* `mnistd serve` and `mnistd healthcheck`: exit statuses. */
+/* `mnistd serve` and `mnistd healthcheck`: 0, SRV_EUSAGE after a usage
+ * error, or a negative errno after a message on stderr (healthcheck:
+ * -ECONNREFUSED no answer, -EPROTO an answer other than 200); main.c maps
+ * them to exit statuses. */
 int srv_serve_main(int argc, char **argv);
 int srv_healthcheck_main(int argc, char **argv);
 

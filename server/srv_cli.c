@@ -23,7 +23,7 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg) {
   fprintf(stderr, "mnistd %s: ", cmd);
   fprintf(stderr, fmt, arg);
   fprintf(stderr, " (see 'mnistd %s --help')\n", cmd);
-  return SRV_EXIT_USAGE;
+  return SRV_EUSAGE;
 }
 
 static const char TRAIN_HELP[] =
@@ -74,8 +74,8 @@ typedef struct train_opts {
   nn_opt_kind opt;
 } train_opts;
 
-/* Parses mnistd train's command line into *o: -1 to go on, else the exit
- * status (--help, or a usage error already printed). */
+/* Parses mnistd train's command line into *o: 0 to go on, 1 when --help
+ * was printed, or SRV_EUSAGE after the message. */
 static int train_parse(int argc, char **argv, train_opts *o) {
   *o = (train_opts){"antirectifier", "mnist", NULL,
                     getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data", NULL,
@@ -152,7 +152,7 @@ static int train_parse(int argc, char **argv, train_opts *o) {
         return usage_error("train", "%s", amsg);
       break;
     case 'j': o->json = 1; break;
-    case 'h': fputs(TRAIN_HELP, stdout); return SRV_EXIT_OK;
+    case 'h': fputs(TRAIN_HELP, stdout); return 1;
     case ':':
       return usage_error("train", "option '%s' needs a value", argv[optind - 1]);
     default:
@@ -160,11 +160,12 @@ static int train_parse(int argc, char **argv, train_opts *o) {
     }
   }
   if (optind < argc) return usage_error("train", "unexpected argument '%s'", argv[optind]);
-  return -1;
+  return 0;
 }
 
 /* mnistd train's epochs: trains, evaluates and prints each (Keras-style
- * text, or the shared JSON record). 0, or -1 after a message on stderr. */
+ * text, or the shared JSON record). 0, or a negative errno after a
+ * message on stderr (-EINTR: interrupted). */
 static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_dataset *train,
                       const nn_dataset *test, long epochs, int json) {
   const uint32_t batches = (train->n + nn_trainer_config(t)->batch_size - 1) /
@@ -181,13 +182,13 @@ static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_da
       if (pc.tty) fputc('\n', stderr);
       fprintf(stderr, "mnistd train: %s\n",
               g_interrupted ? "interrupted" : nn_strerror(rc));
-      return -1;
+      return g_interrupted ? -EINTR : rc;
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if ((rc = nn_evaluate(m, ews, test, &mt.val_loss, &mt.val_accuracy, NULL))) {
       fprintf(stderr, "mnistd train: evaluation failed: %s\n", nn_strerror(rc));
-      return -1;
+      return rc;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
@@ -240,7 +241,7 @@ static int load_layers(nn_model **m, const char *path, uint32_t batch) {
 int srv_cli_train(int argc, char **argv) {
   train_opts o;
   int st = train_parse(argc, argv, &o);
-  if (st >= 0) return st;
+  if (st) return st == 1 ? 0 : st;
   const char *arch = o.arch, *dataset = o.dataset, *out_path = o.out_path,
              *data_dir = o.data_dir;
   long epochs = o.epochs, threads = o.threads;
@@ -249,14 +250,14 @@ int srv_cli_train(int argc, char **argv) {
   char dir[PATH_MAX];
   if (srv_dataset_dir(data_dir, dataset, dir, sizeof dir)) {
     fprintf(stderr, "mnistd train: no %s data under '%s' (run 'make data')\n", dataset, data_dir);
-    return SRV_EXIT_FAIL;
+    return -ENOENT;
   }
   if (!threads) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     threads = cpus < 1 ? 1 : cpus > 8 ? 8 : cpus;
   }
 
-  int status = SRV_EXIT_FAIL, rc;
+  int rc;
   nn_err err = {0};
   nn_dataset train = {0}, test = {0};
   nn_model *m = NULL;
@@ -287,7 +288,7 @@ int srv_cli_train(int argc, char **argv) {
            dataset, m->n_params, train.n, test.n, cfg.batch_size, nn_opt_name(o.opt),
            (double)cfg.opt.lr);
 
-  if (train_loop(m, t, ews, &train, &test, epochs, json)) goto done;
+  if ((rc = train_loop(m, t, ews, &train, &test, epochs, json))) goto done;
   if (out_path) {
     if ((rc = nn_model_save(m, out_path, &err))) {
       fprintf(stderr, "mnistd train: %s\n", err.msg);
@@ -295,14 +296,13 @@ int srv_cli_train(int argc, char **argv) {
     }
     if (!json) printf("saved %s\n", out_path);
   }
-  status = SRV_EXIT_OK;
 done:
   nn_workspace_free(ews);
   nn_trainer_free(t);
   nn_model_free(m);
   nn_dataset_free(&test);
   nn_dataset_free(&train);
-  return status;
+  return rc;
 }
 
 static const char PREDICT_HELP[] =
@@ -318,12 +318,13 @@ static const char PREDICT_HELP[] =
     "  --json           one JSON object per image\n";
 
 /* Loads every image of one input file: IDX when the magic says so, raw
- * 784-byte records otherwise. */
+ * 784-byte records otherwise. 0, or a negative errno with msg set. */
 static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, size_t len) {
   FILE *f = fopen(path, "rb");
   if (!f) {
-    snprintf(msg, len, "%s: %s", path, strerror(errno));
-    return -1;
+    int rc = -errno;
+    snprintf(msg, len, "%s: %s", path, strerror(-rc));
+    return rc;
   }
   uint8_t head[4] = {0};
   size_t got = fread(head, 1, 4, f);
@@ -333,15 +334,16 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
     fclose(f);
     uint32_t rows, cols;
     nn_err err = {0};
-    if (nn_idx_read_images(path, px, n, &rows, &cols, &err)) {
+    int rc = nn_idx_read_images(path, px, n, &rows, &cols, &err);
+    if (rc) {
       snprintf(msg, len, "%s", err.msg);
-      return -1;
+      return rc;
     }
     if (rows != NN_IMAGE_SIDE || cols != NN_IMAGE_SIDE) {
       snprintf(msg, len, "%s: images are %ux%u, expected 28x28", path, rows, cols);
       free(*px);
       *px = NULL;
-      return -1;
+      return -EINVAL;
     }
     return 0;
   }
@@ -360,11 +362,12 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
     char why[256] = "read failed";
     if (!ok || !*px ||
         srv_image_from_bytes(NULL, buf, (size_t)st.st_size, *px, &empty, why, sizeof why) < 0) {
+      int rc = ok && *px ? -EINVAL : -EIO;
       snprintf(msg, len, "%.200s: %s", path, why);
       free(buf);
       free(*px);
       *px = NULL;
-      return -1;
+      return rc;
     }
     free(buf);
     *n = 1;
@@ -376,7 +379,7 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
              "%s: not an IDX image file, and its size is not a multiple of 784 bytes "
              "(raw 28x28 images)", path);
     fclose(f);
-    return -1;
+    return -EINVAL;
   }
   *n = (uint32_t)(st.st_size / NN_IMAGE_SIZE);
   *px = malloc((size_t)st.st_size);
@@ -386,7 +389,7 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
     free(*px);
     *px = NULL;
     fclose(f);
-    return -1;
+    return -EIO;
   }
   fclose(f);
   return 0;
@@ -413,7 +416,7 @@ int srv_cli_predict(int argc, char **argv) {
       if (srv_parse_long(optarg, 1, 100000000, &limit))
         return usage_error("predict", "--limit must be a positive integer, not '%s'", optarg);
       break;
-    case 'h': fputs(PREDICT_HELP, stdout); return SRV_EXIT_OK;
+    case 'h': fputs(PREDICT_HELP, stdout); return 0;
     case ':': return usage_error("predict", "option '%s' needs a value", argv[optind - 1]);
     default: return usage_error("predict", "unknown option '%s'", argv[optind - 1]);
     }
@@ -428,13 +431,16 @@ int srv_cli_predict(int argc, char **argv) {
   nn_workspace *ws = NULL;
   uint8_t *labels = NULL;
   uint32_t n_labels = 0, correct = 0, total = 0;
-  int status = SRV_EXIT_FAIL;
-  if (nn_model_load(&m, model_path, &err)) {
+  int rc;
+  if ((rc = nn_model_load(&m, model_path, &err))) {
     fprintf(stderr, "mnistd predict: %s\n", err.msg);
-    return SRV_EXIT_FAIL;
+    return rc;
   }
-  if (nn_workspace_create(&ws, m, 256)) goto done;
-  if (labels_path && nn_idx_read_labels(labels_path, &labels, &n_labels, &err)) {
+  if ((rc = nn_workspace_create(&ws, m, 256))) {
+    fprintf(stderr, "mnistd predict: %s\n", nn_strerror(rc));
+    goto done;
+  }
+  if (labels_path && (rc = nn_idx_read_labels(labels_path, &labels, &n_labels, &err))) {
     fprintf(stderr, "mnistd predict: %s\n", err.msg);
     goto done;
   }
@@ -442,7 +448,7 @@ int srv_cli_predict(int argc, char **argv) {
     uint8_t *px = NULL;
     uint32_t n = 0;
     char msg[512];
-    if (load_images(argv[a], &px, &n, msg, sizeof msg)) {
+    if ((rc = load_images(argv[a], &px, &n, msg, sizeof msg))) {
       fprintf(stderr, "mnistd predict: %s\n", msg);
       goto done;
     }
@@ -451,6 +457,7 @@ int srv_cli_predict(int argc, char **argv) {
       fprintf(stderr, "mnistd predict: %s has %u labels for %u images\n", labels_path,
               n_labels, n);
       free(px);
+      rc = -EINVAL;
       goto done;
     }
     /* One probability per class of the model (an uploaded set may have up
@@ -459,11 +466,18 @@ int srv_cli_predict(int argc, char **argv) {
     float *probs = malloc((size_t)256 * K * sizeof *probs);
     if (!probs) {
       free(px);
+      fprintf(stderr, "mnistd predict: out of memory\n");
+      rc = -ENOMEM;
       goto done;
     }
     for (uint32_t off = 0; off < n; off += 256) {
       uint32_t k = n - off < 256 ? n - off : 256;
-      nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs);
+      if ((rc = nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs))) {
+        fprintf(stderr, "mnistd predict: %s: %s\n", argv[a], nn_strerror(rc));
+        free(probs);
+        free(px);
+        goto done;
+      }
       for (uint32_t i = 0; i < k; i++) {
         const float *p = probs + (size_t)i * K;
         int d = nn_argmax_n(p, K);
@@ -491,10 +505,9 @@ int srv_cli_predict(int argc, char **argv) {
     else
       printf("accuracy: %.4f (%u/%u)\n", total ? (double)correct / total : 0.0, correct, total);
   }
-  status = SRV_EXIT_OK;
 done:
   free(labels);
   nn_workspace_free(ws);
   nn_model_free(m);
-  return status;
+  return rc;
 }

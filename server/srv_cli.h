@@ -1,16 +1,13 @@
-/* Command-line front ends of mnistd: `train`, `predict` and `export`. Each returns
- * the process exit status: 0 on success, 1 on a runtime failure, 2 on a
- * usage error (after a one-line message on stderr). */
+/* Command-line front ends of mnistd: `train`, `predict` and `export`. Each
+ * returns 0 (also after --help), SRV_EUSAGE after a one-line usage error on
+ * stderr, or a negative errno after a one-line message on stderr; main.c
+ * maps these to exit statuses (srv_util.h). */
 #ifndef MNISTD_SRV_CLI_H
 #define MNISTD_SRV_CLI_H
 
 #include <stddef.h>
 
 #include "srv_util.h" /* the number parsers and srv_dataset_dir, once here */
-
-#define SRV_EXIT_OK 0
-#define SRV_EXIT_FAIL 1
-#define SRV_EXIT_USAGE 2
 
 /* `mnistd train [options]`: trains in the foreground, one line per epoch. */
 int srv_cli_train(int argc, char **argv);

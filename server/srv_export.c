@@ -34,11 +34,11 @@ static int fail_usage(const char *fmt, const char *arg) {
   fprintf(stderr, "mnistd export: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, " (see 'mnistd export --help')\n");
-  return SRV_EXIT_USAGE;
+  return SRV_EUSAGE;
 }
 
 /* Looks model `id` up in STATE/mnistd.db: its records into info, its file
- * into path. */
+ * into path. 0, or a negative errno after a message on stderr. */
 static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *path,
                       size_t len) {
   char db[PATH_MAX + 16], msg[256];
@@ -46,21 +46,22 @@ static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *
   snprintf(db, sizeof db, "%s/mnistd.db", state);
   if (stat(db, &st) < 0) {
     fprintf(stderr, "mnistd export: %s: no daemon state here (no mnistd.db)\n", state);
-    return -1;
+    return -ENOENT;
   }
   srv_store *s = NULL;
-  if (srv_store_open(&s, state, msg, sizeof msg)) {
+  int rc = srv_store_open(&s, state, msg, sizeof msg);
+  if (rc) {
     fprintf(stderr, "mnistd export: %s\n", msg);
-    return -1;
+    return rc;
   }
-  int rc = srv_onnx_info_load(info, s, id);
+  rc = srv_onnx_info_load(info, s, id);
   if (rc == -ENOENT)
     fprintf(stderr, "mnistd export: model %lld not found in %s\n", (long long)id, state);
   else if (rc)
     fprintf(stderr, "mnistd export: %s: %s\n", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(s));
   srv_store_close(s);
   snprintf(path, len, "%s/models/%lld.model", state, (long long)id);
-  return rc ? -1 : 0;
+  return rc;
 }
 
 int srv_cli_export(int argc, char **argv) {
@@ -85,7 +86,7 @@ int srv_cli_export(int argc, char **argv) {
         return fail_usage("--dataset must be mnist or fashion-mnist, not '%s'", optarg);
       dataset = optarg;
       break;
-    case 'h': fputs(EXPORT_HELP, stdout); return SRV_EXIT_OK;
+    case 'h': fputs(EXPORT_HELP, stdout); return 0;
     case ':': return fail_usage("option '%s' needs a value", argv[optind - 1]);
     default: return fail_usage("unknown option '%s'", argv[optind - 1]);
     }
@@ -102,25 +103,28 @@ int srv_cli_export(int argc, char **argv) {
     long id;
     if (srv_parse_long(model, 1, LONG_MAX, &id))
       return fail_usage("with --state-dir, MODEL is a model id, not '%s'", model);
-    if (from_state(state, id, &info, path, sizeof path)) return SRV_EXIT_FAIL;
+    int rc = from_state(state, id, &info, path, sizeof path);
+    if (rc) {
+      srv_onnx_info_clear(&info);
+      return rc;
+    }
   } else if (dataset) {
     snprintf(info.dataset, sizeof info.dataset, "%s", dataset);
   }
-  int status = SRV_EXIT_FAIL;
+  int rc;
   nn_err err = {0};
   nn_model *m = NULL;
-  if (nn_model_load(&m, path, &err)) {
+  if ((rc = nn_model_load(&m, path, &err))) {
     fprintf(stderr, "mnistd export: %s\n", err.msg);
     goto done;
   }
   char msg[512];
-  if (srv_onnx_save(m, &info, out, msg, sizeof msg)) {
+  if ((rc = srv_onnx_save(m, &info, out, msg, sizeof msg))) {
     fprintf(stderr, "mnistd export: %s\n", msg);
     goto done;
   }
-  status = SRV_EXIT_OK;
 done:
   nn_model_free(m);
   srv_onnx_info_clear(&info);
-  return status;
+  return rc;
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "srv.h"
+#include "srv_util.h" /* srv_err */
 
 struct MHD_Connection; /* only srv_http.c looks inside */
 typedef struct req req;
@@ -102,13 +103,6 @@ int srv_resp_events(srv_resp *res, req *r, int64_t job, uint64_t last, int ndjso
 int srv_resp_daemon_events(srv_resp *res, req *r, uint64_t last, const char *hello);
 /* The 415 answer for a body that is not application/json. */
 int srv_need_json(req *r, srv_resp *res);
-
-/* A client error, as nn_err is for the core: the HTTP status and a
- * message a person can act on. */
-typedef struct srv_err {
-  int code;
-  char message[600];
-} srv_err;
 
 typedef enum srv_resp_kind {
   SRV_RESP_NONE,   /* nothing filled: the connection is dropped */

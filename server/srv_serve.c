@@ -107,7 +107,7 @@ static int usage(const char *fmt, const char *a) {
   fprintf(stderr, "mnistd serve: ");
   fprintf(stderr, fmt, a);
   fprintf(stderr, " (see 'mnistd serve --help')\n");
-  return 2;
+  return SRV_EUSAGE;
 }
 
 /* A token is stored whole or refused: never cut short (a cut token would
@@ -390,25 +390,26 @@ static int lock_state_dir(const char *dir) {
   }
   if (mk) {
     fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", dir, strerror(-mk));
-    return -1;
+    return mk;
   }
   if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
     fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n", dir);
     close(S_lock_fd);
     S_lock_fd = -1;
-    return -1;
+    return -EBUSY;
   }
   return 0;
 }
 
 /* The primary's state: the lock on the state directory, the database and
- * the model records. Returns 0, or -1 after a message on stderr. */
+ * the model records. Returns 0, or a negative errno after a message on
+ * stderr. */
 static int open_state(srv *S, char *msg, size_t msgsize) {
   int rc;
-  if (lock_state_dir(S->cfg.state_dir)) return -1;
+  if ((rc = lock_state_dir(S->cfg.state_dir))) return rc;
   if ((rc = srv_store_open_flags(&S->store, S->cfg.state_dir, SRV_STORE_RECOVER, msg, msgsize))) {
     fprintf(stderr, "mnistd serve: %s\n", msg);
-    return -1;
+    return rc;
   }
   char aside[PATH_MAX];
   if (srv_store_recovered(S->store, aside, sizeof aside)) {
@@ -422,7 +423,7 @@ static int open_state(srv *S, char *msg, size_t msgsize) {
   }
   if ((rc = srv_models_open(&S->models, S->store, S->cfg.state_dir, jobs_log))) {
     fprintf(stderr, "mnistd serve: cannot read the model records: %s\n", strerror(-rc));
-    return -1;
+    return rc;
   }
   return 0;
 }
@@ -453,7 +454,7 @@ static void log_started(srv *S) {
 int srv_serve_main(int argc, char **argv) {
   static srv S; /* large (metrics tables): not on the stack */
   int rc = srv_config_parse(&S.cfg, argc, argv);
-  if (rc) return rc == 1 ? 0 : rc;
+  if (rc) return rc == 1 ? 0 : rc; /* 1: --help was printed */
   g_log_srv = &S;
   setvbuf(stderr, NULL, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
@@ -464,11 +465,13 @@ int srv_serve_main(int argc, char **argv) {
   S.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 
   char msg[2 * PATH_MAX + 512];
-  int status = 1;
   uv_loop_t loop;
   int loop_ok = 0;
   int replica = S.cfg.follow[0] != 0;
-  if (srv_events_create(&S.events, S.started_ms)) return 1;
+  if ((rc = srv_events_create(&S.events, S.started_ms))) {
+    fprintf(stderr, "mnistd serve: %s\n", strerror(-rc));
+    return rc;
+  }
   if (replica) {
     /* A replica keeps nothing: no state directory, no database. */
     if ((rc = srv_models_open_replica(&S.models)) ||
@@ -477,10 +480,13 @@ int srv_serve_main(int argc, char **argv) {
       fprintf(stderr, "mnistd serve: %s\n", rc == -EINVAL ? msg : strerror(-rc));
       goto out;
     }
-  } else if (open_state(&S, msg, sizeof msg)) {
+  } else if ((rc = open_state(&S, msg, sizeof msg))) {
     goto out;
   }
-  if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) goto out;
+  if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) {
+    fprintf(stderr, "mnistd serve: %s\n", strerror(-rc));
+    goto out;
+  }
   /* A replica keeps no state: no uploaded data sets either. */
   if (!replica && (rc = srv_datasets_open(&S.datasets, S.store, S.cfg.state_dir,
                                           &S.cfg.datasets, jobs_log))) {
@@ -495,7 +501,10 @@ int srv_serve_main(int argc, char **argv) {
              S.cfg.data_dir);
     srv_log(&S, "warn", msg);
   }
-  if (uv_loop_init(&loop)) goto out;
+  if ((rc = uv_loop_init(&loop))) {
+    fprintf(stderr, "mnistd serve: %s\n", uv_strerror(rc));
+    goto out;
+  }
   loop_ok = 1;
   S.loop = &loop;
   /* GET /v1/events hears of every activation (a replica's too) and job. */
@@ -528,7 +537,7 @@ int srv_serve_main(int argc, char **argv) {
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);
   srv_log(&S, "info", "stopped cleanly");
-  status = 0;
+  rc = 0;
 out:
   srv_follow_free(S.follow); /* first: it installs models into the registry */
   S.follow = NULL;
@@ -552,7 +561,7 @@ out:
   srv_events_free(S.events);
   if (S_lock_fd >= 0) close(S_lock_fd);
   S_lock_fd = -1;
-  return status;
+  return rc;
 }
 
 /* ---------------------------------------------------------------- healthcheck */
@@ -576,14 +585,14 @@ int srv_healthcheck_main(int argc, char **argv) {
     if (!strcmp(argv[i], "--url") || !strcmp(argv[i], "--listen")) {
       if (i + 1 >= argc) {
         fprintf(stderr, "mnistd healthcheck: %s needs a value\n%s", argv[i], HEALTHCHECK_USAGE);
-        return 2;
+        return SRV_EUSAGE;
       }
       v = argv[i + 1];
     } else if (!strncmp(argv[i], "--url=", 6) || !strncmp(argv[i], "--listen=", 9)) {
       v = strchr(argv[i], '=') + 1;
     } else {
       fprintf(stderr, "mnistd healthcheck: unknown argument '%s'\n%s", argv[i], HEALTHCHECK_USAGE);
-      return 2;
+      return SRV_EUSAGE;
     }
     if (!strncmp(argv[i], "--url", 5)) url = v;
     else listen = v;
@@ -592,14 +601,14 @@ int srv_healthcheck_main(int argc, char **argv) {
   if (url) {
     if (sscanf(url, "http://%127[^:/]:%15[0-9]%255s", host, port, path) < 2) {
       fprintf(stderr, "mnistd healthcheck: --url must look like http://127.0.0.1:8080/healthz\n");
-      return 2;
+      return SRV_EUSAGE;
     }
   } else if (listen) {
     const char *colon = strrchr(listen, ':');
     size_t hl = colon ? (size_t)(colon - listen) : 0;
     if (!colon || !colon[1] || strlen(colon + 1) >= sizeof port || hl >= sizeof host) {
       fprintf(stderr, "mnistd healthcheck: --listen must be HOST:PORT, not '%s'\n", listen);
-      return 2;
+      return SRV_EUSAGE;
     }
     snprintf(port, sizeof port, "%s", colon + 1);
     if (hl) {
@@ -611,7 +620,7 @@ int srv_healthcheck_main(int argc, char **argv) {
   struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai;
   if (getaddrinfo(host, port, &hints, &ai)) {
     fprintf(stderr, "mnistd healthcheck: cannot resolve %s\n", host);
-    return 1;
+    return -EHOSTUNREACH;
   }
   int fd = socket(ai->ai_family, ai->ai_socktype, 0);
   struct timeval tv = {3, 0};
@@ -628,13 +637,13 @@ int srv_healthcheck_main(int argc, char **argv) {
   if (fd >= 0) close(fd);
   if (got < 12) {
     fprintf(stderr, "mnistd healthcheck: no answer from %s:%s\n", host, port);
-    return 1;
+    return -ECONNREFUSED;
   }
   buf[got] = 0;
   int code = atoi(buf + 9);
   if (code != 200) {
     fprintf(stderr, "mnistd healthcheck: %s:%s%s answered %d\n", host, port, path, code);
-    return 1;
+    return -EPROTO;
   }
   return 0;
 }

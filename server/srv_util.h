@@ -5,6 +5,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The server's error convention, as the core's (nn.h): functions return 0
+ * or a negative errno, and where a person has to read why, a message goes
+ * with it: srv_err for HTTP client errors (srv_route.h), one line on
+ * stderr for the commands. One code lies outside errno's range, libuv
+ * style: SRV_EUSAGE, a command line the command does not take. Only
+ * main.c turns these into exit statuses (0; 2 for SRV_EUSAGE; 1 for any
+ * other failure). */
+#define SRV_EUSAGE (-4000)
+
+/* A client error: the HTTP status and a message a person can act on. */
+typedef struct srv_err {
+  int code;
+  char message[600];
+} srv_err;
+
 /* Parses s as a plain decimal number: digits only (no sign, space or
  * leading zero), at most max. Returns 0 and sets *out, or -EINVAL (*out
  * untouched). */

@@ -777,9 +777,9 @@ static void test_token_config(void **state) {
   tok[SRV_MAX_TOKEN + 1] = 0;
   FILE *saved = stderr;
   stderr = fopen("/dev/null", "w");
-  assert_int_equal(srv_config_parse(&c, 3, argv), 2);
+  assert_int_equal(srv_config_parse(&c, 3, argv), SRV_EUSAGE);
   char *sp[] = {"serve", "--api-token", "a b", NULL};
-  assert_int_equal(srv_config_parse(&c, 3, sp), 2);
+  assert_int_equal(srv_config_parse(&c, 3, sp), SRV_EUSAGE);
   fclose(stderr);
   stderr = saved;
   /* From a file: one long line, surrounding whitespace dropped. */
