@@ -395,6 +395,63 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
   return 0;
 }
 
+/* mnistd predict on one IMAGE file: prints each image's class and
+ * probabilities, and counts the ones matching labels (if any). 0, or a
+ * negative errno after a message on stderr. */
+static int predict_file(const nn_model *m, nn_workspace *ws, const char *path, uint32_t limit,
+                        const char *labels_path, const uint8_t *labels, uint32_t n_labels,
+                        int json, uint32_t *correct, uint32_t *total) {
+  uint8_t *px = NULL;
+  uint32_t n = 0;
+  char msg[512];
+  int rc = load_images(path, &px, &n, msg, sizeof msg);
+  if (rc) {
+    fprintf(stderr, "mnistd predict: %s\n", msg);
+    return rc;
+  }
+  if (limit && n > limit) n = limit;
+  if (labels && n_labels < n) {
+    fprintf(stderr, "mnistd predict: %s has %u labels for %u images\n", labels_path, n_labels, n);
+    free(px);
+    return -EINVAL;
+  }
+  /* One probability per class of the model (an uploaded set may have up
+   * to 256): too large for the stack. */
+  const uint32_t K = nn_model_classes(m);
+  float *probs = malloc((size_t)256 * K * sizeof *probs);
+  if (!probs) {
+    free(px);
+    fprintf(stderr, "mnistd predict: out of memory\n");
+    return -ENOMEM;
+  }
+  for (uint32_t off = 0; off < n && !rc; off += 256) {
+    uint32_t k = n - off < 256 ? n - off : 256;
+    if ((rc = nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs))) {
+      fprintf(stderr, "mnistd predict: %s: %s\n", path, nn_strerror(rc));
+      break;
+    }
+    for (uint32_t i = 0; i < k; i++) {
+      const float *p = probs + (size_t)i * K;
+      int d = nn_argmax_n(p, K);
+      if (labels) *correct += labels[off + i] == d;
+      (*total)++;
+      if (json) {
+        printf("{\"file\":\"%s\",\"index\":%u,\"label\":%d,\"confidence\":%.6f,"
+               "\"probabilities\":[", path, off + i, d, (double)p[d]);
+        for (uint32_t j = 0; j < K; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
+        printf("]}\n");
+      } else {
+        printf("%s[%u]: %d (%.3f)  ", path, off + i, d, (double)p[d]);
+        for (uint32_t j = 0; j < K; j++) printf(" %u:%.3f", j, (double)p[j]);
+        putchar('\n');
+      }
+    }
+  }
+  free(probs);
+  free(px);
+  return rc;
+}
+
 int srv_cli_predict(int argc, char **argv) {
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                        {"json", no_argument, 0, 'j'},
@@ -444,60 +501,10 @@ int srv_cli_predict(int argc, char **argv) {
     fprintf(stderr, "mnistd predict: %s\n", err.msg);
     goto done;
   }
-  for (int a = optind; a < argc; a++) {
-    uint8_t *px = NULL;
-    uint32_t n = 0;
-    char msg[512];
-    if ((rc = load_images(argv[a], &px, &n, msg, sizeof msg))) {
-      fprintf(stderr, "mnistd predict: %s\n", msg);
-      goto done;
-    }
-    if (limit && n > (uint32_t)limit) n = (uint32_t)limit;
-    if (labels && n_labels < n) {
-      fprintf(stderr, "mnistd predict: %s has %u labels for %u images\n", labels_path,
-              n_labels, n);
-      free(px);
-      rc = -EINVAL;
-      goto done;
-    }
-    /* One probability per class of the model (an uploaded set may have up
-     * to 256): too large for the stack. */
-    const uint32_t K = nn_model_classes(m);
-    float *probs = malloc((size_t)256 * K * sizeof *probs);
-    if (!probs) {
-      free(px);
-      fprintf(stderr, "mnistd predict: out of memory\n");
-      rc = -ENOMEM;
-      goto done;
-    }
-    for (uint32_t off = 0; off < n; off += 256) {
-      uint32_t k = n - off < 256 ? n - off : 256;
-      if ((rc = nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs))) {
-        fprintf(stderr, "mnistd predict: %s: %s\n", argv[a], nn_strerror(rc));
-        free(probs);
-        free(px);
-        goto done;
-      }
-      for (uint32_t i = 0; i < k; i++) {
-        const float *p = probs + (size_t)i * K;
-        int d = nn_argmax_n(p, K);
-        if (labels) correct += labels[off + i] == d;
-        total++;
-        if (json) {
-          printf("{\"file\":\"%s\",\"index\":%u,\"label\":%d,\"confidence\":%.6f,"
-                 "\"probabilities\":[", argv[a], off + i, d, (double)p[d]);
-          for (uint32_t j = 0; j < K; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
-          printf("]}\n");
-        } else {
-          printf("%s[%u]: %d (%.3f)  ", argv[a], off + i, d, (double)p[d]);
-          for (uint32_t j = 0; j < K; j++) printf(" %u:%.3f", j, (double)p[j]);
-          putchar('\n');
-        }
-      }
-    }
-    free(probs);
-    free(px);
-  }
+  for (int a = optind; a < argc && !rc; a++)
+    rc = predict_file(m, ws, argv[a], (uint32_t)limit, labels_path, labels, n_labels, json, &correct,
+                      &total);
+  if (rc) goto done;
   if (labels) {
     if (json)
       printf("{\"accuracy\":%.6f,\"correct\":%u,\"total\":%u}\n",

@@ -451,6 +451,70 @@ static void log_started(srv *S) {
                        "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
 }
 
+/* The registry, the data and, on a primary, the state directory and the
+ * uploaded data sets; a replica keeps nothing (no state directory, no
+ * database) and gets its follower. 0, or a negative errno after a message
+ * on stderr. */
+static int serve_open(srv *S, char *msg, size_t msglen) {
+  int rc, replica = S->cfg.follow[0] != 0;
+  if (replica) {
+    if ((rc = srv_models_open_replica(&S->models)) ||
+        (rc = srv_follow_create(&S->follow, S->cfg.follow, S->cfg.follow_token, S->models,
+                                follow_log, msg, msglen))) {
+      fprintf(stderr, "mnistd serve: %s\n", rc == -EINVAL ? msg : strerror(-rc));
+      return rc;
+    }
+  } else if ((rc = open_state(S, msg, msglen))) {
+    return rc;
+  }
+  if ((rc = srv_data_open(&S->data, S->cfg.data_dir))) {
+    fprintf(stderr, "mnistd serve: %s\n", strerror(-rc));
+    return rc;
+  }
+  /* A replica keeps no state: no uploaded data sets either. */
+  if (!replica && (rc = srv_datasets_open(&S->datasets, S->store, S->cfg.state_dir,
+                                          &S->cfg.datasets, jobs_log))) {
+    fprintf(stderr, "mnistd serve: cannot open the data sets under %s/datasets: %s\n",
+            S->cfg.state_dir, strerror(-rc));
+    return rc;
+  }
+  srv_data_attach(S->data, S->datasets);
+  uint32_t tr, te;
+  if (srv_data_count(S->data, "mnist", &tr, &te)) {
+    snprintf(msg, msglen, "no MNIST under %s (run 'make data' or set --data-dir)",
+             S->cfg.data_dir);
+    srv_log(S, "warn", msg);
+  }
+  return 0;
+}
+
+/* Everything serve_open and srv_serve_main opened, in reverse (loop NULL:
+ * it was never initialised). */
+static void serve_close(srv *S, uv_loop_t *loop) {
+  srv_follow_free(S->follow); /* first: it installs models into the registry */
+  S->follow = NULL;
+  srv_events_shutdown(S->events);
+  srv_http_stop(S);
+  srv_events_close_handles(S->events);
+  /* Every handle is closed and its close callback has run before the jobs
+   * are freed, also when start-up failed after srv_jobs_open (a busy port):
+   * a wake-up queued by srv_jobs_open must never fire on freed memory. */
+  if (S->jobs) srv_jobs_close_handles(S->jobs);
+  if (loop) {
+    uv_run(loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(loop)) srv_log(S, "warn", "libuv loop closed with handles still open");
+  }
+  srv_jobs_close(S->jobs);
+  S->jobs = NULL;
+  srv_models_close(S->models);
+  srv_data_close(S->data);
+  srv_datasets_close(S->datasets);
+  srv_store_close(S->store);
+  srv_events_free(S->events);
+  if (S_lock_fd >= 0) close(S_lock_fd);
+  S_lock_fd = -1;
+}
+
 int srv_serve_main(int argc, char **argv) {
   static srv S; /* large (metrics tables): not on the stack */
   int rc = srv_config_parse(&S.cfg, argc, argv);
@@ -467,40 +531,11 @@ int srv_serve_main(int argc, char **argv) {
   char msg[2 * PATH_MAX + 512];
   uv_loop_t loop;
   int loop_ok = 0;
-  int replica = S.cfg.follow[0] != 0;
   if ((rc = srv_events_create(&S.events, S.started_ms))) {
     fprintf(stderr, "mnistd serve: %s\n", strerror(-rc));
     return rc;
   }
-  if (replica) {
-    /* A replica keeps nothing: no state directory, no database. */
-    if ((rc = srv_models_open_replica(&S.models)) ||
-        (rc = srv_follow_create(&S.follow, S.cfg.follow, S.cfg.follow_token, S.models,
-                                follow_log, msg, sizeof msg))) {
-      fprintf(stderr, "mnistd serve: %s\n", rc == -EINVAL ? msg : strerror(-rc));
-      goto out;
-    }
-  } else if ((rc = open_state(&S, msg, sizeof msg))) {
-    goto out;
-  }
-  if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) {
-    fprintf(stderr, "mnistd serve: %s\n", strerror(-rc));
-    goto out;
-  }
-  /* A replica keeps no state: no uploaded data sets either. */
-  if (!replica && (rc = srv_datasets_open(&S.datasets, S.store, S.cfg.state_dir,
-                                          &S.cfg.datasets, jobs_log))) {
-    fprintf(stderr, "mnistd serve: cannot open the data sets under %s/datasets: %s\n",
-            S.cfg.state_dir, strerror(-rc));
-    goto out;
-  }
-  srv_data_attach(S.data, S.datasets);
-  uint32_t tr, te;
-  if (srv_data_count(S.data, "mnist", &tr, &te)) {
-    snprintf(msg, sizeof msg, "no MNIST under %s (run 'make data' or set --data-dir)",
-             S.cfg.data_dir);
-    srv_log(&S, "warn", msg);
-  }
+  if ((rc = serve_open(&S, msg, sizeof msg))) goto out;
   if ((rc = uv_loop_init(&loop))) {
     fprintf(stderr, "mnistd serve: %s\n", uv_strerror(rc));
     goto out;
@@ -511,7 +546,7 @@ int srv_serve_main(int argc, char **argv) {
   srv_models_set_notify(S.models, srv_events_model_activated, S.events);
   srv_jobs_options jo = {S.cfg.state_dir, S.cfg.max_running_jobs, S.cfg.train_threads,
                          S.cfg.bootstrap, jobs_log};
-  if (!replica && (rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
+  if (!S.follow && (rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
     fprintf(stderr, "mnistd serve: cannot read the job records: %s\n", strerror(-rc));
     goto out;
   }
@@ -539,28 +574,7 @@ int srv_serve_main(int argc, char **argv) {
   srv_log(&S, "info", "stopped cleanly");
   rc = 0;
 out:
-  srv_follow_free(S.follow); /* first: it installs models into the registry */
-  S.follow = NULL;
-  srv_events_shutdown(S.events);
-  srv_http_stop(&S);
-  srv_events_close_handles(S.events);
-  /* Every handle is closed and its close callback has run before the jobs
-   * are freed, also when start-up failed after srv_jobs_open (a busy port):
-   * a wake-up queued by srv_jobs_open must never fire on freed memory. */
-  if (S.jobs) srv_jobs_close_handles(S.jobs);
-  if (loop_ok) {
-    uv_run(&loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&loop)) srv_log(&S, "warn", "libuv loop closed with handles still open");
-  }
-  srv_jobs_close(S.jobs);
-  S.jobs = NULL;
-  srv_models_close(S.models);
-  srv_data_close(S.data);
-  srv_datasets_close(S.datasets);
-  srv_store_close(S.store);
-  srv_events_free(S.events);
-  if (S_lock_fd >= 0) close(S_lock_fd);
-  S_lock_fd = -1;
+  serve_close(&S, loop_ok ? &loop : NULL);
   return rc;
 }
 
