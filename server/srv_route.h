@@ -1,5 +1,6 @@
 /* What a route handler sees (private to the HTTP front end: srv_http.c,
- * srv_routes.c, srv_predict.c, srv_metrics.c, srv_dataset_routes.c). A
+ * srv_resp.c, srv_auth.c, srv_static.c, srv_routes.c, srv_predict.c,
+ * srv_metrics.c, srv_dataset_routes.c). A
  * handler turns one request into calls on the jobs, registry and core and
  * returns a status plus a filled srv_resp (lwan's shape); srv_http.c does
  * everything else (routing, auth, bodies, building and queueing the
