@@ -767,19 +767,22 @@ static void test_host_is_loopback(void **state) {
 static void test_token_config(void **state) {
   (void)state;
   srv_config c;
+  srv_err err;
   char *tok = malloc(SRV_MAX_TOKEN + 2);
   memset(tok, 'k', SRV_MAX_TOKEN + 1);
   tok[SRV_MAX_TOKEN] = 0;
   char *argv[] = {"serve", "--api-token", tok, NULL};
-  assert_int_equal(srv_config_parse(&c, 3, argv), 0);
+  assert_int_equal(srv_config_parse(&c, 3, argv, &err), 0);
   assert_int_equal(strlen(c.api_token), SRV_MAX_TOKEN);
   tok[SRV_MAX_TOKEN] = 'k';
   tok[SRV_MAX_TOKEN + 1] = 0;
   FILE *saved = stderr;
   stderr = fopen("/dev/null", "w");
-  assert_int_equal(srv_config_parse(&c, 3, argv), SRV_EUSAGE);
+  assert_int_equal(srv_config_parse(&c, 3, argv, &err), SRV_EUSAGE);
+  assert_non_null(strstr(err.message, "--api-token is 4097 bytes long"));
   char *sp[] = {"serve", "--api-token", "a b", NULL};
-  assert_int_equal(srv_config_parse(&c, 3, sp), SRV_EUSAGE);
+  assert_int_equal(srv_config_parse(&c, 3, sp, &err), SRV_EUSAGE);
+  assert_non_null(strstr(err.message, "--api-token has a space"));
   fclose(stderr);
   stderr = saved;
   /* From a file: one long line, surrounding whitespace dropped. */
@@ -791,7 +794,7 @@ static void test_token_config(void **state) {
   fprintf(f, "  %s \r\nsecond line\n", tok);
   fclose(f);
   char *fa[] = {"serve", "--api-token-file", path, NULL};
-  assert_int_equal(srv_config_parse(&c, 3, fa), 0);
+  assert_int_equal(srv_config_parse(&c, 3, fa, &err), 0);
   assert_int_equal(strlen(c.api_token), 3000);
   assert_string_equal(c.api_token, tok);
   unlink(path);
