@@ -333,6 +333,7 @@ static int on_mutating_head(req *r, srv_resp *res) {
   if (!srv_token_ok(r)) {
     srv_resp_error(res, 401, "this server needs an API token: send Authorization: Bearer <token>");
     srv_resp_header(res, "WWW-Authenticate", "Bearer realm=\"mnistd\"");
+    res->cache = NULL; /* as it always was */
     return 401;
   }
   /* A data set upload has its own types, and its body goes to a file. */

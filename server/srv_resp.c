@@ -96,8 +96,11 @@ int srv_resp_header(srv_resp *res, const char *name, const char *value) {
   res->hdr[res->n_hdr].name = name;
   snprintf(res->hdr[res->n_hdr].value, sizeof res->hdr[0].value, "%s", value);
   res->n_hdr++;
-  /* An answer with an ETag may be kept and revalidated. */
-  if (!strcmp(name, "ETag") && res->kind == SRV_RESP_JSON) res->cache = NULL;
+  /* A JSON answer with an ETag may be kept and revalidated. One with a
+   * Location (201, 202) has never said no-store either: kept as it was
+   * (a refactor is no place to change what clients see). */
+  if ((!strcmp(name, "ETag") || !strcmp(name, "Location")) && res->kind == SRV_RESP_JSON)
+    res->cache = NULL;
   return 0;
 }
 

@@ -91,8 +91,9 @@ int srv_resp_buf(srv_resp *res, int status, const char *type, const void *data, 
 int srv_resp_download(srv_resp *res, void *buf, size_t len, int fd, const char *disposition);
 /* A 304 Not Modified with its ETag. Returns 304. */
 int srv_resp_not_modified(srv_resp *res, const char *etag);
-/* Adds a header (value copied, clipped to 320 bytes); "ETag" also drops
- * the JSON answers' no-store. 0, or -ENOSPC when res holds 6 already. */
+/* Adds a header (value copied, clipped to 320 bytes); "ETag" and
+ * "Location" also drop a JSON answer's no-store. 0, or -ENOSPC when res
+ * holds 6 already. */
 int srv_resp_header(srv_resp *res, const char *name, const char *value);
 /* Fills res with job's event stream (SSE, or NDJSON if ndjson) from after
  * event id last. Returns 200, or -ENOENT (no such job) / -ENOMEM with res

@@ -45,7 +45,7 @@ static int send_asset(req *r, srv_resp *res, const char *path, const void *data,
   }
   /* Revalidate every time: the ETag makes that a cheap 304, and a new
    * binary never serves stale scripts. */
-  res->cache = "no-cache";
+  srv_resp_header(res, "Cache-Control", "no-cache");
   if (!strncmp(type, "text/html", 9)) {
     srv_resp_header(res, "Content-Security-Policy", CSP);
     srv_resp_header(res, "X-Frame-Options", "DENY");

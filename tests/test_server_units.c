@@ -869,6 +869,10 @@ static void test_resp_builders(void **state) {
   for (int i = 1; i < SRV_RESP_MAX_HEADERS; i++) assert_int_equal(srv_resp_header(&res, "X-A", "b"), 0);
   assert_int_equal(srv_resp_header(&res, "X-A", "b"), -ENOSPC);
   srv_resp_free(&res); /* frees the document (ASan checks) */
+  srv_resp_json(&res, 201, cJSON_CreateObject());
+  srv_resp_header(&res, "Location", "/v1/datasets/x");
+  assert_null(res.cache);
+  srv_resp_free(&res);
   assert_null(res.json);
   /* A download of a file: free closes the descriptor handed over. */
   int fd = open("/dev/null", O_RDONLY);
