@@ -73,58 +73,76 @@ NN_HOT void nn_col2im(const float *restrict col, uint32_t n, const nn_layer *l,
 
 /* 2x2 windows, stride 2 (the common pooling): the window position of each
  * maximum (0..3 in window order, POOL2_NONE for a clamped window) is kept
- * as a byte, a quarter of the memory traffic of an index. */
-#define POOL2_NONE 255
+ * instead of an index, so both passes are straight vector loops. */
+#define POOL2_NONE 4u /* a flag bit: matches no position 0..3 */
 
-static void pool2_fwd(const float *restrict x, uint32_t n, const nn_layer *l, int rect,
-                      float *restrict y, uint8_t *restrict pos) {
+/* One output position (restrict parameters: the stores alias nothing). */
+static inline __attribute__((always_inline)) void
+pool2_win_fwd(const float *restrict p0, const float *restrict p1, const float *restrict p2,
+              const float *restrict p3, float *restrict yo, uint32_t *restrict po, uint32_t C,
+              uint32_t clamp) {
+  /* The first maximum in window order wins ties (strict >). Updates in
+   * place, as the general kernel: this form the compiler vectorises. */
+  const float *restrict p[4] = {p0, p1, p2, p3};
+#pragma omp simd
+  for (uint32_t c = 0; c < C; c++) {
+    yo[c] = p0[c];
+    po[c] = 0;
+  }
+  for (uint32_t k = 1; k < 4; k++) {
+    const float *restrict pk = p[k];
+#pragma omp simd
+    for (uint32_t c = 0; c < C; c++) {
+      int gt = pk[c] > yo[c];
+      yo[c] = gt ? pk[c] : yo[c];
+      po[c] = gt ? k : po[c];
+    }
+  }
+  if (clamp) {
+#pragma omp simd
+    for (uint32_t c = 0; c < C; c++) po[c] |= clamp & (0u - (uint32_t)!(yo[c] > 0.f));
+  }
+}
+
+static inline __attribute__((always_inline)) void
+pool2_win_bwd(float *restrict d0, float *restrict d1, float *restrict d2, float *restrict d3,
+              const float *restrict go, const uint32_t *restrict po, uint32_t C) {
+#pragma omp simd
+  for (uint32_t c = 0; c < C; c++) {
+    uint32_t q = po[c];
+    d0[c] = q == 0 ? go[c] : 0.f;
+    d1[c] = q == 1 ? go[c] : 0.f;
+    d2[c] = q == 2 ? go[c] : 0.f;
+    d3[c] = q == 3 ? go[c] : 0.f;
+  }
+}
+
+NN_HOT static void pool2_fwd(const float *restrict x, uint32_t n, const nn_layer *l, int rect,
+                             float *restrict y, uint32_t *restrict pos) {
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w;
   for (uint32_t b = 0; b < n; b++)
     for (uint32_t oy = 0; oy < OH; oy++)
       for (uint32_t ox = 0; ox < OW; ox++) {
-        const float *restrict p0 = x + (((size_t)b * H + 2 * oy) * W + 2 * ox) * C;
-        const float *restrict p1 = p0 + C, *restrict p2 = p0 + (size_t)W * C, *restrict p3 = p2 + C;
+        const float *p0 = x + (((size_t)b * H + 2 * oy) * W + 2 * ox) * C;
+        const float *p2 = p0 + (size_t)W * C;
         size_t o = (((size_t)b * OH + oy) * OW + ox) * C;
-        float *restrict yo = y + o;
-        uint8_t *restrict po = pos + o;
-        /* The first maximum in window order wins ties (strict >). */
-#pragma omp simd
-        for (uint32_t c = 0; c < C; c++) {
-          float v = p0[c];
-          uint8_t q = 0;
-          q = p1[c] > v ? 1 : q;
-          v = p1[c] > v ? p1[c] : v;
-          q = p2[c] > v ? 2 : q;
-          v = p2[c] > v ? p2[c] : v;
-          q = p3[c] > v ? 3 : q;
-          v = p3[c] > v ? p3[c] : v;
-          yo[c] = v;
-          po[c] = rect && !(v > 0.f) ? POOL2_NONE : q;
-        }
+        /* A clamped window (rectified input, maximum 0) gets the flag. */
+        pool2_win_fwd(p0, p0 + C, p2, p2 + C, y + o, pos + o, C, rect ? POOL2_NONE : 0);
       }
 }
 
-static void pool2_bwd(const float *restrict g, const uint8_t *restrict pos, uint32_t n,
-                      const nn_layer *l, float *restrict dx) {
+NN_HOT static void pool2_bwd(const float *restrict g, const uint32_t *restrict pos, uint32_t n,
+                             const nn_layer *l, float *restrict dx) {
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w;
   for (uint32_t b = 0; b < n; b++) {
     float *db = dx + (size_t)b * l->in;
     for (uint32_t oy = 0; oy < OH; oy++) {
       for (uint32_t ox = 0; ox < OW; ox++) {
-        float *restrict d0 = db + ((size_t)2 * oy * W + 2 * ox) * C;
-        float *restrict d1 = d0 + C, *restrict d2 = d0 + (size_t)W * C, *restrict d3 = d2 + C;
+        float *d0 = db + ((size_t)2 * oy * W + 2 * ox) * C, *d2 = d0 + (size_t)W * C;
         size_t o = (((size_t)b * OH + oy) * OW + ox) * C;
-        const float *restrict go = g + o;
-        const uint8_t *restrict po = pos + o;
-#pragma omp simd
-        for (uint32_t c = 0; c < C; c++) {
-          d0[c] = po[c] == 0 ? go[c] : 0.f;
-          d1[c] = po[c] == 1 ? go[c] : 0.f;
-          d2[c] = po[c] == 2 ? go[c] : 0.f;
-          d3[c] = po[c] == 3 ? go[c] : 0.f;
-        }
+        pool2_win_bwd(d0, d0 + C, d2, d2 + C, g + o, pos + o, C);
       }
       if (OW * 2 < W)
         for (uint32_t r = 0; r < 2; r++)
@@ -139,7 +157,7 @@ NN_HOT void nn_maxpool_fwd(const float *restrict x, uint32_t n, const nn_layer *
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w, k = l->kernel, s = l->stride;
   if (k == 2 && s == 2) {
-    pool2_fwd(x, n, l, rect, y, (uint8_t *)idx);
+    pool2_fwd(x, n, l, rect, y, idx);
     return;
   }
   for (uint32_t b = 0; b < n; b++) {
@@ -179,7 +197,7 @@ NN_HOT void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx
   const uint32_t H = l->ishape.h, W = l->ishape.w, C = l->ishape.c;
   const uint32_t OH = l->oshape.h, OW = l->oshape.w, k = l->kernel, s = l->stride;
   if (k == 2 && s == 2) {
-    pool2_bwd(g, (const uint8_t *)idx, n, l, dx);
+    pool2_bwd(g, idx, n, l, dx);
     return;
   }
   if (k != s) {
