@@ -268,8 +268,12 @@ static void persist(srv_jobs *J, job *j) {
 }
 
 /* Records a final state with its "state" and "end" events in one
- * transaction, then shows the events. Caller holds J->mu. */
-static void finish_locked(srv_jobs *J, job *j, srv_job_state s) {
+ * transaction, then shows the events. Caller holds J->mu. 0, or a negative
+ * errno when nothing could be recorded: the job then keeps its previous
+ * state (in memory as in the store, which is what a restart will see), so
+ * the caller must keep the checkpoint for the next start to resume from. */
+static int finish_locked(srv_jobs *J, job *j, srv_job_state s) {
+  srv_job_state was = j->state;
   j->state = s;
   j->finished_ms = wall_ms();
   char *st = print_free(state_event(j)), *en = end_json(j, s, j->model_id, -1);
@@ -279,27 +283,42 @@ static void finish_locked(srv_jobs *J, job *j, srv_job_state s) {
   srv_event_row ev[2] = {{a, 0, "state", st}, {b, 0, "end", en}};
   int rc = st && en && b ? srv_store_job_finish(J->st, &r, ev, 2) : -ENOMEM;
   if (rc) {
-    logf_(J, "job %lld: could not record state %s: %s", (long long)j->id, r.state,
-          rc == -ENOMEM ? "out of memory" : srv_store_errmsg(J->st));
+    logf_(J, "job %lld: could not record state %s: %s; it stays %s until the next start",
+          (long long)j->id, r.state, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(J->st),
+          srv_job_state_name(was));
     free(st);
     free(en);
-    return;
+    j->state = was;
+    j->finished_ms = 0;
+    return rc;
   }
   push(J, j, a, "state", 0, st);
   push(J, j, b, "end", 0, en);
+  return 0;
 }
 
 /* Moves a job to a new state, records it and tells the streams. Caller
- * holds J->mu. */
-static void set_state(srv_jobs *J, job *j, srv_job_state s) {
-  if (finished(s)) {
-    finish_locked(J, j, s);
-    return;
-  }
+ * holds J->mu. 0, or (final states only) the failure to record it. */
+static int set_state(srv_jobs *J, job *j, srv_job_state s) {
+  if (finished(s)) return finish_locked(J, j, s);
   j->state = s;
   if (s == SRV_JOB_RUNNING && !j->started_ms) j->started_ms = wall_ms();
   persist(J, j);
   emit(J, j, "state", 0, state_event(j));
+  return 0;
+}
+
+/* Removes the checkpoint of a job whose end is on record (training thread,
+ * lock not held). rc is what recording the end returned: on failure the
+ * store still says "running", and the checkpoint is what the next start
+ * resumes from, so it stays. */
+static void drop_checkpoint(srv_jobs *J, job *j, const char *ck, int rc) {
+  if (rc) {
+    logf_(J, "job %lld: its end is not on record; the checkpoint stays for the next start",
+          (long long)j->id);
+    return;
+  }
+  unlink(ck);
 }
 
 /* ---------------------------------------------------------------- runner */
@@ -363,11 +382,11 @@ static void fail_job(srv_jobs *J, job *j, const char *msg) {
   checkpoint_path(J, j->id, ck, sizeof ck);
   pthread_mutex_lock(&J->mu);
   snprintf(j->error, sizeof j->error, "%s", msg);
-  set_state(J, j, SRV_JOB_FAILED);
+  int rc = set_state(J, j, SRV_JOB_FAILED);
   pthread_mutex_unlock(&J->mu);
   srv_crash_point("fail_recorded");
-  unlink(ck);
   logf_(J, "job %lld failed: %s", (long long)j->id, msg);
+  drop_checkpoint(J, j, ck, rc);
 }
 
 /* Success: the final events, built once the model id and the activation
@@ -531,10 +550,10 @@ static int run_stopped(run *r) {
   /* A cancel the client was told about (202) stands even when a shutdown
    * follows before this thread noticed it: the job must not resume. */
   if (j->user_cancel || !j->shutdown) {
-    set_state(J, j, SRV_JOB_CANCELLED);
+    int rc = set_state(J, j, SRV_JOB_CANCELLED);
     pthread_mutex_unlock(&J->mu);
     srv_crash_point("cancel_recorded");
-    unlink(r->ck);
+    drop_checkpoint(J, j, r->ck, rc);
     return 1;
   }
   if (j->epochs_done < j->cfg.epochs) {

@@ -15,9 +15,11 @@
 #   d. The end of a job, crash by crash: the daemon kills itself (or sends
 #      itself SIGTERM) at each named point (MNISTD_CRASH_AT / MNISTD_TERM_AT)
 #      and the restart must finish the job as an uninterrupted run would.
+#   e. Recording a job's end fails (MNISTD_FAIL_AT=finish): the checkpoint
+#      stays and the restart resumes the job instead of training it anew.
 # Prints "faults: N passed, N failed"; exit status 1 on any failure.
 # Options (environment): FAULT_KILLS (10), FAULT_JOB (the killed job's JSON),
-# FAULT_PARTS ("a b c d"), KEEP=1 keeps the temporary directory.
+# FAULT_PARTS ("a b c d e"), KEEP=1 keeps the temporary directory.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/../.." || exit 1
 
 KILLS=${FAULT_KILLS:-10}
 JOBCFG=${FAULT_JOB:-'{"epochs":10,"train_limit":30000,"test_limit":1000,"activate":"never"}'}
-PARTS=${FAULT_PARTS:-"a b c d"}
+PARTS=${FAULT_PARTS:-"a b c d e"}
 [ -x "$BIN" ] || { echo "faults: $BIN is missing (run make)"; exit 1; }
 [ -f "$DATA/mnist/t10k-images-idx3-ubyte" ] || { echo "faults: no MNIST under $DATA (run make data)"; exit 1; }
 digit_file "$RL_TMP/digit.raw"
@@ -605,6 +607,41 @@ import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and
   else
     bad "d: cannot build the fsync shim: $(cat "$D/cc.log")"
   fi
+}
+
+# =========================================================================
+# e. The end of a job when recording it fails (MNISTD_FAIL_AT=finish, as on
+# a full disk): the checkpoint must stay, the job must not restart from
+# scratch, and a later start must still give it its one "end" event.
+part_e() {
+  echo "== e. a failed record of a job's end keeps its checkpoint"
+  local D=$RL_TMP/e P B S L k
+  mkdir -p "$D"; P=$(free_port); B=http://127.0.0.1:$P
+  S=$D/finishfail; L=$S.log
+  DWRAP=(env MNISTD_FAIL_AT=finish)
+  dstart "$S" "$L" "$P" || { bad "e: start"; DWRAP=(); return; }
+  DWRAP=()
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
+  for _ in $(seq 300); do
+    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
+  done
+  curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
+  for _ in $(seq 100); do grep -q "could not record state cancelled" "$L" && break; sleep 0.1; done
+  check "e: finish record fails: logged, the job is not shown as ended" bash -c "
+    grep -q 'job $k: could not record state cancelled' '$L' &&
+    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = running"
+  check "e: finish record fails: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
+  dstop
+  dstart "$S" "$L" "$P" || { bad "e: restart"; return; }
+  for _ in $(seq 300); do grep -q "job $k: resuming after epoch" "$L" && break; sleep 0.1; done
+  check "e: after the restart the job resumes from its checkpoint, not from scratch" \
+    bash -c "grep -Eq 'job $k: resuming after epoch [1-9]' '$L'"
+  curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
+  job_wait "$B" "$k" cancelled 60 >/dev/null
+  check "e: cancelled again: one end event (cancelled), last" d_events "$B" "$k" cancelled
+  check "e: checkpoint removed once the end is on record" test ! -e "$S/checkpoints/$k.ckpt"
+  dstop
+  check "e: database sound" db_ok "$S/mnistd.db"
 }
 
 for p in $PARTS; do "part_$p"; done
