@@ -284,7 +284,10 @@ static int finish_locked(srv_jobs *J, job *j, srv_job_state s) {
   int rc = st && en && b ? srv_store_job_finish(J->st, &r, ev, 2) : -ENOMEM;
   if (rc) {
     logf_(J, "job %lld: could not record state %s: %s; it stays %s until the next start",
-          (long long)j->id, r.state, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(J->st),
+          (long long)j->id, r.state,
+          rc == -ENOMEM   ? "out of memory"
+          : rc == -ENOSPC ? "the disk is full"
+                          : srv_store_errmsg(J->st),
           srv_job_state_name(was));
     free(st);
     free(en);
@@ -723,7 +726,7 @@ static void schedule(srv_jobs *J) {
     if (j->state != SRV_JOB_QUEUED && !(j->state == SRV_JOB_RUNNING && j->resume)) continue;
     if (j->work.data) continue; /* already started */
     j->work.data = j;
-    atomic_store(&j->cancel, 0);
+    atomic_store(&j->cancel, j->user_cancel); /* a cancel on record that could not end it */
     J->running++;
     uv_queue_work(J->loop, &j->work, work_cb, after_work_cb);
   }
@@ -834,6 +837,7 @@ static int load_job(const srv_job_row *r, void *u) {
   j->reserved = j->seq;
   j->epoch = j->epochs_done;
   if (j->state == SRV_JOB_RUNNING) j->resume = 1;
+  if (!finished(j->state)) srv_store_cancel_requested(J->st, j->id, &j->user_cancel);
   append(J, j);
   return 0;
 }
@@ -862,6 +866,21 @@ static void clean_orphans(srv_jobs *J) {
     }
     closedir(d);
   }
+}
+
+/* Jobs a client cancelled (the request is on record) whose end a crash
+ * prevented: they end cancelled now, before anything resumes them. If that
+ * cannot be recorded, the cancel flag stops them at their first batch. */
+static void finish_cancelled(srv_jobs *J) {
+  pthread_mutex_lock(&J->mu);
+  for (job *j = J->jobs; j; j = j->next) {
+    if (finished(j->state) || !j->user_cancel) continue;
+    if (set_state(J, j, SRV_JOB_CANCELLED)) continue;
+    j->resume = 0;
+    logf_(J, "job %lld: cancelled before the restart (the request is on record); it ends cancelled",
+          (long long)j->id);
+  }
+  pthread_mutex_unlock(&J->mu);
 }
 
 /* The seed's job, when there is no model: not without data (it would only
@@ -921,6 +940,11 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
     srv_jobs_close(J);
     return rc;
   }
+  uv_async_init(loop, &J->publish, on_publish);
+  J->publish.data = J;
+  uv_timer_init(loop, &J->heartbeat);
+  J->heartbeat.data = J;
+  finish_cancelled(J); /* events wake the loop: after the handles exist */
   clean_orphans(J);
   int pending = 0;
   for (job *j = J->jobs; j; j = j->next) {
@@ -928,10 +952,6 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
                          (long long)j->id, j->epochs_done);
     pending |= !finished(j->state);
   }
-  uv_async_init(loop, &J->publish, on_publish);
-  J->publish.data = J;
-  uv_timer_init(loop, &J->heartbeat);
-  J->heartbeat.data = J;
   uv_timer_start(&J->heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
   *out = J;
   if (opt->bootstrap && !pending && srv_models_active_id(models) == 0) bootstrap(J);
@@ -1030,12 +1050,20 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   int rc = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
-  else if (j->work.data) { /* the runner sets the state */
-    j->user_cancel = 1;
-    atomic_store(&j->cancel, 1);
-    srv_crash_point("cancel_requested");
+  else if (j->work.data) {
+    /* The runner sets the state at its next batch; until then the request
+     * is on record, so a crash in between cannot resume the job. */
+    rc = srv_store_cancel_request(J->st, j->id, wall_ms());
+    if (rc) {
+      logf_(J, "job %lld: could not record the cancel: %s", (long long)j->id,
+            srv_store_errmsg(J->st));
+    } else {
+      j->user_cancel = 1;
+      atomic_store(&j->cancel, 1);
+      srv_crash_point("cancel_requested");
+    }
   }
-  else set_state(J, j, SRV_JOB_CANCELLED);
+  else rc = set_state(J, j, SRV_JOB_CANCELLED);
   pthread_mutex_unlock(&J->mu);
   return rc;
 }

@@ -108,6 +108,8 @@ static enum MHD_Result h_job_cancel(req *r) {
   int rc = srv_jobs_cancel(r->S->jobs, r->id);
   if (rc == -ENOENT) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
   if (rc == -EALREADY) return srv_send_error(r, 409, "job %lld has already finished", (long long)r->id);
+  if (rc) return srv_send_error(r, rc == -ENOSPC ? 507 : 500, "could not record the cancel: %s",
+                                rc == -ENOSPC ? "the disk is full" : "the database failed");
   return srv_send_json(r, 202, srv_jobs_json(r->S->jobs, r->id));
 }
 

@@ -58,7 +58,8 @@ static const char SCHEMA[] =
     " job_id INTEGER, created_ms INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS job_seq (job INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, info TEXT NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, info TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS job_cancel (job INTEGER PRIMARY KEY, requested_ms INTEGER NOT NULL);";
 
 static int map_rc(int rc) {
   switch (rc & 0xff) {
@@ -483,6 +484,29 @@ int srv_store_job_finish(srv_store *s, const srv_job_row *row, const srv_event_r
   }
   pthread_mutex_unlock(&s->mu);
   return rc;
+}
+
+int srv_store_cancel_request(srv_store *s, int64_t job, int64_t now_ms) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "INSERT OR IGNORE INTO job_cancel (job, requested_ms) VALUES (?, ?)",
+                       "ii", job, now_ms);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_cancel_requested(srv_store *s, int64_t job, int *yes) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  *yes = 0;
+  int rc = sqlite3_prepare_v2(s->db, "SELECT 1 FROM job_cancel WHERE job=?", -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, job);
+    rc = sqlite3_step(st);
+    *yes = rc == SQLITE_ROW;
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
 }
 
 int srv_store_seq_reserve(srv_store *s, int64_t job, uint64_t upto) {

@@ -111,6 +111,11 @@ int srv_store_epoch_put(srv_store *s, int64_t job, uint32_t epoch, const char *m
  * leaves the new state with its events, or neither. */
 int srv_store_job_finish(srv_store *s, const srv_job_row *row, const srv_event_row *ev,
                          size_t n);
+/* A client's cancel of a job that a training thread has yet to notice:
+ * recorded (idempotent) before the 202, so a crash before the job's end is
+ * on record cannot resume it; requested tells whether one is on record. */
+int srv_store_cancel_request(srv_store *s, int64_t job, int64_t now_ms);
+int srv_store_cancel_requested(srv_store *s, int64_t job, int *yes);
 /* Event ids handed out but not persisted (progress) must never be reused
  * after a crash: the job's ids are reserved in blocks. reserve records that
  * ids up to `upto` may be in use; reserved gives the recorded mark (0 if

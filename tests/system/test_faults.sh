@@ -16,7 +16,8 @@
 #      itself SIGTERM) at each named point (MNISTD_CRASH_AT / MNISTD_TERM_AT)
 #      and the restart must finish the job as an uninterrupted run would.
 #   e. Recording a job's end fails (MNISTD_FAIL_AT=finish): the checkpoint
-#      stays and the restart resumes the job instead of training it anew.
+#      stays and the job never starts over; a cancel (202) then kill -9
+#      before the trainer noticed it: the restart ends the job cancelled.
 # Prints "faults: N passed, N failed"; exit status 1 on any failure.
 # Options (environment): FAULT_KILLS (10), FAULT_JOB (the killed job's JSON),
 # FAULT_PARTS ("a b c d e"), KEEP=1 keeps the temporary directory.
@@ -611,37 +612,72 @@ import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and
 
 # =========================================================================
 # e. The end of a job when recording it fails (MNISTD_FAIL_AT=finish, as on
-# a full disk): the checkpoint must stay, the job must not restart from
-# scratch, and a later start must still give it its one "end" event.
+# a full disk): the checkpoint must stay and the job must not start over;
+# and a cancel (202) followed by kill -9 before the trainer noticed it: the
+# request is on record, so the restart ends the job cancelled.
 part_e() {
-  echo "== e. a failed record of a job's end keeps its checkpoint"
+  echo "== e. a failed record of a job's end keeps its checkpoint; a cancel survives kill -9"
   local D=$RL_TMP/e P B S L k
   mkdir -p "$D"; P=$(free_port); B=http://127.0.0.1:$P
   S=$D/finishfail; L=$S.log
   DWRAP=(env MNISTD_FAIL_AT=finish)
   dstart "$S" "$L" "$P" || { bad "e: start"; DWRAP=(); return; }
-  DWRAP=()
   k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
   for _ in $(seq 300); do
     [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
   done
-  curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
+  check "e: cancel accepted (202; the request itself is on record)" \
+    test "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$B/v1/jobs/$k/cancel")" = 202
   for _ in $(seq 100); do grep -q "could not record state cancelled" "$L" && break; sleep 0.1; done
   check "e: finish record fails: logged, the job is not shown as ended" bash -c "
     grep -q 'job $k: could not record state cancelled' '$L' &&
     test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = running"
   check "e: finish record fails: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
   dstop
-  dstart "$S" "$L" "$P" || { bad "e: restart"; return; }
-  for _ in $(seq 300); do grep -q "job $k: resuming after epoch" "$L" && break; sleep 0.1; done
-  check "e: after the restart the job resumes from its checkpoint, not from scratch" \
+  # Still failing at the restart: the job cannot be ended there either; it
+  # resumes from its checkpoint (never from scratch), stops at its first
+  # batch, and the checkpoint still stays.
+  dstart "$S" "$L" "$P" || { bad "e: restart"; DWRAP=(); return; }
+  DWRAP=()
+  for _ in $(seq 300); do
+    [ "$(grep -c "job $k: could not record state cancelled" "$L")" -ge 3 ] && break; sleep 0.1
+  done
+  check "e: restart, end still unrecordable: resumed from the checkpoint, not from scratch" \
     bash -c "grep -Eq 'job $k: resuming after epoch [1-9]' '$L'"
-  curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
-  job_wait "$B" "$k" cancelled 60 >/dev/null
-  check "e: cancelled again: one end event (cancelled), last" d_events "$B" "$k" cancelled
+  check "e: restart, end still unrecordable: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
+  dstop
+  local resumed; resumed=$(grep -c "job $k: resuming" "$L")
+  dstart "$S" "$L" "$P" || { bad "e: restart"; return; }
+  check "e: a restart that can record it ends the job cancelled, without resuming it" bash -c "
+    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled &&
+    test \"\$(grep -c 'job $k: resuming' '$L')\" = $resumed"
+  check "e: one end event (cancelled), last" d_events "$B" "$k" cancelled
   check "e: checkpoint removed once the end is on record" test ! -e "$S/checkpoints/$k.ckpt"
   dstop
   check "e: database sound" db_ok "$S/mnistd.db"
+
+  # kill -9 right after the 202 of a cancel (MNISTD_CRASH_AT=cancel_requested),
+  # before the trainer noticed it.
+  S=$D/cancelkill; L=$S.log
+  DWRAP=(env MNISTD_CRASH_AT=cancel_requested)
+  dstart "$S" "$L" "$P" || { bad "e: cancel+kill: start"; DWRAP=(); return; }
+  DWRAP=()
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
+  for _ in $(seq 300); do
+    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
+  done
+  curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
+  d_wait_exit 60
+  check "e: cancel then kill -9: crashed there (status $DRC)" test "$DRC" = 137
+  dstart "$S" "$L" "$P" || { bad "e: cancel+kill: restart"; return; }
+  sleep 1
+  check "e: cancel then kill -9: cancelled after the restart, not resumed" bash -c "
+    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled &&
+    grep -q 'job $k: cancelled before the restart' '$L' && ! grep -q 'job $k: resuming' '$L'"
+  check "e: cancel then kill -9: one end event (cancelled), last" d_events "$B" "$k" cancelled
+  check "e: cancel then kill -9: checkpoint removed" test ! -e "$S/checkpoints/$k.ckpt"
+  dstop
+  check "e: cancel then kill -9: database sound" db_ok "$S/mnistd.db"
 }
 
 for p in $PARTS; do "part_$p"; done
