@@ -489,6 +489,12 @@ static int fetch_model(srv_follow *F, const cJSON *meta, int64_t id, const char 
   const cJSON *ca = cJSON_GetObjectItemCaseSensitive(meta, "created_at");
   info.created_ms = parse_iso_ms(cJSON_IsString(ca) ? ca->valuestring : NULL);
   info.file_bytes = len;
+  char bad[160];
+  if (srv_model_usable(nm, bad, sizeof bad)) {
+    nn_model_free(nm);
+    snprintf(why, wl, "model %lld refused: %s", (long long)id, bad);
+    return -EINVAL;
+  }
   if ((rc = srv_models_install(F->models, &info, nm))) {
     nn_model_free(nm);
     snprintf(why, wl, "model %lld: out of memory", (long long)id);

@@ -118,15 +118,35 @@ typedef struct load_ctx {
   void (*log)(const char *);
 } load_ctx;
 
+int srv_model_usable(const nn_model *nm, char *why, size_t len) {
+  uint32_t k = nn_model_classes(nm);
+  if (nm->n_inputs != NN_IMAGE_SIZE) {
+    snprintf(why, len, "its input is %u values, not a 28x28 image (%d): this daemon cannot predict with it",
+             nm->n_inputs, NN_IMAGE_SIZE);
+    return -EINVAL;
+  }
+  if (k < 2 || k > NN_MAX_CLASSES) {
+    snprintf(why, len, "it has %u outputs (2 to %d allowed)", k, NN_MAX_CLASSES);
+    return -EINVAL;
+  }
+  return 0;
+}
+
 static int load_one(const srv_model_row *row, void *u) {
   load_ctx *c = u;
-  char path[PATH_MAX + 64], msg[700];
+  char path[PATH_MAX + 64], msg[700], why[160];
   srv_models_path(c->r, row->id, path, sizeof path);
   nn_err err = {0};
   nn_model *nm = NULL;
   if (nn_model_load(&nm, path, &err)) {
     snprintf(msg, sizeof msg, "model %lld skipped: %s", (long long)row->id, err.msg);
     if (c->log) c->log(msg);
+    return 0;
+  }
+  if (srv_model_usable(nm, why, sizeof why)) {
+    snprintf(msg, sizeof msg, "model %lld skipped: %s", (long long)row->id, why);
+    if (c->log) c->log(msg);
+    nn_model_free(nm);
     return 0;
   }
   srv_model *m = calloc(1, sizeof *m);
@@ -432,7 +452,9 @@ int srv_models_open_replica(srv_models **out) {
 }
 
 int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) {
+  char why[160];
   if (r->st) return -EPERM;
+  if (srv_model_usable(nm, why, sizeof why)) return -EINVAL;
   srv_model *m = calloc(1, sizeof *m);
   entry *e = malloc(sizeof *e);
   if (!m || !e) {
@@ -543,6 +565,11 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
   *activated = 0;
   if (!isfinite(acc) || !isfinite(loss)) {
     snprintf(msg, msglen, "the evaluation gave no number (accuracy %g, loss %g)", acc, loss);
+    return -EINVAL;
+  }
+  char why[160];
+  if (srv_model_usable(nm, why, sizeof why)) {
+    snprintf(msg, msglen, "the trained model cannot be served: %s", why);
     return -EINVAL;
   }
   srv_model *m = calloc(1, sizeof *m);

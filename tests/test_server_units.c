@@ -367,6 +367,71 @@ static void test_nan_never_stored(void **state) {
   rm_rf(dir);
 }
 
+static char unusable_log[1024];
+static void log_unusable(const char *msg) {
+  snprintf(unusable_log + strlen(unusable_log), sizeof unusable_log - strlen(unusable_log),
+           "%s\n", msg);
+}
+
+/* Known defect K3: a model whose input is not a 28x28 image used to be
+ * registered at load and fail only at predict time (500). It is refused
+ * where it enters: at load (a log line naming the sizes), srv_models_add
+ * and a replica's install. */
+static void test_unusable_model_refused_at_load(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[512], why[160];
+  srv_store *st;
+  srv_models *r;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  nn_layer_spec sp[] = {{.type = NN_LAYER_DENSE, .units = 10, .rate = 0},
+                        {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
+  nn_model *odd = NULL, *good = tiny_model(2);
+  assert_int_equal(nn_model_create(&odd, "custom", 100, sp, 2), 0);
+  nn_model_init(odd, 1);
+  assert_int_equal(srv_model_usable(good, why, sizeof why), 0);
+  assert_int_equal(srv_model_usable(odd, why, sizeof why), -EINVAL);
+  assert_non_null(strstr(why, "100 values"));
+  /* Two model files with records: 3 (input 100) and 4 (784). */
+  nn_err err = {0};
+  char path[512];
+  srv_model_row row3 = {3, "custom", "mnist", odd->n_params, 0.5, 0.5, 0, 1};
+  srv_model_row row4 = {4, "custom", "mnist", good->n_params, 0.5, 0.5, 0, 1};
+  assert_int_equal(srv_store_model_recover(st, &row3), 0);
+  assert_int_equal(srv_store_model_recover(st, &row4), 0);
+  srv_models_path(r, 3, path, sizeof path);
+  assert_int_equal(nn_model_save(odd, path, &err), 0);
+  srv_models_path(r, 4, path, sizeof path);
+  assert_int_equal(nn_model_save(good, path, &err), 0);
+  srv_models_close(r);
+  unusable_log[0] = 0;
+  assert_int_equal(srv_models_open(&r, st, dir, log_unusable), 0);
+  assert_null(srv_models_get(r, 3));
+  srv_model *m4 = srv_models_get(r, 4);
+  assert_non_null(m4);
+  srv_model_unref(m4);
+  assert_non_null(strstr(unusable_log, "model 3 skipped: its input is 100 values"));
+  /* srv_models_add refuses it too (the caller keeps it). */
+  int64_t id;
+  int act = 0;
+  assert_int_equal(srv_models_add(r, odd, "mnist", 0.5, 0.5, 0, NULL, &id, &act, msg, sizeof msg),
+                   -EINVAL);
+  assert_non_null(strstr(msg, "100 values"));
+  srv_models_close(r);
+  /* A replica's install. */
+  assert_int_equal(srv_models_open_replica(&r), 0);
+  srv_model_info info = {.id = 7, .dataset = "mnist", .test_accuracy = 0.5, .test_loss = 0.5};
+  assert_int_equal(srv_models_install(r, &info, odd), -EINVAL);
+  assert_int_equal(srv_models_active_id(r), 0);
+  srv_models_close(r);
+  nn_model_free(odd);
+  nn_model_free(good);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
 /* Item 26: two if_better models finishing together: the better one ends
  * active whatever the interleaving (the decision is taken under the
  * registry's writer lock, with the record). */
@@ -847,6 +912,7 @@ int main(void) {
       cmocka_unit_test(test_host_is_loopback),
       cmocka_unit_test(test_token_config),
       cmocka_unit_test(test_spec_field_names_whole),
+      cmocka_unit_test(test_unusable_model_refused_at_load),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
