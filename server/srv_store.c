@@ -71,9 +71,8 @@ static int map_rc(int rc) {
   }
 }
 
-/* Makes a new directory entry durable: fsync of the directory holding it. */
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+int srv_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return -errno;
   int rc = fsync(fd) < 0 ? -errno : 0;
   close(fd);
@@ -91,7 +90,7 @@ int srv_mkdir_durable(const char *dir, mode_t mode) {
       slash = strrchr(parent, '/');
     }
     const char *p = !slash ? "." : slash == parent ? "/" : (*slash = 0, parent);
-    return fsync_dir(p);
+    return srv_fsync_dir(p);
   }
   if (errno != EEXIST) return -errno;
   struct stat sb;
@@ -160,7 +159,7 @@ static int move_aside(srv_store *s, const char *dir, const char *path) {
     snprintf(to, sizeof to, "%s%s", s->aside, SUFFIX[i]);
     if (rename(from, to) < 0 && errno != ENOENT) return -errno;
   }
-  return fsync_dir(dir);
+  return srv_fsync_dir(dir);
 }
 
 int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
@@ -221,7 +220,7 @@ int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg,
     free(s);
     return map_rc(rc) ? map_rc(rc) : -EIO;
   }
-  if (s->fresh) fsync_dir(dir); /* the new database file's entry */
+  if (s->fresh) srv_fsync_dir(dir); /* the new database file's entry */
   /* Recursive: the *_each callbacks may read other tables (loading a job
    * reads its metrics and events while the job walk is under way). */
   pthread_mutexattr_t attr;

@@ -18,6 +18,9 @@
 
 typedef struct srv_store srv_store;
 
+/* Makes the entries of a directory durable (created, renamed or removed
+ * files): fsync of the directory. 0 or a negative errno. */
+int srv_fsync_dir(const char *dir);
 /* mkdir that makes a new directory durable (fsync of its parent); 0 if it
  * exists already as a directory, else a negative errno. */
 int srv_mkdir_durable(const char *dir, mode_t mode);

@@ -214,6 +214,22 @@ upload big "$M/mnist.csv" text/csv
 check "over --max-dataset-upload: 413" [ "$(code)" = 413 ]
 stop
 
+# ---- a failed fsync of the data set directory (LD_PRELOAD shim, EIO): the
+# upload is refused and leaves nothing; a delete says so in the log
+if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then
+  LD_PRELOAD=$T/fsync_fail.so FSYNC_FAIL_DIR=/datasets ASAN_OPTIONS=${ASAN_OPTIONS:-}:verify_asan_link_order=0 start
+  upload dirsync "$M/three.tar" application/x-tar
+  check "directory fsync fails: the upload is refused (500, naming it), not listed, nothing left" \
+    bash -c "[ $(code) = 500 ] && grep -q 'Input/output error' '$T/body' && ! curl -s '$B/v1/datasets' | grep -q dirsync &&
+             [ ! -e '$T/state/datasets/dirsync.mds' ] && [ $(leftovers) = 0 ]"
+  req "${auth[@]}" -X DELETE "$B/v1/datasets/fidx" >/dev/null
+  check "directory fsync fails on delete: 204, and the log says the file may come back" \
+    bash -c "[ $(code) = 204 ] && grep -q 'data set fidx deleted, but removing' '$T/daemon.log'"
+  stop
+else
+  bad "cannot build the fsync shim: $(cat "$T/cc.log")"
+fi
+
 # Under `make asan` the daemon aborts on the first report; leaks show at exit.
 check "no sanitizer report in the daemon's log" \
   bash -c "! grep -Eq 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error' '$T/daemon.log'"
