@@ -133,37 +133,17 @@ enum MHD_Result h_dataset(req *r) {
   return srv_send_json(r, 200, o);
 }
 
-/* 1 if a queued or running job trains on the data set. */
-static int dataset_in_use(srv *S, const char *name, int64_t *job) {
-  int states[2] = {SRV_JOB_QUEUED, SRV_JOB_RUNNING}, used = 0;
-  for (int s = 0; s < 2 && !used; s++) {
-    cJSON *a = srv_jobs_list_json(S->jobs, states[s], 1 << 20), *j;
-    cJSON_ArrayForEach(j, a) {
-      const char *d = cJSON_GetStringValue(
-          cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "dataset"));
-      if (d && !strcmp(d, name)) {
-        *job = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "id"));
-        used = 1;
-        break;
-      }
-    }
-    cJSON_Delete(a);
-  }
-  return used;
-}
-
 enum MHD_Result h_dataset_delete(req *r) {
   if (srv_dataset_is_builtin(r->name))
     return srv_send_error(r, 409, "%s is built in (installed beside the binary) and cannot be "
                       "deleted", r->name);
   int64_t job = 0;
-  if (dataset_in_use(r->S, r->name, &job))
+  int rc = srv_jobs_dataset_delete(r->S->jobs, r->name, &job);
+  if (rc == -EBUSY)
     return srv_send_error(r, 409, "data set %s is in use by job %lld (queued or running); cancel "
                       "it or wait for it to finish", r->name, (long long)job);
-  int rc = srv_datasets_delete(r->S->datasets, r->name);
   if (rc == -ENOENT) return srv_send_error(r, 404, "data set " QUOTE " not found", r->name);
   if (rc) return srv_send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
-  srv_data_forget(r->S->data, r->name);
   return srv_send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
 }
 
@@ -198,7 +178,7 @@ static enum MHD_Result sample_of(req *r, const char *name) {
   if (q) {
     uint64_t v;
     if (srv_parse_dec(q, (uint64_t)ds->n - 1, &v)) {
-      srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+      srv_data_put(r->S->data, ds);
       free(classes);
       return srv_send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
     }
@@ -210,7 +190,7 @@ static enum MHD_Result sample_of(req *r, const char *name) {
   cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
   cJSON_AddStringToObject(d, "class", ds->labels[idx] < n_classes ? classes[ds->labels[idx]] : "");
   cJSON_AddItemToObject(d, "pixels", srv_pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
-  srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+  srv_data_put(r->S->data, ds);
   free(classes);
   return srv_send_json(r, 200, d);
 }

@@ -387,9 +387,19 @@ int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint3
   return rc;
 }
 
+int srv_datasets_sha(srv_datasets *d, const char *name, char sha[65]) {
+  if (!d) return -ENOENT;
+  pthread_mutex_lock(&d->mu);
+  entry *e = find(d, name);
+  int found = e && !e->pending;
+  if (found) memcpy(sha, e->sha256, 65);
+  pthread_mutex_unlock(&d->mu);
+  return found ? 0 : -ENOENT;
+}
+
 int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_dataset *ds,
-                      char *msg, size_t msglen) {
-  char want[65], path[PATH_MAX + 160], sha[65];
+                      char sha[65], char *msg, size_t msglen) {
+  char want[65], path[PATH_MAX + 160];
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   /* Decided under the lock: a concurrent delete may free `e` after it. */

@@ -1,6 +1,7 @@
 /* Training jobs. One mutex (J->mu) guards every job's fields, event logs
  * and subscriber lists; the store has its own and is always taken second. */
 #include "srv_jobs.h"
+#include "srv_datasets.h"
 #include "srv_train.h"
 
 #include <dirent.h>
@@ -703,8 +704,8 @@ out:
   nn_workspace_free(ews);
   nn_trainer_free(t);
   nn_model_free(m);
-  if (train) srv_data_put(J->data, j->cfg.dataset, NN_SPLIT_TRAIN);
-  if (test) srv_data_put(J->data, j->cfg.dataset, NN_SPLIT_TEST);
+  if (train) srv_data_put(J->data, train);
+  if (test) srv_data_put(J->data, test);
 }
 
 static void schedule(srv_jobs *J);
@@ -1028,8 +1029,19 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
   j->parameters = preset_params(J, cfg);
   j->created_ms = wall_ms();
   pthread_mutex_lock(&J->mu);
+  /* An uploaded set is checked under the jobs lock, which a delete of it
+   * holds too (srv_jobs_dataset_delete): either the job is queued on a set
+   * that stays until it ends, or it is refused here. */
+  uint32_t tr, te;
+  int rc = srv_dataset_is_builtin(cfg->dataset) ? 0 : srv_data_count(J->data, cfg->dataset, &tr, &te);
+  if (rc) {
+    pthread_mutex_unlock(&J->mu);
+    free(j->config_json);
+    free(j);
+    return -ENOENT;
+  }
   /* Insert under the jobs lock so ids and list order agree. */
-  int rc = srv_store_job_insert(J->st, j->config_json, j->created_ms, &j->id);
+  rc = srv_store_job_insert(J->st, j->config_json, j->created_ms, &j->id);
   if (rc) {
     pthread_mutex_unlock(&J->mu);
     free(j->config_json);
@@ -1042,6 +1054,19 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
   *id = j->id;
   pthread_mutex_unlock(&J->mu);
   return 0;
+}
+
+int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *user) {
+  pthread_mutex_lock(&J->mu);
+  int rc = 0;
+  for (job *j = J->jobs; j && !rc; j = j->next)
+    if (!finished(j->state) && !strcmp(j->cfg.dataset, name)) {
+      *user = j->id;
+      rc = -EBUSY;
+    }
+  if (!rc) rc = srv_data_delete(J->data, name);
+  pthread_mutex_unlock(&J->mu);
+  return rc;
 }
 
 int srv_jobs_cancel(srv_jobs *J, int64_t id) {

@@ -365,7 +365,7 @@ enum MHD_Result h_evaluation(req *r) {
     return srv_send_error(r, 404, "%s", msg);
   }
   cJSON *d = evaluate(m, ds);
-  srv_data_put(r->S->data, m->dataset, NN_SPLIT_TEST);
+  srv_data_put(r->S->data, ds);
   if (!d) {
     srv_model_unref(m);
     return srv_send_error(r, 500, "out of memory");

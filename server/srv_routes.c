@@ -72,6 +72,9 @@ static enum MHD_Result h_job_create(req *r) {
                       c.dataset);
   int64_t id;
   int rc = srv_jobs_submit(r->S->jobs, &c, &id);
+  if (rc == -ENOENT) /* deleted since the check above */
+    return srv_send_error(r, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
+                          c.dataset);
   if (rc) return srv_send_error(r, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
                             rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(r->S->store));
   char loc[64];
