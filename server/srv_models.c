@@ -182,42 +182,6 @@ static void meta_path(srv_models *r, int64_t id, char *buf, size_t len) {
   snprintf(buf, len, "%s/models/%lld.json", r->dir, (long long)id);
 }
 
-/* Writes a small file atomically: temp, fsync, rename, fsync of the
- * directory, every return checked. */
-static int write_small_atomic(const char *path, const char *text) {
-  char tmp[PATH_MAX + 96];
-  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0) return -errno;
-  size_t len = strlen(text), off = 0;
-  int rc = 0;
-  while (off < len) {
-    ssize_t w = write(fd, text + off, len - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      rc = w < 0 ? -errno : -EIO;
-      break;
-    }
-    off += (size_t)w;
-  }
-  if (!rc && (fchmod(fd, 0644) < 0 || fsync(fd) < 0)) rc = -errno;
-  if (close(fd) < 0 && !rc) rc = -errno;
-  if (!rc && rename(tmp, path) < 0) rc = -errno;
-  if (rc) {
-    unlink(tmp);
-    return rc;
-  }
-  char dir[PATH_MAX + 96];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash) *slash = 0;
-  int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
-  if (dfd < 0) return -errno;
-  rc = fsync(dfd) < 0 ? -errno : 0;
-  close(dfd);
-  return rc;
-}
-
 static char *meta_json(const srv_model_row *row, char *const *classes, uint32_t n) {
   cJSON *o = cJSON_CreateObject();
   if (classes) {
@@ -596,7 +560,7 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
   srv_model_row row = {id, nm->arch, dataset, nm->n_params, acc, loss, job_id, now_ms()};
   if (!(meta = meta_json(&row, fin ? fin->classes : NULL, fin ? fin->n_classes : 0))) {
     rc = -ENOMEM;
-  } else if ((rc = write_small_atomic(mp, meta)) == 0) {
+  } else if ((rc = nn_file_write_atomic(mp, meta, strlen(meta), &err)) == 0) {
     int act = should_activate(r, fin ? fin->activate : SRV_ACTIVATE_NEVER, dataset, acc);
     if (fin && fin->events && fin->events(fin->u, id, act, ev, &n_ev)) rc = -ENOMEM;
     int64_t got = 0;
