@@ -493,19 +493,27 @@ int srv_store_cancel_request(srv_store *s, int64_t job, int64_t now_ms) {
   return rc;
 }
 
-int srv_store_cancel_requested(srv_store *s, int64_t job, int *yes) {
+/* One integer column of the row of a job (sql has one "?", the job):
+ * *out keeps its value when there is no row. */
+static int job_int(srv_store *s, const char *sql, int64_t job, int64_t *out) {
   pthread_mutex_lock(&s->mu);
   sqlite3_stmt *st;
-  *yes = 0;
-  int rc = sqlite3_prepare_v2(s->db, "SELECT 1 FROM job_cancel WHERE job=?", -1, &st, NULL);
+  int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, job);
     rc = sqlite3_step(st);
-    *yes = rc == SQLITE_ROW;
+    if (rc == SQLITE_ROW) *out = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
   }
   pthread_mutex_unlock(&s->mu);
   return map_rc(rc);
+}
+
+int srv_store_cancel_requested(srv_store *s, int64_t job, int *yes) {
+  int64_t v = 0;
+  int rc = job_int(s, "SELECT 1 FROM job_cancel WHERE job=?", job, &v);
+  *yes = v == 1;
+  return rc;
 }
 
 int srv_store_seq_reserve(srv_store *s, int64_t job, uint64_t upto) {
@@ -519,18 +527,10 @@ int srv_store_seq_reserve(srv_store *s, int64_t job, uint64_t upto) {
 }
 
 int srv_store_seq_reserved(srv_store *s, int64_t job, uint64_t *upto) {
-  pthread_mutex_lock(&s->mu);
-  sqlite3_stmt *st;
-  *upto = 0;
-  int rc = sqlite3_prepare_v2(s->db, "SELECT reserved FROM job_seq WHERE job=?", -1, &st, NULL);
-  if (rc == SQLITE_OK) {
-    sqlite3_bind_int64(st, 1, job);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) *upto = (uint64_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-  }
-  pthread_mutex_unlock(&s->mu);
-  return map_rc(rc);
+  int64_t v = 0;
+  int rc = job_int(s, "SELECT reserved FROM job_seq WHERE job=?", job, &v);
+  *upto = (uint64_t)v;
+  return rc;
 }
 
 int srv_store_job_rewind(srv_store *s, int64_t job, uint32_t epoch) {

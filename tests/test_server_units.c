@@ -199,22 +199,56 @@ static size_t drain(srv_sub *s, char *buf, size_t cap, int *ended) {
   return n;
 }
 
-static void test_job_state_machine_and_streams(void **state) {
-  (void)state;
-  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
-  assert_non_null(mkdtemp(dir));
-  char msg[256];
+/* A daemon's records without its HTTP side, in a fresh directory `dir`:
+ * store, models, data (uploaded sets attached), jobs; the loop never runs,
+ * so jobs stay queued. */
+typedef struct fixture {
   srv_store *st;
   srv_models *models;
   srv_data *data;
+  srv_datasets *dsets;
   srv_jobs *J;
   uv_loop_t loop;
-  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
-  assert_int_equal(srv_models_open(&models, st, dir, NULL), 0);
-  assert_int_equal(srv_data_open(&data, "/nonexistent"), 0);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  srv_jobs_options opt = {dir, 1, 1, 0, NULL};
-  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+  srv_jobs_options opt;
+} fixture;
+
+static void fixture_open(fixture *f) {
+  char msg[256];
+  srv_ds_config dc;
+  srv_ds_config_default(&dc);
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  assert_int_equal(srv_store_open(&f->st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&f->models, f->st, dir, NULL), 0);
+  assert_int_equal(srv_datasets_open(&f->dsets, f->st, dir, &dc, NULL), 0);
+  assert_int_equal(srv_data_open(&f->data, "/nonexistent"), 0);
+  srv_data_attach(f->data, f->dsets);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  f->opt = (srv_jobs_options){dir, 1, 1, 0, NULL};
+  assert_int_equal(srv_jobs_open(&f->J, &f->loop, f->st, f->models, f->data, &f->opt), 0);
+}
+
+static void fixture_jobs_close(fixture *f) {
+  srv_jobs_close_handles(f->J);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  srv_jobs_close(f->J);
+}
+
+static void fixture_close(fixture *f) {
+  fixture_jobs_close(f);
+  uv_loop_close(&f->loop);
+  srv_data_close(f->data);
+  srv_datasets_close(f->dsets);
+  srv_models_close(f->models);
+  srv_store_close(f->st);
+  rm_rf(dir);
+}
+
+static void test_job_state_machine_and_streams(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  srv_jobs *J = f.J;
 
   /* The loop never runs here, so the job stays queued. */
   srv_job_config c;
@@ -257,10 +291,9 @@ static void test_job_state_machine_and_streams(void **state) {
   assert_int_equal(srv_jobs_subscribers(J), 0);
 
   /* The records survive a reopen: state and events come back. */
-  srv_jobs_close_handles(J);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  srv_jobs_close(J);
-  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+  fixture_jobs_close(&f);
+  assert_int_equal(srv_jobs_open(&f.J, &f.loop, f.st, f.models, f.data, &f.opt), 0);
+  J = f.J;
   j = srv_jobs_json(J, id);
   assert_string_equal(cJSON_GetObjectItem(j, "state")->valuestring, "cancelled");
   cJSON_Delete(j);
@@ -269,16 +302,8 @@ static void test_job_state_machine_and_streams(void **state) {
   assert_true(ended);
   assert_non_null(strstr(buf, "id: 3\nevent: end"));
   srv_sub_close(s);
-  assert_int_equal(srv_store_check(st), 0);
-
-  srv_jobs_close_handles(J);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  srv_jobs_close(J);
-  uv_loop_close(&loop);
-  srv_data_close(data);
-  srv_models_close(models);
-  srv_store_close(st);
-  rm_rf(dir);
+  assert_int_equal(srv_store_check(f.st), 0);
+  fixture_close(&f);
 }
 
 /* ---------------------------------------------------------------- issue 9 */
@@ -424,25 +449,12 @@ static void *submit_thread(void *u) {
  * cached split of a deleted set serving a later upload of the same name. */
 static void test_dataset_delete_vs_jobs_and_cache(void **state) {
   (void)state;
-  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
-  assert_non_null(mkdtemp(dir));
   char msg[256];
-  srv_store *st;
-  srv_models *models;
-  srv_data *data;
-  srv_datasets *dsets;
-  srv_jobs *J;
-  uv_loop_t loop;
-  srv_ds_config dc;
-  srv_ds_config_default(&dc);
-  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
-  assert_int_equal(srv_models_open(&models, st, dir, NULL), 0);
-  assert_int_equal(srv_datasets_open(&dsets, st, dir, &dc, NULL), 0);
-  assert_int_equal(srv_data_open(&data, "/nonexistent"), 0);
-  srv_data_attach(data, dsets);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  srv_jobs_options opt = {dir, 1, 1, 0, NULL};
-  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+  fixture f;
+  fixture_open(&f);
+  srv_jobs *J = f.J;
+  srv_data *data = f.data;
+  srv_datasets *dsets = f.dsets;
 
   /* The cache: a sample request holds the test split across a delete and
    * a new upload under the same name; the new set is read anew. */
@@ -487,16 +499,7 @@ static void test_dataset_delete_vs_jobs_and_cache(void **state) {
     }
     upload_csv(dsets, "up", 40, 10 + round);
   }
-
-  srv_jobs_close_handles(J);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  srv_jobs_close(J);
-  uv_loop_close(&loop);
-  srv_data_close(data);
-  srv_datasets_close(dsets);
-  srv_models_close(models);
-  srv_store_close(st);
-  rm_rf(dir);
+  fixture_close(&f);
 }
 
 static char unusable_log[1024];

@@ -465,6 +465,13 @@ d_wait_exit() {
   wait "$DPID" 2>/dev/null; DRC=$?; DPID=
 }
 
+# ckpt_wait STATE JOB: waits (30 s at most) for the job's first checkpoint.
+ckpt_wait() {
+  for _ in $(seq 300); do [ -f "$1/checkpoints/$2.ckpt" ] && return 0; sleep 0.1; done; return 1
+}
+# job_state B JOB: prints the job's state.
+job_state() { curl -s "$1/v1/jobs/$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
+
 part_d() {
   echo "== d. crash (and SIGTERM) at each point of a job's end, then restart"
   local D=$RL_TMP/d P B ref point S L k m
@@ -512,9 +519,7 @@ import json,sys; assert len(json.load(sys.stdin)[\"models\"]) == 2'"
   DWRAP=(env MNISTD_CRASH_AT=cancel_recorded)
   dstart "$S" "$L" "$P"; DWRAP=()
   k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"always"}')
-  for _ in $(seq 300); do
-    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
-  done
+  ckpt_wait "$S" "$k"
   curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
   d_wait_exit 60
   check "d: cancel_recorded: crashed there (status $DRC)" test "$DRC" = 137
@@ -623,15 +628,12 @@ part_e() {
   DWRAP=(env MNISTD_FAIL_AT=finish)
   dstart "$S" "$L" "$P" || { bad "e: start"; DWRAP=(); return; }
   k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
-  for _ in $(seq 300); do
-    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
-  done
+  ckpt_wait "$S" "$k"
   check "e: cancel accepted (202; the request itself is on record)" \
     test "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$B/v1/jobs/$k/cancel")" = 202
   for _ in $(seq 100); do grep -q "could not record state cancelled" "$L" && break; sleep 0.1; done
   check "e: finish record fails: logged, the job is not shown as ended" bash -c "
-    grep -q 'job $k: could not record state cancelled' '$L' &&
-    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = running"
+    grep -q 'job $k: could not record state cancelled' '$L' && test '$(job_state "$B" "$k")' = running"
   check "e: finish record fails: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
   dstop
   # Still failing at the restart: the job cannot be ended there either; it
@@ -649,8 +651,7 @@ part_e() {
   local resumed; resumed=$(grep -c "job $k: resuming" "$L")
   dstart "$S" "$L" "$P" || { bad "e: restart"; return; }
   check "e: a restart that can record it ends the job cancelled, without resuming it" bash -c "
-    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled &&
-    test \"\$(grep -c 'job $k: resuming' '$L')\" = $resumed"
+    test '$(job_state "$B" "$k")' = cancelled && test \"\$(grep -c 'job $k: resuming' '$L')\" = $resumed"
   check "e: one end event (cancelled), last" d_events "$B" "$k" cancelled
   check "e: checkpoint removed once the end is on record" test ! -e "$S/checkpoints/$k.ckpt"
   dstop
@@ -663,17 +664,14 @@ part_e() {
   dstart "$S" "$L" "$P" || { bad "e: cancel+kill: start"; DWRAP=(); return; }
   DWRAP=()
   k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
-  for _ in $(seq 300); do
-    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
-  done
+  ckpt_wait "$S" "$k"
   curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
   d_wait_exit 60
   check "e: cancel then kill -9: crashed there (status $DRC)" test "$DRC" = 137
   dstart "$S" "$L" "$P" || { bad "e: cancel+kill: restart"; return; }
   sleep 1
   check "e: cancel then kill -9: cancelled after the restart, not resumed" bash -c "
-    test \"\$(curl -s '$B/v1/jobs/$k' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])')\" = cancelled &&
-    grep -q 'job $k: cancelled before the restart' '$L' && ! grep -q 'job $k: resuming' '$L'"
+    test '$(job_state "$B" "$k")' = cancelled && grep -q 'job $k: cancelled before the restart' '$L' && ! grep -q 'job $k: resuming' '$L'"
   check "e: cancel then kill -9: one end event (cancelled), last" d_events "$B" "$k" cancelled
   check "e: cancel then kill -9: checkpoint removed" test ! -e "$S/checkpoints/$k.ckpt"
   dstop
