@@ -420,6 +420,14 @@ static int fetch_model(srv_follow *F, const cJSON *meta, int64_t id, const char 
   const cJSON *ca = cJSON_GetObjectItemCaseSensitive(meta, "created_at");
   info.created_ms = parse_iso_ms(cJSON_IsString(ca) ? ca->valuestring : NULL);
   info.file_bytes = len;
+  /* The class names (an uploaded set's: a replica has no data sets). */
+  char *names[NN_MAX_CLASSES];
+  const cJSON *cl = cJSON_GetObjectItemCaseSensitive(meta, "classes"), *e;
+  cJSON_ArrayForEach(e, cl) {
+    if (!cJSON_IsString(e) || info.n_classes == NN_MAX_CLASSES) break;
+    names[info.n_classes++] = e->valuestring;
+  }
+  if (info.n_classes == (uint32_t)cJSON_GetArraySize(cl)) info.classes = names;
   char bad[160];
   if (srv_model_usable(nm, bad, sizeof bad)) {
     nn_model_free(nm);

@@ -435,9 +435,8 @@ int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) 
   m->job_id = info->job_id;
   m->created_ms = info->created_ms;
   m->file_bytes = info->file_bytes;
-  /* The built-in set's names, or "0".."k-1" (the primary's uploaded class
-   * names do not travel to replicas yet). */
-  if (set_classes(m, NULL, 0)) {
+  /* The primary's names (an uploaded set's travel in the model's JSON). */
+  if (set_classes(m, info->classes, info->n_classes)) {
     free(m);
     free(e);
     return -ENOMEM;

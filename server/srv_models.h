@@ -118,6 +118,10 @@ typedef struct srv_model_info {
   char dataset[32];
   double test_accuracy, test_loss;
   size_t file_bytes;
+  char *const *classes;   /* the primary's class names (copied); NULL or a count
+                             that does not fit the model: the built-in set's
+                             names, or "0".."k-1" */
+  uint32_t n_classes;
 } srv_model_info;
 
 /* Makes nm (the registry's on success; the caller's on error) the only

@@ -184,6 +184,7 @@ static enum MHD_Result h_model(req *r) {
 static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
   srv_onnx_info info;
   int rc = srv_onnx_info_load(&info, r->S->store, m->id);
+  if (!rc) rc = srv_onnx_info_set_classes(&info, (const char *const *)m->classes, m->n_classes);
   if (rc) {
     srv_model_unref(m);
     return srv_send_error(r, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,

@@ -108,6 +108,14 @@ req "$B/v1/models/$m3/evaluation" >/dev/null
 check "evaluation: 3x3 confusion matrix and class names" \
   [ "$(json 'len(d["confusion"]), len(d["confusion"][0]), ",".join(d["classes"])')" = "3 3 one,seven,zero" ]
 check "built-in models answer names too" bash -c "curl -s '$B/v1/datasets/fashion-mnist' | grep -q 'Ankle boot'"
+# ONNX export of a model of an uploaded set: the set's class names (the
+# metadata is a plain string in the protobuf), not "0".."2"
+curl -s -o "$T/three.onnx" "$B/v1/models/$m3/file?format=onnx"
+check "ONNX export carries the uploaded set's class names" grep -aq '\["one","seven","zero"\]' "$T/three.onnx"
+stop
+"$BIN" export --format onnx --state-dir "$T/state" "$m3" "$T/three-cli.onnx" 2>>"$T/daemon.log"
+check "mnistd export --state-dir: the same class names" grep -aq '\["one","seven","zero"\]' "$T/three-cli.onnx"
+start || exit 1
 
 # ---- refusals: status, the entry and the reason, nothing left behind
 H=$M/h
