@@ -534,8 +534,8 @@ int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels,
 
 /* Computes the gradient of the mean batch loss into the trainer's gradient
  * block without updating weights, in inference mode (dropout off) so the
- * result is a deterministic function of the weights. Returns the loss.
- * For gradient checks. */
+ * result is a deterministic function of the weights. Returns the loss, or
+ * NAN when oneDNN could not run a matrix product. For gradient checks. */
 float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels,
                           uint32_t n, const float **grad);
 

@@ -451,7 +451,7 @@ float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels, 
   t->batch = (batch_desc){.n = n, .x = x, .labels = labels, .training = 0};
   double l = run_batch(t, NULL);
   if (grad) *grad = t->pool->shards[0].grad;
-  return (float)(l / n);
+  return batch_error(t) ? NAN : (float)(l / n);
 }
 
 /* Every label must name one of the model's outputs: a label past the

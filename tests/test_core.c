@@ -792,6 +792,9 @@ static void test_dnn_failure_is_an_error(void **state) {
   nn_dnn_inject_failure(3);
   assert_int_equal(nn_train_batch(t, x, synth.labels, 8, &loss), NN_ENOMEM);
   assert_int_equal(nn_train_batch(t, x, synth.labels, 8, &loss), 0);
+  nn_dnn_inject_failure(1);
+  assert_true(isnan(nn_trainer_gradient(t, x, synth.labels, 8, NULL)));
+  assert_false(isnan(nn_trainer_gradient(t, x, synth.labels, 8, NULL)));
   nn_dnn_inject_failure(5);
   assert_int_equal(nn_train_epoch(t, &part, NULL, NULL, NULL, NULL), NN_ENOMEM);
   assert_int_equal(nn_trainer_epoch(t), 1);
