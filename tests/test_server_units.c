@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -22,6 +23,7 @@
 #include "srv.h"
 #include "srv_datasets.h"
 #include "srv_jobs.h"
+#include "srv_route.h"
 #include "srv_store.h"
 #include "srv_spec.h"
 #include "srv_validate.h"
@@ -965,19 +967,22 @@ static void test_host_is_loopback(void **state) {
 static void test_token_config(void **state) {
   (void)state;
   srv_config c;
+  srv_err err;
   char *tok = malloc(SRV_MAX_TOKEN + 2);
   memset(tok, 'k', SRV_MAX_TOKEN + 1);
   tok[SRV_MAX_TOKEN] = 0;
   char *argv[] = {"serve", "--api-token", tok, NULL};
-  assert_int_equal(srv_config_parse(&c, 3, argv), 0);
+  assert_int_equal(srv_config_parse(&c, 3, argv, &err), 0);
   assert_int_equal(strlen(c.api_token), SRV_MAX_TOKEN);
   tok[SRV_MAX_TOKEN] = 'k';
   tok[SRV_MAX_TOKEN + 1] = 0;
   FILE *saved = stderr;
   stderr = fopen("/dev/null", "w");
-  assert_int_equal(srv_config_parse(&c, 3, argv), 2);
+  assert_int_equal(srv_config_parse(&c, 3, argv, &err), SRV_EUSAGE);
+  assert_non_null(strstr(err.message, "--api-token is 4097 bytes long"));
   char *sp[] = {"serve", "--api-token", "a b", NULL};
-  assert_int_equal(srv_config_parse(&c, 3, sp), 2);
+  assert_int_equal(srv_config_parse(&c, 3, sp, &err), SRV_EUSAGE);
+  assert_non_null(strstr(err.message, "--api-token has a space"));
   fclose(stderr);
   stderr = saved;
   /* From a file: one long line, surrounding whitespace dropped. */
@@ -989,7 +994,7 @@ static void test_token_config(void **state) {
   fprintf(f, "  %s \r\nsecond line\n", tok);
   fclose(f);
   char *fa[] = {"serve", "--api-token-file", path, NULL};
-  assert_int_equal(srv_config_parse(&c, 3, fa), 0);
+  assert_int_equal(srv_config_parse(&c, 3, fa, &err), 0);
   assert_int_equal(strlen(c.api_token), 3000);
   assert_string_equal(c.api_token, tok);
   unlink(path);
@@ -1029,6 +1034,62 @@ static void test_spec_field_names_whole(void **state) {
   cJSON_Delete(ok);
 }
 
+/* A handler's answer (srv_resp): what the builders fill, and that free
+ * releases what was handed over. */
+static void test_resp_builders(void **state) {
+  (void)state;
+  srv_resp res;
+  srv_resp_init(&res);
+  assert_int_equal(res.kind, SRV_RESP_NONE);
+  assert_int_equal(res.fd, -1);
+  /* An error: the message is formatted and clipped (cJSON escapes it
+   * later). */
+  char big[2000];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = 0;
+  assert_int_equal(srv_resp_error(&res, 404, "bad\x01line %s", big), 404);
+  assert_int_equal(res.kind, SRV_RESP_ERROR);
+  assert_int_equal(res.err.code, 404);
+  assert_memory_equal(res.err.message, "bad\x01line xxx", 12);
+  assert_true(strlen(res.err.message) < sizeof res.err.message);
+  assert_string_equal(res.cache, "no-store");
+  srv_resp_free(&res);
+  /* A 405 carries Allow. */
+  assert_int_equal(srv_resp_405(&res, "GET, HEAD", "no %s", "PUT"), 405);
+  assert_int_equal(res.n_hdr, 1);
+  assert_string_equal(res.hdr[0].name, "Allow");
+  assert_string_equal(res.hdr[0].value, "GET, HEAD");
+  assert_string_equal(res.err.message, "no PUT");
+  srv_resp_free(&res);
+  /* JSON with an ETag may be revalidated: no no-store. */
+  assert_int_equal(srv_resp_json(&res, 200, cJSON_CreateObject()), 200);
+  assert_string_equal(res.cache, "no-store");
+  assert_int_equal(srv_resp_header(&res, "ETag", "\"model-1\""), 0);
+  assert_null(res.cache);
+  for (int i = 1; i < SRV_RESP_MAX_HEADERS; i++) assert_int_equal(srv_resp_header(&res, "X-A", "b"), 0);
+  assert_int_equal(srv_resp_header(&res, "X-A", "b"), -ENOSPC);
+  srv_resp_free(&res); /* frees the document (ASan checks) */
+  srv_resp_json(&res, 201, cJSON_CreateObject());
+  srv_resp_header(&res, "Location", "/v1/datasets/x");
+  assert_null(res.cache);
+  srv_resp_free(&res);
+  assert_null(res.json);
+  /* A download of a file: free closes the descriptor handed over. */
+  int fd = open("/dev/null", O_RDONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(srv_resp_download(&res, NULL, 0, fd, "attachment"), 200);
+  assert_int_equal(res.kind, SRV_RESP_FILE);
+  srv_resp_free(&res);
+  assert_int_equal(fcntl(fd, F_GETFD), -1);
+  /* A buffer handed over is freed; a persistent one is not. */
+  assert_int_equal(srv_resp_download(&res, malloc(8), 8, -1, "attachment"), 200);
+  assert_int_equal(res.kind, SRV_RESP_BUF);
+  assert_true(res.owned);
+  srv_resp_free(&res);
+  assert_int_equal(srv_resp_buf(&res, 204, "application/json", "", 0, 0), 204);
+  srv_resp_free(&res);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_job_config_table),
@@ -1049,6 +1110,7 @@ int main(void) {
       cmocka_unit_test(test_spec_field_names_whole),
       cmocka_unit_test(test_unusable_model_refused_at_load),
       cmocka_unit_test(test_dataset_delete_vs_jobs_and_cache),
+      cmocka_unit_test(test_resp_builders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

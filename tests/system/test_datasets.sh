@@ -31,7 +31,10 @@ start() { # extra flags...
   for _ in $(seq 200); do curl -sf "$B/healthz" >/dev/null && return 0; sleep 0.05; done
   echo "daemon did not start:"; tail -5 "$T/daemon.log"; return 1
 }
-stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=; }
+# A daemon that dies of SIGKILL (the crash points below) is reported by bash
+# as a "Killed" line right after the command during which it died: those
+# commands and the wait run inside braces with stderr to /dev/null.
+stop() { { kill "$PID"; wait "$PID"; } 2>/dev/null; PID=; }
 req() { curl -s -o "$T/body" -w '%{http_code}' "$@" > "$T/code"; cat "$T/body"; }
 code() { cat "$T/code"; }
 auth=(-H "Authorization: Bearer $TOKEN")
@@ -47,7 +50,7 @@ listed() { curl -s "$B/v1/datasets" | python3 -c "import json,sys; print(' '.joi
 leftovers() { ls -A "$T/state/datasets" | grep -v '\.mds$' | wc -l; }
 
 M=$T/m; mkdir -p "$M"
-MK="python3 $HERE/datasets/make_uploads.py"
+MK="python3 $HERE/../datasets/make_uploads.py"
 $MK fashion-idx "$M/fashion.tar.gz" "$FASHION" || { echo "cannot read $FASHION"; exit 1; }
 $MK fashion-png "$M/fashion-png.zip" "$FASHION" 1000 200
 $MK mnist-csv "$M/mnist.csv" "$DATA/mnist" 12000
@@ -178,7 +181,7 @@ CURLPID=$!
 for _ in $(seq 100); do ls "$T/state/datasets"/.upload-* >/dev/null 2>&1 && break; sleep 0.05; done
 sleep 1
 check "the body streams to a temporary file" bash -c "ls '$T/state/datasets'/.upload-* >/dev/null 2>&1"
-kill -9 "$PID"; wait "$PID" 2>/dev/null; PID=
+{ kill -9 "$PID"; wait "$PID"; } 2>/dev/null; PID=
 kill "$CURLPID" 2>/dev/null; wait "$CURLPID" 2>/dev/null; CURLPID=
 start || exit 1
 check "after SIGKILL mid-upload: not listed" [ "$(listed)" = "mnist fashion-mnist fidx fpng mcsv three" ]
@@ -186,8 +189,6 @@ check "after SIGKILL mid-upload: temp file removed at start" [ "$(leftovers)" = 
 # ... and at the two crash points of the write
 stop
 MNISTD_CRASH_AT=dataset_before_rename start
-# The daemon kills itself during the upload; bash reaps it while curl runs
-# and would print a "Killed" line: the group's stderr takes it.
 { upload crash1 "$M/three.tar" application/x-tar; wait "$PID"; } 2>/dev/null; PID=
 start
 check "SIGKILL before the rename: not listed, nothing left" \
@@ -224,7 +225,7 @@ stop
 
 # ---- a failed fsync of the data set directory (LD_PRELOAD shim, EIO): the
 # upload is refused and leaves nothing; a delete says so in the log
-if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then
+if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/../reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then
   LD_PRELOAD=$T/fsync_fail.so FSYNC_FAIL_DIR=/datasets ASAN_OPTIONS=${ASAN_OPTIONS:-}:verify_asan_link_order=0 start
   upload dirsync "$M/three.tar" application/x-tar
   check "directory fsync fails: the upload is refused (500, naming it), not listed, nothing left" \
