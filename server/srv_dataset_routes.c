@@ -135,37 +135,17 @@ int h_dataset(req *r, srv_resp *res) {
   return srv_resp_json(res, 200, o);
 }
 
-/* 1 if a queued or running job trains on the data set. */
-static int dataset_in_use(srv *S, const char *name, int64_t *job) {
-  int states[2] = {SRV_JOB_QUEUED, SRV_JOB_RUNNING}, used = 0;
-  for (int s = 0; s < 2 && !used; s++) {
-    cJSON *a = srv_jobs_list_json(S->jobs, states[s], 1 << 20), *j;
-    cJSON_ArrayForEach(j, a) {
-      const char *d = cJSON_GetStringValue(
-          cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "dataset"));
-      if (d && !strcmp(d, name)) {
-        *job = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "id"));
-        used = 1;
-        break;
-      }
-    }
-    cJSON_Delete(a);
-  }
-  return used;
-}
-
 int h_dataset_delete(req *r, srv_resp *res) {
   if (srv_dataset_is_builtin(r->name))
     return srv_resp_error(res, 409, "%s is built in (installed beside the binary) and cannot be "
                       "deleted", r->name);
   int64_t job = 0;
-  if (dataset_in_use(r->S, r->name, &job))
+  int rc = srv_jobs_dataset_delete(r->S->jobs, r->name, &job);
+  if (rc == -EBUSY)
     return srv_resp_error(res, 409, "data set %s is in use by job %lld (queued or running); cancel "
                       "it or wait for it to finish", r->name, (long long)job);
-  int rc = srv_datasets_delete(r->S->datasets, r->name);
   if (rc == -ENOENT) return srv_resp_error(res, 404, "data set " QUOTE " not found", r->name);
   if (rc) return srv_resp_error(res, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
-  srv_data_forget(r->S->data, r->name);
   return srv_resp_buf(res, 204, "application/json", "", 0, 0);
 }
 
@@ -200,7 +180,7 @@ static int sample_of(req *r, srv_resp *res, const char *name) {
   if (q) {
     uint64_t v;
     if (srv_parse_dec(q, (uint64_t)ds->n - 1, &v)) {
-      srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+      srv_data_put(r->S->data, ds);
       free(classes);
       return srv_resp_error(res, 400, "index must be from 0 to %u", ds->n - 1);
     }
@@ -212,7 +192,7 @@ static int sample_of(req *r, srv_resp *res, const char *name) {
   cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
   cJSON_AddStringToObject(d, "class", ds->labels[idx] < n_classes ? classes[ds->labels[idx]] : "");
   cJSON_AddItemToObject(d, "pixels", srv_pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
-  srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+  srv_data_put(r->S->data, ds);
   free(classes);
   return srv_resp_json(res, 200, d);
 }

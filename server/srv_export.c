@@ -3,6 +3,7 @@
  * test accuracy, training job configuration). */
 #include "srv_cli.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -35,6 +36,28 @@ static int fail_usage(srv_err *err, const char *fmt, const char *arg) {
   return SRV_EUSAGE;
 }
 
+/* The class names a model's metadata file (STATE/models/ID.json) records
+ * for it (an uploaded set's): into info, if the file has them. */
+static int classes_from_meta(const char *path, srv_onnx_info *info) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0; /* older models: the data set's names */
+  char buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  cJSON *o = cJSON_Parse(buf), *c = cJSON_GetObjectItemCaseSensitive(o, "classes"), *e;
+  const char *names[NN_MAX_CLASSES];
+  uint32_t k = 0;
+  cJSON_ArrayForEach(e, c) {
+    if (!cJSON_IsString(e) || k == NN_MAX_CLASSES) break;
+    names[k++] = e->valuestring;
+  }
+  int rc = cJSON_IsArray(c) && k == (uint32_t)cJSON_GetArraySize(c)
+               ? srv_onnx_info_set_classes(info, names, k) : 0;
+  cJSON_Delete(o);
+  return rc;
+}
+
 /* Looks model `id` up in STATE/mnistd.db: its records into info, its file
  * into path. 0, or a negative errno with the message in err. */
 static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *path,
@@ -58,6 +81,11 @@ static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *
   else if (rc)
     srv_err_printf(err, "%s: %s", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(s));
   srv_store_close(s);
+  snprintf(path, len, "%s/models/%lld.json", state, (long long)id);
+  if (!rc && classes_from_meta(path, info)) {
+    fprintf(stderr, "mnistd export: out of memory\n");
+    rc = -ENOMEM;
+  }
   snprintf(path, len, "%s/models/%lld.model", state, (long long)id);
   return rc;
 }

@@ -72,11 +72,11 @@ static nn_workspace *workspace_for(srv_model *m) {
 typedef void (*chunk_fn)(const float *probs, uint32_t off, uint32_t k, void *u);
 
 /* Returns 0, or the core's negative code (nothing sensible is in probs
- * then): a model whose input is not one 28x28 image cannot read these
- * buffers, whatever file it came from. */
+ * then): -EDOM for a model whose input is not one 28x28 image (it cannot
+ * read these buffers, whatever file it came from). */
 static int predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *u8,
                           const float *f32, uint32_t n, float *probs, chunk_fn each, void *u) {
-  if (m->m->n_inputs != NN_IMAGE_SIZE) return -EINVAL;
+  if (m->m->n_inputs != NN_IMAGE_SIZE) return -EDOM;
   for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
     uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
     float *out = each ? probs : probs + (size_t)off * nn_model_classes(m->m);
@@ -86,6 +86,16 @@ static int predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *u
     if (each) each(probs, off, k, u);
   }
   return 0;
+}
+
+/* The answer when predicting failed: a model it cannot read images with
+ * (its input is not 784 values) is a conflict the client can act on
+ * (another model), never a server error. */
+static int predict_failed(srv_resp *res, long long id, int rc) {
+  if (rc == -EDOM)
+    return srv_resp_error(res, 409, "model %lld cannot predict 28x28 images (its input has "
+                          "another size); choose another model with ?model=ID", id);
+  return srv_resp_error(res, 500, "model %lld: prediction failed: %s", id, nn_strerror(rc));
 }
 
 /* A model's name for output k (its data set's class; "?" only if the
@@ -184,12 +194,12 @@ int h_predict(req *r, srv_resp *res) {
     srv_model_unref(m);
     return srv_resp_error(res, 500, "out of memory");
   }
-  if (predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL)) {
+  if ((rc = predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL))) {
     free(px);
     free(probs);
     long long id = (long long)m->id;
     srv_model_unref(m);
-    return srv_resp_error(res, 500, "model %lld cannot predict 28x28 images", id);
+    return predict_failed(res, id, rc);
   }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   cJSON *d = cJSON_CreateObject();
@@ -242,12 +252,12 @@ int h_tfs_predict(req *r, srv_resp *res) {
     srv_model_unref(m);
     return srv_resp_error(res, 500, "out of memory");
   }
-  if (predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL)) {
+  if ((rc = predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL))) {
     free(x);
     free(probs);
     long long id = (long long)m->id;
     srv_model_unref(m);
-    return srv_resp_error(res, 500, "model %lld cannot predict 28x28 images", id);
+    return predict_failed(res, id, rc);
   }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   srv_model_unref(m);
@@ -355,7 +365,7 @@ int h_evaluation(req *r, srv_resp *res) {
     return srv_resp_error(res, 404, "%s", msg);
   }
   cJSON *d = evaluate(m, ds);
-  srv_data_put(r->S->data, m->dataset, NN_SPLIT_TEST);
+  srv_data_put(r->S->data, ds);
   if (!d) {
     srv_model_unref(m);
     return srv_resp_error(res, 500, "out of memory");

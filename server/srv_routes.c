@@ -74,6 +74,9 @@ static int h_job_create(req *r, srv_resp *res) {
                       c.dataset);
   int64_t id;
   int rc = srv_jobs_submit(r->S->jobs, &c, &id);
+  if (rc == -ENOENT) /* deleted since the check above */
+    return srv_resp_error(res, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
+                          c.dataset);
   if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
                             rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(r->S->store));
   char loc[64];
@@ -112,6 +115,8 @@ static int h_job_cancel(req *r, srv_resp *res) {
   int rc = srv_jobs_cancel(r->S->jobs, r->id);
   if (rc == -ENOENT) return srv_resp_error(res, 404, "job %lld not found", (long long)r->id);
   if (rc == -EALREADY) return srv_resp_error(res, 409, "job %lld has already finished", (long long)r->id);
+  if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "could not record the cancel: %s",
+                                rc == -ENOSPC ? "the disk is full" : "the database failed");
   return srv_resp_json(res, 202, srv_jobs_json(r->S->jobs, r->id));
 }
 
@@ -182,6 +187,7 @@ static int h_model(req *r, srv_resp *res) {
 static int model_file_onnx(req *r, srv_resp *res, srv_model *m) {
   srv_onnx_info info;
   int rc = srv_onnx_info_load(&info, r->S->store, m->id);
+  if (!rc) rc = srv_onnx_info_set_classes(&info, (const char *const *)m->classes, m->n_classes);
   if (rc) {
     srv_model_unref(m);
     return srv_resp_error(res, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,

@@ -111,6 +111,14 @@ req "$B/v1/models/$m3/evaluation" >/dev/null
 check "evaluation: 3x3 confusion matrix and class names" \
   [ "$(json 'len(d["confusion"]), len(d["confusion"][0]), ",".join(d["classes"])')" = "3 3 one,seven,zero" ]
 check "built-in models answer names too" bash -c "curl -s '$B/v1/datasets/fashion-mnist' | grep -q 'Ankle boot'"
+# ONNX export of a model of an uploaded set: the set's class names (the
+# metadata is a plain string in the protobuf), not "0".."2"
+curl -s -o "$T/three.onnx" "$B/v1/models/$m3/file?format=onnx"
+check "ONNX export carries the uploaded set's class names" grep -aq '\["one","seven","zero"\]' "$T/three.onnx"
+stop
+"$BIN" export --format onnx --state-dir "$T/state" "$m3" "$T/three-cli.onnx" 2>>"$T/daemon.log"
+check "mnistd export --state-dir: the same class names" grep -aq '\["one","seven","zero"\]' "$T/three-cli.onnx"
+start || exit 1
 
 # ---- refusals: status, the entry and the reason, nothing left behind
 H=$M/h
@@ -214,6 +222,22 @@ start --max-dataset-upload 100000
 upload big "$M/mnist.csv" text/csv
 check "over --max-dataset-upload: 413" [ "$(code)" = 413 ]
 stop
+
+# ---- a failed fsync of the data set directory (LD_PRELOAD shim, EIO): the
+# upload is refused and leaves nothing; a delete says so in the log
+if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/../reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then
+  LD_PRELOAD=$T/fsync_fail.so FSYNC_FAIL_DIR=/datasets ASAN_OPTIONS=${ASAN_OPTIONS:-}:verify_asan_link_order=0 start
+  upload dirsync "$M/three.tar" application/x-tar
+  check "directory fsync fails: the upload is refused (500, naming it), not listed, nothing left" \
+    bash -c "[ $(code) = 500 ] && grep -q 'Input/output error' '$T/body' && ! curl -s '$B/v1/datasets' | grep -q dirsync &&
+             [ ! -e '$T/state/datasets/dirsync.mds' ] && [ $(leftovers) = 0 ]"
+  req "${auth[@]}" -X DELETE "$B/v1/datasets/fidx" >/dev/null
+  check "directory fsync fails on delete: 204, and the log says the file may come back" \
+    bash -c "[ $(code) = 204 ] && grep -q 'data set fidx deleted, but removing' '$T/daemon.log'"
+  stop
+else
+  bad "cannot build the fsync shim: $(cat "$T/cc.log")"
+fi
 
 # Under `make asan` the daemon aborts on the first report; leaks show at exit.
 check "no sanitizer report in the daemon's log" \
