@@ -264,6 +264,7 @@ typedef struct cv_prim {
 } cv_prim;
 
 struct nn_conv {
+  nn_dnn *dnn; /* where failures are kept */
   dnnl_engine_t eng;
   dnnl_stream_t stream;
   cv_prim op[NN_MAX_LAYERS][CV_OPS];
@@ -271,9 +272,10 @@ struct nn_conv {
   size_t scratch_len;
 };
 
-int nn_conv_create(nn_conv **out) {
+int nn_conv_create(nn_conv **out, nn_dnn *d) {
   nn_conv *c = calloc(1, sizeof *c);
   if (!c) return NN_ENOMEM;
+  c->dnn = d;
   if (dnnl_engine_create(&c->eng, dnnl_cpu, 0) != dnnl_success ||
       dnnl_stream_create(&c->stream, c->eng, dnnl_stream_default_flags) != dnnl_success) {
     nn_conv_free(c);
@@ -459,13 +461,12 @@ out:
   return rc;
 }
 
-/* A pass has no error return: fail loudly rather than compute garbage
- * (oneDNN fails only without memory for its kernels). */
-static void cv_must(int rc) {
-  if (rc) {
-    fputs("mnistd core: oneDNN could not build or run a convolution\n", stderr);
-    abort();
-  }
+/* A pass has no error return: the failure (oneDNN had no memory for a
+ * kernel) is kept for the public call that ran the pass. */
+static int cv_run(nn_conv *c, dnnl_primitive_t prim, int n, const dnnl_exec_arg_t *a) {
+  if (dnnl_primitive_execute(prim, c->stream, n, a) == dnnl_success) return 0;
+  nn_dnn_fail(c->dnn, NN_ENOMEM);
+  return NN_ENOMEM;
 }
 
 static cv_prim *cv_get(nn_conv *c, uint32_t layer, int op, const nn_layer *l, uint32_t n,
@@ -474,7 +475,11 @@ static cv_prim *cv_get(nn_conv *c, uint32_t layer, int op, const nn_layer *l, ui
   uint64_t key = (uint64_t)n | (uint64_t)!!relu << 32 | (uint64_t)fmt << 33;
   if (p->prim && p->key == key && p->team == team) return p;
   cv_clear(p);
-  cv_must(cv_build(c, p, op, l, n, relu, fmt));
+  int rc = cv_build(c, p, op, l, n, relu, fmt);
+  if (rc) {
+    nn_dnn_fail(c->dnn, rc == NN_EINVAL ? NN_ENOMEM : rc);
+    return NULL;
+  }
   p->key = key;
   p->team = team;
   return p;
@@ -486,25 +491,25 @@ static void cv_exec(nn_conv *c, dnnl_primitive_t prim, cv_prim *p, int n, dnnl_e
     dnnl_memory_set_data_handle(p->sp, c->scratch);
     a[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->sp};
   }
-  cv_must(dnnl_primitive_execute(prim, c->stream, n, a) != dnnl_success);
+  cv_run(c, prim, n, a);
 }
 
 /* Runs p's weights reorder between the user's w and the kernel's buffer. */
-static void cv_reorder(nn_conv *c, cv_prim *p, const float *w, int to_kernel) {
+static int cv_reorder(nn_conv *c, cv_prim *p, const float *w, int to_kernel) {
   if (!p->reorder) {
     dnnl_memory_set_data_handle(p->wei, (void *)w);
-    return;
+    return 0;
   }
   dnnl_memory_set_data_handle(p->wuser, (void *)w);
   dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, to_kernel ? p->wuser : p->wei},
                           {DNNL_ARG_TO, to_kernel ? p->wei : p->wuser}};
-  cv_must(dnnl_primitive_execute(p->reorder, c->stream, 2, a) != dnnl_success);
+  return cv_run(c, p->reorder, 2, a);
 }
 
 void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
                  const float *x, uint32_t n, const float *w, const float *b, int relu, float *y) {
   cv_prim *p = cv_get(c, layer, CV_FWD, l, n, relu, fmt, team);
-  cv_reorder(c, p, w, 1);
+  if (!p || cv_reorder(c, p, w, 1)) return;
   dnnl_memory_set_data_handle(p->src, (void *)x);
   dnnl_memory_set_data_handle(p->bias, (void *)b);
   dnnl_memory_set_data_handle(p->dst, y);
@@ -516,6 +521,7 @@ void nn_conv_fwd(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsign
 void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
                    const float *x, const float *g, uint32_t n, float *dw, float *db) {
   cv_prim *p = cv_get(c, layer, CV_BWD_W, l, n, 0, fmt, team);
+  if (!p) return;
   if (!p->reorder) dnnl_memory_set_data_handle(p->wei, dw);
   dnnl_memory_set_data_handle(p->src, (void *)x);
   dnnl_memory_set_data_handle(p->dst, (void *)g);
@@ -529,7 +535,7 @@ void nn_conv_bwd_w(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsi
 void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsigned fmt,
                    const float *g, const float *w, uint32_t n, float *dx) {
   cv_prim *p = cv_get(c, layer, CV_BWD_D, l, n, 0, fmt, team);
-  cv_reorder(c, p, w, 1);
+  if (!p || cv_reorder(c, p, w, 1)) return;
   dnnl_memory_set_data_handle(p->dst, (void *)g);
   dnnl_memory_set_data_handle(p->src, dx);
   dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, p->dst}, {DNNL_ARG_WEIGHTS, p->wei},
@@ -556,15 +562,18 @@ void nn_conv_reorder(nn_conv *c, int team, uint32_t layer, nn_shape sh, uint32_t
                 mem(c, &p->src, to_blocks ? &nhwc : &blk) || mem(c, &p->dst, to_blocks ? &blk : &nhwc)))
       rc = NN_ENOMEM;
     if (pd) dnnl_primitive_desc_destroy(pd);
-    if (rc) cv_clear(p);
-    cv_must(rc);
+    if (rc) {
+      cv_clear(p);
+      nn_dnn_fail(c->dnn, NN_ENOMEM);
+      return;
+    }
     p->key = key;
     p->team = team;
   }
   dnnl_memory_set_data_handle(p->src, (void *)x);
   dnnl_memory_set_data_handle(p->dst, y);
   dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, p->src}, {DNNL_ARG_TO, p->dst}};
-  cv_must(dnnl_primitive_execute(p->prim, c->stream, 2, a) != dnnl_success);
+  cv_run(c, p->prim, 2, a);
 }
 
 /* The implementation a primitive runs, or "" when unknown. */
@@ -584,6 +593,7 @@ int nn_conv_probe(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsig
     cv_prim *p = &c->op[layer][ops[k]];
     cv_clear(p);
     int rc = cv_build(c, p, ops[k], l, n, k == 0 && relu, fmt);
+    if (rc == NN_EINVAL) return 1; /* no implementation at all for this layout */
     if (rc) return rc;
     p->key = (uint64_t)n | (uint64_t)(k == 0 && relu) << 32 | (uint64_t)fmt << 33;
     p->team = team;

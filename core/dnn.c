@@ -223,6 +223,10 @@ int nn_dnn_error(nn_dnn *d) {
 
 void nn_dnn_inject_failure(uint32_t nth) { atomic_store(&g_inject, nth); }
 
+void nn_dnn_fail(nn_dnn *d, int rc) {
+  if (rc && !d->err) d->err = rc;
+}
+
 /* Kernels are compiled for the workspace's full row count (what a trainer
  * shard or a predictor sees nearly always) or, with any_rows, for whatever
  * comes; other row counts, and any failure to compile, take dnnl_sgemm,

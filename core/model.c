@@ -176,7 +176,7 @@ static int conv_plan(const nn_model *m, nn_workspace *ws) {
   int convs = 0;
   for (uint32_t i = 0; i < m->n_layers; i++) convs |= m->layers[i].type == NN_LAYER_CONV2D;
   if (!convs) return 0;
-  int rc = nn_conv_create(&ws->conv);
+  int rc = nn_conv_create(&ws->conv, ws->dnn);
   if (rc) return rc;
   ws->cblock = nn_conv_block();
   int team = nn_dnn_team(ws->dnn), changed = 1;

@@ -54,6 +54,9 @@ void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *
  * Returns the first failure since the last call (NN_ENOMEM) and clears it,
  * or 0: whoever runs a pass checks it before using the result. */
 int nn_dnn_error(nn_dnn *d);
+/* Keeps rc (when not 0) as d's failure, as a failed product would: the
+ * convolutions (conv.c) report through their workspace's nn_dnn. */
+void nn_dnn_fail(nn_dnn *d, int rc);
 /* Test hook (process-wide): the nth product from now that goes through
  * dnnl_sgemm or a weight-gradient part fails as if oneDNN had no memory;
  * 0 disarms. */
@@ -192,9 +195,12 @@ void nn_maxpool_bwd(const float *g, const uint32_t *idx, uint32_t n, const nn_la
 /* Convolutions through oneDNN primitives (conv.c), NHWC activations,
  * weights [filters][ky][kx][c]. One context per workspace, used by one
  * thread at a time; it keeps each layer's compiled kernels for the last
- * image count and team size. A pass aborts if oneDNN cannot get memory for
- * a kernel, as the matrix products do. */
-int nn_conv_create(nn_conv **out);
+ * image count and team size. When oneDNN cannot build or run a kernel (no
+ * memory) the output is undefined and the failure is kept as the matrix
+ * products keep theirs (nn_dnn_fail). */
+/* d: the workspace's products, where a failing convolution leaves its error
+ * (nn_dnn_error). */
+int nn_conv_create(nn_conv **out, nn_dnn *d);
 void nn_conv_free(nn_conv *c);
 /* fmt: the layouts of the layer's input (NN_CONV_SRC_BLK) and output
  * (NN_CONV_DST_BLK): oneDNN's channel blocks ([n][c/B][h][w][B], for
