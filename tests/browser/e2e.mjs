@@ -410,6 +410,40 @@ try {
     await page.waitForFunction((id) => document.querySelector('#status-text').textContent.includes(`Model #${id} ready`), original.id);
   });
 
+  // ------------------------------------------------------------ live (GET /v1/events)
+  await check('changes made elsewhere show at once (daemon events), without polling the job list', page, async () => {
+    // Let any job of the checks above finish, so the list has nothing active to follow.
+    await page.waitForFunction(() => !document.querySelector('#jobs-table tr[data-state="queued"], #jobs-table tr[data-state="running"]'), null, { timeout: 60000 });
+    let listReads = 0;
+    const count = (r) => { if (/\/v1\/jobs(\?|$)/.test(r.url()) && r.method() === 'GET') listReads++; };
+    page.on('request', count);
+    await page.waitForTimeout(12000);
+    const idleReads = listReads;
+    // A job started by someone else (curl, another tab) appears without waiting for a poll.
+    const t0 = Date.now();
+    const res = await page.request.post(`${BASE}v1/jobs`, { data: { epochs: 1, train_limit: 2000, activate: 'never' } });
+    assert(res.status() === 202, `POST /v1/jobs answered ${res.status()}`);
+    const job = await res.json();
+    await page.waitForSelector(`#jobs-table tr[data-job="${job.id}"]`, { timeout: 4000 });
+    const shownAfter = Date.now() - t0;
+    await page.waitForSelector(`#jobs-table tr[data-job="${job.id}"][data-state="succeeded"]`, { timeout: 60000 });
+    // Its model arrives in the model list, and an activation made elsewhere reaches the header.
+    const made = (await apiJson(page, 'v1/models')).models.find((m) => m.job_id === job.id);
+    assert(made, `job ${job.id} made no model`);
+    await page.waitForSelector(`#models-table tr[data-model="${made.id}"]`, { timeout: 4000 });
+    const original = (await apiJson(page, 'v1/models')).models.find((m) => m.active);
+    const t1 = Date.now();
+    const act = await page.request.post(`${BASE}v1/models/${made.id}/activate`);
+    assert(act.ok(), `activate answered ${act.status()}`);
+    await page.waitForFunction((id) => document.querySelector('#status-text').textContent.includes(`Model #${id} ready`), made.id, { timeout: 4000 });
+    const activatedAfter = Date.now() - t1;
+    await page.request.post(`${BASE}v1/models/${original.id}/activate`);
+    await page.waitForFunction((id) => document.querySelector('#status-text').textContent.includes(`Model #${id} ready`), original.id, { timeout: 4000 });
+    page.off('request', count);
+    assert(idleReads === 0, `the idle page read the job list ${idleReads} times in 12 s`);
+    console.log(`     job row after ${shownAfter} ms, activation in the header after ${activatedAfter} ms, 0 list reads in 12 s idle`);
+  });
+
   // ------------------------------------------------------------ accessibility
   await check('accessibility: labels, names, visible keyboard focus', page, async () => {
     const problems = await page.evaluate(() => {
@@ -523,6 +557,46 @@ try {
     await phone.screenshot({ path: path.join(OUT, 'screenshot-360.png'), fullPage: true });
   });
   await mobile.close();
+
+  // ------------------------------------------------------------ a read-only replica (issue 15)
+  if (process.env.E2E_REPLICA_BASE) {
+    const rctx = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+    rctx.setDefaultTimeout(20000);
+    const rp = await rctx.newPage();
+    watchConsole(rp, 'replica');
+    const refused = [];
+    rp.on('response', (r) => { if (r.status() >= 400) refused.push(`${r.status()} ${r.request().method()} ${r.url()}`); });
+    await check('replica: predictions only, names its primary, asks for nothing it would refuse', rp, async () => {
+      await rp.goto(process.env.E2E_REPLICA_BASE);
+      await rp.waitForSelector('#status[data-state="ready"]');
+      await rp.waitForSelector('#replica-note:not([hidden])');
+      const note = await rp.textContent('#replica-note');
+      assert(note.includes(BASE.replace(/\/$/, '')), `the note does not name the primary: "${note.trim()}"`);
+      assert(!(await rp.locator('#train').isVisible()), 'the Train panel is shown on a replica');
+      assert(!(await rp.locator('#upload-form').isVisible()), 'the upload form is shown on a replica');
+      assert(!(await rp.locator('nav a[href="#train"]').isVisible()), 'the nav links to Train on a replica');
+      await rp.waitForSelector('#models-table tbody tr');
+      for (const b of ['Activate', 'Delete', 'Download']) {
+        const n = await rp.locator(`#models-table tbody tr :is(button, a):has-text("${b}")`).evaluateAll((els) => els.filter((e) => e.offsetParent !== null).length);
+        assert(n === 0, `${n} visible "${b}" controls on a replica`);
+      }
+      await draw(rp, DIGITS['7']);
+      const label = await settled(rp);
+      assert(label === '7', `a drawn 7 was read as "${label}" on the replica`);
+    });
+    await check("replica: follows the primary's activation live", rp, async () => {
+      const models = (await apiJson(page, 'v1/models')).models;
+      const original = models.find((m) => m.active);
+      const other = models.find((m) => !m.active && m.dataset === 'mnist');
+      let res = await page.request.post(`${BASE}v1/models/${other.id}/activate`);
+      assert(res.ok(), `activate on the primary answered ${res.status()}`);
+      await rp.waitForFunction((id) => document.querySelector('#status-text').textContent.includes(`Model #${id} ready`), other.id, { timeout: 15000 });
+      res = await page.request.post(`${BASE}v1/models/${original.id}/activate`);
+      await rp.waitForFunction((id) => document.querySelector('#status-text').textContent.includes(`Model #${id} ready`), original.id, { timeout: 15000 });
+      assert(refused.length === 0, `the replica page made refused requests: ${refused.slice(0, 3).join(', ')}`);
+    });
+    await rctx.close();
+  }
 
   // ------------------------------------------------------------ own data (issue 13)
   if (process.env.E2E_DATASET_ZIP) {

@@ -102,6 +102,12 @@ for _ in $(seq 50); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; d
 curl -sf "$BASE/readyz" >/dev/null || fail "/readyz is not 200 after training"
 echo "model: job $id succeeded"
 
+# A read-only replica of the main daemon (issue 15): the page must adapt to it.
+start_daemon replica --follow "$BASE" || fail "the replica (--follow) did not start"
+export E2E_REPLICA_BASE="$LAST_BASE/"
+for _ in $(seq 100); do curl -sf "${LAST_BASE}/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "${LAST_BASE}/readyz" >/dev/null || fail "the replica has no model 10 s after start"
+
 # A small PNG-folder zip made from real MNIST digits, for the Data panel's
 # upload check (issue 13).
 python3 tests/datasets/make_uploads.py three-zip "$T/three.zip" "$DATA/mnist" 150 || fail "cannot make the upload zip"
@@ -111,7 +117,7 @@ timeout 260 node tests/browser/e2e.mjs "$BASE/" "$OUT"
 rc=$?
 if [ $rc -ne 0 ]; then
   # Keep the daemons' logs next to the failure screenshots; the summary line stays last.
-  mkdir -p "$OUT" && cp "$T/main.log" "$OUT/daemon-main.log" && cp "$T/auth.log" "$OUT/daemon-auth.log"
+  mkdir -p "$OUT" && cp "$T/main.log" "$OUT/daemon-main.log" && cp "$T/auth.log" "$OUT/daemon-auth.log" && cp "$T/replica.log" "$OUT/daemon-replica.log"
   if [ $rc -ne 1 ]; then
     echo "daemon logs: $OUT/daemon-main.log, $OUT/daemon-auth.log"
     echo "FAIL e2e.mjs exited with status $rc (124: timed out)"

@@ -110,6 +110,12 @@ export const cancelJob = (id) => api(`v1/jobs/${enc(id)}/cancel`, { method: 'POS
  * owns the returned EventSource and closes it.
  */
 export const jobEvents = (id) => new EventSource(`v1/jobs/${enc(id)}/events`);
+/**
+ * The daemon-wide Server-Sent Events: `hello` (the active model, and the
+ * primary's URL when this daemon is a read-only replica), `model.activated`,
+ * `job.state`, `sync`. The caller owns the returned EventSource.
+ */
+export const daemonEvents = () => new EventSource('v1/events');
 
 /** GET /v1/datasets: {datasets: [...]}. */
 export const listDatasets = () => api('v1/datasets');

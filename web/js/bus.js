@@ -15,7 +15,11 @@
 //   'job-updated'   jobs.js, runs.js: a job object fresher than before
 //   'job-ended'     runs.js: the `end` event of a watched job
 //   'datasets'      datasets.js: the data set list (array) after each refresh
+//   'live'          live.js: {connected} when the daemon-wide stream opens or drops
+//   'daemon'        live.js: {replica, primary, model} from each `hello`
 // requests
+//   'resync'          (live.js) → every panel re-reads what it shows: events
+//                       may have been missed (the daemon restarted)
 //   'refresh-models'  → status.js re-reads the models (and readiness)
 //   'check-status'    → status.js re-checks readiness now
 //   'refresh-jobs'    → jobs.js re-reads the job list

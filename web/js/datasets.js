@@ -25,7 +25,7 @@ async function strip(name, box) {
 function card(d) {
   const samples = el('ul', { class: 'strip', 'aria-label': `random test images of ${d.name}` });
   const del = d.builtin ? null : el('button', {
-    type: 'button', class: 'btn small ghost', 'aria-label': `Delete data set ${d.name}`,
+    type: 'button', class: 'btn small ghost primary-only', 'aria-label': `Delete data set ${d.name}`,
     onclick: async () => {
       try { await deleteDataset(d.name); refresh(); } catch (err) { say($('#upload-msg'), describeError(err), 'error'); }
     },
@@ -95,5 +95,6 @@ export function initDatasets() {
   zone.addEventListener('drop', (e) => { e.preventDefault(); zone.classList.remove('over'); choose(e.dataTransfer.files[0]); });
   $('#upload-form').addEventListener('submit', upload);
   on('refresh-datasets', refresh);
+  on('resync', refresh);
   refresh();
 }

@@ -1,4 +1,6 @@
-// The job list (GET /v1/jobs, every 2 s while a job is active, else 10 s) with
+// The job list (GET /v1/jobs: every 2 s while a job is active for its
+// progress; otherwise when the daemon-wide stream says a job changed state,
+// or every 10 s while that stream is down) with
 // "Chart" (show the job in the charts) and "Cancel". Cancelling is done here
 // for the whole page: the run cards ask through the bus ('cancel-job').
 import { listJobs, getJob, cancelJob, describeError } from './api.js';
@@ -8,6 +10,7 @@ import { $, el, setText, fmtInt, fmtPct, fmtAgo, datasetName, say, sayError } fr
 const ACTIVE = new Set(['queued', 'running']);
 
 let jobsTimer = 0;
+let live = false;                // the daemon-wide stream is open (live.js)
 let jobRows = new Map();         // job id -> row elements
 let watched = [];                // job ids in the charts (from 'watching')
 const knownStates = new Map();   // job id -> state at the last refresh
@@ -115,7 +118,7 @@ async function watchById(id) {
 
 async function refreshJobs() {
   clearTimeout(jobsTimer);
-  let next = 10000;
+  let next = live ? 60000 : 10000;
   let jobs = [];
   try {
     const data = await listJobs({ limit: 20 });
@@ -128,8 +131,15 @@ async function refreshJobs() {
   return jobs;
 }
 
-export async function initJobs() {
+/** role: {connected} from live.js's first hello. */
+export async function initJobs(role = {}) {
+  live = !!role.connected;
   on('refresh-jobs', () => refreshJobs());
+  on('resync', () => refreshJobs());
+  on('live', (d) => {
+    live = d.connected;
+    if (!live) refreshJobs();
+  });
   on('cancel-job', ({ id }) => cancel(id, null));
   on('watching', (ids) => {
     watched = ids;

@@ -55,17 +55,17 @@ async function remove(id, button) {
 function modelRow(m) {
   let row = rows.get(m.id);
   if (row) return row;
-  const act = el('button', { type: 'button', class: 'btn small', onclick: () => activate(m.id, act) }, 'Activate');
+  const act = el('button', { type: 'button', class: 'btn small primary-only', onclick: () => activate(m.id, act) }, 'Activate');
   act.setAttribute('aria-label', `Activate model ${m.id}`);
   const evalBtn = el('button', { type: 'button', class: 'btn small', onclick: () => evaluate(m.id, evalBtn) }, 'Evaluate');
   evalBtn.setAttribute('aria-label', `Show the confusion matrix and errors of model ${m.id}`);
-  const del = el('button', { type: 'button', class: 'btn small ghost', onclick: () => remove(m.id, del) }, 'Delete');
+  const del = el('button', { type: 'button', class: 'btn small ghost primary-only', onclick: () => remove(m.id, del) }, 'Delete');
   del.setAttribute('aria-label', `Delete model ${m.id}`);
   // Plain links: downloads are GETs and need no token.
-  const file = el('a', { class: 'btn small ghost download', href: modelFileUrl(m.id), download: `mnistd-model-${m.id}.model`,
+  const file = el('a', { class: 'btn small ghost download primary-only', href: modelFileUrl(m.id), download: `mnistd-model-${m.id}.model`,
     title: 'The mnistd model file (mnistd predict --model, or another mnistd daemon)' }, 'Download');
   file.setAttribute('aria-label', `Download model ${m.id} as an mnistd file`);
-  const onnx = el('a', { class: 'btn small ghost download', href: modelFileUrl(m.id, 'onnx'), download: `mnistd-model-${m.id}.onnx`,
+  const onnx = el('a', { class: 'btn small ghost download primary-only', href: modelFileUrl(m.id, 'onnx'), download: `mnistd-model-${m.id}.onnx`,
     title: 'ONNX for onnxruntime and other runtimes: input "image" float32 [N,1,28,28] in 0..1, white ink on black; output "probabilities"' },
   'Download ONNX');
   onnx.setAttribute('aria-label', `Download model ${m.id} as ONNX`);

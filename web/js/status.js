@@ -21,6 +21,8 @@ const status = {
 
 let timer = 0;
 let failures = 0;
+let live = false;          // the daemon-wide stream is open: it tells us of changes
+let replica = false;       // a read-only replica has no jobs to describe
 
 async function refreshModels(throwOnError = false) {
   try {
@@ -78,6 +80,10 @@ async function describeTraining(fallback) {
   status.fraction = NaN;
   status.detail = fallback || 'No model loaded yet.';
   status.training = '';
+  if (replica) {
+    status.detail = fallback || 'No model yet: this replica is waiting for its primary to have one.';
+    return;
+  }
   try {
     const { jobs } = await listJobs({ state: 'running', limit: 1 });
     const job = jobs && jobs[0];
@@ -143,6 +149,9 @@ async function poll() {
     const id = r.model ?? (status.models.find((m) => m.active) || {}).id ?? null;
     if (status.state !== 'ready' || id !== status.activeId) await refreshModels(true);
     setReady(id);
+    // With the stream open, activations and ends arrive as events, and a
+    // dropped stream triggers a check at once: a slow poll is enough.
+    if (live) next = 30000;
   } catch (err) {
     if (err instanceof ApiError && err.status === 503) {
       failures = 0;
@@ -164,7 +173,12 @@ async function poll() {
   timer = setTimeout(poll, next);
 }
 
-export function initStatus() {
+/** role: {replica} from live.js's first hello. */
+export function initStatus(role = {}) {
+  replica = !!role.replica;
+  live = !!role.connected;
+  on('live', (d) => { live = d.connected; });
+  on('resync', () => refreshModels().then(() => poll()));
   $('#status-retry').addEventListener('click', () => poll());
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) poll();
