@@ -35,8 +35,9 @@ TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 # System tests (tests/README.md): tests/system/test_*.sh, and any
 # tests/test_*.sh still in the old place (a branch that added one before the
 # move keeps working after a merge). The opt-in batteries below need root,
-# podman or many minutes and have their own targets.
-OPT_IN_TESTS := $(addprefix tests/system/test_,faults.sh load.sh valgrind.sh docker.sh systemd.sh tsan.sh)
+# podman, nginx or many minutes and have their own targets.
+OPT_IN_TESTS := $(addprefix tests/system/test_,faults.sh load.sh valgrind.sh docker.sh systemd.sh tsan.sh \
+                  replicas.sh kube.sh)
 SH_TESTS := $(filter-out $(OPT_IN_TESTS),$(sort $(wildcard tests/system/test_*.sh tests/test_*.sh)))
 BENCHES  := $(BUILD)/bench/bench_core
 
@@ -184,10 +185,10 @@ test-docker: ## build the image with podman and test it (root)
 # (docs/replicas.md). test-kube: the same from deploy/kubernetes/ under
 # `podman kube play` (as root; builds the image like test-docker).
 test-replicas: $(BUILD)/mnistd data ## a fleet on loopback: primary, two replicas, nginx (docs/replicas.md)
-	@MNISTD_BIN=$(BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) scripts/test-replicas.sh
+	@MNISTD_BIN=$(BUILD)/mnistd MNISTD_DATA=$(DATA_DIR) tests/system/test_replicas.sh
 
 test-kube: ## the Kubernetes manifests under podman kube play (root)
-	@scripts/test-kube.sh
+	@tests/system/test_kube.sh
 
 test-systemd: $(BUILD)/mnistd data ## check the systemd unit, live under podman if available
 	@BUILD=$(BUILD) tests/system/test_systemd.sh

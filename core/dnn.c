@@ -42,6 +42,7 @@ struct nn_dnn {
   int any_rows;
   mm *dw_rows;       /* nn_dnn_dense_dw_rows: [layer][part], grown on demand */
   uint32_t dw_parts;
+  int err;           /* first failure since nn_dnn_error() (sticky) */
 };
 
 /* 0 = leave OpenMP's own default (OMP_NUM_THREADS, or one per core). */
@@ -190,14 +191,35 @@ static mm *mm_get(nn_dnn *d, uint32_t layer, int op, uint32_t rows, const nn_lay
   return m;
 }
 
-/* dnnl_sgemm fails only when oneDNN cannot get memory for its own buffers:
- * a pass has no error return, so fail loudly rather than compute garbage. */
-static void must(int ok) {
-  if (!ok) {
-    fputs("mnistd core: oneDNN could not build or run a matrix product\n", stderr);
-    abort();
+/* nn_dnn_inject_failure: products to go until the injected failure (0:
+ * none). Process-wide, so a test reaches a trainer's private workspaces. */
+static _Atomic uint32_t g_inject;
+
+static int injected(void) {
+  uint32_t v = atomic_load(&g_inject);
+  while (v && !atomic_compare_exchange_weak(&g_inject, &v, v - 1)) {
   }
+  return v == 1;
 }
+
+/* dnnl_sgemm fails only when oneDNN cannot get memory for its own buffers.
+ * A pass has no error return of its own, so the first failure is kept (the
+ * product's output is then undefined) and the public call that ran the pass
+ * returns it (nn_dnn_error). must() reads the `d` of the calling function,
+ * which keeps the product call sites as they were. */
+static void dnn_note(nn_dnn *d, int ok) {
+  if (injected()) ok = 0;
+  if (!ok && !d->err) d->err = NN_ENOMEM;
+}
+#define must(ok) dnn_note(d, (ok))
+
+int nn_dnn_error(nn_dnn *d) {
+  int rc = d->err;
+  d->err = 0;
+  return rc;
+}
+
+void nn_dnn_inject_failure(uint32_t nth) { atomic_store(&g_inject, nth); }
 
 /* Kernels are compiled for the workspace's full row count (what a trainer
  * shard or a predictor sees nearly always) or, with any_rows, for whatever
@@ -264,6 +286,7 @@ int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_row
 int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
                          const nn_layer *l, uint32_t o_lo, uint32_t o_hi, const float *g,
                          const float *x, uint32_t n, int accumulate, float *dw) {
+  if (injected()) return d->err = NN_ENOMEM;
   if (n_parts > d->dw_parts) {
     mm *p = calloc((size_t)NN_MAX_LAYERS * n_parts, sizeof *p);
     if (!p) return NN_ENOMEM;

@@ -413,6 +413,8 @@ int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t
     return NN_EINVAL;
   memcpy(ws->x, x, (size_t)n * m->n_inputs * sizeof(float));
   const float *p = nn_forward(m, ws, n, 0, NULL);
+  int rc = nn_dnn_error(ws->dnn);
+  if (rc) return rc;
   memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
   return 0;
 }
@@ -424,6 +426,8 @@ int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
     return NN_EINVAL;
   nn_k_u8_to_f32(ws->x, images, (size_t)n * m->n_inputs);
   const float *p = nn_forward(m, ws, n, 0, NULL);
+  int rc = nn_dnn_error(ws->dnn);
+  if (rc) return rc;
   memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
   return 0;
 }

@@ -331,7 +331,9 @@ int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
 
 /* Runs n images (n <= the workspace's max_batch) through the model in
  * inference mode (dropout off) and writes n*nn_model_classes(m) probabilities.
- * `images` holds n*784 uint8 pixels. Allocates nothing. */
+ * `images` holds n*784 uint8 pixels. Allocates nothing. Returns 0,
+ * NN_EINVAL, or NN_ENOMEM when oneDNN could not run a matrix product
+ * (probs is then left alone). */
 int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
                   uint32_t n, float *probs);
 
@@ -489,14 +491,17 @@ typedef struct nn_epoch_metrics {
  * weights as updated so far and the epoch counter unchanged. On success
  * fills the training part of *out (val_* set to NAN) and advances the epoch
  * counter. The RNG stream depends only on the seed and the epoch number, so
- * a trainer restored from a checkpoint continues exactly. */
+ * a trainer restored from a checkpoint continues exactly. NN_ENOMEM when
+ * oneDNN could not run a matrix product: the weights may then hold a
+ * partial update (reload a checkpoint; the epoch counter is unchanged). */
 int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb,
                    void *user, const volatile int *cancel,
                    nn_epoch_metrics *out);
 
 /* Evaluates m on ds in inference mode, in chunks of up to the workspace's
  * batch size. Any of loss, accuracy may be NULL. If predictions is not NULL
- * it receives ds->n predicted labels. */
+ * it receives ds->n predicted labels. NN_ENOMEM when oneDNN could not run
+ * a matrix product (loss and accuracy are then not written). */
 int nn_evaluate(const nn_model *m, nn_workspace *ws, const nn_dataset *ds,
                 float *loss, float *accuracy, uint8_t *predictions);
 
@@ -523,14 +528,14 @@ int nn_trainer_set_augment(nn_trainer *t, const nn_augment *a);
 
 /* Forward + backward + update on one explicit batch (x: n*784 floats). Used
  * by tests and benchmarks; returns the batch loss via *loss. Dropout masks
- * come from the trainer's RNG. */
+ * come from the trainer's RNG. NN_ENOMEM as nn_train_epoch. */
 int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels,
                    uint32_t n, float *loss);
 
 /* Computes the gradient of the mean batch loss into the trainer's gradient
  * block without updating weights, in inference mode (dropout off) so the
- * result is a deterministic function of the weights. Returns the loss.
- * For gradient checks. */
+ * result is a deterministic function of the weights. Returns the loss, or
+ * NAN when oneDNN could not run a matrix product. For gradient checks. */
 float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels,
                           uint32_t n, const float **grad);
 

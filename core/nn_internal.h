@@ -49,6 +49,15 @@ int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_pa
 /* dx[n][in] = g[n][out] W[out][in]. */
 void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *w, uint32_t n, float *dx);
+/* The products above return nothing: when oneDNN cannot run one (no memory
+ * for its buffers) its output is undefined and the failure is kept here.
+ * Returns the first failure since the last call (NN_ENOMEM) and clears it,
+ * or 0: whoever runs a pass checks it before using the result. */
+int nn_dnn_error(nn_dnn *d);
+/* Test hook (process-wide): the nth product from now that goes through
+ * dnnl_sgemm or a weight-gradient part fails as if oneDNN had no memory;
+ * 0 disarms. */
+void nn_dnn_inject_failure(uint32_t nth);
 
 struct nn_workspace {
   uint32_t max_batch;

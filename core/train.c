@@ -221,7 +221,7 @@ static void phase_update(nn_trainer *t, uint32_t k) {
       const float *x = i > 0 ? ws->cur[i - 1] : ws->x;
       if (nn_dnn_dense_dw_rows(d, i, s, p->n, l, o_lo, o_hi, ws->dg[i], x, hi - lo, acc,
                                g + l->w_off))
-        abort(); /* out of memory for a kernel: as in nn_dnn_dense_dw */
+        return; /* kept in d: the batch's caller reports it (batch_error) */
       acc = 1;
     }
     /* The shards' bias gradients, in shard order. */
@@ -268,6 +268,17 @@ static double run_batch(nn_trainer *t, uint32_t *correct) {
   }
   if (correct) *correct = ok;
   return loss;
+}
+
+/* After run_batch: the first failure of a matrix product on any thread
+ * (NN_ENOMEM), or 0. The weights may then hold a partial update. */
+static int batch_error(nn_trainer *t) {
+  int rc = 0;
+  for (uint32_t k = 0; k < t->pool->n; k++) {
+    int e = nn_dnn_error(t->pool->shards[k].ws->dnn);
+    if (!rc) rc = e;
+  }
+  return rc;
 }
 
 static void pool_free(pool *p) {
@@ -429,6 +440,8 @@ int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels, uint32_
     if (labels[i] >= nn_model_classes(t->m)) return NN_EINVAL;
   t->batch = (batch_desc){.n = n, .x = x, .labels = labels, .training = 1};
   double l = run_batch(t, NULL);
+  int rc = batch_error(t);
+  if (rc) return rc;
   if (loss) *loss = (float)(l / n);
   return 0;
 }
@@ -438,7 +451,7 @@ float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels, 
   t->batch = (batch_desc){.n = n, .x = x, .labels = labels, .training = 0};
   double l = run_batch(t, NULL);
   if (grad) *grad = t->pool->shards[0].grad;
-  return (float)(l / n);
+  return batch_error(t) ? NAN : (float)(l / n);
 }
 
 /* Every label must name one of the model's outputs: a label past the
@@ -491,6 +504,8 @@ int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb, void 
                             .idx = t->order + off, .training = 1, .aug_key = aug_key,
                             .aug_off = off};
     loss_sum += run_batch(t, &correct);
+    int rc = batch_error(t);
+    if (rc) return rc;
     correct_sum += correct;
     pr.batch++;
     pr.samples += n;
@@ -522,6 +537,8 @@ int nn_evaluate(const nn_model *m, nn_workspace *ws, const nn_dataset *ds, float
     uint32_t n = ds->n - off < ws->max_batch ? ds->n - off : ws->max_batch, correct = 0;
     nn_k_u8_to_f32(ws->x, ds->images + (size_t)off * NN_IMAGE_SIZE, (size_t)n * NN_IMAGE_SIZE);
     const float *p = nn_forward(m, ws, n, 0, NULL);
+    int rc = nn_dnn_error(ws->dnn);
+    if (rc) return rc;
     /* Recomputes the softmax from the logits so the loss uses the same
      * clipping as training. */
     loss_sum += nn_xent_sum(nn_logits(m, ws), ds->labels + off, n, nn_model_classes(m), (float *)p,

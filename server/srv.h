@@ -17,6 +17,7 @@
 #include "srv_jobs.h"
 #include "srv_registry.h"
 #include "srv_store.h"
+#include "srv_util.h" /* srv_err, SRV_EUSAGE */
 
 /* Longer tokens are refused at start, never cut short. */
 #define SRV_MAX_TOKEN 4096
@@ -45,9 +46,9 @@ typedef struct srv_config {
 } srv_config;
 
 /* Fills defaults, then MNISTD_* variables, then flags (argv after the
- * subcommand). Returns 0, or 2 after printing a one-line usage error, or
- * 1 when --help was printed. */
-int srv_config_parse(srv_config *c, int argc, char **argv);
+ * subcommand). Returns 0, SRV_EUSAGE (srv_util.h) with the one-line
+ * reason in err, or 1 when --help was printed. */
+int srv_config_parse(srv_config *c, int argc, char **argv, srv_err *err);
 
 #define SRV_MAX_ROUTES 32
 #define SRV_LAT_BUCKETS 12
@@ -92,10 +93,18 @@ int srv_host_is_loopback(const char *host);
 
 /* Writes one log line (text or JSON per configuration) to stderr. */
 void srv_log(const srv *S, const char *level, const char *msg);
+/* One access log line for a request: method, target as sent, status (0:
+ * none was sent), milliseconds, and whether the client left early. */
+void srv_log_request(const srv *S, const char *method, const char *target, int st, double ms,
+                     int aborted);
 
-/* `mnistd serve` and `mnistd healthcheck`: exit statuses. */
-int srv_serve_main(int argc, char **argv);
-int srv_healthcheck_main(int argc, char **argv);
+/* `mnistd serve` and `mnistd healthcheck`: 0, SRV_EUSAGE for a command
+ * line they do not take, or a negative errno (healthcheck: -ECONNREFUSED
+ * no answer, -EPROTO an answer other than 200); on failure err->message
+ * says why in one line. main.c prints it and maps the return to the exit
+ * status. */
+int srv_serve_main(int argc, char **argv, srv_err *err);
+int srv_healthcheck_main(int argc, char **argv, srv_err *err);
 
 /* The route table, for tests that walk it (every mutating route must ask
  * for the token). */

@@ -19,11 +19,9 @@
 #include "nn.h"
 #include "srv_image.h"
 
-static int usage_error(const char *cmd, const char *fmt, const char *arg) {
-  fprintf(stderr, "mnistd %s: ", cmd);
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, " (see 'mnistd %s --help')\n", cmd);
-  return SRV_EXIT_USAGE;
+static int usage_error(srv_err *err, const char *fmt, const char *arg) {
+  srv_err_printf(err, fmt, arg);
+  return SRV_EUSAGE;
 }
 
 static const char TRAIN_HELP[] =
@@ -74,9 +72,9 @@ typedef struct train_opts {
   nn_opt_kind opt;
 } train_opts;
 
-/* Parses mnistd train's command line into *o: -1 to go on, else the exit
- * status (--help, or a usage error already printed). */
-static int train_parse(int argc, char **argv, train_opts *o) {
+/* Parses mnistd train's command line into *o: 0 to go on, 1 when --help
+ * was printed, or SRV_EUSAGE after the message. */
+static int train_parse(int argc, char **argv, train_opts *o, srv_err *err) {
   *o = (train_opts){"antirectifier", "mnist", NULL,
                     getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data", NULL,
                     {0, 0, 0}, 4, 128, 1, 0, 0, 0, 0, 0, NN_OPT_RMSPROP};
@@ -98,75 +96,76 @@ static int train_parse(int argc, char **argv, train_opts *o) {
     switch (c) {
     case 'a':
       if (strcmp(optarg, "antirectifier") && strcmp(optarg, "relu") && strcmp(optarg, "cnn"))
-        return usage_error("train", "--arch must be antirectifier, relu or cnn, not '%s'",
+        return usage_error(err, "--arch must be antirectifier, relu or cnn, not '%s'",
                            optarg);
       o->arch = optarg;
       break;
     case 'd':
       if (strcmp(optarg, "mnist") && strcmp(optarg, "fashion-mnist"))
-        return usage_error("train", "--dataset must be mnist or fashion-mnist, not '%s'",
+        return usage_error(err, "--dataset must be mnist or fashion-mnist, not '%s'",
                            optarg);
       o->dataset = optarg;
       break;
     case 'D': o->data_dir = optarg; break;
     case 'e':
       if (srv_parse_long(optarg, 1, 1000, &o->epochs))
-        return usage_error("train", "--epochs must be an integer in 1..1000, not '%s'", optarg);
+        return usage_error(err, "--epochs must be an integer in 1..1000, not '%s'", optarg);
       break;
     case 'b':
       if (srv_parse_long(optarg, 1, 65536, &o->batch))
-        return usage_error("train", "--batch-size must be an integer in 1..65536, not '%s'",
+        return usage_error(err, "--batch-size must be an integer in 1..65536, not '%s'",
                            optarg);
       break;
     case 'l':
       if (srv_parse_float(optarg, 0, 10, &o->lr))
-        return usage_error("train", "--lr must be a number in (0, 10], not '%s'", optarg);
+        return usage_error(err, "--lr must be a number in (0, 10], not '%s'", optarg);
       break;
     case 'o':
       if (nn_opt_parse(optarg, &o->opt))
-        return usage_error("train", "--optimizer must be rmsprop, sgd or adam, not '%s'",
+        return usage_error(err, "--optimizer must be rmsprop, sgd or adam, not '%s'",
                            optarg);
       break;
     case 's':
       if (srv_parse_long(optarg, 0, LONG_MAX, &o->seed))
-        return usage_error("train", "--seed must be a non-negative integer, not '%s'", optarg);
+        return usage_error(err, "--seed must be a non-negative integer, not '%s'", optarg);
       break;
     case 't':
       if (srv_parse_long(optarg, 1, NN_MAX_THREADS, &o->threads))
-        return usage_error("train", "--threads must be an integer in 1..64, not '%s'", optarg);
+        return usage_error(err, "--threads must be an integer in 1..64, not '%s'", optarg);
       break;
     case 'L':
       if (srv_parse_long(optarg, 1, 100000000, &o->train_limit))
-        return usage_error("train", "--train-limit must be a positive integer, not '%s'",
+        return usage_error(err, "--train-limit must be a positive integer, not '%s'",
                            optarg);
       break;
     case 'T':
       if (srv_parse_long(optarg, 1, 100000000, &o->test_limit))
-        return usage_error("train", "--test-limit must be a positive integer, not '%s'",
+        return usage_error(err, "--test-limit must be a positive integer, not '%s'",
                            optarg);
       break;
     case 'O': o->out_path = optarg; break;
     case 'Y': o->layers_path = optarg; break;
     case 'A':
       if (srv_augment_parse_text(optarg, &o->augment, amsg, sizeof amsg))
-        return usage_error("train", "%s", amsg);
+        return usage_error(err, "%s", amsg);
       break;
     case 'j': o->json = 1; break;
-    case 'h': fputs(TRAIN_HELP, stdout); return SRV_EXIT_OK;
+    case 'h': fputs(TRAIN_HELP, stdout); return 1;
     case ':':
-      return usage_error("train", "option '%s' needs a value", argv[optind - 1]);
+      return usage_error(err, "option '%s' needs a value", argv[optind - 1]);
     default:
-      return usage_error("train", "unknown option '%s'", argv[optind - 1]);
+      return usage_error(err, "unknown option '%s'", argv[optind - 1]);
     }
   }
-  if (optind < argc) return usage_error("train", "unexpected argument '%s'", argv[optind]);
-  return -1;
+  if (optind < argc) return usage_error(err, "unexpected argument '%s'", argv[optind]);
+  return 0;
 }
 
 /* mnistd train's epochs: trains, evaluates and prints each (Keras-style
- * text, or the shared JSON record). 0, or -1 after a message on stderr. */
+ * text, or the shared JSON record). 0, or a negative errno with the
+ * message in err (-EINTR: interrupted). */
 static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_dataset *train,
-                      const nn_dataset *test, long epochs, int json) {
+                      const nn_dataset *test, long epochs, int json, srv_err *err) {
   const uint32_t batches = (train->n + nn_trainer_config(t)->batch_size - 1) /
                            nn_trainer_config(t)->batch_size;
   int rc;
@@ -179,15 +178,15 @@ static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_da
     rc = nn_train_epoch(t, train, on_progress, &pc, &g_cancel, &mt);
     if (rc) {
       if (pc.tty) fputc('\n', stderr);
-      fprintf(stderr, "mnistd train: %s\n",
+      srv_err_printf(err, "%s",
               g_interrupted ? "interrupted" : nn_strerror(rc));
-      return -1;
+      return g_interrupted ? -EINTR : rc;
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if ((rc = nn_evaluate(m, ews, test, &mt.val_loss, &mt.val_accuracy, NULL))) {
-      fprintf(stderr, "mnistd train: evaluation failed: %s\n", nn_strerror(rc));
-      return -1;
+      srv_err_printf(err, "evaluation failed: %s", nn_strerror(rc));
+      return rc;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     mt.eval_seconds = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
@@ -207,11 +206,11 @@ static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_da
 }
 
 /* --layers FILE: a JSON spec, checked as the daemon checks a job's. */
-static int load_layers(nn_model **m, const char *path, uint32_t batch) {
+static int load_layers(nn_model **m, const char *path, uint32_t batch, srv_err *err) {
   FILE *f = fopen(path, "rb");
   if (!f) {
     int rc = -errno;
-    fprintf(stderr, "mnistd train: %s: %s\n", path, strerror(-rc));
+    srv_err_printf(err, "%s: %s", path, strerror(-rc));
     return rc;
   }
   char *buf = malloc(65537);
@@ -219,7 +218,7 @@ static int load_layers(nn_model **m, const char *path, uint32_t batch) {
   fclose(f);
   if (!buf || n > 65536) {
     free(buf);
-    fprintf(stderr, "mnistd train: %s: not a layer spec (more than 64 KiB)\n", path);
+    srv_err_printf(err, "%s: not a layer spec (more than 64 KiB)", path);
     return -EINVAL;
   }
   nn_layer_spec spec[NN_MAX_SPECS];
@@ -228,19 +227,19 @@ static int load_layers(nn_model **m, const char *path, uint32_t batch) {
   int rc = srv_spec_parse_text(buf, n, batch, spec, &ns, msg, sizeof msg);
   free(buf);
   if (rc) {
-    fprintf(stderr, "mnistd train: %s: %s\n", path, msg);
+    srv_err_printf(err, "%s: %s", path, msg);
     return rc;
   }
-  nn_err err;
-  if ((rc = nn_model_create_spec(m, "custom", NN_INPUT_MNIST, spec, ns, &err)))
-    fprintf(stderr, "mnistd train: %s: %s\n", path, err.msg);
+  nn_err nerr;
+  if ((rc = nn_model_create_spec(m, "custom", NN_INPUT_MNIST, spec, ns, &nerr)))
+    srv_err_printf(err, "%s: %s", path, nerr.msg);
   return rc;
 }
 
-int srv_cli_train(int argc, char **argv) {
+int srv_cli_train(int argc, char **argv, srv_err *err) {
   train_opts o;
-  int st = train_parse(argc, argv, &o);
-  if (st >= 0) return st;
+  int st = train_parse(argc, argv, &o, err);
+  if (st) return st == 1 ? 0 : st;
   const char *arch = o.arch, *dataset = o.dataset, *out_path = o.out_path,
              *data_dir = o.data_dir;
   long epochs = o.epochs, threads = o.threads;
@@ -248,23 +247,23 @@ int srv_cli_train(int argc, char **argv) {
 
   char dir[PATH_MAX];
   if (srv_dataset_dir(data_dir, dataset, dir, sizeof dir)) {
-    fprintf(stderr, "mnistd train: no %s data under '%s' (run 'make data')\n", dataset, data_dir);
-    return SRV_EXIT_FAIL;
+    srv_err_printf(err, "no %s data under '%s' (run 'make data')", dataset, data_dir);
+    return -ENOENT;
   }
   if (!threads) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     threads = cpus < 1 ? 1 : cpus > 8 ? 8 : cpus;
   }
 
-  int status = SRV_EXIT_FAIL, rc;
-  nn_err err = {0};
+  int rc;
+  nn_err nerr = {0};
   nn_dataset train = {0}, test = {0};
   nn_model *m = NULL;
   nn_trainer *t = NULL;
   nn_workspace *ews = NULL;
-  if ((rc = nn_dataset_load_dir(&train, dir, NN_SPLIT_TRAIN, &err)) ||
-      (rc = nn_dataset_load_dir(&test, dir, NN_SPLIT_TEST, &err))) {
-    fprintf(stderr, "mnistd train: %s\n", err.msg);
+  if ((rc = nn_dataset_load_dir(&train, dir, NN_SPLIT_TRAIN, &nerr)) ||
+      (rc = nn_dataset_load_dir(&test, dir, NN_SPLIT_TEST, &nerr))) {
+    srv_err_printf(err, "%s", nerr.msg);
     goto done;
   }
   if (o.train_limit) nn_dataset_truncate(&train, (uint32_t)o.train_limit);
@@ -274,11 +273,11 @@ int srv_cli_train(int argc, char **argv) {
   srv_train_config(&cfg, o.opt, (float)o.lr, -1, (uint32_t)o.batch, (uint64_t)o.seed,
                    (uint32_t)threads);
   cfg.augment = o.augment;
-  if (o.layers_path && (rc = load_layers(&m, o.layers_path, cfg.batch_size))) goto done;
+  if (o.layers_path && (rc = load_layers(&m, o.layers_path, cfg.batch_size, err))) goto done;
   if (o.layers_path) arch = "custom";
   if ((!m && (rc = nn_model_create_preset(&m, arch))) || (rc = nn_trainer_create(&t, m, &cfg)) ||
       (rc = nn_workspace_create(&ews, m, 1000))) {
-    fprintf(stderr, "mnistd train: cannot create the model: %s\n", nn_strerror(rc));
+    srv_err_printf(err, "cannot create the model: %s", nn_strerror(rc));
     goto done;
   }
   nn_model_init(m, cfg.seed);
@@ -287,22 +286,21 @@ int srv_cli_train(int argc, char **argv) {
            dataset, m->n_params, train.n, test.n, cfg.batch_size, nn_opt_name(o.opt),
            (double)cfg.opt.lr);
 
-  if (train_loop(m, t, ews, &train, &test, epochs, json)) goto done;
+  if ((rc = train_loop(m, t, ews, &train, &test, epochs, json, err))) goto done;
   if (out_path) {
-    if ((rc = nn_model_save(m, out_path, &err))) {
-      fprintf(stderr, "mnistd train: %s\n", err.msg);
+    if ((rc = nn_model_save(m, out_path, &nerr))) {
+      srv_err_printf(err, "%s", nerr.msg);
       goto done;
     }
     if (!json) printf("saved %s\n", out_path);
   }
-  status = SRV_EXIT_OK;
 done:
   nn_workspace_free(ews);
   nn_trainer_free(t);
   nn_model_free(m);
   nn_dataset_free(&test);
   nn_dataset_free(&train);
-  return status;
+  return rc;
 }
 
 static const char PREDICT_HELP[] =
@@ -318,12 +316,13 @@ static const char PREDICT_HELP[] =
     "  --json           one JSON object per image\n";
 
 /* Loads every image of one input file: IDX when the magic says so, raw
- * 784-byte records otherwise. */
+ * 784-byte records otherwise. 0, or a negative errno with msg set. */
 static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, size_t len) {
   FILE *f = fopen(path, "rb");
   if (!f) {
-    snprintf(msg, len, "%s: %s", path, strerror(errno));
-    return -1;
+    int rc = -errno;
+    snprintf(msg, len, "%s: %s", path, strerror(-rc));
+    return rc;
   }
   uint8_t head[4] = {0};
   size_t got = fread(head, 1, 4, f);
@@ -332,16 +331,17 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
   if (gz || idx) {
     fclose(f);
     uint32_t rows, cols;
-    nn_err err = {0};
-    if (nn_idx_read_images(path, px, n, &rows, &cols, &err)) {
-      snprintf(msg, len, "%s", err.msg);
-      return -1;
+    nn_err nerr = {0};
+    int rc = nn_idx_read_images(path, px, n, &rows, &cols, &nerr);
+    if (rc) {
+      snprintf(msg, len, "%s", nerr.msg);
+      return rc;
     }
     if (rows != NN_IMAGE_SIDE || cols != NN_IMAGE_SIDE) {
       snprintf(msg, len, "%s: images are %ux%u, expected 28x28", path, rows, cols);
       free(*px);
       *px = NULL;
-      return -1;
+      return -EINVAL;
     }
     return 0;
   }
@@ -360,11 +360,12 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
     char why[256] = "read failed";
     if (!ok || !*px ||
         srv_image_from_bytes(NULL, buf, (size_t)st.st_size, *px, &empty, why, sizeof why) < 0) {
+      int rc = ok && *px ? -EINVAL : -EIO;
       snprintf(msg, len, "%.200s: %s", path, why);
       free(buf);
       free(*px);
       *px = NULL;
-      return -1;
+      return rc;
     }
     free(buf);
     *n = 1;
@@ -376,7 +377,7 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
              "%s: not an IDX image file, and its size is not a multiple of 784 bytes "
              "(raw 28x28 images)", path);
     fclose(f);
-    return -1;
+    return -EINVAL;
   }
   *n = (uint32_t)(st.st_size / NN_IMAGE_SIZE);
   *px = malloc((size_t)st.st_size);
@@ -386,13 +387,70 @@ static int load_images(const char *path, uint8_t **px, uint32_t *n, char *msg, s
     free(*px);
     *px = NULL;
     fclose(f);
-    return -1;
+    return -EIO;
   }
   fclose(f);
   return 0;
 }
 
-int srv_cli_predict(int argc, char **argv) {
+/* mnistd predict on one IMAGE file: prints each image's class and
+ * probabilities, and counts the ones matching labels (if any). 0, or a
+ * negative errno with the message in err. */
+static int predict_file(const nn_model *m, nn_workspace *ws, const char *path, uint32_t limit,
+                        const char *labels_path, const uint8_t *labels, uint32_t n_labels,
+                        int json, uint32_t *correct, uint32_t *total, srv_err *err) {
+  uint8_t *px = NULL;
+  uint32_t n = 0;
+  char msg[512];
+  int rc = load_images(path, &px, &n, msg, sizeof msg);
+  if (rc) {
+    srv_err_printf(err, "%s", msg);
+    return rc;
+  }
+  if (limit && n > limit) n = limit;
+  if (labels && n_labels < n) {
+    srv_err_printf(err, "%s has %u labels for %u images", labels_path, n_labels, n);
+    free(px);
+    return -EINVAL;
+  }
+  /* One probability per class of the model (an uploaded set may have up
+   * to 256): too large for the stack. */
+  const uint32_t K = nn_model_classes(m);
+  float *probs = malloc((size_t)256 * K * sizeof *probs);
+  if (!probs) {
+    free(px);
+    srv_err_printf(err, "out of memory");
+    return -ENOMEM;
+  }
+  for (uint32_t off = 0; off < n && !rc; off += 256) {
+    uint32_t k = n - off < 256 ? n - off : 256;
+    if ((rc = nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs))) {
+      srv_err_printf(err, "%s: %s", path, nn_strerror(rc));
+      break;
+    }
+    for (uint32_t i = 0; i < k; i++) {
+      const float *p = probs + (size_t)i * K;
+      int d = nn_argmax_n(p, K);
+      if (labels) *correct += labels[off + i] == d;
+      (*total)++;
+      if (json) {
+        printf("{\"file\":\"%s\",\"index\":%u,\"label\":%d,\"confidence\":%.6f,"
+               "\"probabilities\":[", path, off + i, d, (double)p[d]);
+        for (uint32_t j = 0; j < K; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
+        printf("]}\n");
+      } else {
+        printf("%s[%u]: %d (%.3f)  ", path, off + i, d, (double)p[d]);
+        for (uint32_t j = 0; j < K; j++) printf(" %u:%.3f", j, (double)p[j]);
+        putchar('\n');
+      }
+    }
+  }
+  free(probs);
+  free(px);
+  return rc;
+}
+
+int srv_cli_predict(int argc, char **argv, srv_err *err) {
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                        {"json", no_argument, 0, 'j'},
                                        {"limit", required_argument, 0, 'n'},
@@ -411,79 +469,40 @@ int srv_cli_predict(int argc, char **argv) {
     case 'L': labels_path = optarg; break;
     case 'n':
       if (srv_parse_long(optarg, 1, 100000000, &limit))
-        return usage_error("predict", "--limit must be a positive integer, not '%s'", optarg);
+        return usage_error(err, "--limit must be a positive integer, not '%s'", optarg);
       break;
-    case 'h': fputs(PREDICT_HELP, stdout); return SRV_EXIT_OK;
-    case ':': return usage_error("predict", "option '%s' needs a value", argv[optind - 1]);
-    default: return usage_error("predict", "unknown option '%s'", argv[optind - 1]);
+    case 'h': fputs(PREDICT_HELP, stdout); return 0;
+    case ':': return usage_error(err, "option '%s' needs a value", argv[optind - 1]);
+    default: return usage_error(err, "unknown option '%s'", argv[optind - 1]);
     }
   }
-  if (!model_path) return usage_error("predict", "%s", "--model FILE is required");
-  if (optind >= argc) return usage_error("predict", "%s", "no IMAGE file given");
+  if (!model_path) return usage_error(err, "%s", "--model FILE is required");
+  if (optind >= argc) return usage_error(err, "%s", "no IMAGE file given");
   if (labels_path && argc - optind != 1)
-    return usage_error("predict", "%s", "--labels needs exactly one IMAGE file");
+    return usage_error(err, "%s", "--labels needs exactly one IMAGE file");
 
-  nn_err err = {0};
+  nn_err nerr = {0};
   nn_model *m = NULL;
   nn_workspace *ws = NULL;
   uint8_t *labels = NULL;
   uint32_t n_labels = 0, correct = 0, total = 0;
-  int status = SRV_EXIT_FAIL;
-  if (nn_model_load(&m, model_path, &err)) {
-    fprintf(stderr, "mnistd predict: %s\n", err.msg);
-    return SRV_EXIT_FAIL;
+  int rc;
+  if ((rc = nn_model_load(&m, model_path, &nerr))) {
+    srv_err_printf(err, "%s", nerr.msg);
+    return rc;
   }
-  if (nn_workspace_create(&ws, m, 256)) goto done;
-  if (labels_path && nn_idx_read_labels(labels_path, &labels, &n_labels, &err)) {
-    fprintf(stderr, "mnistd predict: %s\n", err.msg);
+  if ((rc = nn_workspace_create(&ws, m, 256))) {
+    srv_err_printf(err, "%s", nn_strerror(rc));
     goto done;
   }
-  for (int a = optind; a < argc; a++) {
-    uint8_t *px = NULL;
-    uint32_t n = 0;
-    char msg[512];
-    if (load_images(argv[a], &px, &n, msg, sizeof msg)) {
-      fprintf(stderr, "mnistd predict: %s\n", msg);
-      goto done;
-    }
-    if (limit && n > (uint32_t)limit) n = (uint32_t)limit;
-    if (labels && n_labels < n) {
-      fprintf(stderr, "mnistd predict: %s has %u labels for %u images\n", labels_path,
-              n_labels, n);
-      free(px);
-      goto done;
-    }
-    /* One probability per class of the model (an uploaded set may have up
-     * to 256): too large for the stack. */
-    const uint32_t K = nn_model_classes(m);
-    float *probs = malloc((size_t)256 * K * sizeof *probs);
-    if (!probs) {
-      free(px);
-      goto done;
-    }
-    for (uint32_t off = 0; off < n; off += 256) {
-      uint32_t k = n - off < 256 ? n - off : 256;
-      nn_predict_u8(m, ws, px + (size_t)off * NN_IMAGE_SIZE, k, probs);
-      for (uint32_t i = 0; i < k; i++) {
-        const float *p = probs + (size_t)i * K;
-        int d = nn_argmax_n(p, K);
-        if (labels) correct += labels[off + i] == d;
-        total++;
-        if (json) {
-          printf("{\"file\":\"%s\",\"index\":%u,\"label\":%d,\"confidence\":%.6f,"
-                 "\"probabilities\":[", argv[a], off + i, d, (double)p[d]);
-          for (uint32_t j = 0; j < K; j++) printf("%s%.6f", j ? "," : "", (double)p[j]);
-          printf("]}\n");
-        } else {
-          printf("%s[%u]: %d (%.3f)  ", argv[a], off + i, d, (double)p[d]);
-          for (uint32_t j = 0; j < K; j++) printf(" %u:%.3f", j, (double)p[j]);
-          putchar('\n');
-        }
-      }
-    }
-    free(probs);
-    free(px);
+  if (labels_path && (rc = nn_idx_read_labels(labels_path, &labels, &n_labels, &nerr))) {
+    srv_err_printf(err, "%s", nerr.msg);
+    goto done;
   }
+  for (int a = optind; a < argc && !rc; a++)
+    rc = predict_file(m, ws, argv[a], (uint32_t)limit, labels_path, labels, n_labels, json, &correct,
+                      &total, err);
+  if (rc) goto done;
   if (labels) {
     if (json)
       printf("{\"accuracy\":%.6f,\"correct\":%u,\"total\":%u}\n",
@@ -491,10 +510,9 @@ int srv_cli_predict(int argc, char **argv) {
     else
       printf("accuracy: %.4f (%u/%u)\n", total ? (double)correct / total : 0.0, correct, total);
   }
-  status = SRV_EXIT_OK;
 done:
   free(labels);
   nn_workspace_free(ws);
   nn_model_free(m);
-  return status;
+  return rc;
 }

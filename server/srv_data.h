@@ -16,12 +16,17 @@ typedef struct srv_data srv_data;
  * been put back. */
 int srv_data_open(srv_data **out, const char *data_dir);
 void srv_data_close(srv_data *d);
-/* A loaded split of a data set ("mnist", "fashion-mnist"); drop it with
- * srv_data_put. Training sets are freed when nobody holds them (they are
- * most of the daemon's memory); test sets stay for samples and evaluation. */
+/* A loaded split of a data set ("mnist", "fashion-mnist" or an uploaded
+ * one); give it back with srv_data_put. Training sets are freed when nobody
+ * holds them (they are most of the daemon's memory); test sets stay for
+ * samples and evaluation. The file is read outside the cache's lock (one
+ * reader per split; others wait for it), and an uploaded set's splits are
+ * kept under its checksum: a set deleted and uploaded again under the same
+ * name is read anew, never served from the old one's cache. */
 int srv_data_get(srv_data *d, const char *name, nn_split split, const nn_dataset **ds,
                  char *msg, size_t msglen); /* 0, -ENOENT, -ENOMEM or an NN_E* code; msg says why */
-void srv_data_put(srv_data *d, const char *name, nn_split split);
+/* Gives back what srv_data_get handed out (the pointer it returned). */
+void srv_data_put(srv_data *d, const nn_dataset *ds);
 /* Counts from the file headers without loading: -ENOENT if absent. */
 int srv_data_count(srv_data *d, const char *name, uint32_t *train, uint32_t *test);
 
@@ -32,7 +37,11 @@ void srv_data_attach(srv_data *d, struct srv_datasets *up);
 /* Class names of a data set (built-in or uploaded): a malloc'd block
  * (free(*names) frees all); -ENOENT if unknown. */
 int srv_data_classes(srv_data *d, const char *name, char ***names, uint32_t *n);
-/* Drops the cached splits of a data set nobody holds (after a delete). */
+/* Drops the cached splits of a data set (after a delete): now if nobody
+ * holds them, else at their last srv_data_put. */
 void srv_data_forget(srv_data *d, const char *name);
+/* Deletes an uploaded set (srv_datasets_delete) and forgets its splits:
+ * -ENOENT unknown or built in, -EIO store failure. */
+int srv_data_delete(srv_data *d, const char *name);
 
 #endif

@@ -14,7 +14,7 @@
 #include "srv_util.h"
 #include "srv_validate.h"
 
-static enum MHD_Result sample_of(req *r, const char *name);
+static int sample_of(req *r, srv_resp *res, const char *name);
 
 
 static const char *const DS_TYPES[] = {"application/zip", "application/x-zip-compressed",
@@ -39,7 +39,7 @@ static cJSON *builtin_json(srv *S, const char *name) {
   return o;
 }
 
-enum MHD_Result h_datasets(req *r) {
+int h_datasets(req *r, srv_resp *res) {
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "datasets");
   static const char *names[] = {"mnist", "fashion-mnist"};
   for (size_t i = 0; i < 2; i++) {
@@ -47,20 +47,20 @@ enum MHD_Result h_datasets(req *r) {
     if (o) cJSON_AddItemToArray(a, o);
   }
   srv_datasets_list(r->S->datasets, a);
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
 /* Everything that can be refused before the body is: the name, the type,
  * the size. Then the body goes to a temporary file as it arrives. */
-enum MHD_Result srv_dataset_upload_head(req *r) {
+int srv_dataset_upload_head(req *r, srv_resp *res) {
   const char *name = srv_query(r, "name");
   if (!name || !srv_dataset_name_ok(name))
-    return srv_send_error(r, 400, "give the data set a name: ?name=NAME with NAME matching "
+    return srv_resp_error(res, 400, "give the data set a name: ?name=NAME with NAME matching "
                       "[a-z0-9][a-z0-9._-]{0,63} (got " QUOTE ")", name ? name : "none");
   cJSON *have = srv_datasets_json(r->S->datasets, name);
   if (have || srv_dataset_is_builtin(name)) {
     cJSON_Delete(have);
-    return srv_send_error(r, 409, "a data set named %s exists already (DELETE /v1/datasets/%s "
+    return srv_resp_error(res, 409, "a data set named %s exists already (DELETE /v1/datasets/%s "
                       "first, or pick another name)", name, name);
   }
   char ct[96];
@@ -68,20 +68,20 @@ enum MHD_Result srv_dataset_upload_head(req *r) {
   int known = 0;
   for (size_t i = 0; i < sizeof DS_TYPES / sizeof *DS_TYPES; i++) known |= !strcmp(ct, DS_TYPES[i]);
   if (!known)
-    return srv_send_error(r, 415, "Content-Type " QUOTE " is not a data set format; send "
+    return srv_resp_error(res, 415, "Content-Type " QUOTE " is not a data set format; send "
                       "application/zip, application/x-tar, application/gzip (a .tar.gz) or "
                       "text/csv", ct[0] ? ct : "(none)");
   const srv_ds_config *dc = srv_datasets_config(r->S->datasets);
-  const char *cl = srv_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  const char *cl = srv_header(r, "Content-Length");
   uint64_t clv;
   if (cl && !srv_parse_dec(cl, UINT64_MAX, &clv) && clv > dc->max_body)
-    return srv_send_error(r, 413, "the upload is %llu bytes; this server accepts data sets up to "
+    return srv_resp_error(res, 413, "the upload is %llu bytes; this server accepts data sets up to "
                       "%llu bytes (--max-dataset-upload)", (unsigned long long)clv,
                       (unsigned long long)dc->max_body);
   int rc = srv_ds_upload_open(r->S->datasets, &r->upload);
-  if (rc) return srv_send_error(r, rc == -ENOSPC ? 507 : 500, "cannot store the upload: %s",
+  if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "cannot store the upload: %s",
                             strerror(-rc));
-  return MHD_YES;
+  return 0;
 }
 
 static int ds_status(int rc) {
@@ -95,101 +95,83 @@ static int ds_status(int rc) {
   }
 }
 
-enum MHD_Result h_dataset_create(req *r) {
+int h_dataset_create(req *r, srv_resp *res) {
   if (r->upload_err)
     return r->upload_err == -E2BIG
-               ? srv_send_error(r, 413, "the upload is larger than %llu bytes, this server's limit "
+               ? srv_resp_error(res, 413, "the upload is larger than %llu bytes, this server's limit "
                             "(--max-dataset-upload)",
                             (unsigned long long)srv_datasets_config(r->S->datasets)->max_body)
-               : srv_send_error(r, ds_status(r->upload_err), "cannot store the upload: %s",
+               : srv_resp_error(res, ds_status(r->upload_err), "cannot store the upload: %s",
                             strerror(-r->upload_err));
   if (!r->upload || srv_ds_upload_size(r->upload) == 0)
-    return srv_send_error(r, 400, "the body is empty: send the archive or CSV as the body");
+    return srv_resp_error(res, 400, "the body is empty: send the archive or CSV as the body");
   char ct[96], msg[700];
   const char *pp = srv_query(r, "preprocess"), *tf = srv_query(r, "test_fraction");
   srv_ds_create c = {srv_query(r, "name"), srv_media_type(r, ct, sizeof ct), 1, 1.0 / 6};
   if (pp && strcmp(pp, "none") && strcmp(pp, "mnist"))
-    return srv_send_error(r, 400, "preprocess must be none or mnist, not " QUOTE, pp);
+    return srv_resp_error(res, 400, "preprocess must be none or mnist, not " QUOTE, pp);
   c.preprocess = !pp || strcmp(pp, "none");
   if (tf) {
     char *end;
     c.test_fraction = strtod(tf, &end);
     if (*end || !(c.test_fraction >= 0.01 && c.test_fraction <= 0.5))
-      return srv_send_error(r, 400, "test_fraction must be a number from 0.01 to 0.5, not " QUOTE,
+      return srv_resp_error(res, 400, "test_fraction must be a number from 0.01 to 0.5, not " QUOTE,
                         tf);
   }
   cJSON *out = NULL;
   int rc = srv_datasets_create(r->S->datasets, r->upload, &c, &out, msg, sizeof msg);
-  if (rc) return srv_send_error(r, ds_status(rc), "%s", msg[0] ? msg : strerror(-rc));
+  if (rc) return srv_resp_error(res, ds_status(rc), "%s", msg[0] ? msg : strerror(-rc));
   char loc[160];
   snprintf(loc, sizeof loc, "/v1/datasets/%s", c.name);
-  return srv_send_json_hdrs(r, 201, out, "Location", loc, NULL);
+  srv_resp_json(res, 201, out);
+  srv_resp_header(res, "Location", loc);
+  return 201;
 }
 
-enum MHD_Result h_dataset(req *r) {
+int h_dataset(req *r, srv_resp *res) {
   cJSON *o = srv_dataset_is_builtin(r->name) ? builtin_json(r->S, r->name)
                                              : srv_datasets_json(r->S->datasets, r->name);
-  if (!o) return srv_send_error(r, 404, "data set " QUOTE " not found (see GET /v1/datasets)", r->name);
-  return srv_send_json(r, 200, o);
+  if (!o) return srv_resp_error(res, 404, "data set " QUOTE " not found (see GET /v1/datasets)", r->name);
+  return srv_resp_json(res, 200, o);
 }
 
-/* 1 if a queued or running job trains on the data set. */
-static int dataset_in_use(srv *S, const char *name, int64_t *job) {
-  int states[2] = {SRV_JOB_QUEUED, SRV_JOB_RUNNING}, used = 0;
-  for (int s = 0; s < 2 && !used; s++) {
-    cJSON *a = srv_jobs_list_json(S->jobs, states[s], 1 << 20), *j;
-    cJSON_ArrayForEach(j, a) {
-      const char *d = cJSON_GetStringValue(
-          cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "dataset"));
-      if (d && !strcmp(d, name)) {
-        *job = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(j, "id"));
-        used = 1;
-        break;
-      }
-    }
-    cJSON_Delete(a);
-  }
-  return used;
-}
-
-enum MHD_Result h_dataset_delete(req *r) {
+int h_dataset_delete(req *r, srv_resp *res) {
   if (srv_dataset_is_builtin(r->name))
-    return srv_send_error(r, 409, "%s is built in (installed beside the binary) and cannot be "
+    return srv_resp_error(res, 409, "%s is built in (installed beside the binary) and cannot be "
                       "deleted", r->name);
   int64_t job = 0;
-  if (dataset_in_use(r->S, r->name, &job))
-    return srv_send_error(r, 409, "data set %s is in use by job %lld (queued or running); cancel "
+  int rc = srv_jobs_dataset_delete(r->S->jobs, r->name, &job);
+  if (rc == -EBUSY)
+    return srv_resp_error(res, 409, "data set %s is in use by job %lld (queued or running); cancel "
                       "it or wait for it to finish", r->name, (long long)job);
-  int rc = srv_datasets_delete(r->S->datasets, r->name);
-  if (rc == -ENOENT) return srv_send_error(r, 404, "data set " QUOTE " not found", r->name);
-  if (rc) return srv_send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
-  srv_data_forget(r->S->data, r->name);
-  return srv_send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
+  if (rc == -ENOENT) return srv_resp_error(res, 404, "data set " QUOTE " not found", r->name);
+  if (rc) return srv_resp_error(res, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
+  return srv_resp_buf(res, 204, "application/json", "", 0, 0);
 }
 
 
 
 
-enum MHD_Result h_sample(req *r) {
+int h_sample(req *r, srv_resp *res) {
   const char *name = srv_query(r, "dataset");
   if (!name) name = "mnist";
   if (!srv_dataset_name_ok(name))
-    return srv_send_error(r, 400, "dataset must be mnist, fashion-mnist or an uploaded data set");
-  return sample_of(r, name);
+    return srv_resp_error(res, 400, "dataset must be mnist, fashion-mnist or an uploaded data set");
+  return sample_of(r, res, name);
 }
 
-static enum MHD_Result sample_of(req *r, const char *name) {
+static int sample_of(req *r, srv_resp *res, const char *name) {
   if (!srv_dataset_name_ok(name))
-    return srv_send_error(r, 404, "data set " QUOTE " not found", name);
+    return srv_resp_error(res, 404, "data set " QUOTE " not found", name);
   char **classes = NULL;
   uint32_t n_classes = 0;
   if (srv_data_classes(r->S->data, name, &classes, &n_classes))
-    return srv_send_error(r, 404, "data set %s not found (see GET /v1/datasets)", name);
+    return srv_resp_error(res, 404, "data set %s not found (see GET /v1/datasets)", name);
   const nn_dataset *ds;
   char msg[512];
   if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
     free(classes);
-    return srv_send_error(r, 404, "%s", msg);
+    return srv_resp_error(res, 404, "%s", msg);
   }
   static _Thread_local unsigned seed;
   if (!seed) seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;
@@ -198,9 +180,9 @@ static enum MHD_Result sample_of(req *r, const char *name) {
   if (q) {
     uint64_t v;
     if (srv_parse_dec(q, (uint64_t)ds->n - 1, &v)) {
-      srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+      srv_data_put(r->S->data, ds);
       free(classes);
-      return srv_send_error(r, 400, "index must be from 0 to %u", ds->n - 1);
+      return srv_resp_error(res, 400, "index must be from 0 to %u", ds->n - 1);
     }
     idx = (uint32_t)v;
   }
@@ -210,10 +192,10 @@ static enum MHD_Result sample_of(req *r, const char *name) {
   cJSON_AddNumberToObject(d, "label", ds->labels[idx]);
   cJSON_AddStringToObject(d, "class", ds->labels[idx] < n_classes ? classes[ds->labels[idx]] : "");
   cJSON_AddItemToObject(d, "pixels", srv_pixels_json(ds->images + (size_t)idx * NN_IMAGE_SIZE));
-  srv_data_put(r->S->data, name, NN_SPLIT_TEST);
+  srv_data_put(r->S->data, ds);
   free(classes);
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
 
-enum MHD_Result h_dataset_sample(req *r) { return sample_of(r, r->name); }
+int h_dataset_sample(req *r, srv_resp *res) { return sample_of(r, res, r->name); }

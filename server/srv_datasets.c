@@ -278,14 +278,6 @@ static entry *find(srv_datasets *d, const char *name) {
   return NULL;
 }
 
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  int rc = fsync(fd) ? -errno : 0;
-  close(fd);
-  return rc;
-}
-
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
                       const srv_ds_config *cfg, void (*log)(const char *msg)) {
   srv_datasets *d = calloc(1, sizeof *d);
@@ -395,9 +387,19 @@ int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint3
   return rc;
 }
 
+int srv_datasets_sha(srv_datasets *d, const char *name, char sha[65]) {
+  if (!d) return -ENOENT;
+  pthread_mutex_lock(&d->mu);
+  entry *e = find(d, name);
+  int found = e && !e->pending;
+  if (found) memcpy(sha, e->sha256, 65);
+  pthread_mutex_unlock(&d->mu);
+  return found ? 0 : -ENOENT;
+}
+
 int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_dataset *ds,
-                      char *msg, size_t msglen) {
-  char want[65], path[PATH_MAX + 160], sha[65];
+                      char sha[65], char *msg, size_t msglen) {
+  char want[65], path[PATH_MAX + 160];
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   /* Decided under the lock: a concurrent delete may free `e` after it. */
@@ -449,8 +451,12 @@ int srv_datasets_delete(srv_datasets *d, const char *name) {
     *pp = e->next;
     char path[PATH_MAX + 160];
     file_path(d, name, path, sizeof path);
-    unlink(path);
-    fsync_dir(d->dir);
+    /* The record is gone, so the delete stands; a file that comes back
+     * after a crash is registered again at the next start (said here). */
+    int frc = unlink(path) ? -errno : srv_fsync_dir(d->dir);
+    if (frc && frc != -ENOENT)
+      logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
+            "be listed again", name, path, strerror(-frc));
     entry_free(e);
   }
   pthread_mutex_unlock(&d->mu);
@@ -599,7 +605,12 @@ static int write_set(srv_datasets *d, const srv_ds_build *b, entry *e) {
   }
   close(fd);
   fd = -1;
-  fsync_dir(d->dir);
+  if ((rc = srv_fsync_dir(d->dir))) {
+    /* The new name may not survive a crash: not a data set yet. */
+    unlink(path);
+    free(names);
+    return rc;
+  }
   srv_crash_point("dataset_before_record");
   free(names);
   e->bytes = HDR + nl + (b->train.n + b->test.n) * (IMG + 1) + 32;

@@ -61,11 +61,14 @@ int srv_datasets_count(srv_datasets *d, const char *name, uint32_t *train, uint3
  * -ENOENT if unknown. */
 int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint32_t *n);
 
+/* The recorded checksum (64 hex digits) of an uploaded set: -ENOENT if
+ * unknown. */
+int srv_datasets_sha(srv_datasets *d, const char *name, char sha[65]);
 /* Loads one split of an uploaded set into ds (free with nn_dataset_free),
- * checking the file's checksum: -ENOENT unknown, -EIO damaged (msg says
- * which), -ENOMEM. */
+ * checking the file's checksum against the record (sha receives it):
+ * -ENOENT unknown, -EIO damaged (msg says which), -ENOMEM. */
 int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_dataset *ds,
-                      char *msg, size_t msglen);
+                      char sha[65], char *msg, size_t msglen);
 
 /* Removes record and file: -ENOENT unknown, -EIO store failure. */
 int srv_datasets_delete(srv_datasets *d, const char *name);

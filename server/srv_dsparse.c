@@ -6,6 +6,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -491,44 +492,62 @@ static int one_entry(struct archive *a, struct archive_entry *e, walk *w, srv_ds
               "<image>, test/<class>/<image>, the four MNIST IDX files or classes.txt)", path);
 }
 
-/* Inflates a gzip buffer in place of *buf (bounded by cap). */
-static int gunzip(uint8_t **buf, size_t *len, uint64_t cap, const char *name, walk *w) {
+/* Inflates a gzip buffer in place of *buf. The archive's byte budget
+ * (max_archive_bytes, which counted this entry's compressed bytes) is
+ * charged the inflated size instead: an IDX file compressed inside the
+ * archive cannot unpack past the budget the archive as a whole has. zlib
+ * counts in uInt (32 bits): input and output go in pieces, so budgets
+ * above 4 GiB work. */
+static int gunzip(uint8_t **buf, size_t *len, const char *name, walk *w) {
   if (*len < 2 || (*buf)[0] != 0x1f || (*buf)[1] != 0x8b) return 0;
+  const uint64_t max = w->lim->max_archive_bytes, others = w->total - *len;
+  const uint64_t cap = max > others ? max - others : 0;
   z_stream z = {0};
   if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return -ENOMEM;
-  size_t sz = 1 << 20, n = 0;
+  size_t sz = cap < (1 << 20) ? (size_t)cap + 1 : 1 << 20, n = 0, in = 0;
   uint8_t *out = malloc(sz);
-  int rc = 0, zr = Z_OK;
-  if (!out) rc = -ENOMEM;
-  z.next_in = *buf;
-  z.avail_in = (uInt)*len;
+  int rc = out ? 0 : -ENOMEM, zr = Z_OK;
   while (!rc && zr != Z_STREAM_END) {
-    if (n == sz) {
-      if (sz >= cap) {
-        rc = fail(w->msg, w->msglen, -E2BIG, "%s: unpacks to more than %llu bytes", name,
-                  (unsigned long long)cap);
-        break;
-      }
-      uint8_t *no = realloc(out, sz * 2);
+    if (n > cap) {
+      rc = fail(w->msg, w->msglen, -E2BIG, "%s: unpacks to more than %llu bytes, what is left "
+                "of this server's limit for the archive (--max-archive-bytes %llu)", name,
+                (unsigned long long)cap, (unsigned long long)max);
+      break;
+    }
+    if (n == sz) { /* grow, never past cap + 1 (one byte shows the excess) */
+      size_t nsz = sz > (cap + 1) / 2 ? (size_t)cap + 1 : sz * 2;
+      uint8_t *no = realloc(out, nsz);
       if (!no) {
         rc = -ENOMEM;
         break;
       }
       out = no;
-      sz *= 2;
+      sz = nsz;
     }
+    if (z.avail_in == 0 && in < *len) {
+      z.next_in = *buf + in;
+      z.avail_in = (uInt)(*len - in < UINT_MAX ? *len - in : UINT_MAX);
+      in += z.avail_in;
+    }
+    size_t room = sz - n < UINT_MAX ? sz - n : UINT_MAX;
     z.next_out = out + n;
-    z.avail_out = (uInt)(sz - n);
+    z.avail_out = (uInt)room;
     zr = inflate(&z, Z_NO_FLUSH);
-    n = sz - z.avail_out;
-    if (zr != Z_OK && zr != Z_STREAM_END)
+    n += room - z.avail_out;
+    if (zr == Z_BUF_ERROR && z.avail_in == 0 && in == *len) zr = Z_DATA_ERROR; /* truncated */
+    if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR)
       rc = fail(w->msg, w->msglen, -EINVAL, "%s: damaged or truncated gzip data", name);
   }
+  if (!rc && n > cap)
+    rc = fail(w->msg, w->msglen, -E2BIG, "%s: unpacks to more than %llu bytes, what is left "
+              "of this server's limit for the archive (--max-archive-bytes %llu)", name,
+              (unsigned long long)cap, (unsigned long long)max);
   inflateEnd(&z);
   if (rc) {
     free(out);
     return rc;
   }
+  w->total = others + n;
   free(*buf);
   *buf = out;
   *len = n;
@@ -543,7 +562,7 @@ static uint32_t be32(const uint8_t *p) {
 static int idx_pair(walk *w, srv_ds_build *b, int i, srv_ds_split *s) {
   int rc;
   for (int k = i; k < i + 2; k++)
-    if ((rc = gunzip(&w->idxbuf[k], &w->idxlen[k], w->lim->max_archive_bytes, IDX_NAMES[k], w)))
+    if ((rc = gunzip(&w->idxbuf[k], &w->idxlen[k], IDX_NAMES[k], w)))
       return rc;
   const uint8_t *im = w->idxbuf[i], *lb = w->idxbuf[i + 1];
   size_t il = w->idxlen[i], ll = w->idxlen[i + 1];
@@ -613,7 +632,7 @@ static int idx_finish(walk *w, srv_ds_build *b) {
     }
   } else {
     /* No classes.txt: classes "0".."max label" of the training labels. */
-    if ((rc = gunzip(&w->idxbuf[1], &w->idxlen[1], w->lim->max_archive_bytes, IDX_NAMES[1], w)))
+    if ((rc = gunzip(&w->idxbuf[1], &w->idxlen[1], IDX_NAMES[1], w)))
       return rc;
     uint32_t max = 0;
     for (size_t k = 8; k < w->idxlen[1]; k++)

@@ -3,6 +3,7 @@
  * test accuracy, training job configuration). */
 #include "srv_cli.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -30,40 +31,66 @@ static const char EXPORT_HELP[] =
     "  --dataset NAME    mnist or fashion-mnist: class names in the metadata when MODEL\n"
     "                    is a file (default: the digits 0..9)\n";
 
-static int fail_usage(const char *fmt, const char *arg) {
-  fprintf(stderr, "mnistd export: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, " (see 'mnistd export --help')\n");
-  return SRV_EXIT_USAGE;
+static int fail_usage(srv_err *err, const char *fmt, const char *arg) {
+  srv_err_printf(err, fmt, arg);
+  return SRV_EUSAGE;
+}
+
+/* The class names a model's metadata file (STATE/models/ID.json) records
+ * for it (an uploaded set's): into info, if the file has them. */
+static int classes_from_meta(const char *path, srv_onnx_info *info) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0; /* older models: the data set's names */
+  char buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  cJSON *o = cJSON_Parse(buf), *c = cJSON_GetObjectItemCaseSensitive(o, "classes"), *e;
+  const char *names[NN_MAX_CLASSES];
+  uint32_t k = 0;
+  cJSON_ArrayForEach(e, c) {
+    if (!cJSON_IsString(e) || k == NN_MAX_CLASSES) break;
+    names[k++] = e->valuestring;
+  }
+  int rc = cJSON_IsArray(c) && k == (uint32_t)cJSON_GetArraySize(c)
+               ? srv_onnx_info_set_classes(info, names, k) : 0;
+  cJSON_Delete(o);
+  return rc;
 }
 
 /* Looks model `id` up in STATE/mnistd.db: its records into info, its file
- * into path. */
+ * into path. 0, or a negative errno with the message in err. */
 static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *path,
-                      size_t len) {
+                      size_t len, srv_err *err) {
   char db[PATH_MAX + 16], msg[256];
   struct stat st;
   snprintf(db, sizeof db, "%s/mnistd.db", state);
   if (stat(db, &st) < 0) {
-    fprintf(stderr, "mnistd export: %s: no daemon state here (no mnistd.db)\n", state);
-    return -1;
+    srv_err_printf(err, "%s: no daemon state here (no mnistd.db)", state);
+    return -ENOENT;
   }
   srv_store *s = NULL;
-  if (srv_store_open(&s, state, msg, sizeof msg)) {
-    fprintf(stderr, "mnistd export: %s\n", msg);
-    return -1;
+  int rc = srv_store_open(&s, state, msg, sizeof msg);
+  if (rc) {
+    srv_err_printf(err, "%s", msg);
+    return rc;
   }
-  int rc = srv_onnx_info_load(info, s, id);
+  rc = srv_onnx_info_load(info, s, id);
   if (rc == -ENOENT)
-    fprintf(stderr, "mnistd export: model %lld not found in %s\n", (long long)id, state);
+    srv_err_printf(err, "model %lld not found in %s", (long long)id, state);
   else if (rc)
-    fprintf(stderr, "mnistd export: %s: %s\n", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(s));
+    srv_err_printf(err, "%s: %s", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(s));
   srv_store_close(s);
+  snprintf(path, len, "%s/models/%lld.json", state, (long long)id);
+  if (!rc && classes_from_meta(path, info)) {
+    fprintf(stderr, "mnistd export: out of memory\n");
+    rc = -ENOMEM;
+  }
   snprintf(path, len, "%s/models/%lld.model", state, (long long)id);
-  return rc ? -1 : 0;
+  return rc;
 }
 
-int srv_cli_export(int argc, char **argv) {
+int srv_cli_export(int argc, char **argv, srv_err *err) {
   static const struct option opts[] = {{"format", required_argument, 0, 'f'},
                                        {"state-dir", required_argument, 0, 's'},
                                        {"dataset", required_argument, 0, 'd'},
@@ -76,22 +103,22 @@ int srv_cli_export(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
     case 'f':
-      if (strcmp(optarg, "onnx")) return fail_usage("--format must be onnx, not '%s'", optarg);
+      if (strcmp(optarg, "onnx")) return fail_usage(err, "--format must be onnx, not '%s'", optarg);
       format = optarg;
       break;
     case 's': state = optarg; break;
     case 'd':
       if (strcmp(optarg, "mnist") && strcmp(optarg, "fashion-mnist"))
-        return fail_usage("--dataset must be mnist or fashion-mnist, not '%s'", optarg);
+        return fail_usage(err, "--dataset must be mnist or fashion-mnist, not '%s'", optarg);
       dataset = optarg;
       break;
-    case 'h': fputs(EXPORT_HELP, stdout); return SRV_EXIT_OK;
-    case ':': return fail_usage("option '%s' needs a value", argv[optind - 1]);
-    default: return fail_usage("unknown option '%s'", argv[optind - 1]);
+    case 'h': fputs(EXPORT_HELP, stdout); return 0;
+    case ':': return fail_usage(err, "option '%s' needs a value", argv[optind - 1]);
+    default: return fail_usage(err, "unknown option '%s'", argv[optind - 1]);
     }
   }
-  if (!format) return fail_usage("%s", "--format onnx is required");
-  if (argc - optind != 2) return fail_usage("%s", "give MODEL and OUT");
+  if (!format) return fail_usage(err, "%s", "--format onnx is required");
+  if (argc - optind != 2) return fail_usage(err, "%s", "give MODEL and OUT");
   const char *model = argv[optind], *out = argv[optind + 1];
 
   srv_onnx_info info;
@@ -101,26 +128,29 @@ int srv_cli_export(int argc, char **argv) {
   if (state) {
     long id;
     if (srv_parse_long(model, 1, LONG_MAX, &id))
-      return fail_usage("with --state-dir, MODEL is a model id, not '%s'", model);
-    if (from_state(state, id, &info, path, sizeof path)) return SRV_EXIT_FAIL;
+      return fail_usage(err, "with --state-dir, MODEL is a model id, not '%s'", model);
+    int rc = from_state(state, id, &info, path, sizeof path, err);
+    if (rc) {
+      srv_onnx_info_clear(&info);
+      return rc;
+    }
   } else if (dataset) {
     snprintf(info.dataset, sizeof info.dataset, "%s", dataset);
   }
-  int status = SRV_EXIT_FAIL;
-  nn_err err = {0};
+  int rc;
+  nn_err nerr = {0};
   nn_model *m = NULL;
-  if (nn_model_load(&m, path, &err)) {
-    fprintf(stderr, "mnistd export: %s\n", err.msg);
+  if ((rc = nn_model_load(&m, path, &nerr))) {
+    srv_err_printf(err, "%s", nerr.msg);
     goto done;
   }
   char msg[512];
-  if (srv_onnx_save(m, &info, out, msg, sizeof msg)) {
-    fprintf(stderr, "mnistd export: %s\n", msg);
+  if ((rc = srv_onnx_save(m, &info, out, msg, sizeof msg))) {
+    srv_err_printf(err, "%s", msg);
     goto done;
   }
-  status = SRV_EXIT_OK;
 done:
   nn_model_free(m);
   srv_onnx_info_clear(&info);
-  return status;
+  return rc;
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <netdb.h>
+#include <nettle/sha2.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <pthread.h>
@@ -53,93 +54,23 @@ struct srv_follow {
 
 /* ---------------------------------------------------------------- sha-256 */
 
-static const uint32_t K[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
-
-typedef struct sha256 {
-  uint32_t h[8];
-  uint8_t blk[64];
-  size_t n;
-  uint64_t total;
-} sha256;
-
-#define ROR(x, k) (((x) >> (k)) | ((x) << (32 - (k))))
-
-static void sha_block(sha256 *c, const uint8_t *p) {
-  uint32_t w[64], a[8];
-  for (int i = 0; i < 16; i++)
-    w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 |
-           p[4 * i + 3];
-  for (int i = 16; i < 64; i++) {
-    uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-    uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-  }
-  memcpy(a, c->h, sizeof a);
-  for (int i = 0; i < 64; i++) {
-    uint32_t S1 = ROR(a[4], 6) ^ ROR(a[4], 11) ^ ROR(a[4], 25);
-    uint32_t ch = (a[4] & a[5]) ^ (~a[4] & a[6]);
-    uint32_t t1 = a[7] + S1 + ch + K[i] + w[i];
-    uint32_t S0 = ROR(a[0], 2) ^ ROR(a[0], 13) ^ ROR(a[0], 22);
-    uint32_t mj = (a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]);
-    memmove(a + 1, a, 7 * sizeof *a);
-    a[4] += t1;
-    a[0] = t1 + S0 + mj;
-  }
-  for (int i = 0; i < 8; i++) c->h[i] += a[i];
-}
-
-static void sha_init(sha256 *c) {
-  static const uint32_t H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  memcpy(c->h, H0, sizeof H0);
-  c->n = 0;
-  c->total = 0;
-}
-
-static void sha_update(sha256 *c, const uint8_t *p, size_t len) {
-  c->total += len;
-  while (len) {
-    size_t k = 64 - c->n < len ? 64 - c->n : len;
-    memcpy(c->blk + c->n, p, k);
-    c->n += k;
-    p += k;
-    len -= k;
-    if (c->n == 64) {
-      sha_block(c, c->blk);
-      c->n = 0;
-    }
-  }
-}
-
-static void sha_final_hex(sha256 *c, char hex[65]) {
-  uint64_t bits = c->total * 8;
-  uint8_t pad[72] = {0x80};
-  size_t padlen = (c->n < 56 ? 56 : 120) - c->n;
-  for (int i = 0; i < 8; i++) pad[padlen + i] = (uint8_t)(bits >> (56 - 8 * i));
-  sha_update(c, pad, padlen + 8);
-  for (int i = 0; i < 8; i++) snprintf(hex + 8 * i, 9, "%08x", c->h[i]);
+/* nettle's SHA-256 (linked for the data set files already). */
+static void sha_final_hex(struct sha256_ctx *c, char hex[65]) {
+  uint8_t d[SHA256_DIGEST_SIZE];
+  sha256_digest(c, sizeof d, d);
+  for (int i = 0; i < SHA256_DIGEST_SIZE; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
 }
 
 void srv_sha256_hex(const void *buf, size_t len, char hex[65]) {
-  sha256 c;
-  sha_init(&c);
-  sha_update(&c, buf, len);
+  struct sha256_ctx c;
+  sha256_init(&c);
+  sha256_update(&c, len, buf);
   sha_final_hex(&c, hex);
 }
 
 int srv_sha256_fd_hex(int fd, char hex[65]) {
-  sha256 c;
-  sha_init(&c);
+  struct sha256_ctx c;
+  sha256_init(&c);
   uint8_t buf[65536];
   off_t off = 0;
   for (;;) {
@@ -147,7 +78,7 @@ int srv_sha256_fd_hex(int fd, char hex[65]) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return -errno;
     if (n == 0) break;
-    sha_update(&c, buf, (size_t)n);
+    sha256_update(&c, (size_t)n, buf);
     off += n;
   }
   sha_final_hex(&c, hex);
@@ -489,6 +420,20 @@ static int fetch_model(srv_follow *F, const cJSON *meta, int64_t id, const char 
   const cJSON *ca = cJSON_GetObjectItemCaseSensitive(meta, "created_at");
   info.created_ms = parse_iso_ms(cJSON_IsString(ca) ? ca->valuestring : NULL);
   info.file_bytes = len;
+  /* The class names (an uploaded set's: a replica has no data sets). */
+  char *names[NN_MAX_CLASSES];
+  const cJSON *cl = cJSON_GetObjectItemCaseSensitive(meta, "classes"), *e;
+  cJSON_ArrayForEach(e, cl) {
+    if (!cJSON_IsString(e) || info.n_classes == NN_MAX_CLASSES) break;
+    names[info.n_classes++] = e->valuestring;
+  }
+  if (info.n_classes == (uint32_t)cJSON_GetArraySize(cl)) info.classes = names;
+  char bad[160];
+  if (srv_model_usable(nm, bad, sizeof bad)) {
+    nn_model_free(nm);
+    snprintf(why, wl, "model %lld refused: %s", (long long)id, bad);
+    return -EINVAL;
+  }
   if ((rc = srv_models_install(F->models, &info, nm))) {
     nn_model_free(nm);
     snprintf(why, wl, "model %lld: out of memory", (long long)id);

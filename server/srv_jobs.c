@@ -1,6 +1,7 @@
 /* Training jobs. One mutex (J->mu) guards every job's fields, event logs
  * and subscriber lists; the store has its own and is always taken second. */
 #include "srv_jobs.h"
+#include "srv_datasets.h"
 #include "srv_train.h"
 
 #include <dirent.h>
@@ -268,8 +269,12 @@ static void persist(srv_jobs *J, job *j) {
 }
 
 /* Records a final state with its "state" and "end" events in one
- * transaction, then shows the events. Caller holds J->mu. */
-static void finish_locked(srv_jobs *J, job *j, srv_job_state s) {
+ * transaction, then shows the events. Caller holds J->mu. 0, or a negative
+ * errno when nothing could be recorded: the job then keeps its previous
+ * state (in memory as in the store, which is what a restart will see), so
+ * the caller must keep the checkpoint for the next start to resume from. */
+static int finish_locked(srv_jobs *J, job *j, srv_job_state s) {
+  srv_job_state was = j->state;
   j->state = s;
   j->finished_ms = wall_ms();
   char *st = print_free(state_event(j)), *en = end_json(j, s, j->model_id, -1);
@@ -279,27 +284,45 @@ static void finish_locked(srv_jobs *J, job *j, srv_job_state s) {
   srv_event_row ev[2] = {{a, 0, "state", st}, {b, 0, "end", en}};
   int rc = st && en && b ? srv_store_job_finish(J->st, &r, ev, 2) : -ENOMEM;
   if (rc) {
-    logf_(J, "job %lld: could not record state %s: %s", (long long)j->id, r.state,
-          rc == -ENOMEM ? "out of memory" : srv_store_errmsg(J->st));
+    logf_(J, "job %lld: could not record state %s: %s; it stays %s until the next start",
+          (long long)j->id, r.state,
+          rc == -ENOMEM   ? "out of memory"
+          : rc == -ENOSPC ? "the disk is full"
+                          : srv_store_errmsg(J->st),
+          srv_job_state_name(was));
     free(st);
     free(en);
-    return;
+    j->state = was;
+    j->finished_ms = 0;
+    return rc;
   }
   push(J, j, a, "state", 0, st);
   push(J, j, b, "end", 0, en);
+  return 0;
 }
 
 /* Moves a job to a new state, records it and tells the streams. Caller
- * holds J->mu. */
-static void set_state(srv_jobs *J, job *j, srv_job_state s) {
-  if (finished(s)) {
-    finish_locked(J, j, s);
-    return;
-  }
+ * holds J->mu. 0, or (final states only) the failure to record it. */
+static int set_state(srv_jobs *J, job *j, srv_job_state s) {
+  if (finished(s)) return finish_locked(J, j, s);
   j->state = s;
   if (s == SRV_JOB_RUNNING && !j->started_ms) j->started_ms = wall_ms();
   persist(J, j);
   emit(J, j, "state", 0, state_event(j));
+  return 0;
+}
+
+/* Removes the checkpoint of a job whose end is on record (training thread,
+ * lock not held). rc is what recording the end returned: on failure the
+ * store still says "running", and the checkpoint is what the next start
+ * resumes from, so it stays. */
+static void drop_checkpoint(srv_jobs *J, job *j, const char *ck, int rc) {
+  if (rc) {
+    logf_(J, "job %lld: its end is not on record; the checkpoint stays for the next start",
+          (long long)j->id);
+    return;
+  }
+  unlink(ck);
 }
 
 /* ---------------------------------------------------------------- runner */
@@ -363,11 +386,11 @@ static void fail_job(srv_jobs *J, job *j, const char *msg) {
   checkpoint_path(J, j->id, ck, sizeof ck);
   pthread_mutex_lock(&J->mu);
   snprintf(j->error, sizeof j->error, "%s", msg);
-  set_state(J, j, SRV_JOB_FAILED);
+  int rc = set_state(J, j, SRV_JOB_FAILED);
   pthread_mutex_unlock(&J->mu);
   srv_crash_point("fail_recorded");
-  unlink(ck);
   logf_(J, "job %lld failed: %s", (long long)j->id, msg);
+  drop_checkpoint(J, j, ck, rc);
 }
 
 /* Success: the final events, built once the model id and the activation
@@ -531,10 +554,10 @@ static int run_stopped(run *r) {
   /* A cancel the client was told about (202) stands even when a shutdown
    * follows before this thread noticed it: the job must not resume. */
   if (j->user_cancel || !j->shutdown) {
-    set_state(J, j, SRV_JOB_CANCELLED);
+    int rc = set_state(J, j, SRV_JOB_CANCELLED);
     pthread_mutex_unlock(&J->mu);
     srv_crash_point("cancel_recorded");
-    unlink(r->ck);
+    drop_checkpoint(J, j, r->ck, rc);
     return 1;
   }
   if (j->epochs_done < j->cfg.epochs) {
@@ -681,8 +704,8 @@ out:
   nn_workspace_free(ews);
   nn_trainer_free(t);
   nn_model_free(m);
-  if (train) srv_data_put(J->data, j->cfg.dataset, NN_SPLIT_TRAIN);
-  if (test) srv_data_put(J->data, j->cfg.dataset, NN_SPLIT_TEST);
+  if (train) srv_data_put(J->data, train);
+  if (test) srv_data_put(J->data, test);
 }
 
 static void schedule(srv_jobs *J);
@@ -704,7 +727,7 @@ static void schedule(srv_jobs *J) {
     if (j->state != SRV_JOB_QUEUED && !(j->state == SRV_JOB_RUNNING && j->resume)) continue;
     if (j->work.data) continue; /* already started */
     j->work.data = j;
-    atomic_store(&j->cancel, 0);
+    atomic_store(&j->cancel, j->user_cancel); /* a cancel on record that could not end it */
     J->running++;
     uv_queue_work(J->loop, &j->work, work_cb, after_work_cb);
   }
@@ -815,6 +838,7 @@ static int load_job(const srv_job_row *r, void *u) {
   j->reserved = j->seq;
   j->epoch = j->epochs_done;
   if (j->state == SRV_JOB_RUNNING) j->resume = 1;
+  if (!finished(j->state)) srv_store_cancel_requested(J->st, j->id, &j->user_cancel);
   append(J, j);
   return 0;
 }
@@ -843,6 +867,21 @@ static void clean_orphans(srv_jobs *J) {
     }
     closedir(d);
   }
+}
+
+/* Jobs a client cancelled (the request is on record) whose end a crash
+ * prevented: they end cancelled now, before anything resumes them. If that
+ * cannot be recorded, the cancel flag stops them at their first batch. */
+static void finish_cancelled(srv_jobs *J) {
+  pthread_mutex_lock(&J->mu);
+  for (job *j = J->jobs; j; j = j->next) {
+    if (finished(j->state) || !j->user_cancel) continue;
+    if (set_state(J, j, SRV_JOB_CANCELLED)) continue;
+    j->resume = 0;
+    logf_(J, "job %lld: cancelled before the restart (the request is on record); it ends cancelled",
+          (long long)j->id);
+  }
+  pthread_mutex_unlock(&J->mu);
 }
 
 /* The seed's job, when there is no model: not without data (it would only
@@ -902,6 +941,11 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
     srv_jobs_close(J);
     return rc;
   }
+  uv_async_init(loop, &J->publish, on_publish);
+  J->publish.data = J;
+  uv_timer_init(loop, &J->heartbeat);
+  J->heartbeat.data = J;
+  finish_cancelled(J); /* events wake the loop: after the handles exist */
   clean_orphans(J);
   int pending = 0;
   for (job *j = J->jobs; j; j = j->next) {
@@ -909,10 +953,6 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
                          (long long)j->id, j->epochs_done);
     pending |= !finished(j->state);
   }
-  uv_async_init(loop, &J->publish, on_publish);
-  J->publish.data = J;
-  uv_timer_init(loop, &J->heartbeat);
-  J->heartbeat.data = J;
   uv_timer_start(&J->heartbeat, on_heartbeat, HEARTBEAT_MS, HEARTBEAT_MS);
   *out = J;
   if (opt->bootstrap && !pending && srv_models_active_id(models) == 0) bootstrap(J);
@@ -989,8 +1029,19 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
   j->parameters = preset_params(J, cfg);
   j->created_ms = wall_ms();
   pthread_mutex_lock(&J->mu);
+  /* An uploaded set is checked under the jobs lock, which a delete of it
+   * holds too (srv_jobs_dataset_delete): either the job is queued on a set
+   * that stays until it ends, or it is refused here. */
+  uint32_t tr, te;
+  int rc = srv_dataset_is_builtin(cfg->dataset) ? 0 : srv_data_count(J->data, cfg->dataset, &tr, &te);
+  if (rc) {
+    pthread_mutex_unlock(&J->mu);
+    free(j->config_json);
+    free(j);
+    return -ENOENT;
+  }
   /* Insert under the jobs lock so ids and list order agree. */
-  int rc = srv_store_job_insert(J->st, j->config_json, j->created_ms, &j->id);
+  rc = srv_store_job_insert(J->st, j->config_json, j->created_ms, &j->id);
   if (rc) {
     pthread_mutex_unlock(&J->mu);
     free(j->config_json);
@@ -1005,18 +1056,39 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id) {
   return 0;
 }
 
+int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *user) {
+  pthread_mutex_lock(&J->mu);
+  int rc = 0;
+  for (job *j = J->jobs; j && !rc; j = j->next)
+    if (!finished(j->state) && !strcmp(j->cfg.dataset, name)) {
+      *user = j->id;
+      rc = -EBUSY;
+    }
+  if (!rc) rc = srv_data_delete(J->data, name);
+  pthread_mutex_unlock(&J->mu);
+  return rc;
+}
+
 int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   pthread_mutex_lock(&J->mu);
   job *j = find(J, id);
   int rc = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
-  else if (j->work.data) { /* the runner sets the state */
-    j->user_cancel = 1;
-    atomic_store(&j->cancel, 1);
-    srv_crash_point("cancel_requested");
+  else if (j->work.data) {
+    /* The runner sets the state at its next batch; until then the request
+     * is on record, so a crash in between cannot resume the job. */
+    rc = srv_store_cancel_request(J->st, j->id, wall_ms());
+    if (rc) {
+      logf_(J, "job %lld: could not record the cancel: %s", (long long)j->id,
+            srv_store_errmsg(J->st));
+    } else {
+      j->user_cancel = 1;
+      atomic_store(&j->cancel, 1);
+      srv_crash_point("cancel_requested");
+    }
   }
-  else set_state(J, j, SRV_JOB_CANCELLED);
+  else rc = set_state(J, j, SRV_JOB_CANCELLED);
   pthread_mutex_unlock(&J->mu);
   return rc;
 }

@@ -83,8 +83,14 @@ void srv_jobs_shutdown(srv_jobs *J);
 /* 1 once no job runs (after srv_jobs_shutdown: time to close), else 0. */
 int srv_jobs_idle(srv_jobs *J);
 
-/* Queues a job; *id receives its id. -EIO/-ENOSPC from the store. */
+/* Queues a job; *id receives its id. -ENOENT when its uploaded data set
+ * is unknown (or being deleted), -EIO/-ENOSPC from the store. */
 int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id);
+/* Deletes an uploaded data set unless a queued or running job names it
+ * (-EBUSY, *job = that job), decided under the jobs lock so that a job
+ * submitted at the same moment either sees the set or is refused; else as
+ * srv_data_delete (-ENOENT, -EIO). */
+int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *job);
 /* Asks a queued or running job to stop: 0, -ENOENT, or -EALREADY when the
  * job has already finished. */
 int srv_jobs_cancel(srv_jobs *J, int64_t id);

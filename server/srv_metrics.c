@@ -59,7 +59,7 @@ static void route_label(size_t i, char *name, size_t len) {
   else snprintf(name, len, "%s", i == ROUTE_STATIC ? "GET static" : "unmatched");
 }
 
-enum MHD_Result h_metrics(req *r) {
+int h_metrics(req *r, srv_resp *res) {
   srv *S = r->S;
   sbuf b = {0};
   sb_printf(&b, "# HELP mnistd_http_requests_total HTTP requests by route and status.\n"
@@ -150,8 +150,8 @@ enum MHD_Result h_metrics(req *r) {
   sb_printf(&b, "# HELP mnistd_start_time_seconds Unix time the daemon started.\n"
                 "# TYPE mnistd_start_time_seconds gauge\nmnistd_start_time_seconds %.3f\n",
             S->started_ms / 1000.0);
-  if (!b.p) return srv_send_error(r, 500, "out of memory");
-  return srv_send_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len,
-                  MHD_RESPMEM_MUST_FREE);
+  if (!b.p) return srv_resp_error(res, 500, "out of memory");
+  return srv_resp_buf(res, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len,
+                  1);
 }
 

@@ -118,15 +118,35 @@ typedef struct load_ctx {
   void (*log)(const char *);
 } load_ctx;
 
+int srv_model_usable(const nn_model *nm, char *why, size_t len) {
+  uint32_t k = nn_model_classes(nm);
+  if (nm->n_inputs != NN_IMAGE_SIZE) {
+    snprintf(why, len, "its input is %u values, not a 28x28 image (%d): this daemon cannot predict with it",
+             nm->n_inputs, NN_IMAGE_SIZE);
+    return -EINVAL;
+  }
+  if (k < 2 || k > NN_MAX_CLASSES) {
+    snprintf(why, len, "it has %u outputs (2 to %d allowed)", k, NN_MAX_CLASSES);
+    return -EINVAL;
+  }
+  return 0;
+}
+
 static int load_one(const srv_model_row *row, void *u) {
   load_ctx *c = u;
-  char path[PATH_MAX + 64], msg[700];
+  char path[PATH_MAX + 64], msg[700], why[160];
   srv_models_path(c->r, row->id, path, sizeof path);
   nn_err err = {0};
   nn_model *nm = NULL;
   if (nn_model_load(&nm, path, &err)) {
     snprintf(msg, sizeof msg, "model %lld skipped: %s", (long long)row->id, err.msg);
     if (c->log) c->log(msg);
+    return 0;
+  }
+  if (srv_model_usable(nm, why, sizeof why)) {
+    snprintf(msg, sizeof msg, "model %lld skipped: %s", (long long)row->id, why);
+    if (c->log) c->log(msg);
+    nn_model_free(nm);
     return 0;
   }
   srv_model *m = calloc(1, sizeof *m);
@@ -160,42 +180,6 @@ static int load_one(const srv_model_row *row, void *u) {
 
 static void meta_path(srv_models *r, int64_t id, char *buf, size_t len) {
   snprintf(buf, len, "%s/models/%lld.json", r->dir, (long long)id);
-}
-
-/* Writes a small file atomically: temp, fsync, rename, fsync of the
- * directory, every return checked. */
-static int write_small_atomic(const char *path, const char *text) {
-  char tmp[PATH_MAX + 96];
-  snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0) return -errno;
-  size_t len = strlen(text), off = 0;
-  int rc = 0;
-  while (off < len) {
-    ssize_t w = write(fd, text + off, len - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      rc = w < 0 ? -errno : -EIO;
-      break;
-    }
-    off += (size_t)w;
-  }
-  if (!rc && (fchmod(fd, 0644) < 0 || fsync(fd) < 0)) rc = -errno;
-  if (close(fd) < 0 && !rc) rc = -errno;
-  if (!rc && rename(tmp, path) < 0) rc = -errno;
-  if (rc) {
-    unlink(tmp);
-    return rc;
-  }
-  char dir[PATH_MAX + 96];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash) *slash = 0;
-  int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY);
-  if (dfd < 0) return -errno;
-  rc = fsync(dfd) < 0 ? -errno : 0;
-  close(dfd);
-  return rc;
 }
 
 static char *meta_json(const srv_model_row *row, char *const *classes, uint32_t n) {
@@ -432,7 +416,9 @@ int srv_models_open_replica(srv_models **out) {
 }
 
 int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) {
+  char why[160];
   if (r->st) return -EPERM;
+  if (srv_model_usable(nm, why, sizeof why)) return -EINVAL;
   srv_model *m = calloc(1, sizeof *m);
   entry *e = malloc(sizeof *e);
   if (!m || !e) {
@@ -449,9 +435,8 @@ int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm) 
   m->job_id = info->job_id;
   m->created_ms = info->created_ms;
   m->file_bytes = info->file_bytes;
-  /* The built-in set's names, or "0".."k-1" (the primary's uploaded class
-   * names do not travel to replicas yet). */
-  if (set_classes(m, NULL, 0)) {
+  /* The primary's names (an uploaded set's travel in the model's JSON). */
+  if (set_classes(m, info->classes, info->n_classes)) {
     free(m);
     free(e);
     return -ENOMEM;
@@ -545,6 +530,11 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
     snprintf(msg, msglen, "the evaluation gave no number (accuracy %g, loss %g)", acc, loss);
     return -EINVAL;
   }
+  char why[160];
+  if (srv_model_usable(nm, why, sizeof why)) {
+    snprintf(msg, msglen, "the trained model cannot be served: %s", why);
+    return -EINVAL;
+  }
   srv_model *m = calloc(1, sizeof *m);
   if (!m) return -ENOMEM;
   char path[PATH_MAX + 64], mp[PATH_MAX + 64];
@@ -569,7 +559,7 @@ int srv_models_add(srv_models *r, nn_model *nm, const char *dataset, double acc,
   srv_model_row row = {id, nm->arch, dataset, nm->n_params, acc, loss, job_id, now_ms()};
   if (!(meta = meta_json(&row, fin ? fin->classes : NULL, fin ? fin->n_classes : 0))) {
     rc = -ENOMEM;
-  } else if ((rc = write_small_atomic(mp, meta)) == 0) {
+  } else if ((rc = nn_file_write_atomic(mp, meta, strlen(meta), &err)) == 0) {
     int act = should_activate(r, fin ? fin->activate : SRV_ACTIVATE_NEVER, dataset, acc);
     if (fin && fin->events && fin->events(fin->u, id, act, ev, &n_ev)) rc = -ENOMEM;
     int64_t got = 0;

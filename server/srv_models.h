@@ -118,13 +118,25 @@ typedef struct srv_model_info {
   char dataset[32];
   double test_accuracy, test_loss;
   size_t file_bytes;
+  char *const *classes;   /* the primary's class names (copied); NULL or a count
+                             that does not fit the model: the built-in set's
+                             names, or "0".."k-1" */
+  uint32_t n_classes;
 } srv_model_info;
 
 /* Makes nm (the registry's on success; the caller's on error) the only
  * and active model of a replica registry, under the primary's id, through
  * the same pointer swap as activation: requests holding the previous model
- * finish on it. -EPERM for a registry with a store, -ENOMEM. */
+ * finish on it. -EPERM for a registry with a store, -EINVAL for a model
+ * srv_model_usable refuses, -ENOMEM. */
 int srv_models_install(srv_models *r, const srv_model_info *info, nn_model *nm);
+
+/* Whether this daemon can predict with nm: its input must be one 28x28
+ * image (784 values; every predict route reads that) and its outputs at
+ * most NN_MAX_CLASSES. 0, or -EINVAL with why (a sentence naming the
+ * sizes). Models that fail it are refused where they enter: at load (a
+ * log line, like a damaged file), srv_models_add and srv_models_install. */
+int srv_model_usable(const nn_model *nm, char *why, size_t len);
 
 /* Path of a model's file (for downloads). */
 void srv_models_path(srv_models *r, int64_t id, char *buf, size_t len);

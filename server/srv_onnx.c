@@ -4,6 +4,8 @@
  * emitter in LAYERS[] that appends standard operators. */
 #include "srv_onnx.h"
 
+#include <cJSON.h>
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -422,8 +424,16 @@ static const char *const FASHION[NN_CLASSES] = {"T-shirt/top", "Trouser", "Pullo
                                                 "Coat",        "Sandal",  "Shirt",    "Sneaker",
                                                 "Bag",         "Ankle boot"};
 
-/* Class names as a JSON array (names hold no characters JSON escapes). */
-static char *class_names(gb *g, const char *dataset, uint32_t classes) {
+/* Class names as a JSON array: the model's own (an uploaded set's) when
+ * known, else the built-in set's (names hold no characters JSON escapes). */
+static char *class_names(gb *g, const srv_onnx_info *in, uint32_t classes) {
+  if (in->class_names) {
+    cJSON *a = cJSON_Parse(in->class_names);
+    int ok = cJSON_IsArray(a) && (uint32_t)cJSON_GetArraySize(a) == classes;
+    cJSON_Delete(a);
+    if (ok) return pstr(g, "%s", in->class_names);
+  }
+  const char *dataset = in->dataset;
   int fashion = dataset && !strcmp(dataset, "fashion-mnist") && classes == NN_CLASSES;
   size_t cap = 2 + (size_t)classes * 16;
   char *s = palloc(g, cap);
@@ -464,7 +474,7 @@ static const char *arch_name(gb *g, const nn_model *m) {
 static void add_metadata(gb *g, Onnx__ModelProto *mp, const nn_model *m,
                          const srv_onnx_info *in) {
   mp->metadata_props = palloc(g, META_MAX * sizeof *mp->metadata_props);
-  meta(g, mp, "class_names", class_names(g, in->dataset, g->width));
+  meta(g, mp, "class_names", class_names(g, in, g->width));
   meta(g, mp, "input",
        "image: float32 [N,1,28,28], pixel/255 in [0,1], 0 = background, 1 = ink (white ink on "
        "black, as MNIST); digits centred by mass in a 28x28 field with a 4-pixel margin. "
@@ -488,7 +498,18 @@ void srv_onnx_info_init(srv_onnx_info *info) {
 
 void srv_onnx_info_clear(srv_onnx_info *info) {
   free(info->job_config);
+  free(info->class_names);
   srv_onnx_info_init(info);
+}
+
+int srv_onnx_info_set_classes(srv_onnx_info *info, const char *const *names, uint32_t n) {
+  free(info->class_names);
+  info->class_names = NULL;
+  if (!names || !n) return 0;
+  cJSON *a = cJSON_CreateStringArray(names, (int)n);
+  info->class_names = a ? cJSON_PrintUnformatted(a) : NULL;
+  cJSON_Delete(a);
+  return info->class_names ? 0 : -ENOMEM;
 }
 
 static int find_model(const srv_model_row *m, void *u) {

@@ -48,11 +48,17 @@ typedef struct srv_onnx_info {
   double test_accuracy;     /* on the data set's test split */
   double test_loss;
   int64_t model_id, job_id;
+  char *class_names;        /* JSON array of the model's class names (an uploaded
+                               set's), malloc'd; NULL: from dataset as above */
 } srv_onnx_info;
+
+/* Sets info's class names (the model's, index = output); NULL or n = 0
+ * clears them. 0 or -ENOMEM. */
+int srv_onnx_info_set_classes(srv_onnx_info *info, const char *const *names, uint32_t n);
 
 /* Fills info with "nothing known". */
 void srv_onnx_info_init(srv_onnx_info *info);
-/* Frees job_config and re-initialises. */
+/* Frees job_config and class_names and re-initialises. */
 void srv_onnx_info_clear(srv_onnx_info *info);
 
 /* Fills info from the daemon's records of model `id` in the store (its

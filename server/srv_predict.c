@@ -72,11 +72,11 @@ static nn_workspace *workspace_for(srv_model *m) {
 typedef void (*chunk_fn)(const float *probs, uint32_t off, uint32_t k, void *u);
 
 /* Returns 0, or the core's negative code (nothing sensible is in probs
- * then): a model whose input is not one 28x28 image cannot read these
- * buffers, whatever file it came from. */
+ * then): -EDOM for a model whose input is not one 28x28 image (it cannot
+ * read these buffers, whatever file it came from). */
 static int predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *u8,
                           const float *f32, uint32_t n, float *probs, chunk_fn each, void *u) {
-  if (m->m->n_inputs != NN_IMAGE_SIZE) return -EINVAL;
+  if (m->m->n_inputs != NN_IMAGE_SIZE) return -EDOM;
   for (uint32_t off = 0; off < n; off += PREDICT_CHUNK) {
     uint32_t k = n - off < PREDICT_CHUNK ? n - off : PREDICT_CHUNK;
     float *out = each ? probs : probs + (size_t)off * nn_model_classes(m->m);
@@ -86,6 +86,16 @@ static int predict_chunks(const srv_model *m, nn_workspace *ws, const uint8_t *u
     if (each) each(probs, off, k, u);
   }
   return 0;
+}
+
+/* The answer when predicting failed: a model it cannot read images with
+ * (its input is not 784 values) is a conflict the client can act on
+ * (another model), never a server error. */
+static int predict_failed(srv_resp *res, long long id, int rc) {
+  if (rc == -EDOM)
+    return srv_resp_error(res, 409, "model %lld cannot predict 28x28 images (its input has "
+                          "another size); choose another model with ?model=ID", id);
+  return srv_resp_error(res, 500, "model %lld: prediction failed: %s", id, nn_strerror(rc));
 }
 
 /* A model's name for output k (its data set's class; "?" only if the
@@ -124,7 +134,7 @@ static srv_model *predict_model(req *r, int *status, char *msg, size_t len) {
   return m;
 }
 
-enum MHD_Result h_predict(req *r) {
+int h_predict(req *r, srv_resp *res) {
   char ct[96], msg[512];
   srv_media_type(r, ct, sizeof ct);
   uint8_t *px = NULL, one[NN_IMAGE_SIZE];
@@ -134,14 +144,14 @@ enum MHD_Result h_predict(req *r) {
   if (ex) explain = !strcmp(ex, "1") || !strcmp(ex, "true");
   if (!strcmp(ct, "application/json")) {
     rc = srv_predict_json_parse(r->body, r->len, &px, &n, msg, sizeof msg);
-    if (rc) return srv_send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
+    if (rc) return srv_resp_error(res, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
   } else {
     srv_image_format f = srv_image_sniff(ct, (const uint8_t *)r->body, r->len);
     int known = !ct[0] || !strcmp(ct, "application/octet-stream") || !strcmp(ct, "image/png") ||
                 !strcmp(ct, "image/x-portable-graymap") || !strcmp(ct, "image/x-pgm") ||
                 !strcmp(ct, "application/x-www-form-urlencoded");
     if (!known || f == SRV_IMAGE_UNKNOWN)
-      return srv_send_error(r, 415,
+      return srv_resp_error(res, 415,
                         "unsupported body (" QUOTE "): send JSON {\"image\":[784 numbers]} "
                         "with Content-Type: application/json, image/png, "
                         "image/x-portable-graymap (PGM) or application/octet-stream "
@@ -150,21 +160,21 @@ enum MHD_Result h_predict(req *r) {
     if (f == SRV_IMAGE_RAW) {
       size_t cnt = 0;
       if (srv_image_raw_count(r->len, &cnt, msg, sizeof msg) < 0)
-        return srv_send_error(r, 400, "%s", msg);
+        return srv_resp_error(res, 400, "%s", msg);
       if (cnt > SRV_MAX_PREDICT_IMAGES)
-        return srv_send_error(r, 413, "%zu images in one request; at most %d", cnt,
+        return srv_resp_error(res, 413, "%zu images in one request; at most %d", cnt,
                           SRV_MAX_PREDICT_IMAGES);
       px = malloc(r->len);
-      if (!px) return srv_send_error(r, 500, "out of memory");
+      if (!px) return srv_resp_error(res, 500, "out of memory");
       memcpy(px, r->body, r->len);
       n = (uint32_t)cnt;
     } else {
       rc = srv_image_from_bytes(ct, (const uint8_t *)r->body, r->len, one, &empty, msg,
                                 sizeof msg);
-      if (rc == -E2BIG) return srv_send_error(r, 413, "%s", msg);
-      if (rc == -ENOTSUP) return srv_send_error(r, 415, "%s", msg);
-      if (rc == -ENOMEM) return srv_send_error(r, 500, "out of memory");
-      if (rc) return srv_send_error(r, 400, "%s", msg);
+      if (rc == -E2BIG) return srv_resp_error(res, 413, "%s", msg);
+      if (rc == -ENOTSUP) return srv_resp_error(res, 415, "%s", msg);
+      if (rc == -ENOMEM) return srv_resp_error(res, 500, "out of memory");
+      if (rc) return srv_resp_error(res, 400, "%s", msg);
       n = 1;
     }
   }
@@ -172,7 +182,7 @@ enum MHD_Result h_predict(req *r) {
   srv_model *m = predict_model(r, &status, msg, sizeof msg);
   if (!m) {
     free(px);
-    return srv_send_error(r, status, "%s", msg);
+    return srv_resp_error(res, status, "%s", msg);
   }
   const uint8_t *images = px ? px : one;
   const uint32_t K = nn_model_classes(m->m);
@@ -182,14 +192,14 @@ enum MHD_Result h_predict(req *r) {
     free(px);
     free(probs);
     srv_model_unref(m);
-    return srv_send_error(r, 500, "out of memory");
+    return srv_resp_error(res, 500, "out of memory");
   }
-  if (predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL)) {
+  if ((rc = predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL))) {
     free(px);
     free(probs);
     long long id = (long long)m->id;
     srv_model_unref(m);
-    return srv_send_error(r, 500, "model %lld cannot predict 28x28 images", id);
+    return predict_failed(res, id, rc);
   }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   cJSON *d = cJSON_CreateObject();
@@ -217,21 +227,21 @@ enum MHD_Result h_predict(req *r) {
   srv_model_unref(m);
   free(probs);
   free(px);
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
-enum MHD_Result h_tfs_predict(req *r) {
-  if (!srv_json_body_ok(r)) return srv_need_json(r);
+int h_tfs_predict(req *r, srv_resp *res) {
+  if (!srv_json_body_ok(r)) return srv_need_json(r, res);
   char msg[512];
   float *x = NULL;
   uint32_t n = 0;
   int rc = srv_tfs_parse(r->body, r->len, &x, &n, msg, sizeof msg);
-  if (rc) return srv_send_error(r, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
+  if (rc) return srv_resp_error(res, rc == -E2BIG ? 413 : rc == -ENOMEM ? 500 : 400, "%s", msg);
   int status = 500;
   srv_model *m = predict_model(r, &status, msg, sizeof msg);
   if (!m) {
     free(x);
-    return srv_send_error(r, status, "%s", msg);
+    return srv_resp_error(res, status, "%s", msg);
   }
   nn_workspace *ws = workspace_for(m);
   const uint32_t K = nn_model_classes(m->m);
@@ -240,14 +250,14 @@ enum MHD_Result h_tfs_predict(req *r) {
     free(x);
     free(probs);
     srv_model_unref(m);
-    return srv_send_error(r, 500, "out of memory");
+    return srv_resp_error(res, 500, "out of memory");
   }
-  if (predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL)) {
+  if ((rc = predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL))) {
     free(x);
     free(probs);
     long long id = (long long)m->id;
     srv_model_unref(m);
-    return srv_send_error(r, 500, "model %lld cannot predict 28x28 images", id);
+    return predict_failed(res, id, rc);
   }
   atomic_fetch_add(&r->S->metrics.predictions, n);
   srv_model_unref(m);
@@ -259,7 +269,7 @@ enum MHD_Result h_tfs_predict(req *r) {
   }
   free(probs);
   free(x);
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
 cJSON *srv_pixels_json(const uint8_t *px) {
@@ -340,30 +350,30 @@ static cJSON *evaluate(srv_model *m, const nn_dataset *ds) {
   return d;
 }
 
-enum MHD_Result h_evaluation(req *r) {
+int h_evaluation(req *r, srv_resp *res) {
   srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (!m) return srv_resp_error(res, 404, "model %lld not found", (long long)r->id);
   char *cached = srv_models_eval_get(r->S->models, m);
   if (cached) {
     srv_model_unref(m);
-    return srv_send_buf(r, 200, "application/json", cached, strlen(cached), MHD_RESPMEM_MUST_FREE);
+    return srv_resp_buf(res, 200, "application/json", cached, strlen(cached), 1);
   }
   const nn_dataset *ds;
   char msg[512];
   if (srv_data_get(r->S->data, m->dataset, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
     srv_model_unref(m);
-    return srv_send_error(r, 404, "%s", msg);
+    return srv_resp_error(res, 404, "%s", msg);
   }
   cJSON *d = evaluate(m, ds);
-  srv_data_put(r->S->data, m->dataset, NN_SPLIT_TEST);
+  srv_data_put(r->S->data, ds);
   if (!d) {
     srv_model_unref(m);
-    return srv_send_error(r, 500, "out of memory");
+    return srv_resp_error(res, 500, "out of memory");
   }
   char *s = cJSON_PrintUnformatted(d);
   cJSON_Delete(d);
   if (s) srv_models_eval_set(r->S->models, m, s);
   srv_model_unref(m);
-  if (!s) return srv_send_error(r, 500, "out of memory");
-  return srv_send_buf(r, 200, "application/json", s, strlen(s), MHD_RESPMEM_MUST_FREE);
+  if (!s) return srv_resp_error(res, 500, "out of memory");
+  return srv_resp_buf(res, 200, "application/json", s, strlen(s), 1);
 }

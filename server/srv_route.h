@@ -1,21 +1,26 @@
 /* What a route handler sees (private to the HTTP front end: srv_http.c,
- * srv_routes.c, srv_predict.c, srv_metrics.c). A handler turns one request
- * into calls on the jobs, registry and core, and answers exactly once with
- * one of the srv_send_* functions; srv_http.c does everything else
- * (routing, auth, bodies, logging, metrics, connections). */
+ * srv_resp.c, srv_auth.c, srv_static.c, srv_routes.c, srv_predict.c,
+ * srv_metrics.c, srv_dataset_routes.c). A
+ * handler turns one request into calls on the jobs, registry and core and
+ * returns a status plus a filled srv_resp (lwan's shape); srv_http.c does
+ * everything else (routing, auth, bodies, building and queueing the
+ * libmicrohttpd response, logging, metrics, connections). */
 #ifndef SRV_ROUTE_H
 #define SRV_ROUTE_H
 
 #include <cJSON.h>
-#include <microhttpd.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "srv.h"
+#include "srv_util.h" /* srv_err */
 
+struct MHD_Connection; /* only srv_http.c looks inside */
 typedef struct req req;
-/* A handler answers exactly once through the srv_send_* functions below
- * (or returns MHD_NO to drop the connection). */
-typedef enum MHD_Result (*handler)(req *r);
+typedef struct srv_resp srv_resp;
+/* A handler fills res (srv_resp_* below) and returns the HTTP status. */
+typedef int (*handler)(req *r, srv_resp *res);
 
 typedef struct route {
   const char *method, *pattern;
@@ -38,7 +43,7 @@ struct req {
   char *body;
   size_t len, cap;
   int too_big;
-  int status;             /* sent status, for the log and metrics */
+  int status;             /* queued status, for the log and metrics */
   double t0;
   int is_predict;
   size_t peak;            /* largest body buffer, to give memory back after */
@@ -55,49 +60,105 @@ struct req {
 extern const route srv_route_table[];
 extern const size_t srv_route_count;
 
-/* ---- answering (srv_http.c). Each queues the response on r's connection,
- * records the status for the log and metrics, and returns what
- * MHD_queue_response returned (MHD_NO: the connection is dropped). */
+/* ---- answering (srv_resp.c; srv_http.c for the streams). A handler
+ * fills one srv_resp with the srv_resp_* functions below and returns the
+ * HTTP status they return; the dispatcher in srv_http.c alone turns it
+ * into a libmicrohttpd response, adds the common headers and queues it.
+ * A handler returning a negative errno (or leaving res empty) drops the
+ * connection without an answer. */
 
-/* Sends len bytes of data as type. mode says who owns data:
- * MHD_RESPMEM_MUST_FREE hands it to libmicrohttpd (which frees it once
- * sent), MHD_RESPMEM_PERSISTENT means it outlives the response. */
-enum MHD_Result srv_send_buf(req *r, int status, const char *type, const void *data, size_t len,
-                             enum MHD_ResponseMemoryMode mode);
-/* Sends doc as application/json and frees it (doc may be NULL: a 500). */
-enum MHD_Result srv_send_json(req *r, int status, cJSON *doc);
-/* Like srv_send_json, with extra headers: NULL-terminated name/value
- * pairs (e.g. "Location", "/v1/jobs/3", NULL). */
-enum MHD_Result srv_send_json_hdrs(req *r, int status, cJSON *doc, ...);
+/* Fills res with doc (taken over; NULL means out of memory: the answer is
+ * then a 500) as application/json, Cache-Control: no-store unless an ETag
+ * is added. Returns status. */
+int srv_resp_json(srv_resp *res, int status, cJSON *doc);
 /* The error body {"error":{"code":status,"message":...}}: the message is
- * formatted, made valid UTF-8, clipped and JSON-escaped. */
-enum MHD_Result srv_send_error(req *r, int status, const char *fmt, ...)
+ * formatted into a bounded buffer, made valid UTF-8, clipped and later
+ * JSON-escaped. Returns status. */
+int srv_resp_error(srv_resp *res, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* A 405 with its Allow header. */
-enum MHD_Result srv_send_405(req *r, const char *allow, const char *fmt, ...)
+/* A 405 error with its Allow header. Returns 405. */
+int srv_resp_405(srv_resp *res, const char *allow, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Takes ownership of resp (destroyed here), adds the common headers and
- * queues it. Only srv_http.c builds MHD responses: handlers use the
- * srv_send_* above. */
-enum MHD_Result srv_send_response(req *r, int status, struct MHD_Response *resp);
-/* Answers 200 with job's event stream (SSE, or NDJSON if ndjson) from
- * after event id last; *ret gets what a srv_send_* would return. Returns
- * 0, or -ENOENT (no such job) / -ENOMEM with nothing sent: the caller
- * answers then. */
-int srv_send_events(req *r, int64_t job, uint64_t last, int ndjson, enum MHD_Result *ret);
-/* Answers 200 with the daemon-wide event stream (srv_events.h) from after
- * id last, starting with a "hello" event whose data is hello (JSON). 0, or
- * -ENOMEM with nothing sent. */
-int srv_send_daemon_events(req *r, uint64_t last, const char *hello, enum MHD_Result *ret);
-/* A 304 Not Modified with its ETag. */
-enum MHD_Result srv_send_not_modified(req *r, const char *etag);
-/* Answers 200 with an application/octet-stream attachment: len bytes of
- * buf (malloc'd, handed over) or, when fd >= 0, of the file fd (handed
- * over, buf unused; the answer then carries X-Checksum-Sha256, the hex
- * SHA-256 of the file). Both are freed/closed on every path. */
-enum MHD_Result srv_send_download(req *r, void *buf, size_t len, int fd, const char *disposition);
+/* len bytes of data as type. owned: 1 hands data (malloc'd) over, freed
+ * once sent or on any failure; 0 means data outlives the response.
+ * Returns status. */
+int srv_resp_buf(srv_resp *res, int status, const char *type, const void *data, size_t len,
+                 int owned);
+/* A 200 application/octet-stream attachment: len bytes of buf (malloc'd,
+ * handed over) or, when fd >= 0, of the file fd (handed over, buf unused;
+ * the answer then carries X-Checksum-Sha256, the hex SHA-256 of the file,
+ * which replicas check). Freed/closed on every path. Returns 200. */
+int srv_resp_download(srv_resp *res, void *buf, size_t len, int fd, const char *disposition);
+/* A 304 Not Modified with its ETag. Returns 304. */
+int srv_resp_not_modified(srv_resp *res, const char *etag);
+/* Adds a header (value copied, clipped to 320 bytes); "ETag" and
+ * "Location" also drop a JSON answer's no-store. 0, or -ENOSPC when res
+ * holds 6 already. */
+int srv_resp_header(srv_resp *res, const char *name, const char *value);
+/* Fills res with job's event stream (SSE, or NDJSON if ndjson) from after
+ * event id last. Returns 200, or -ENOENT (no such job) / -ENOMEM with res
+ * untouched: the caller answers then. */
+int srv_resp_events(srv_resp *res, req *r, int64_t job, uint64_t last, int ndjson);
+/* Fills res with the daemon-wide event stream (srv_events.h) from after
+ * id last, starting with a "hello" event whose data is hello (JSON).
+ * Returns 200, or -ENOMEM with res untouched. */
+int srv_resp_daemon_events(srv_resp *res, req *r, uint64_t last, const char *hello);
 /* The 415 answer for a body that is not application/json. */
-enum MHD_Result srv_need_json(req *r);
+int srv_need_json(req *r, srv_resp *res);
+
+typedef enum srv_resp_kind {
+  SRV_RESP_NONE,   /* nothing filled: the connection is dropped */
+  SRV_RESP_JSON,   /* json */
+  SRV_RESP_ERROR,  /* err, as the JSON error body */
+  SRV_RESP_BUF,    /* data/len as type */
+  SRV_RESP_FILE,   /* fd/len, with its checksum */
+  SRV_RESP_EMPTY,  /* no body (304) */
+  SRV_RESP_STREAM  /* stream, pulled until it ends */
+} srv_resp_kind;
+
+#define SRV_RESP_MAX_HEADERS 6
+
+typedef struct srv_stream srv_stream;
+/* Ends a stream (its subscription) that was never queued (srv_http.c). */
+void srv_stream_free(srv_stream *s);
+
+/* What a handler answers. Fields are the srv_resp_* functions' to fill;
+ * the dispatcher reads them, and srv_resp_free releases what is held. */
+struct srv_resp {
+  int status;
+  srv_resp_kind kind;
+  cJSON *json;
+  srv_err err;
+  const char *type;  /* BUF and STREAM: Content-Type (a literal) */
+  const char *cache; /* Cache-Control (a literal) or NULL */
+  void *data;
+  size_t len;
+  int owned, fd;
+  srv_stream *stream;
+  size_t n_hdr;
+  struct {
+    const char *name; /* a literal */
+    char value[320];
+  } hdr[SRV_RESP_MAX_HEADERS];
+};
+
+/* An empty response (kind NONE, fd -1). */
+void srv_resp_init(srv_resp *res);
+/* Releases what res holds (document, owned buffer, fd, stream); res is
+ * empty after. */
+void srv_resp_free(srv_resp *res);
+
+/* ---- who may ask (srv_auth.c); each is true (1) or false (0) */
+
+/* Authorization: Bearer <the --api-token>, compared in constant time
+ * (true when the server has no token). */
+int srv_token_ok(req *r);
+/* On loopback, Host must be a loopback name or one of --allow-host (DNS
+ * rebinding); true on other addresses and without Host. */
+int srv_host_ok(req *r);
+/* No Origin (not a browser), one of --allow-origin, or the origin of the
+ * Host the request was sent to. */
+int srv_origin_ok(req *r);
 
 /* ---- reading the request (srv_http.c) */
 
@@ -110,22 +171,22 @@ const char *srv_media_type(req *r, char *buf, size_t len);
 int srv_json_body_ok(req *r);
 
 /* ---- handlers that live outside srv_routes.c */
-enum MHD_Result h_predict(req *r);     /* srv_predict.c */
-enum MHD_Result h_tfs_predict(req *r); /* srv_predict.c */
-enum MHD_Result h_evaluation(req *r);  /* srv_predict.c */
-enum MHD_Result h_metrics(req *r);     /* srv_metrics.c */
-enum MHD_Result h_static(req *r);      /* srv_http.c: the fallback for every GET no route takes */
+int h_predict(req *r, srv_resp *res);     /* srv_predict.c */
+int h_tfs_predict(req *r, srv_resp *res); /* srv_predict.c */
+int h_evaluation(req *r, srv_resp *res);  /* srv_predict.c */
+int h_metrics(req *r, srv_resp *res);     /* srv_metrics.c */
+int h_static(req *r, srv_resp *res);      /* srv_http.c: the fallback for every GET no route takes */
 /* srv_dataset_routes.c (issue 13): uploaded data sets */
-enum MHD_Result h_datasets(req *r);
-enum MHD_Result h_dataset_create(req *r);
-enum MHD_Result h_dataset(req *r);
-enum MHD_Result h_dataset_delete(req *r);
-enum MHD_Result h_dataset_sample(req *r);
-enum MHD_Result h_sample(req *r);
+int h_datasets(req *r, srv_resp *res);
+int h_dataset_create(req *r, srv_resp *res);
+int h_dataset(req *r, srv_resp *res);
+int h_dataset_delete(req *r, srv_resp *res);
+int h_dataset_sample(req *r, srv_resp *res);
+int h_sample(req *r, srv_resp *res);
 /* The checks of an upload that need no body (name, type, size), run when
- * its head arrives; opens r->upload. MHD_YES with r->status still 0 means
- * "go on, stream the body". */
-enum MHD_Result srv_dataset_upload_head(req *r);
+ * its head arrives; opens r->upload. Returns 0 for "go on, stream the
+ * body", else the status of the answer filled in res. */
+int srv_dataset_upload_head(req *r, srv_resp *res);
 
 /* The 784 pixels of one image as a JSON array of numbers (srv_predict.c);
  * NULL when out of memory. */

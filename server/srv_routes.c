@@ -21,112 +21,120 @@
 
 /* ---------------------------------------------------------------- handlers */
 
-static enum MHD_Result h_healthz(req *r) {
+static int h_healthz(req *r, srv_resp *res) {
+  (void)r;
   cJSON *d = cJSON_CreateObject();
   cJSON_AddStringToObject(d, "status", "ok");
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
-static enum MHD_Result h_readyz(req *r) {
+static int h_readyz(req *r, srv_resp *res) {
   srv_model *m = srv_models_active(r->S->models);
   if (!m && r->S->follow) {
     char note[512];
     srv_follow_note(r->S->follow, note, sizeof note);
-    return srv_send_error(r, 503, "%s", note);
+    return srv_resp_error(res, 503, "%s", note);
   }
   if (!m) {
     char note[256];
     srv_jobs_pending_note(r->S->jobs, note, sizeof note);
-    return srv_send_error(r, 503, "no model loaded yet%s%s", note[0] ? ": " : "",
+    return srv_resp_error(res, 503, "no model loaded yet%s%s", note[0] ? ": " : "",
                       note[0] ? note : " (start a training job: POST /v1/jobs)");
   }
   cJSON *d = cJSON_CreateObject();
   cJSON_AddStringToObject(d, "status", "ready");
   cJSON_AddNumberToObject(d, "model", (double)m->id);
   srv_model_unref(m);
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
 
-static enum MHD_Result h_architectures(req *r) {
-  return srv_send_json(r, 200, srv_architectures_json());
+static int h_architectures(req *r, srv_resp *res) {
+  (void)r;
+  return srv_resp_json(res, 200, srv_architectures_json());
 }
 
-static enum MHD_Result h_architecture_validate(req *r) {
-  if (!srv_json_body_ok(r)) return srv_need_json(r);
+static int h_architecture_validate(req *r, srv_resp *res) {
+  if (!srv_json_body_ok(r)) return srv_need_json(r, res);
   char msg[256];
   int status;
   cJSON *d = srv_spec_validate(r->body, r->len, &status, msg, sizeof msg);
-  return d ? srv_send_json(r, status, d) : srv_send_error(r, status, "%s", msg);
+  return d ? srv_resp_json(res, status, d) : srv_resp_error(res, status, "%s", msg);
 }
 
-static enum MHD_Result h_job_create(req *r) {
-  if (!srv_json_body_ok(r)) return srv_need_json(r);
+static int h_job_create(req *r, srv_resp *res) {
+  if (!srv_json_body_ok(r)) return srv_need_json(r, res);
   srv_job_config c;
   char msg[512];
   if (srv_job_config_parse(r->body, r->len, &c, msg, sizeof msg))
-    return srv_send_error(r, 400, "%s", msg);
+    return srv_resp_error(res, 400, "%s", msg);
   uint32_t tr, te;
   if (srv_data_count(r->S->data, c.dataset, &tr, &te))
-    return srv_send_error(r, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
+    return srv_resp_error(res, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
                       c.dataset);
   int64_t id;
   int rc = srv_jobs_submit(r->S->jobs, &c, &id);
-  if (rc) return srv_send_error(r, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
+  if (rc == -ENOENT) /* deleted since the check above */
+    return srv_resp_error(res, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
+                          c.dataset);
+  if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "could not record the job: %s",
                             rc == -ENOSPC ? "the disk is full" : srv_store_errmsg(r->S->store));
   char loc[64];
   snprintf(loc, sizeof loc, "/v1/jobs/%lld", (long long)id);
-  return srv_send_json_hdrs(r, 202, srv_jobs_json(r->S->jobs, id), "Location", loc, NULL);
+  srv_resp_json(res, 202, srv_jobs_json(r->S->jobs, id));
+  srv_resp_header(res, "Location", loc);
+  return 202;
 }
 
-static enum MHD_Result h_jobs(req *r) {
+static int h_jobs(req *r, srv_resp *res) {
   int state = -1;
   long limit = 100;
   const char *q = srv_query(r, "state");
   if (q && (state = srv_job_state_parse(q)) < 0)
-    return srv_send_error(r, 400,
+    return srv_resp_error(res, 400,
                       "state must be one of queued, running, succeeded, failed, cancelled");
   q = srv_query(r, "limit");
   if (q) {
     uint64_t v;
     if (srv_parse_dec(q, 1000, &v) || v < 1)
-      return srv_send_error(r, 400, "limit must be an integer from 1 to 1000");
+      return srv_resp_error(res, 400, "limit must be an integer from 1 to 1000");
     limit = (long)v;
   }
   cJSON *d = cJSON_CreateObject();
   cJSON_AddItemToObject(d, "jobs", srv_jobs_list_json(r->S->jobs, state, (int)limit));
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
-static enum MHD_Result h_job(req *r) {
+static int h_job(req *r, srv_resp *res) {
   cJSON *j = srv_jobs_json(r->S->jobs, r->id);
-  if (!j) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
-  return srv_send_json(r, 200, j);
+  if (!j) return srv_resp_error(res, 404, "job %lld not found", (long long)r->id);
+  return srv_resp_json(res, 200, j);
 }
 
-static enum MHD_Result h_job_cancel(req *r) {
+static int h_job_cancel(req *r, srv_resp *res) {
   int rc = srv_jobs_cancel(r->S->jobs, r->id);
-  if (rc == -ENOENT) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
-  if (rc == -EALREADY) return srv_send_error(r, 409, "job %lld has already finished", (long long)r->id);
-  return srv_send_json(r, 202, srv_jobs_json(r->S->jobs, r->id));
+  if (rc == -ENOENT) return srv_resp_error(res, 404, "job %lld not found", (long long)r->id);
+  if (rc == -EALREADY) return srv_resp_error(res, 409, "job %lld has already finished", (long long)r->id);
+  if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "could not record the cancel: %s",
+                                rc == -ENOSPC ? "the disk is full" : "the database failed");
+  return srv_resp_json(res, 202, srv_jobs_json(r->S->jobs, r->id));
 }
 
-static enum MHD_Result h_job_events(req *r) {
+static int h_job_events(req *r, srv_resp *res) {
   const char *fmt = srv_query(r, "format");
   int ndjson = fmt && !strcmp(fmt, "ndjson");
   if (fmt && !ndjson && strcmp(fmt, "sse"))
-    return srv_send_error(r, 400, "format must be sse (default) or ndjson");
+    return srv_resp_error(res, 400, "format must be sse (default) or ndjson");
   uint64_t last = 0;
   const char *lei = srv_header(r, "Last-Event-ID");
   if (!lei) lei = srv_query(r, "last_event_id");
   if (lei && srv_parse_event_id(lei, &last))
-    return srv_send_error(r, 400,
+    return srv_resp_error(res, 400,
                       "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
-  enum MHD_Result ret;
-  int rc = srv_send_events(r, r->id, last, ndjson, &ret);
-  if (rc == -ENOENT) return srv_send_error(r, 404, "job %lld not found", (long long)r->id);
-  if (rc) return srv_send_error(r, 500, "out of memory");
-  return ret;
+  int rc = srv_resp_events(res, r, r->id, last, ndjson);
+  if (rc == -ENOENT) return srv_resp_error(res, 404, "job %lld not found", (long long)r->id);
+  if (rc < 0) return srv_resp_error(res, 500, "out of memory");
+  return rc;
 }
 
 /* ---- models */
@@ -155,7 +163,7 @@ static void add_model(const srv_model *m, int active, void *u) {
   cJSON_AddItemToArray((cJSON *)u, model_json(m, active));
 }
 
-static enum MHD_Result h_models(req *r) {
+static int h_models(req *r, srv_resp *res) {
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "models");
   srv_models_each(r->S->models, add_model, a);
   /* Newest first, like the job list. */
@@ -163,25 +171,26 @@ static enum MHD_Result h_models(req *r) {
   int n = cJSON_GetArraySize(a);
   for (int i = n - 1; i >= 0; i--) cJSON_AddItemToArray(rev, cJSON_DetachItemFromArray(a, i));
   cJSON_ReplaceItemInObject(d, "models", rev);
-  return srv_send_json(r, 200, d);
+  return srv_resp_json(res, 200, d);
 }
 
-static enum MHD_Result h_model(req *r) {
+static int h_model(req *r, srv_resp *res) {
   srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (!m) return srv_resp_error(res, 404, "model %lld not found", (long long)r->id);
   cJSON *o = model_json(m, srv_models_active_id(r->S->models) == m->id);
   srv_model_unref(m);
-  return srv_send_json(r, 200, o);
+  return srv_resp_json(res, 200, o);
 }
 
 /* ?format=onnx: the model as ONNX (srv_onnx.h), with the daemon's records
  * of it (data set, test accuracy, the training job's configuration). */
-static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
+static int model_file_onnx(req *r, srv_resp *res, srv_model *m) {
   srv_onnx_info info;
   int rc = srv_onnx_info_load(&info, r->S->store, m->id);
+  if (!rc) rc = srv_onnx_info_set_classes(&info, (const char *const *)m->classes, m->n_classes);
   if (rc) {
     srv_model_unref(m);
-    return srv_send_error(r, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,
+    return srv_resp_error(res, rc == -ENOENT ? 404 : 500, "records of model %lld: %s", (long long)r->id,
                       rc == -ENOENT ? "not found" : srv_store_errmsg(r->S->store));
   }
   uint8_t *buf;
@@ -190,21 +199,21 @@ static enum MHD_Result model_file_onnx(req *r, srv_model *m) {
   rc = srv_onnx_export(m->m, &info, &buf, &len, msg, sizeof msg);
   srv_onnx_info_clear(&info);
   srv_model_unref(m);
-  if (rc == -EINVAL) return srv_send_error(r, 422, "model %lld cannot be exported to ONNX: %s",
+  if (rc == -EINVAL) return srv_resp_error(res, 422, "model %lld cannot be exported to ONNX: %s",
                                        (long long)r->id, msg);
-  if (rc) return srv_send_error(r, 500, "ONNX export of model %lld failed: %s", (long long)r->id, msg);
+  if (rc) return srv_resp_error(res, 500, "ONNX export of model %lld failed: %s", (long long)r->id, msg);
   char disp[96];
   snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.onnx\"", (long long)r->id);
-  return srv_send_download(r, buf, len, -1, disp);
+  return srv_resp_download(res, buf, len, -1, disp);
 }
 
-static enum MHD_Result h_model_file(req *r) {
+static int h_model_file(req *r, srv_resp *res) {
   const char *fmt = srv_query(r, "format");
   if (fmt && strcmp(fmt, "onnx") && strcmp(fmt, "mnistd"))
-    return srv_send_error(r, 400, "format must be mnistd (the native file, default) or onnx");
+    return srv_resp_error(res, 400, "format must be mnistd (the native file, default) or onnx");
   srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
-  if (fmt && !strcmp(fmt, "onnx")) return model_file_onnx(r, m);
+  if (!m) return srv_resp_error(res, 404, "model %lld not found", (long long)r->id);
+  if (fmt && !strcmp(fmt, "onnx")) return model_file_onnx(r, res, m);
   srv_model_unref(m);
   char path[PATH_MAX + 64];
   srv_models_path(r->S->models, r->id, path, sizeof path);
@@ -212,35 +221,34 @@ static enum MHD_Result h_model_file(req *r) {
   struct stat st;
   if (fd < 0 || fstat(fd, &st) < 0) {
     if (fd >= 0) close(fd);
-    return srv_send_error(r, 500, "model file of %lld is unreadable", (long long)r->id);
+    return srv_resp_error(res, 500, "model file of %lld is unreadable", (long long)r->id);
   }
   char disp[96];
   snprintf(disp, sizeof disp, "attachment; filename=\"mnistd-model-%lld.model\"",
            (long long)r->id);
-  return srv_send_download(r, NULL, (size_t)st.st_size, fd, disp);
+  return srv_resp_download(res, NULL, (size_t)st.st_size, fd, disp);
 }
 
-static enum MHD_Result h_model_activate(req *r) {
+static int h_model_activate(req *r, srv_resp *res) {
   int rc = srv_models_activate(r->S->models, r->id);
-  if (rc == -ENOENT) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
-  if (rc) return srv_send_error(r, 500, "could not record the active model: %s",
+  if (rc == -ENOENT) return srv_resp_error(res, 404, "model %lld not found", (long long)r->id);
+  if (rc) return srv_resp_error(res, 500, "could not record the active model: %s",
                             srv_store_errmsg(r->S->store));
   srv_model *m = srv_models_get(r->S->models, r->id);
-  if (!m) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (!m) return srv_resp_error(res, 404, "model %lld not found", (long long)r->id);
   cJSON *o = model_json(m, 1);
   srv_model_unref(m);
-  return srv_send_json(r, 200, o);
+  return srv_resp_json(res, 200, o);
 }
 
-static enum MHD_Result h_model_delete(req *r) {
+static int h_model_delete(req *r, srv_resp *res) {
   int rc = srv_models_delete(r->S->models, r->id);
-  if (rc == -ENOENT) return srv_send_error(r, 404, "model %lld not found", (long long)r->id);
+  if (rc == -ENOENT) return srv_resp_error(res, 404, "model %lld not found", (long long)r->id);
   if (rc == -EBUSY)
-    return srv_send_error(r, 409, "model %lld is the active model; activate another one first",
+    return srv_resp_error(res, 409, "model %lld is the active model; activate another one first",
                       (long long)r->id);
-  if (rc) return srv_send_error(r, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
-  r->status = 204;
-  return srv_send_buf(r, 204, "application/json", "", 0, MHD_RESPMEM_PERSISTENT);
+  if (rc) return srv_resp_error(res, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
+  return srv_resp_buf(res, 204, "application/json", "", 0, 0);
 }
 
 /* ---- samples and evaluation */
@@ -249,7 +257,7 @@ static enum MHD_Result h_model_delete(req *r) {
 /* ---------------------------------------------------------------- routing */
 
 /* The route table. Adding an endpoint = one small handler (request in,
- * calls on jobs/registry/core, one srv_send_* out) plus one row here:
+ * calls on jobs/registry/core, a filled srv_resp and its status out) plus one row here:
  * method, pattern (":id" takes a positive number, handed over as r->id),
  * handler, and 1 if it mutates (then it needs the API token and a
  * same-origin browser). Order matters only between patterns that match the
@@ -259,34 +267,36 @@ static enum MHD_Result h_model_delete(req *r) {
 
 /* The model answering predictions, with an ETag that changes with it (a
  * replica answers its primary's id and so the same ETag). */
-static enum MHD_Result h_model_active(req *r) {
+static int h_model_active(req *r, srv_resp *res) {
   srv_model *m = srv_models_active(r->S->models);
   if (!m) {
     char note[512];
     if (r->S->follow) srv_follow_note(r->S->follow, note, sizeof note);
     else srv_jobs_pending_note(r->S->jobs, note, sizeof note);
-    return srv_send_error(r, 503, "no active model yet%s%s", note[0] ? ": " : "", note);
+    return srv_resp_error(res, 503, "no active model yet%s%s", note[0] ? ": " : "", note);
   }
   char etag[48];
   snprintf(etag, sizeof etag, "\"model-%lld\"", (long long)m->id);
   const char *inm = srv_header(r, "If-None-Match");
   if (inm && !strcmp(inm, etag)) {
     srv_model_unref(m);
-    return srv_send_not_modified(r, etag);
+    return srv_resp_not_modified(res, etag);
   }
   cJSON *o = model_json(m, 1);
   srv_model_unref(m);
   if (r->S->follow) cJSON_AddStringToObject(o, "primary", srv_follow_url(r->S->follow));
-  return srv_send_json_hdrs(r, 200, o, "ETag", etag, NULL);
+  srv_resp_json(res, 200, o);
+  srv_resp_header(res, "ETag", etag);
+  return 200;
 }
 
 /* GET /v1/events: SSE of model.activated and job.state (srv_events.h). */
-static enum MHD_Result h_events(req *r) {
+static int h_events(req *r, srv_resp *res) {
   uint64_t last = 0;
   const char *lei = srv_header(r, "Last-Event-ID");
   if (!lei) lei = srv_query(r, "last_event_id");
   if (lei && srv_parse_event_id(lei, &last))
-    return srv_send_error(r, 400,
+    return srv_resp_error(res, 400,
                           "Last-Event-ID must be an event id: decimal digits, 0 to 9007199254740991");
   char hello[640];
   int64_t id = srv_models_active_id(r->S->models);
@@ -295,9 +305,8 @@ static enum MHD_Result h_events(req *r) {
     snprintf(hello, sizeof hello, "{\"model\":%lld,\"primary\":\"%.500s\"}", (long long)id,
              srv_follow_url(r->S->follow));
   else snprintf(hello, sizeof hello, "{\"model\":%lld}", (long long)id);
-  enum MHD_Result ret;
-  if (srv_send_daemon_events(r, last, hello, &ret)) return srv_send_error(r, 500, "out of memory");
-  return ret;
+  int rc = srv_resp_daemon_events(res, r, last, hello);
+  return rc < 0 ? srv_resp_error(res, 500, "out of memory") : rc;
 }
 
 const route srv_route_table[] = {

@@ -103,44 +103,42 @@ static const struct option OPTS[] = {
     {"help", no_argument, 0, O_HELP},
     {0, 0, 0, 0}};
 
-static int usage(const char *fmt, const char *a) {
-  fprintf(stderr, "mnistd serve: ");
-  fprintf(stderr, fmt, a);
-  fprintf(stderr, " (see 'mnistd serve --help')\n");
-  return 2;
+static int usage(srv_err *err, const char *fmt, const char *a) {
+  srv_err_printf(err, fmt, a);
+  return SRV_EUSAGE;
 }
 
 /* A token is stored whole or refused: never cut short (a cut token would
  * silently refuse every client holding the real one). */
-static int set_token_to(char *dst, const char *v, size_t n, const char *what) {
+static int set_token_to(srv_err *err, char *dst, const char *v, size_t n, const char *what) {
   char why[128];
-  if (n == 0) return usage("%s is empty", what);
+  if (n == 0) return usage(err, "%s is empty", what);
   if (n > SRV_MAX_TOKEN) {
     snprintf(why, sizeof why, "%%s is %zu bytes long; at most %d are supported", n,
              SRV_MAX_TOKEN);
-    return usage(why, what);
+    return usage(err, why, what);
   }
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)v[i] <= 0x20 || (unsigned char)v[i] >= 0x7f) {
       snprintf(why, sizeof why, "%%s has a space, control or non-ASCII byte at %zu; "
                "a header cannot carry it", i);
-      return usage(why, what);
+      return usage(err, why, what);
     }
   memcpy(dst, v, n);
   dst[n] = 0;
   return 0;
 }
 
-static int set_token(srv_config *c, const char *v, size_t n, const char *what) {
-  return set_token_to(c->api_token, v, n, what);
+static int set_token(srv_err *err, srv_config *c, const char *v, size_t n, const char *what) {
+  return set_token_to(err, c->api_token, v, n, what);
 }
 
-static int read_token_file(char *dst, const char *path, const char *flag) {
+static int read_token_file(srv_err *err, char *dst, const char *path, const char *flag) {
   FILE *f = fopen(path, "r");
   if (!f) {
     char what[PATH_MAX + 64];
     snprintf(what, sizeof what, "cannot read %s %%s", flag);
-    return usage(what, path);
+    return usage(err, what, path);
   }
   char *line = NULL;
   size_t cap = 0;
@@ -155,16 +153,16 @@ static int read_token_file(char *dst, const char *path, const char *flag) {
   while (len && (*v == ' ' || *v == '\t')) v++, len--;
   char what[PATH_MAX + 32];
   snprintf(what, sizeof what, "%s %s", flag, path);
-  int rc = set_token_to(dst, v, len, what);
+  int rc = set_token_to(err, dst, v, len, what);
   free(line);
   return rc;
 }
 
 /* Appends v to a comma-separated list; refuses rather than cuts. */
-static int add_list(char *list, size_t size, const char *v, const char *flag) {
+static int add_list(srv_err *err, char *list, size_t size, const char *v, const char *flag) {
   size_t have = strlen(list), n = strlen(v);
-  if (!n) return usage("%s must not be empty", flag);
-  if (have + n + 2 > size) return usage("%s: too many values", flag);
+  if (!n) return usage(err, "%s must not be empty", flag);
+  if (have + n + 2 > size) return usage(err, "%s: too many values", flag);
   if (have) list[have++] = ',';
   memcpy(list + have, v, n + 1);
   /* An origin never ends in '/': browsers send "https://dash.example". */
@@ -173,7 +171,7 @@ static int add_list(char *list, size_t size, const char *v, const char *flag) {
 }
 
 /* The upload limits: each a positive number within a sane range. */
-static int apply_ds(srv_config *c, int o, const char *v) {
+static int apply_ds(srv_err *err, srv_config *c, int o, const char *v) {
   static const struct {
     int o;
     const char *flag;
@@ -192,7 +190,7 @@ static int apply_ds(srv_config *c, int o, const char *v) {
       char m[160];
       snprintf(m, sizeof m, "%s must be a number from %ld to %ld, not '%.40s'", R[i].flag,
                R[i].min, R[i].max, v);
-      return usage("%s", m);
+      return usage(err, "%s", m);
     }
     srv_ds_config *d = &c->datasets;
     uint64_t u = (uint64_t)n;
@@ -210,62 +208,62 @@ static int apply_ds(srv_config *c, int o, const char *v) {
 }
 
 /* Applies one option (from the command line or its MNISTD_* variable):
- * 0, or the usage() exit status with a message naming the option. */
-static int apply(srv_config *c, int opt, const char *v) {
+ * 0, or SRV_EUSAGE with a message naming the option in err. */
+static int apply(srv_err *err, srv_config *c, int opt, const char *v) {
   long n;
   switch (opt) {
   case O_LISTEN:
-    if (!strchr(v, ':')) return usage("--listen must be HOST:PORT, not '%s'", v);
+    if (!strchr(v, ':')) return usage(err, "--listen must be HOST:PORT, not '%s'", v);
     if (srv_parse_long(strrchr(v, ':') + 1, 0, 65535, &n))
-      return usage("--listen port must be 0..65535 in '%s'", v);
+      return usage(err, "--listen port must be 0..65535 in '%s'", v);
     snprintf(c->listen, sizeof c->listen, "%s", v);
     break;
   case O_STATE: snprintf(c->state_dir, sizeof c->state_dir, "%s", v); break;
   case O_DATA: snprintf(c->data_dir, sizeof c->data_dir, "%s", v); break;
   case O_WEB: snprintf(c->web_dir, sizeof c->web_dir, "%s", v); break;
   case O_TOKEN:
-    return set_token(c, v, strlen(v), "--api-token");
-  case O_TOKEN_FILE: return read_token_file(c->api_token, v, "--api-token-file");
+    return set_token(err, c, v, strlen(v), "--api-token");
+  case O_TOKEN_FILE: return read_token_file(err, c->api_token, v, "--api-token-file");
   case O_FOLLOW_TOKEN_FILE:
-    return read_token_file(c->follow_token, v, "--follow-token-file");
+    return read_token_file(err, c->follow_token, v, "--follow-token-file");
   case O_FOLLOW:
-    if (strlen(v) >= sizeof c->follow) return usage("--follow URL is too long: '%.200s'", v);
+    if (strlen(v) >= sizeof c->follow) return usage(err, "--follow URL is too long: '%.200s'", v);
     snprintf(c->follow, sizeof c->follow, "%s", v);
     break;
   case O_MAX_BODY:
     if (srv_parse_long(v, 1024, 1L << 30, &n))
-      return usage("--max-body must be a number of bytes from 1024 to 1073741824, not '%s'", v);
+      return usage(err, "--max-body must be a number of bytes from 1024 to 1073741824, not '%s'", v);
     c->max_body = (size_t)n;
     break;
   case O_THREADS:
-    if (srv_parse_long(v, 1, 64, &n)) return usage("--threads must be 1..64, not '%s'", v);
+    if (srv_parse_long(v, 1, 64, &n)) return usage(err, "--threads must be 1..64, not '%s'", v);
     c->threads = (int)n;
     break;
   case O_TRAIN_THREADS:
     if (srv_parse_long(v, 1, NN_MAX_THREADS, &n))
-      return usage("--train-threads must be 1..64, not '%s'", v);
+      return usage(err, "--train-threads must be 1..64, not '%s'", v);
     c->train_threads = (int)n;
     break;
   case O_MAX_JOBS:
-    if (srv_parse_long(v, 1, 16, &n)) return usage("--max-running-jobs must be 1..16, not '%s'", v);
+    if (srv_parse_long(v, 1, 16, &n)) return usage(err, "--max-running-jobs must be 1..16, not '%s'", v);
     c->max_running_jobs = (int)n;
     break;
   case O_CONN_LIMIT:
     if (srv_parse_long(v, 16, 1000000, &n))
-      return usage("--conn-limit must be 16..1000000, not '%s'", v);
+      return usage(err, "--conn-limit must be 16..1000000, not '%s'", v);
     c->conn_limit = (int)n;
     break;
   case O_CONN_TIMEOUT:
-    if (srv_parse_long(v, 1, 3600, &n)) return usage("--conn-timeout must be 1..3600, not '%s'", v);
+    if (srv_parse_long(v, 1, 3600, &n)) return usage(err, "--conn-timeout must be 1..3600, not '%s'", v);
     c->conn_timeout = (int)n;
     break;
   case O_PER_IP:
     if (srv_parse_long(v, 0, 1000000, &n))
-      return usage("--per-ip-conn-limit must be 0..1000000 (0 = no limit), not '%s'", v);
+      return usage(err, "--per-ip-conn-limit must be 0..1000000 (0 = no limit), not '%s'", v);
     c->per_ip_limit = (int)n;
     break;
   case O_HEAD_TIMEOUT:
-    if (srv_parse_long(v, 1, 3600, &n)) return usage("--head-timeout must be 1..3600, not '%s'", v);
+    if (srv_parse_long(v, 1, 3600, &n)) return usage(err, "--head-timeout must be 1..3600, not '%s'", v);
     c->head_timeout = (int)n;
     break;
   case O_DS_UPLOAD:
@@ -274,12 +272,12 @@ static int apply(srv_config *c, int opt, const char *v) {
   case O_DS_ARCH_BYTES:
   case O_DS_ENTRIES:
   case O_DS_IMG_BYTES:
-  case O_DS_QUOTA: return apply_ds(c, opt, v);
-  case O_ALLOW_ORIGIN: return add_list(c->allow_origin, sizeof c->allow_origin, v, "--allow-origin");
-  case O_ALLOW_HOST: return add_list(c->allow_host, sizeof c->allow_host, v, "--allow-host");
+  case O_DS_QUOTA: return apply_ds(err, c, opt, v);
+  case O_ALLOW_ORIGIN: return add_list(err, c->allow_origin, sizeof c->allow_origin, v, "--allow-origin");
+  case O_ALLOW_HOST: return add_list(err, c->allow_host, sizeof c->allow_host, v, "--allow-host");
   case O_LOG:
     if (strcmp(v, "text") && strcmp(v, "json"))
-      return usage("--log-format must be text or json, not '%s'", v);
+      return usage(err, "--log-format must be text or json, not '%s'", v);
     c->log_json = !strcmp(v, "json");
     break;
   case O_NO_BOOT:
@@ -289,7 +287,7 @@ static int apply(srv_config *c, int opt, const char *v) {
   return 0;
 }
 
-int srv_config_parse(srv_config *c, int argc, char **argv) {
+int srv_config_parse(srv_config *c, int argc, char **argv, srv_err *err) {
   memset(c, 0, sizeof *c);
   snprintf(c->listen, sizeof c->listen, "127.0.0.1:8080");
   snprintf(c->state_dir, sizeof c->state_dir, "state");
@@ -313,9 +311,10 @@ int srv_config_parse(srv_config *c, int argc, char **argv) {
       env[7 + i] = o->name[i] == '-' ? '_' : (char)(o->name[i] & ~0x20);
     const char *v = getenv(env);
     if (!v || !*v) continue;
-    int rc = apply(c, o->val, v);
+    int rc = apply(err, c, o->val, v);
     if (rc) {
-      fprintf(stderr, "mnistd serve: (from %s)\n", env);
+      size_t n = strlen(err->message);
+      snprintf(err->message + n, sizeof err->message - n, " (from %s)", env);
       return rc;
     }
   }
@@ -328,12 +327,12 @@ int srv_config_parse(srv_config *c, int argc, char **argv) {
       return 1;
     }
     if (opt == '?' || opt == ':')
-      return usage(opt == ':' ? "option '%s' needs a value" : "unknown option '%s'",
+      return usage(err, opt == ':' ? "option '%s' needs a value" : "unknown option '%s'",
                    argv[optind - 1]);
-    int rc = apply(c, opt, opt == O_NO_BOOT ? "1" : optarg);
+    int rc = apply(err, c, opt, opt == O_NO_BOOT ? "1" : optarg);
     if (rc) return rc;
   }
-  if (optind < argc) return usage("unexpected argument '%s'", argv[optind]);
+  if (optind < argc) return usage(err, "unexpected argument '%s'", argv[optind]);
   return 0;
 }
 
@@ -380,7 +379,7 @@ static void on_signal(uv_signal_t *h, int sig) {
  * of all move its database aside. Creates the directory if needed and
  * holds STATE/mnistd.lock (S_lock_fd) until exit. 0, or -1 after a
  * message on stderr. */
-static int lock_state_dir(const char *dir) {
+static int lock_state_dir(srv_err *err, const char *dir) {
   char path[PATH_MAX + 32];
   int mk = srv_mkdir_durable(dir, 0750);
   if (!mk) {
@@ -389,26 +388,27 @@ static int lock_state_dir(const char *dir) {
     if (S_lock_fd < 0) mk = -errno;
   }
   if (mk) {
-    fprintf(stderr, "mnistd serve: cannot use state directory %s: %s\n", dir, strerror(-mk));
-    return -1;
+    srv_err_printf(err, "cannot use state directory %s: %s", dir, strerror(-mk));
+    return mk;
   }
   if (flock(S_lock_fd, LOCK_EX | LOCK_NB) < 0) {
-    fprintf(stderr, "mnistd serve: state directory %s is in use by another mnistd\n", dir);
+    srv_err_printf(err, "state directory %s is in use by another mnistd", dir);
     close(S_lock_fd);
     S_lock_fd = -1;
-    return -1;
+    return -EBUSY;
   }
   return 0;
 }
 
 /* The primary's state: the lock on the state directory, the database and
- * the model records. Returns 0, or -1 after a message on stderr. */
-static int open_state(srv *S, char *msg, size_t msgsize) {
+ * the model records. Returns 0, or a negative errno after a message on
+ * stderr. */
+static int open_state(srv_err *err, srv *S, char *msg, size_t msgsize) {
   int rc;
-  if (lock_state_dir(S->cfg.state_dir)) return -1;
+  if ((rc = lock_state_dir(err, S->cfg.state_dir))) return rc;
   if ((rc = srv_store_open_flags(&S->store, S->cfg.state_dir, SRV_STORE_RECOVER, msg, msgsize))) {
-    fprintf(stderr, "mnistd serve: %s\n", msg);
-    return -1;
+    srv_err_printf(err, "%s", msg);
+    return rc;
   }
   char aside[PATH_MAX];
   if (srv_store_recovered(S->store, aside, sizeof aside)) {
@@ -421,8 +421,8 @@ static int open_state(srv *S, char *msg, size_t msgsize) {
     srv_log(S, "error", line);
   }
   if ((rc = srv_models_open(&S->models, S->store, S->cfg.state_dir, jobs_log))) {
-    fprintf(stderr, "mnistd serve: cannot read the model records: %s\n", strerror(-rc));
-    return -1;
+    srv_err_printf(err, "cannot read the model records: %s", strerror(-rc));
+    return rc;
   }
   return 0;
 }
@@ -450,10 +450,74 @@ static void log_started(srv *S) {
                        "(is writable+executable memory denied, e.g. MemoryDenyWriteExecute=yes?)");
 }
 
-int srv_serve_main(int argc, char **argv) {
+/* The registry, the data and, on a primary, the state directory and the
+ * uploaded data sets; a replica keeps nothing (no state directory, no
+ * database) and gets its follower. 0, or a negative errno after a message
+ * on stderr. */
+static int serve_open(srv_err *err, srv *S, char *msg, size_t msglen) {
+  int rc, replica = S->cfg.follow[0] != 0;
+  if (replica) {
+    if ((rc = srv_models_open_replica(&S->models)) ||
+        (rc = srv_follow_create(&S->follow, S->cfg.follow, S->cfg.follow_token, S->models,
+                                follow_log, msg, msglen))) {
+      srv_err_printf(err, "%s", rc == -EINVAL ? msg : strerror(-rc));
+      return rc;
+    }
+  } else if ((rc = open_state(err, S, msg, msglen))) {
+    return rc;
+  }
+  if ((rc = srv_data_open(&S->data, S->cfg.data_dir))) {
+    srv_err_printf(err, "%s", strerror(-rc));
+    return rc;
+  }
+  /* A replica keeps no state: no uploaded data sets either. */
+  if (!replica && (rc = srv_datasets_open(&S->datasets, S->store, S->cfg.state_dir,
+                                          &S->cfg.datasets, jobs_log))) {
+    srv_err_printf(err, "cannot open the data sets under %s/datasets: %s",
+            S->cfg.state_dir, strerror(-rc));
+    return rc;
+  }
+  srv_data_attach(S->data, S->datasets);
+  uint32_t tr, te;
+  if (srv_data_count(S->data, "mnist", &tr, &te)) {
+    snprintf(msg, msglen, "no MNIST under %s (run 'make data' or set --data-dir)",
+             S->cfg.data_dir);
+    srv_log(S, "warn", msg);
+  }
+  return 0;
+}
+
+/* Everything serve_open and srv_serve_main opened, in reverse (loop NULL:
+ * it was never initialised). */
+static void serve_close(srv *S, uv_loop_t *loop) {
+  srv_follow_free(S->follow); /* first: it installs models into the registry */
+  S->follow = NULL;
+  srv_events_shutdown(S->events);
+  srv_http_stop(S);
+  srv_events_close_handles(S->events);
+  /* Every handle is closed and its close callback has run before the jobs
+   * are freed, also when start-up failed after srv_jobs_open (a busy port):
+   * a wake-up queued by srv_jobs_open must never fire on freed memory. */
+  if (S->jobs) srv_jobs_close_handles(S->jobs);
+  if (loop) {
+    uv_run(loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(loop)) srv_log(S, "warn", "libuv loop closed with handles still open");
+  }
+  srv_jobs_close(S->jobs);
+  S->jobs = NULL;
+  srv_models_close(S->models);
+  srv_data_close(S->data);
+  srv_datasets_close(S->datasets);
+  srv_store_close(S->store);
+  srv_events_free(S->events);
+  if (S_lock_fd >= 0) close(S_lock_fd);
+  S_lock_fd = -1;
+}
+
+int srv_serve_main(int argc, char **argv, srv_err *err) {
   static srv S; /* large (metrics tables): not on the stack */
-  int rc = srv_config_parse(&S.cfg, argc, argv);
-  if (rc) return rc == 1 ? 0 : rc;
+  int rc = srv_config_parse(&S.cfg, argc, argv, err);
+  if (rc) return rc == 1 ? 0 : rc; /* 1: --help was printed */
   g_log_srv = &S;
   setvbuf(stderr, NULL, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
@@ -464,55 +528,34 @@ int srv_serve_main(int argc, char **argv) {
   S.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 
   char msg[2 * PATH_MAX + 512];
-  int status = 1;
   uv_loop_t loop;
   int loop_ok = 0;
-  int replica = S.cfg.follow[0] != 0;
-  if (srv_events_create(&S.events, S.started_ms)) return 1;
-  if (replica) {
-    /* A replica keeps nothing: no state directory, no database. */
-    if ((rc = srv_models_open_replica(&S.models)) ||
-        (rc = srv_follow_create(&S.follow, S.cfg.follow, S.cfg.follow_token, S.models,
-                                follow_log, msg, sizeof msg))) {
-      fprintf(stderr, "mnistd serve: %s\n", rc == -EINVAL ? msg : strerror(-rc));
-      goto out;
-    }
-  } else if (open_state(&S, msg, sizeof msg)) {
+  if ((rc = srv_events_create(&S.events, S.started_ms))) {
+    srv_err_printf(err, "%s", strerror(-rc));
+    return rc;
+  }
+  if ((rc = serve_open(err, &S, msg, sizeof msg))) goto out;
+  if ((rc = uv_loop_init(&loop))) {
+    srv_err_printf(err, "%s", uv_strerror(rc));
     goto out;
   }
-  if ((rc = srv_data_open(&S.data, S.cfg.data_dir))) goto out;
-  /* A replica keeps no state: no uploaded data sets either. */
-  if (!replica && (rc = srv_datasets_open(&S.datasets, S.store, S.cfg.state_dir,
-                                          &S.cfg.datasets, jobs_log))) {
-    fprintf(stderr, "mnistd serve: cannot open the data sets under %s/datasets: %s\n",
-            S.cfg.state_dir, strerror(-rc));
-    goto out;
-  }
-  srv_data_attach(S.data, S.datasets);
-  uint32_t tr, te;
-  if (srv_data_count(S.data, "mnist", &tr, &te)) {
-    snprintf(msg, sizeof msg, "no MNIST under %s (run 'make data' or set --data-dir)",
-             S.cfg.data_dir);
-    srv_log(&S, "warn", msg);
-  }
-  if (uv_loop_init(&loop)) goto out;
   loop_ok = 1;
   S.loop = &loop;
   /* GET /v1/events hears of every activation (a replica's too) and job. */
   srv_models_set_notify(S.models, srv_events_model_activated, S.events);
   srv_jobs_options jo = {S.cfg.state_dir, S.cfg.max_running_jobs, S.cfg.train_threads,
                          S.cfg.bootstrap, jobs_log};
-  if (!replica && (rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
-    fprintf(stderr, "mnistd serve: cannot read the job records: %s\n", strerror(-rc));
+  if (!S.follow && (rc = srv_jobs_open(&S.jobs, &loop, S.store, S.models, S.data, &jo))) {
+    srv_err_printf(err, "cannot read the job records: %s", strerror(-rc));
     goto out;
   }
   if (S.jobs) srv_jobs_set_notify(S.jobs, srv_events_job_state, S.events);
   if ((rc = srv_http_start(&S, msg, sizeof msg)) || (rc = srv_events_start(S.events, &loop))) {
-    fprintf(stderr, "mnistd serve: %s\n", rc == -EADDRINUSE || rc == -EINVAL ? msg : uv_strerror(rc));
+    srv_err_printf(err, "%s", rc == -EADDRINUSE || rc == -EINVAL ? msg : uv_strerror(rc));
     goto out;
   }
   if (S.follow && (rc = srv_follow_start(S.follow))) {
-    fprintf(stderr, "mnistd serve: cannot start the follower: %s\n", strerror(-rc));
+    srv_err_printf(err, "cannot start the follower: %s", strerror(-rc));
     goto out;
   }
   shutdown_ctx sc = {.S = &S};
@@ -528,31 +571,10 @@ int srv_serve_main(int argc, char **argv) {
   uv_run(&loop, UV_RUN_DEFAULT);
   srv_http_stop(&S);
   srv_log(&S, "info", "stopped cleanly");
-  status = 0;
+  rc = 0;
 out:
-  srv_follow_free(S.follow); /* first: it installs models into the registry */
-  S.follow = NULL;
-  srv_events_shutdown(S.events);
-  srv_http_stop(&S);
-  srv_events_close_handles(S.events);
-  /* Every handle is closed and its close callback has run before the jobs
-   * are freed, also when start-up failed after srv_jobs_open (a busy port):
-   * a wake-up queued by srv_jobs_open must never fire on freed memory. */
-  if (S.jobs) srv_jobs_close_handles(S.jobs);
-  if (loop_ok) {
-    uv_run(&loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&loop)) srv_log(&S, "warn", "libuv loop closed with handles still open");
-  }
-  srv_jobs_close(S.jobs);
-  S.jobs = NULL;
-  srv_models_close(S.models);
-  srv_data_close(S.data);
-  srv_datasets_close(S.datasets);
-  srv_store_close(S.store);
-  srv_events_free(S.events);
-  if (S_lock_fd >= 0) close(S_lock_fd);
-  S_lock_fd = -1;
-  return status;
+  serve_close(&S, loop_ok ? &loop : NULL);
+  return rc;
 }
 
 /* ---------------------------------------------------------------- healthcheck */
@@ -564,7 +586,7 @@ static const char HEALTHCHECK_USAGE[] =
     "                      0.0.0.0 is checked on 127.0.0.1)\n"
     "  --url URL           the full URL to check\n";
 
-int srv_healthcheck_main(int argc, char **argv) {
+int srv_healthcheck_main(int argc, char **argv, srv_err *err) {
   const char *url = NULL, *listen = getenv("MNISTD_LISTEN");
   char host[128] = "127.0.0.1", port[16] = "8080", path[256] = "/healthz";
   for (int i = 1; i < argc; i++) {
@@ -575,15 +597,15 @@ int srv_healthcheck_main(int argc, char **argv) {
     const char *v = NULL;
     if (!strcmp(argv[i], "--url") || !strcmp(argv[i], "--listen")) {
       if (i + 1 >= argc) {
-        fprintf(stderr, "mnistd healthcheck: %s needs a value\n%s", argv[i], HEALTHCHECK_USAGE);
-        return 2;
+        srv_err_printf(err, "%s needs a value", argv[i]);
+        return SRV_EUSAGE;
       }
       v = argv[i + 1];
     } else if (!strncmp(argv[i], "--url=", 6) || !strncmp(argv[i], "--listen=", 9)) {
       v = strchr(argv[i], '=') + 1;
     } else {
-      fprintf(stderr, "mnistd healthcheck: unknown argument '%s'\n%s", argv[i], HEALTHCHECK_USAGE);
-      return 2;
+      srv_err_printf(err, "unknown argument '%s'", argv[i]);
+      return SRV_EUSAGE;
     }
     if (!strncmp(argv[i], "--url", 5)) url = v;
     else listen = v;
@@ -591,15 +613,15 @@ int srv_healthcheck_main(int argc, char **argv) {
   }
   if (url) {
     if (sscanf(url, "http://%127[^:/]:%15[0-9]%255s", host, port, path) < 2) {
-      fprintf(stderr, "mnistd healthcheck: --url must look like http://127.0.0.1:8080/healthz\n");
-      return 2;
+      srv_err_printf(err, "--url must look like http://127.0.0.1:8080/healthz");
+      return SRV_EUSAGE;
     }
   } else if (listen) {
     const char *colon = strrchr(listen, ':');
     size_t hl = colon ? (size_t)(colon - listen) : 0;
     if (!colon || !colon[1] || strlen(colon + 1) >= sizeof port || hl >= sizeof host) {
-      fprintf(stderr, "mnistd healthcheck: --listen must be HOST:PORT, not '%s'\n", listen);
-      return 2;
+      srv_err_printf(err, "--listen must be HOST:PORT, not '%s'", listen);
+      return SRV_EUSAGE;
     }
     snprintf(port, sizeof port, "%s", colon + 1);
     if (hl) {
@@ -610,8 +632,8 @@ int srv_healthcheck_main(int argc, char **argv) {
   }
   struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai;
   if (getaddrinfo(host, port, &hints, &ai)) {
-    fprintf(stderr, "mnistd healthcheck: cannot resolve %s\n", host);
-    return 1;
+    srv_err_printf(err, "cannot resolve %s", host);
+    return -EHOSTUNREACH;
   }
   int fd = socket(ai->ai_family, ai->ai_socktype, 0);
   struct timeval tv = {3, 0};
@@ -627,14 +649,14 @@ int srv_healthcheck_main(int argc, char **argv) {
   ssize_t got = ok ? read(fd, buf, sizeof buf - 1) : -1;
   if (fd >= 0) close(fd);
   if (got < 12) {
-    fprintf(stderr, "mnistd healthcheck: no answer from %s:%s\n", host, port);
-    return 1;
+    srv_err_printf(err, "no answer from %s:%s", host, port);
+    return -ECONNREFUSED;
   }
   buf[got] = 0;
   int code = atoi(buf + 9);
   if (code != 200) {
-    fprintf(stderr, "mnistd healthcheck: %s:%s%s answered %d\n", host, port, path, code);
-    return 1;
+    srv_err_printf(err, "%s:%s%s answered %d", host, port, path, code);
+    return -EPROTO;
   }
   return 0;
 }

@@ -58,7 +58,8 @@ static const char SCHEMA[] =
     " job_id INTEGER, created_ms INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS job_seq (job INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, info TEXT NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, info TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS job_cancel (job INTEGER PRIMARY KEY, requested_ms INTEGER NOT NULL);";
 
 static int map_rc(int rc) {
   switch (rc & 0xff) {
@@ -70,9 +71,8 @@ static int map_rc(int rc) {
   }
 }
 
-/* Makes a new directory entry durable: fsync of the directory holding it. */
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+int srv_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return -errno;
   int rc = fsync(fd) < 0 ? -errno : 0;
   close(fd);
@@ -90,7 +90,7 @@ int srv_mkdir_durable(const char *dir, mode_t mode) {
       slash = strrchr(parent, '/');
     }
     const char *p = !slash ? "." : slash == parent ? "/" : (*slash = 0, parent);
-    return fsync_dir(p);
+    return srv_fsync_dir(p);
   }
   if (errno != EEXIST) return -errno;
   struct stat sb;
@@ -159,7 +159,7 @@ static int move_aside(srv_store *s, const char *dir, const char *path) {
     snprintf(to, sizeof to, "%s%s", s->aside, SUFFIX[i]);
     if (rename(from, to) < 0 && errno != ENOENT) return -errno;
   }
-  return fsync_dir(dir);
+  return srv_fsync_dir(dir);
 }
 
 int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
@@ -220,7 +220,7 @@ int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg,
     free(s);
     return map_rc(rc) ? map_rc(rc) : -EIO;
   }
-  if (s->fresh) fsync_dir(dir); /* the new database file's entry */
+  if (s->fresh) srv_fsync_dir(dir); /* the new database file's entry */
   /* Recursive: the *_each callbacks may read other tables (loading a job
    * reads its metrics and events while the job walk is under way). */
   pthread_mutexattr_t attr;
@@ -476,9 +476,43 @@ int srv_store_job_finish(srv_store *s, const srv_job_row *row, const srv_event_r
   if (!rc) {
     rc = job_update_locked(s, row);
     if (!rc) rc = events_locked(s, row->id, ev, n);
+    /* Test-only (inert unless MNISTD_FAIL_AT=finish): the record of a
+     * failed or cancelled end fails as on a full disk. */
+    if (!rc && srv_fail_point("finish")) rc = -ENOSPC;
     rc = commit_or_rollback(s, rc);
   }
   pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int srv_store_cancel_request(srv_store *s, int64_t job, int64_t now_ms) {
+  pthread_mutex_lock(&s->mu);
+  int rc = exec_locked(s, "INSERT OR IGNORE INTO job_cancel (job, requested_ms) VALUES (?, ?)",
+                       "ii", job, now_ms);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+/* One integer column of the row of a job (sql has one "?", the job):
+ * *out keeps its value when there is no row. */
+static int job_int(srv_store *s, const char *sql, int64_t job, int64_t *out) {
+  pthread_mutex_lock(&s->mu);
+  sqlite3_stmt *st;
+  int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, job);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) *out = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return map_rc(rc);
+}
+
+int srv_store_cancel_requested(srv_store *s, int64_t job, int *yes) {
+  int64_t v = 0;
+  int rc = job_int(s, "SELECT 1 FROM job_cancel WHERE job=?", job, &v);
+  *yes = v == 1;
   return rc;
 }
 
@@ -493,18 +527,10 @@ int srv_store_seq_reserve(srv_store *s, int64_t job, uint64_t upto) {
 }
 
 int srv_store_seq_reserved(srv_store *s, int64_t job, uint64_t *upto) {
-  pthread_mutex_lock(&s->mu);
-  sqlite3_stmt *st;
-  *upto = 0;
-  int rc = sqlite3_prepare_v2(s->db, "SELECT reserved FROM job_seq WHERE job=?", -1, &st, NULL);
-  if (rc == SQLITE_OK) {
-    sqlite3_bind_int64(st, 1, job);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) *upto = (uint64_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-  }
-  pthread_mutex_unlock(&s->mu);
-  return map_rc(rc);
+  int64_t v = 0;
+  int rc = job_int(s, "SELECT reserved FROM job_seq WHERE job=?", job, &v);
+  *upto = (uint64_t)v;
+  return rc;
 }
 
 int srv_store_job_rewind(srv_store *s, int64_t job, uint32_t epoch) {

@@ -18,6 +18,9 @@
 
 typedef struct srv_store srv_store;
 
+/* Makes the entries of a directory durable (created, renamed or removed
+ * files): fsync of the directory. 0 or a negative errno. */
+int srv_fsync_dir(const char *dir);
 /* mkdir that makes a new directory durable (fsync of its parent); 0 if it
  * exists already as a directory, else a negative errno. */
 int srv_mkdir_durable(const char *dir, mode_t mode);
@@ -111,6 +114,11 @@ int srv_store_epoch_put(srv_store *s, int64_t job, uint32_t epoch, const char *m
  * leaves the new state with its events, or neither. */
 int srv_store_job_finish(srv_store *s, const srv_job_row *row, const srv_event_row *ev,
                          size_t n);
+/* A client's cancel of a job that a training thread has yet to notice:
+ * recorded (idempotent) before the 202, so a crash before the job's end is
+ * on record cannot resume it; requested tells whether one is on record. */
+int srv_store_cancel_request(srv_store *s, int64_t job, int64_t now_ms);
+int srv_store_cancel_requested(srv_store *s, int64_t job, int *yes);
 /* Event ids handed out but not persisted (progress) must never be reused
  * after a crash: the job's ids are reserved in blocks. reserve records that
  * ids up to `upto` may be in use; reserved gives the recorded mark (0 if

@@ -5,6 +5,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The server's error convention, as the core's (nn.h): functions return 0
+ * or a negative errno, and where a person has to read why, the message
+ * goes with it in a srv_err: in the response object for HTTP client errors
+ * (srv_route.h), filled by the commands for main.c to print. One code lies
+ * outside errno's range, libuv style: SRV_EUSAGE, a command line the
+ * command does not take. Only main.c turns these into exit statuses (0; 2
+ * for SRV_EUSAGE; 1 for any other failure). */
+#define SRV_EUSAGE (-4000)
+
+/* An error a person reads: for HTTP client errors the status and the
+ * message of the JSON body; for the commands the message alone (their
+ * return value is the code). */
+typedef struct srv_err {
+  int code;
+  char message[600];
+} srv_err;
+
+/* Formats err->message (clipped to its size); err->code is left alone. */
+void srv_err_printf(srv_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Parses s as a plain decimal number: digits only (no sign, space or
  * leading zero), at most max. Returns 0 and sets *out, or -EINVAL (*out
  * untouched). */

@@ -784,6 +784,54 @@ static void test_determinism(void **state) {
   }
 }
 
+/* Known defect K4: a matrix product oneDNN cannot run (no memory for its
+ * buffers) used to abort() the process; now prediction, evaluation and
+ * training return NN_ENOMEM and the next call works again. */
+static void test_dnn_failure_is_an_error(void **state) {
+  (void)state;
+  nn_model *m;
+  nn_trainer *t = trained(&m, 2, 5, 1, NN_OPT_RMSPROP);
+  nn_workspace *ws;
+  assert_int_equal(nn_workspace_create(&ws, m, 64), 0);
+  float p[5 * 10], q[5 * 10];
+  /* 5 rows (not the prepared 64): the dnnl_sgemm path. */
+  assert_int_equal(nn_predict_u8(m, ws, synth.images, 5, q), 0);
+  nn_dnn_inject_failure(1);
+  memset(p, 0, sizeof p);
+  assert_int_equal(nn_predict_u8(m, ws, synth.images, 5, p), NN_ENOMEM);
+  for (int i = 0; i < 50; i++) assert_true(p[i] == 0.f); /* left alone */
+  assert_int_equal(nn_predict_u8(m, ws, synth.images, 5, p), 0);
+  assert_memory_equal(p, q, sizeof p);
+  nn_dnn_inject_failure(2); /* a later layer's product */
+  assert_int_equal(nn_predict_u8(m, ws, synth.images, 1, p), NN_ENOMEM);
+  /* Evaluation: 100 images in chunks of 64 and 36 (sgemm). */
+  nn_dataset part = synth;
+  part.n = 100;
+  float loss = -1, acc = -1;
+  nn_dnn_inject_failure(1);
+  assert_int_equal(nn_evaluate(m, ws, &part, &loss, &acc, NULL), NN_ENOMEM);
+  assert_true(loss == -1 && acc == -1);
+  assert_int_equal(nn_evaluate(m, ws, &part, &loss, &acc, NULL), 0);
+  assert_true(acc > 0.5f);
+  /* Training (two threads): a weight-gradient product fails. */
+  static float x[8 * 784];
+  for (int i = 0; i < 8 * 784; i++) x[i] = synth.images[i] / 255.f;
+  nn_dnn_inject_failure(3);
+  assert_int_equal(nn_train_batch(t, x, synth.labels, 8, &loss), NN_ENOMEM);
+  assert_int_equal(nn_train_batch(t, x, synth.labels, 8, &loss), 0);
+  nn_dnn_inject_failure(1);
+  assert_true(isnan(nn_trainer_gradient(t, x, synth.labels, 8, NULL)));
+  assert_false(isnan(nn_trainer_gradient(t, x, synth.labels, 8, NULL)));
+  nn_dnn_inject_failure(5);
+  assert_int_equal(nn_train_epoch(t, &part, NULL, NULL, NULL, NULL), NN_ENOMEM);
+  assert_int_equal(nn_trainer_epoch(t), 1);
+  assert_int_equal(nn_train_epoch(t, &part, NULL, NULL, NULL, NULL), 0);
+  nn_dnn_inject_failure(0);
+  nn_workspace_free(ws);
+  nn_trainer_free(t);
+  nn_model_free(m);
+}
+
 static void test_checkpoint_resume_is_exact(void **state) {
   (void)state;
   for (int opt = NN_OPT_RMSPROP; opt <= NN_OPT_ADAM; opt++) {
@@ -969,6 +1017,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_model_file_corruption, setup_tmp, teardown_tmp),
       cmocka_unit_test_setup_teardown(test_model_save_failure_is_clean, setup_tmp, teardown_tmp),
       cmocka_unit_test(test_determinism),
+      cmocka_unit_test(test_dnn_failure_is_an_error),
       cmocka_unit_test_setup_teardown(test_checkpoint_resume_is_exact, setup_tmp, teardown_tmp),
       cmocka_unit_test(test_cancel_and_progress),
       cmocka_unit_test(test_predict_single_matches_batch),

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "nn.h"
 #include "srv_dsparse.h"
@@ -246,12 +247,78 @@ static void test_archive_idx(void **state) {
   srv_ds_build_free(&b);
 }
 
+/* gzip of n bytes into out (cap); returns the length. */
+static size_t gz(const void *in, size_t n, uint8_t *out, size_t cap) {
+  z_stream z = {0};
+  assert_int_equal(deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  z.next_in = (Bytef *)in;
+  z.avail_in = (uInt)n;
+  z.next_out = out;
+  z.avail_out = (uInt)cap;
+  assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+  size_t len = z.total_out;
+  deflateEnd(&z);
+  return len;
+}
+
+static int walk_budget(const uint8_t *buf, size_t len, uint64_t budget, srv_ds_build *b,
+                       char *msg, size_t msglen) {
+  srv_ds_limits lim;
+  srv_ds_limits_default(&lim);
+  lim.max_archive_bytes = budget;
+  struct archive *a = archive_read_new();
+  archive_read_support_format_tar(a);
+  int rc = archive_read_open_memory(a, buf, len) == ARCHIVE_OK
+               ? srv_ds_parse_archive(a, &lim, 1, b, msg, msglen) : -EINVAL;
+  archive_read_free(a);
+  return rc;
+}
+
+/* Known defect K5c: a gzipped IDX inside an archive was inflated outside
+ * the archive's byte budget (only its compressed bytes counted, and the
+ * first 1 MiB of output was never checked). */
+static void test_archive_gz_idx_budget(void **state) {
+  (void)state;
+  enum { N = 200 };
+  static uint8_t im[16 + N * 784], lb[8 + N], zim[sizeof im + 1024], zlb[sizeof lb + 1024],
+      buf[1 << 20];
+  const uint8_t hi[16] = {0, 0, 8, 3, 0, 0, 0, N, 0, 0, 0, 28, 0, 0, 0, 28};
+  const uint8_t hl[8] = {0, 0, 8, 1, 0, 0, 0, N};
+  memcpy(im, hi, 16);
+  memcpy(im + 16, mnist.images, N * 784);
+  memcpy(lb, hl, 8);
+  memcpy(lb + 8, mnist.labels, N);
+  size_t nzi = gz(im, sizeof im, zim, sizeof zim), nzl = gz(lb, sizeof lb, zlb, sizeof zlb);
+  assert_true(nzi < sizeof im / 2);
+  ent e[2] = {{"train-images-idx3-ubyte.gz", zim, nzi, NULL},
+              {"train-labels-idx1-ubyte.gz", zlb, nzl, NULL}};
+  size_t n = make_tar(e, 2, 0, buf, sizeof buf);
+  srv_ds_build b = {0};
+  char msg[400] = "";
+  /* The budget holds the compressed entries, not the inflated images. */
+  assert_int_equal(walk_budget(buf, n, 100000, &b, msg, sizeof msg), -E2BIG);
+  assert_non_null(strstr(msg, "train-images-idx3-ubyte: unpacks to more than"));
+  srv_ds_build_free(&b);
+  /* Each file fits alone; both inflated are one byte over. */
+  msg[0] = 0;
+  assert_int_equal(walk_budget(buf, n, sizeof im + sizeof lb - 1, &b, msg, sizeof msg), -E2BIG);
+  assert_non_null(strstr(msg, ": unpacks to more than"));
+  srv_ds_build_free(&b);
+  /* Room for both inflated files: the set is read. */
+  if (walk_budget(buf, n, sizeof im + sizeof lb, &b, msg, sizeof msg)) fail_msg("%s", msg);
+  assert_int_equal(b.train.n, N);
+  assert_memory_equal(b.train.images, mnist.images, N * 784);
+  assert_memory_equal(b.train.labels, mnist.labels, N);
+  srv_ds_build_free(&b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_csv_digits),
       cmocka_unit_test(test_csv_names_and_refusals),
       cmocka_unit_test(test_archive_folders),
       cmocka_unit_test(test_archive_idx),
+      cmocka_unit_test(test_archive_gz_idx_budget),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

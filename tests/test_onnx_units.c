@@ -147,6 +147,32 @@ static void test_relu_graph_fashion_names(void **state) {
 
 /* A layer kind the exporter has no mapping for (as a future core layer
  * would be until srv_onnx.c learns it) is refused, naming the layer. */
+/* Known defect K8: a model trained on an uploaded set was exported with
+ * "0".."C-1" as its class names; the set's names (any text, JSON-escaped)
+ * are what the metadata carries now, and a count that does not fit the
+ * output layer falls back to the old names. */
+static void test_uploaded_class_names(void **state) {
+  (void)state;
+  nn_model *m;
+  assert_int_equal(nn_model_create_preset_classes(&m, "antirectifier", 3), 0);
+  nn_model_init(m, 3);
+  srv_onnx_info info;
+  srv_onnx_info_init(&info);
+  snprintf(info.dataset, sizeof info.dataset, "shapes");
+  const char *names[3] = {"circle", "say \"hi\"", "\xc3\xa9toile"};
+  assert_int_equal(srv_onnx_info_set_classes(&info, names, 3), 0);
+  Onnx__ModelProto *mp = export_unpack(m, &info);
+  assert_string_equal(meta(mp, "class_names"), "[\"circle\",\"say \\\"hi\\\"\",\"\xc3\xa9toile\"]");
+  onnx__model_proto__free_unpacked(mp, NULL);
+  assert_int_equal(srv_onnx_info_set_classes(&info, names, 2), 0); /* does not fit: 0..2 */
+  mp = export_unpack(m, &info);
+  assert_string_equal(meta(mp, "class_names"), "[\"0\",\"1\",\"2\"]");
+  onnx__model_proto__free_unpacked(mp, NULL);
+  srv_onnx_info_clear(&info);
+  assert_null(info.class_names);
+  nn_model_free(m);
+}
+
 static void test_unknown_layer_refused(void **state) {
   (void)state;
   nn_model *m;
@@ -255,6 +281,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_antirectifier_graph),
       cmocka_unit_test(test_relu_graph_fashion_names),
+      cmocka_unit_test(test_uploaded_class_names),
       cmocka_unit_test(test_unknown_layer_refused),
       cmocka_unit_test(test_bad_shapes_refused),
       cmocka_unit_test(test_save_atomic_and_errors),

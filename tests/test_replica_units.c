@@ -152,6 +152,25 @@ static void test_replica_registry_swap(void **state) {
   assert_int_equal(held->id, 41); /* ... but the running request still has it */
   assert_ptr_equal(held->m, a);
   srv_model_unref(held);
+  /* Known defect K8: an uploaded set's class names reach the replica with
+   * the model (its JSON); a count that does not fit falls back. */
+  nn_model *c, *d;
+  assert_int_equal(nn_model_create_preset_classes(&c, "antirectifier", 3), 0);
+  assert_int_equal(nn_model_create_preset_classes(&d, "antirectifier", 3), 0);
+  char *names[3] = {"circle", "square", "star"};
+  srv_model_info up = {.id = 43, .dataset = "shapes", .classes = names, .n_classes = 3};
+  assert_int_equal(srv_models_install(r, &up, c), 0);
+  srv_model *m = srv_models_active(r);
+  assert_int_equal(m->n_classes, 3);
+  assert_string_equal(m->classes[1], "square");
+  assert_ptr_not_equal(m->classes, names); /* a copy */
+  srv_model_unref(m);
+  up.id = 44;
+  up.n_classes = 2;
+  assert_int_equal(srv_models_install(r, &up, d), 0);
+  m = srv_models_active(r);
+  assert_string_equal(m->classes[2], "2");
+  srv_model_unref(m);
   srv_models_close(r);
 }
 

@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -20,7 +21,9 @@
 #include <unistd.h>
 
 #include "srv.h"
+#include "srv_datasets.h"
 #include "srv_jobs.h"
+#include "srv_route.h"
 #include "srv_store.h"
 #include "srv_spec.h"
 #include "srv_validate.h"
@@ -198,22 +201,56 @@ static size_t drain(srv_sub *s, char *buf, size_t cap, int *ended) {
   return n;
 }
 
-static void test_job_state_machine_and_streams(void **state) {
-  (void)state;
-  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
-  assert_non_null(mkdtemp(dir));
-  char msg[256];
+/* A daemon's records without its HTTP side, in a fresh directory `dir`:
+ * store, models, data (uploaded sets attached), jobs; the loop never runs,
+ * so jobs stay queued. */
+typedef struct fixture {
   srv_store *st;
   srv_models *models;
   srv_data *data;
+  srv_datasets *dsets;
   srv_jobs *J;
   uv_loop_t loop;
-  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
-  assert_int_equal(srv_models_open(&models, st, dir, NULL), 0);
-  assert_int_equal(srv_data_open(&data, "/nonexistent"), 0);
-  assert_int_equal(uv_loop_init(&loop), 0);
-  srv_jobs_options opt = {dir, 1, 1, 0, NULL};
-  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+  srv_jobs_options opt;
+} fixture;
+
+static void fixture_open(fixture *f) {
+  char msg[256];
+  srv_ds_config dc;
+  srv_ds_config_default(&dc);
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  assert_int_equal(srv_store_open(&f->st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&f->models, f->st, dir, NULL), 0);
+  assert_int_equal(srv_datasets_open(&f->dsets, f->st, dir, &dc, NULL), 0);
+  assert_int_equal(srv_data_open(&f->data, "/nonexistent"), 0);
+  srv_data_attach(f->data, f->dsets);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  f->opt = (srv_jobs_options){dir, 1, 1, 0, NULL};
+  assert_int_equal(srv_jobs_open(&f->J, &f->loop, f->st, f->models, f->data, &f->opt), 0);
+}
+
+static void fixture_jobs_close(fixture *f) {
+  srv_jobs_close_handles(f->J);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  srv_jobs_close(f->J);
+}
+
+static void fixture_close(fixture *f) {
+  fixture_jobs_close(f);
+  uv_loop_close(&f->loop);
+  srv_data_close(f->data);
+  srv_datasets_close(f->dsets);
+  srv_models_close(f->models);
+  srv_store_close(f->st);
+  rm_rf(dir);
+}
+
+static void test_job_state_machine_and_streams(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  srv_jobs *J = f.J;
 
   /* The loop never runs here, so the job stays queued. */
   srv_job_config c;
@@ -256,10 +293,9 @@ static void test_job_state_machine_and_streams(void **state) {
   assert_int_equal(srv_jobs_subscribers(J), 0);
 
   /* The records survive a reopen: state and events come back. */
-  srv_jobs_close_handles(J);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  srv_jobs_close(J);
-  assert_int_equal(srv_jobs_open(&J, &loop, st, models, data, &opt), 0);
+  fixture_jobs_close(&f);
+  assert_int_equal(srv_jobs_open(&f.J, &f.loop, f.st, f.models, f.data, &f.opt), 0);
+  J = f.J;
   j = srv_jobs_json(J, id);
   assert_string_equal(cJSON_GetObjectItem(j, "state")->valuestring, "cancelled");
   cJSON_Delete(j);
@@ -268,16 +304,8 @@ static void test_job_state_machine_and_streams(void **state) {
   assert_true(ended);
   assert_non_null(strstr(buf, "id: 3\nevent: end"));
   srv_sub_close(s);
-  assert_int_equal(srv_store_check(st), 0);
-
-  srv_jobs_close_handles(J);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  srv_jobs_close(J);
-  uv_loop_close(&loop);
-  srv_data_close(data);
-  srv_models_close(models);
-  srv_store_close(st);
-  rm_rf(dir);
+  assert_int_equal(srv_store_check(f.st), 0);
+  fixture_close(&f);
 }
 
 /* ---------------------------------------------------------------- issue 9 */
@@ -363,6 +391,180 @@ static void test_nan_never_stored(void **state) {
   assert_true(act);
   assert_int_equal(srv_models_active_id(r), id);
   srv_models_close(r);
+  srv_store_close(st);
+  rm_rf(dir);
+}
+
+/* ---------------------------------------------------------------- K5 */
+
+/* Uploads a CSV set NAME of `rows` images, labels i % 2 (classes "0","1"),
+ * every pixel of image i = shade + i % 2. */
+static void upload_csv(srv_datasets *ds, const char *name, int rows, int shade) {
+  srv_ds_upload *u;
+  assert_int_equal(srv_ds_upload_open(ds, &u), 0);
+  char line[8000];
+  int n = snprintf(line, sizeof line, "label");
+  for (int p = 0; p < 784; p++) n += snprintf(line + n, sizeof line - (size_t)n, ",p%d", p);
+  line[n++] = '\n';
+  assert_int_equal(srv_ds_upload_write(u, line, (size_t)n), 0);
+  for (int i = 0; i < rows; i++) {
+    n = snprintf(line, sizeof line, "%d", i % 2);
+    for (int p = 0; p < 784; p++) n += snprintf(line + n, sizeof line - (size_t)n, ",%d", shade + i % 2);
+    line[n++] = '\n';
+    assert_int_equal(srv_ds_upload_write(u, line, (size_t)n), 0);
+  }
+  srv_ds_create c = {name, "text/csv", 0, 0.25};
+  cJSON *out = NULL;
+  char msg[700] = "";
+  if (srv_datasets_create(ds, u, &c, &out, msg, sizeof msg)) fail_msg("%s", msg);
+  cJSON_Delete(out);
+  srv_ds_upload_free(u);
+}
+
+typedef struct racer {
+  srv_jobs *J;
+  int submitted, refused;
+  int64_t last;
+} racer;
+
+static void *submit_thread(void *u) {
+  racer *r = u;
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  snprintf(c.dataset, sizeof c.dataset, "up");
+  for (int i = 0; i < 200; i++) {
+    int64_t id;
+    int rc = srv_jobs_submit(r->J, &c, &id);
+    if (rc == 0) {
+      r->submitted++;
+      r->last = id;
+      return NULL; /* a queued job names it now: the delete must refuse */
+    }
+    assert_int_equal(rc, -ENOENT);
+    r->refused++;
+  }
+  return NULL;
+}
+
+/* Known defects K5a/b: a DELETE of an uploaded set racing a job
+ * submission that names it (check-then-act in two handlers), and the
+ * cached split of a deleted set serving a later upload of the same name. */
+static void test_dataset_delete_vs_jobs_and_cache(void **state) {
+  (void)state;
+  char msg[256];
+  fixture f;
+  fixture_open(&f);
+  srv_jobs *J = f.J;
+  srv_data *data = f.data;
+  srv_datasets *dsets = f.dsets;
+
+  /* The cache: a sample request holds the test split across a delete and
+   * a new upload under the same name; the new set is read anew. */
+  upload_csv(dsets, "up", 40, 10);
+  const nn_dataset *old_test, *new_test;
+  assert_int_equal(srv_data_get(data, "up", NN_SPLIT_TEST, &old_test, msg, sizeof msg), 0);
+  assert_int_equal(old_test->images[0], 10 + old_test->labels[0]);
+  int64_t user = 0;
+  assert_int_equal(srv_jobs_dataset_delete(J, "up", &user), 0);
+  assert_int_equal(srv_jobs_dataset_delete(J, "up", &user), -ENOENT);
+  upload_csv(dsets, "up", 40, 100);
+  assert_int_equal(srv_data_get(data, "up", NN_SPLIT_TEST, &new_test, msg, sizeof msg), 0);
+  assert_ptr_not_equal(new_test, old_test);
+  assert_int_equal(new_test->images[0], 100 + new_test->labels[0]);
+  assert_int_equal(old_test->images[0], 10 + old_test->labels[0]); /* still the holder's */
+  srv_data_put(data, old_test); /* freed now (ASan would see a leak or a double free) */
+  srv_data_put(data, new_test);
+  assert_int_equal(srv_data_get(data, "up", NN_SPLIT_TEST, &new_test, msg, sizeof msg), 0);
+  assert_int_equal(new_test->images[0], 100 + new_test->labels[0]);
+  srv_data_put(data, new_test);
+
+  /* Delete vs submit, concurrently, many rounds: a job is either refused
+   * (-ENOENT) or queued on a set that then cannot be deleted (-EBUSY). */
+  for (int round = 0; round < 20; round++) {
+    racer r = {J, 0, 0, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, submit_thread, &r), 0);
+    int rc = srv_jobs_dataset_delete(J, "up", &user);
+    pthread_join(t, NULL);
+    int exists = srv_data_count(data, "up", NULL, NULL) == 0;
+    if (r.submitted) {
+      /* The job was queued: its set must still be there, and stays. */
+      assert_true(exists);
+      assert_int_equal(rc, -EBUSY);
+      assert_int_equal(srv_jobs_dataset_delete(J, "up", &user), -EBUSY);
+      assert_int_equal(user, r.last);
+      assert_int_equal(srv_jobs_cancel(J, r.last), 0);
+      assert_int_equal(srv_jobs_dataset_delete(J, "up", &user), 0);
+    } else {
+      assert_int_equal(rc, 0);
+      assert_false(exists);
+    }
+    upload_csv(dsets, "up", 40, 10 + round);
+  }
+  fixture_close(&f);
+}
+
+static char unusable_log[1024];
+static void log_unusable(const char *msg) {
+  snprintf(unusable_log + strlen(unusable_log), sizeof unusable_log - strlen(unusable_log),
+           "%s\n", msg);
+}
+
+/* Known defect K3: a model whose input is not a 28x28 image used to be
+ * registered at load and fail only at predict time (500). It is refused
+ * where it enters: at load (a log line naming the sizes), srv_models_add
+ * and a replica's install. */
+static void test_unusable_model_refused_at_load(void **state) {
+  (void)state;
+  snprintf(dir, sizeof dir, "/tmp/mnistd-units-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  char msg[512], why[160];
+  srv_store *st;
+  srv_models *r;
+  assert_int_equal(srv_store_open(&st, dir, msg, sizeof msg), 0);
+  assert_int_equal(srv_models_open(&r, st, dir, NULL), 0);
+  nn_layer_spec sp[] = {{.type = NN_LAYER_DENSE, .units = 10, .rate = 0},
+                        {.type = NN_LAYER_SOFTMAX, .units = 0, .rate = 0}};
+  nn_model *odd = NULL, *good = tiny_model(2);
+  assert_int_equal(nn_model_create(&odd, "custom", 100, sp, 2), 0);
+  nn_model_init(odd, 1);
+  assert_int_equal(srv_model_usable(good, why, sizeof why), 0);
+  assert_int_equal(srv_model_usable(odd, why, sizeof why), -EINVAL);
+  assert_non_null(strstr(why, "100 values"));
+  /* Two model files with records: 3 (input 100) and 4 (784). */
+  nn_err err = {0};
+  char path[512];
+  srv_model_row row3 = {3, "custom", "mnist", odd->n_params, 0.5, 0.5, 0, 1};
+  srv_model_row row4 = {4, "custom", "mnist", good->n_params, 0.5, 0.5, 0, 1};
+  assert_int_equal(srv_store_model_recover(st, &row3), 0);
+  assert_int_equal(srv_store_model_recover(st, &row4), 0);
+  srv_models_path(r, 3, path, sizeof path);
+  assert_int_equal(nn_model_save(odd, path, &err), 0);
+  srv_models_path(r, 4, path, sizeof path);
+  assert_int_equal(nn_model_save(good, path, &err), 0);
+  srv_models_close(r);
+  unusable_log[0] = 0;
+  assert_int_equal(srv_models_open(&r, st, dir, log_unusable), 0);
+  assert_null(srv_models_get(r, 3));
+  srv_model *m4 = srv_models_get(r, 4);
+  assert_non_null(m4);
+  srv_model_unref(m4);
+  assert_non_null(strstr(unusable_log, "model 3 skipped: its input is 100 values"));
+  /* srv_models_add refuses it too (the caller keeps it). */
+  int64_t id;
+  int act = 0;
+  assert_int_equal(srv_models_add(r, odd, "mnist", 0.5, 0.5, 0, NULL, &id, &act, msg, sizeof msg),
+                   -EINVAL);
+  assert_non_null(strstr(msg, "100 values"));
+  srv_models_close(r);
+  /* A replica's install. */
+  assert_int_equal(srv_models_open_replica(&r), 0);
+  srv_model_info info = {.id = 7, .dataset = "mnist", .test_accuracy = 0.5, .test_loss = 0.5};
+  assert_int_equal(srv_models_install(r, &info, odd), -EINVAL);
+  assert_int_equal(srv_models_active_id(r), 0);
+  srv_models_close(r);
+  nn_model_free(odd);
+  nn_model_free(good);
   srv_store_close(st);
   rm_rf(dir);
 }
@@ -765,19 +967,22 @@ static void test_host_is_loopback(void **state) {
 static void test_token_config(void **state) {
   (void)state;
   srv_config c;
+  srv_err err;
   char *tok = malloc(SRV_MAX_TOKEN + 2);
   memset(tok, 'k', SRV_MAX_TOKEN + 1);
   tok[SRV_MAX_TOKEN] = 0;
   char *argv[] = {"serve", "--api-token", tok, NULL};
-  assert_int_equal(srv_config_parse(&c, 3, argv), 0);
+  assert_int_equal(srv_config_parse(&c, 3, argv, &err), 0);
   assert_int_equal(strlen(c.api_token), SRV_MAX_TOKEN);
   tok[SRV_MAX_TOKEN] = 'k';
   tok[SRV_MAX_TOKEN + 1] = 0;
   FILE *saved = stderr;
   stderr = fopen("/dev/null", "w");
-  assert_int_equal(srv_config_parse(&c, 3, argv), 2);
+  assert_int_equal(srv_config_parse(&c, 3, argv, &err), SRV_EUSAGE);
+  assert_non_null(strstr(err.message, "--api-token is 4097 bytes long"));
   char *sp[] = {"serve", "--api-token", "a b", NULL};
-  assert_int_equal(srv_config_parse(&c, 3, sp), 2);
+  assert_int_equal(srv_config_parse(&c, 3, sp, &err), SRV_EUSAGE);
+  assert_non_null(strstr(err.message, "--api-token has a space"));
   fclose(stderr);
   stderr = saved;
   /* From a file: one long line, surrounding whitespace dropped. */
@@ -789,7 +994,7 @@ static void test_token_config(void **state) {
   fprintf(f, "  %s \r\nsecond line\n", tok);
   fclose(f);
   char *fa[] = {"serve", "--api-token-file", path, NULL};
-  assert_int_equal(srv_config_parse(&c, 3, fa), 0);
+  assert_int_equal(srv_config_parse(&c, 3, fa, &err), 0);
   assert_int_equal(strlen(c.api_token), 3000);
   assert_string_equal(c.api_token, tok);
   unlink(path);
@@ -829,6 +1034,62 @@ static void test_spec_field_names_whole(void **state) {
   cJSON_Delete(ok);
 }
 
+/* A handler's answer (srv_resp): what the builders fill, and that free
+ * releases what was handed over. */
+static void test_resp_builders(void **state) {
+  (void)state;
+  srv_resp res;
+  srv_resp_init(&res);
+  assert_int_equal(res.kind, SRV_RESP_NONE);
+  assert_int_equal(res.fd, -1);
+  /* An error: the message is formatted and clipped (cJSON escapes it
+   * later). */
+  char big[2000];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = 0;
+  assert_int_equal(srv_resp_error(&res, 404, "bad\x01line %s", big), 404);
+  assert_int_equal(res.kind, SRV_RESP_ERROR);
+  assert_int_equal(res.err.code, 404);
+  assert_memory_equal(res.err.message, "bad\x01line xxx", 12);
+  assert_true(strlen(res.err.message) < sizeof res.err.message);
+  assert_string_equal(res.cache, "no-store");
+  srv_resp_free(&res);
+  /* A 405 carries Allow. */
+  assert_int_equal(srv_resp_405(&res, "GET, HEAD", "no %s", "PUT"), 405);
+  assert_int_equal(res.n_hdr, 1);
+  assert_string_equal(res.hdr[0].name, "Allow");
+  assert_string_equal(res.hdr[0].value, "GET, HEAD");
+  assert_string_equal(res.err.message, "no PUT");
+  srv_resp_free(&res);
+  /* JSON with an ETag may be revalidated: no no-store. */
+  assert_int_equal(srv_resp_json(&res, 200, cJSON_CreateObject()), 200);
+  assert_string_equal(res.cache, "no-store");
+  assert_int_equal(srv_resp_header(&res, "ETag", "\"model-1\""), 0);
+  assert_null(res.cache);
+  for (int i = 1; i < SRV_RESP_MAX_HEADERS; i++) assert_int_equal(srv_resp_header(&res, "X-A", "b"), 0);
+  assert_int_equal(srv_resp_header(&res, "X-A", "b"), -ENOSPC);
+  srv_resp_free(&res); /* frees the document (ASan checks) */
+  srv_resp_json(&res, 201, cJSON_CreateObject());
+  srv_resp_header(&res, "Location", "/v1/datasets/x");
+  assert_null(res.cache);
+  srv_resp_free(&res);
+  assert_null(res.json);
+  /* A download of a file: free closes the descriptor handed over. */
+  int fd = open("/dev/null", O_RDONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(srv_resp_download(&res, NULL, 0, fd, "attachment"), 200);
+  assert_int_equal(res.kind, SRV_RESP_FILE);
+  srv_resp_free(&res);
+  assert_int_equal(fcntl(fd, F_GETFD), -1);
+  /* A buffer handed over is freed; a persistent one is not. */
+  assert_int_equal(srv_resp_download(&res, malloc(8), 8, -1, "attachment"), 200);
+  assert_int_equal(res.kind, SRV_RESP_BUF);
+  assert_true(res.owned);
+  srv_resp_free(&res);
+  assert_int_equal(srv_resp_buf(&res, 204, "application/json", "", 0, 0), 204);
+  srv_resp_free(&res);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_job_config_table),
@@ -847,6 +1108,9 @@ int main(void) {
       cmocka_unit_test(test_host_is_loopback),
       cmocka_unit_test(test_token_config),
       cmocka_unit_test(test_spec_field_names_whole),
+      cmocka_unit_test(test_unusable_model_refused_at_load),
+      cmocka_unit_test(test_dataset_delete_vs_jobs_and_cache),
+      cmocka_unit_test(test_resp_builders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,4 @@
-# Makes upload bodies for tests/test_datasets.sh from the real MNIST and
+# Makes upload bodies for tests/system/test_datasets.sh from the real MNIST and
 # Fashion-MNIST files (never synthetic images), and hostile archives.
 # usage: make_uploads.py KIND OUT [args...]
 import gzip, io, os, struct, sys, tarfile, zipfile, zlib, random

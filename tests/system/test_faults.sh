@@ -15,9 +15,12 @@
 #   d. The end of a job, crash by crash: the daemon kills itself (or sends
 #      itself SIGTERM) at each named point (MNISTD_CRASH_AT / MNISTD_TERM_AT)
 #      and the restart must finish the job as an uninterrupted run would.
+#   e. Recording a job's end fails (MNISTD_FAIL_AT=finish): the checkpoint
+#      stays and the job never starts over; a cancel (202) then kill -9
+#      before the trainer noticed it: the restart ends the job cancelled.
 # Prints "faults: N passed, N failed"; exit status 1 on any failure.
 # Options (environment): FAULT_KILLS (10), FAULT_JOB (the killed job's JSON),
-# FAULT_PARTS ("a b c d"), KEEP=1 keeps the temporary directory.
+# FAULT_PARTS ("a b c d e"), KEEP=1 keeps the temporary directory.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 # shellcheck source=../tests/reliability/lib.sh
@@ -25,7 +28,7 @@ cd "$(dirname "$0")/../.." || exit 1
 
 KILLS=${FAULT_KILLS:-10}
 JOBCFG=${FAULT_JOB:-'{"epochs":10,"train_limit":30000,"test_limit":1000,"activate":"never"}'}
-PARTS=${FAULT_PARTS:-"a b c d"}
+PARTS=${FAULT_PARTS:-"a b c d e"}
 [ -x "$BIN" ] || { echo "faults: $BIN is missing (run make)"; exit 1; }
 [ -f "$DATA/mnist/t10k-images-idx3-ubyte" ] || { echo "faults: no MNIST under $DATA (run make data)"; exit 1; }
 digit_file "$RL_TMP/digit.raw"
@@ -457,10 +460,19 @@ d_setup() {
 # d_wait_exit SECONDS: waits for the daemon to end by itself; DRC = status.
 d_wait_exit() {
   local i
-  for ((i = 0; i < $1 * 10; i++)); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+  # The daemon kills itself: bash reaps it during a sleep and would print a
+  # "Killed" line; the group's stderr takes it.
+  { for ((i = 0; i < $1 * 10; i++)); do kill -0 "$DPID" || break; sleep 0.1; done; } 2>/dev/null
   if kill -0 "$DPID" 2>/dev/null; then dkill9; DRC=timeout; return 1; fi
-  wait "$DPID" 2>/dev/null; DRC=$?; DPID=
+  { wait "$DPID"; DRC=$?; } 2>/dev/null; DPID=
 }
+
+# ckpt_wait STATE JOB: waits (30 s at most) for the job's first checkpoint.
+ckpt_wait() {
+  for _ in $(seq 300); do [ -f "$1/checkpoints/$2.ckpt" ] && return 0; sleep 0.1; done; return 1
+}
+# job_state B JOB: prints the job's state.
+job_state() { curl -s "$1/v1/jobs/$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
 
 part_d() {
   echo "== d. crash (and SIGTERM) at each point of a job's end, then restart"
@@ -509,9 +521,7 @@ import json,sys; assert len(json.load(sys.stdin)[\"models\"]) == 2'"
   DWRAP=(env MNISTD_CRASH_AT=cancel_recorded)
   dstart "$S" "$L" "$P"; DWRAP=()
   k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"always"}')
-  for _ in $(seq 300); do
-    [ -f "$S/checkpoints/$k.ckpt" ] && break; sleep 0.1
-  done
+  ckpt_wait "$S" "$k"
   curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null
   d_wait_exit 60
   check "d: cancel_recorded: crashed there (status $DRC)" test "$DRC" = 137
@@ -605,6 +615,69 @@ import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and
   else
     bad "d: cannot build the fsync shim: $(cat "$D/cc.log")"
   fi
+}
+
+# =========================================================================
+# e. The end of a job when recording it fails (MNISTD_FAIL_AT=finish, as on
+# a full disk): the checkpoint must stay and the job must not start over;
+# and a cancel (202) followed by kill -9 before the trainer noticed it: the
+# request is on record, so the restart ends the job cancelled.
+part_e() {
+  echo "== e. a failed record of a job's end keeps its checkpoint; a cancel survives kill -9"
+  local D=$RL_TMP/e P B S L k
+  mkdir -p "$D"; P=$(free_port); B=http://127.0.0.1:$P
+  S=$D/finishfail; L=$S.log
+  DWRAP=(env MNISTD_FAIL_AT=finish)
+  dstart "$S" "$L" "$P" || { bad "e: start"; DWRAP=(); return; }
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
+  ckpt_wait "$S" "$k"
+  check "e: cancel accepted (202; the request itself is on record)" \
+    test "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$B/v1/jobs/$k/cancel")" = 202
+  for _ in $(seq 100); do grep -q "could not record state cancelled" "$L" && break; sleep 0.1; done
+  check "e: finish record fails: logged, the job is not shown as ended" bash -c "
+    grep -q 'job $k: could not record state cancelled' '$L' && test '$(job_state "$B" "$k")' = running"
+  check "e: finish record fails: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
+  dstop
+  # Still failing at the restart: the job cannot be ended there either; it
+  # resumes from its checkpoint (never from scratch), stops at its first
+  # batch, and the checkpoint still stays.
+  dstart "$S" "$L" "$P" || { bad "e: restart"; DWRAP=(); return; }
+  DWRAP=()
+  for _ in $(seq 300); do
+    [ "$(grep -c "job $k: could not record state cancelled" "$L")" -ge 3 ] && break; sleep 0.1
+  done
+  check "e: restart, end still unrecordable: resumed from the checkpoint, not from scratch" \
+    bash -c "grep -Eq 'job $k: resuming after epoch [1-9]' '$L'"
+  check "e: restart, end still unrecordable: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
+  dstop
+  local resumed; resumed=$(grep -c "job $k: resuming" "$L")
+  dstart "$S" "$L" "$P" || { bad "e: restart"; return; }
+  check "e: a restart that can record it ends the job cancelled, without resuming it" bash -c "
+    test '$(job_state "$B" "$k")' = cancelled && test \"\$(grep -c 'job $k: resuming' '$L')\" = $resumed"
+  check "e: one end event (cancelled), last" d_events "$B" "$k" cancelled
+  check "e: checkpoint removed once the end is on record" test ! -e "$S/checkpoints/$k.ckpt"
+  dstop
+  check "e: database sound" db_ok "$S/mnistd.db"
+
+  # kill -9 right after the 202 of a cancel (MNISTD_CRASH_AT=cancel_requested),
+  # before the trainer noticed it.
+  S=$D/cancelkill; L=$S.log
+  DWRAP=(env MNISTD_CRASH_AT=cancel_requested)
+  dstart "$S" "$L" "$P" || { bad "e: cancel+kill: start"; DWRAP=(); return; }
+  DWRAP=()
+  k=$(post_job "$B" '{"epochs":50,"train_limit":3000,"test_limit":500,"activate":"never"}')
+  ckpt_wait "$S" "$k"
+  { curl -s -XPOST "$B/v1/jobs/$k/cancel" >/dev/null; } 2>/dev/null # it dies during this
+  d_wait_exit 60
+  check "e: cancel then kill -9: crashed there (status $DRC)" test "$DRC" = 137
+  dstart "$S" "$L" "$P" || { bad "e: cancel+kill: restart"; return; }
+  sleep 1
+  check "e: cancel then kill -9: cancelled after the restart, not resumed" bash -c "
+    test '$(job_state "$B" "$k")' = cancelled && grep -q 'job $k: cancelled before the restart' '$L' && ! grep -q 'job $k: resuming' '$L'"
+  check "e: cancel then kill -9: one end event (cancelled), last" d_events "$B" "$k" cancelled
+  check "e: cancel then kill -9: checkpoint removed" test ! -e "$S/checkpoints/$k.ckpt"
+  dstop
+  check "e: cancel then kill -9: database sound" db_ok "$S/mnistd.db"
 }
 
 for p in $PARTS; do "part_$p"; done

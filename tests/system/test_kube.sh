@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # deploy/kubernetes/ under `podman kube play` (what `make test-kube` runs, as
 # root): the trainer and two replicas from the same manifests, adapted only
-# where podman needs it by scripts/kube-to-podman.py (its header says what
+# where podman needs it by tests/system/kube_to_podman.py (its header says what
 # and why), with nginx from Debian where the replicas' Service would be.
 #
-# Checks: the manifests' structure (scripts/check-kube-yaml.py); the image
+# Checks: the manifests' structure (tests/system/check_kube_yaml.py); the image
 # builds (like test-docker: the debian base is debootstrapped when absent);
 # the trainer trains its bootstrap model and both replicas serve it; the
 # hardened securityContext is in force (uid 10001, read-only root, no
@@ -16,7 +16,7 @@
 # Environment: IMAGE (default mnistd-kube-test; kept afterwards as the
 # next build's cache), READY_TIMEOUT seconds for the bootstrap model (300).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 IMAGE=${IMAGE:-mnistd-kube-test}
 READY_TIMEOUT=${READY_TIMEOUT:-300}
 
@@ -43,9 +43,9 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-trap 'echo "test-kube: interrupted" >&2; exit 130' INT TERM
+trap 'echo "test_kube: interrupted" >&2; exit 130' INT TERM
 
-[ "$(id -u)" -eq 0 ] || { echo "test-kube: run as root (rootful podman, debootstrap)" >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "test_kube: run as root (rootful podman, debootstrap)" >&2; exit 2; }
 missing=()
 for p in podman runc catatonit debootstrap curl nginx python3-yaml; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -54,7 +54,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   note "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-    { echo "test-kube: apt-get install ${missing[*]} failed" >&2; exit 1; }
+    { echo "test_kube: apt-get install ${missing[*]} failed" >&2; exit 1; }
 fi
 # The same podman settings as test-docker (docs in /work/shared: runc, and
 # rlimits no higher than the sandbox allows).
@@ -65,7 +65,7 @@ if [ -z "${CONTAINERS_CONF:-}" ]; then
   export CONTAINERS_CONF=$tmp/containers.conf
 fi
 
-check "deploy/kubernetes passes the structure check" python3 scripts/check-kube-yaml.py deploy/kubernetes
+check "deploy/kubernetes passes the structure check" python3 tests/system/check_kube_yaml.py deploy/kubernetes
 
 # --- image ---------------------------------------------------------------------------
 scripts/make-base-image.sh >/dev/null || { bad "base image debian:bookworm-slim"; finish; }
@@ -83,8 +83,8 @@ podman image prune -f --filter "label=org.opencontainers.image.title=mnistd" >/d
 base=$(( 24000 + ($$ % 2000) * 4 ))
 T=$base R0=$((base + 1)) R1=$((base + 2)) LB=$((base + 3))
 TU=http://127.0.0.1:$T
-python3 scripts/kube-to-podman.py deploy/kubernetes "localhost/$IMAGE:latest" $T $R0 $R1 > "$tmp/play.yaml" ||
-  { bad "kube-to-podman"; finish; }
+python3 tests/system/kube_to_podman.py deploy/kubernetes "localhost/$IMAGE:latest" $T $R0 $R1 > "$tmp/play.yaml" ||
+  { bad "kube_to_podman"; finish; }
 podman volume rm -f state-mnistd-trainer >/dev/null 2>&1
 if ! podman kube play "$tmp/play.yaml" > "$tmp/play.log" 2>&1; then
   sed 's/^/#   /' "$tmp/play.log"; bad "podman kube play"; finish
@@ -125,7 +125,7 @@ check "  ... with no capabilities" \
   sh -c "podman exec '$rc0' grep -q '^CapEff:[[:space:]]*0000000000000000' /proc/1/status"
 
 # --- activations under load through nginx -----------------------------------------
-scripts/fleet-nginx.sh "$tmp" $LB $R0 $R1 2>>"$tmp/nginx-error.log"
+tests/system/fleet_nginx.sh "$tmp" $LB $R0 $R1 2>>"$tmp/nginx-error.log"
 check "nginx in front of the replicas" sh -c "curl -sf http://127.0.0.1:$LB/readyz >/dev/null"
 job() {
   curl -s -XPOST -H 'Content-Type: application/json' \
@@ -148,10 +148,10 @@ check "two models trained on the trainer ($m2, $m3)" test -n "$m2" -a -n "$m3"
 curl -s "$TU/v1/samples/random?index=7" | python3 -c \
   'import json,sys; print(json.dumps({"image": json.load(sys.stdin)["pixels"]}))' > "$tmp/img.json"
 loadpids=""
-for i in 1 2; do python3 scripts/fleet-load.py $LB "$tmp/img.json" "$tmp/stop" "$tmp/load$i.json" & loadpids="$loadpids $!"; done
+for i in 1 2; do python3 tests/system/fleet_load.py $LB "$tmp/img.json" "$tmp/stop" "$tmp/load$i.json" & loadpids="$loadpids $!"; done
 sleep 0.5
 for m in $m2 $m3 $m1; do
-  t=$(python3 scripts/fleet-activate.py "$TU" "$m" "" $R0 $R1)
+  t=$(python3 tests/system/fleet_activate.py "$TU" "$m" "" $R0 $R1)
   note "model $m reached both replicas in ${t%% *}s (each: ${t#* })"
   check "activation of model $m reaches both replicas within 2 s" python3 -c "import sys; sys.exit(0 if ${t%% *} < 2 else 1)"
   sleep 0.7
@@ -175,7 +175,7 @@ check "20 predictions through nginx with the trainer stopped all succeed ($codes
 podman pod start "$tpod" >/dev/null 2>&1
 wait_ready $TU 60
 check "the restarted trainer kept its models (volume)" test "$(active_of $TU)" = "$m1"
-t=$(python3 scripts/fleet-activate.py "$TU" "$m2" "" $R0 $R1)
+t=$(python3 tests/system/fleet_activate.py "$TU" "$m2" "" $R0 $R1)
 check "after the restart both replicas follow it again (${t%% *}s)" python3 -c "import sys; sys.exit(0 if ${t%% *} < 5 else 1)"
 [ $fail -gt 0 ] && logs
 finish

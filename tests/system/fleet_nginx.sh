@@ -3,7 +3,7 @@
 # Kubernetes Service): listens on 127.0.0.1:LB_PORT, spreads requests over
 # the replica ports, retries a request on the next replica when one is down.
 # Runs in the background; stop it with kill "$(cat DIR/nginx.pid)".
-# usage: fleet-nginx.sh DIR LB_PORT REPLICA_PORT...
+# usage: fleet_nginx.sh DIR LB_PORT REPLICA_PORT...
 set -euo pipefail
 dir=$1 lb=$2; shift 2
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)

@@ -16,11 +16,11 @@
 #
 # Environment: MNISTD_BIN (default build/mnistd), MNISTD_DATA (default data).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 BIN=${MNISTD_BIN:-build/mnistd}
 DATA=${MNISTD_DATA:-data}
-[ -x "$BIN" ] || { echo "test-replicas: $BIN not built (make)" >&2; exit 2; }
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "test-replicas: nginx missing (make deps)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "test_replicas: $BIN not built (make)" >&2; exit 2; }
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "test_replicas: nginx missing (make deps)" >&2; exit 2; }
 
 pass=0 fail=0
 ok()   { pass=$((pass + 1)); echo "ok   - $*"; }
@@ -70,10 +70,10 @@ metric() { curl -s "$1/metrics" | awk -v m="$2" '$1 ~ "^"m {print $2; exit}'; }
 
 # --- the Kubernetes manifests' structure (no cluster needed) ---------------------
 check "deploy/kubernetes passes the structure check" \
-  python3 scripts/check-kube-yaml.py deploy/kubernetes
+  python3 tests/system/check_kube_yaml.py deploy/kubernetes
 mut() { # name sed-expression file expected-message
   rm -rf "$tmp/k8s"; cp -r deploy/kubernetes "$tmp/k8s"; sed -i "$2" "$tmp/k8s/$3"
-  MNISTD_ROOT=$PWD python3 scripts/check-kube-yaml.py "$tmp/k8s" > "$tmp/k8s.out"
+  MNISTD_ROOT=$PWD python3 tests/system/check_kube_yaml.py "$tmp/k8s" > "$tmp/k8s.out"
   check "the structure check catches $1" \
     sh -c "[ $? -ne 0 ] && grep -q '$4' '$tmp/k8s.out'"
 }
@@ -104,7 +104,7 @@ for r in "POST /v1/models/1/activate" "DELETE /v1/models/1" "POST /v1/jobs/1/can
 done
 
 # --- nginx in front of the replicas ------------------------------------------------
-scripts/fleet-nginx.sh "$tmp" $LB $R1 $R2 2>>"$tmp/nginx-error.log"
+tests/system/fleet_nginx.sh "$tmp" $LB $R1 $R2 2>>"$tmp/nginx-error.log"
 check "nginx starts as the load balancer" wait_http http://127.0.0.1:$LB/healthz
 
 # --- the first model ---------------------------------------------------------------
@@ -156,13 +156,13 @@ check "the model file carries its SHA-256 (X-Checksum-Sha256)" \
 j2=$(job never 2); j3=$(job never 3)
 m2=$(wait_job "$j2"); m3=$(wait_job "$j3")
 check "two more models trained without activation ($m2, $m3)" test -n "$m2" -a -n "$m3"
-for i in 1 2; do python3 scripts/fleet-load.py $LB "$tmp/img.json" "$tmp/stop" "$tmp/load$i.json" & pids+=("$!"); lp[$i]=$!; done
+for i in 1 2; do python3 tests/system/fleet_load.py $LB "$tmp/img.json" "$tmp/stop" "$tmp/load$i.json" & pids+=("$!"); lp[$i]=$!; done
 sleep 0.5
 worst=0
 for m in $m2 $m3 $m1; do
   # Time from the activation's answer on the primary to both replicas
   # answering GET /v1/models/active with the new id (polled every 10 ms).
-  t=$(python3 scripts/fleet-activate.py "$PU" "$m" "s3cret-$$" $R1 $R2)
+  t=$(python3 tests/system/fleet_activate.py "$PU" "$m" "s3cret-$$" $R1 $R2)
   all=${t%% *}
   note "model $m reached both replicas in ${all}s (each: ${t#* })"
   check "activation of model $m reaches both replicas within 2 s (${all}s)" \

@@ -4,7 +4,7 @@ make test-replicas): every object has the fields Kubernetes requires, the
 references between objects resolve, and images, ports, probe paths, user
 and state directory agree with the Dockerfile and the daemon's route table.
 
-usage: check-kube-yaml.py [DIR]   (default deploy/kubernetes; repo root is
+usage: check_kube_yaml.py [DIR]   (default deploy/kubernetes; repo root is
 two levels up from DIR). Prints one line per problem; exits 1 if any."""
 import os
 import re
@@ -13,7 +13,7 @@ import sys
 import yaml
 
 d = sys.argv[1] if len(sys.argv) > 1 else 'deploy/kubernetes'
-root = os.environ.get('MNISTD_ROOT') or os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+root = os.environ.get('MNISTD_ROOT') or os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
 problems = []
 
 

@@ -31,7 +31,10 @@ start() { # extra flags...
   for _ in $(seq 200); do curl -sf "$B/healthz" >/dev/null && return 0; sleep 0.05; done
   echo "daemon did not start:"; tail -5 "$T/daemon.log"; return 1
 }
-stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; PID=; }
+# A daemon that dies of SIGKILL (the crash points below) is reported by bash
+# as a "Killed" line right after the command during which it died: those
+# commands and the wait run inside braces with stderr to /dev/null.
+stop() { { kill "$PID"; wait "$PID"; } 2>/dev/null; PID=; }
 req() { curl -s -o "$T/body" -w '%{http_code}' "$@" > "$T/code"; cat "$T/body"; }
 code() { cat "$T/code"; }
 auth=(-H "Authorization: Bearer $TOKEN")
@@ -47,7 +50,7 @@ listed() { curl -s "$B/v1/datasets" | python3 -c "import json,sys; print(' '.joi
 leftovers() { ls -A "$T/state/datasets" | grep -v '\.mds$' | wc -l; }
 
 M=$T/m; mkdir -p "$M"
-MK="python3 $HERE/datasets/make_uploads.py"
+MK="python3 $HERE/../datasets/make_uploads.py"
 $MK fashion-idx "$M/fashion.tar.gz" "$FASHION" || { echo "cannot read $FASHION"; exit 1; }
 $MK fashion-png "$M/fashion-png.zip" "$FASHION" 1000 200
 $MK mnist-csv "$M/mnist.csv" "$DATA/mnist" 12000
@@ -108,6 +111,14 @@ req "$B/v1/models/$m3/evaluation" >/dev/null
 check "evaluation: 3x3 confusion matrix and class names" \
   [ "$(json 'len(d["confusion"]), len(d["confusion"][0]), ",".join(d["classes"])')" = "3 3 one,seven,zero" ]
 check "built-in models answer names too" bash -c "curl -s '$B/v1/datasets/fashion-mnist' | grep -q 'Ankle boot'"
+# ONNX export of a model of an uploaded set: the set's class names (the
+# metadata is a plain string in the protobuf), not "0".."2"
+curl -s -o "$T/three.onnx" "$B/v1/models/$m3/file?format=onnx"
+check "ONNX export carries the uploaded set's class names" grep -aq '\["one","seven","zero"\]' "$T/three.onnx"
+stop
+"$BIN" export --format onnx --state-dir "$T/state" "$m3" "$T/three-cli.onnx" 2>>"$T/daemon.log"
+check "mnistd export --state-dir: the same class names" grep -aq '\["one","seven","zero"\]' "$T/three-cli.onnx"
+start || exit 1
 
 # ---- refusals: status, the entry and the reason, nothing left behind
 H=$M/h
@@ -170,7 +181,7 @@ CURLPID=$!
 for _ in $(seq 100); do ls "$T/state/datasets"/.upload-* >/dev/null 2>&1 && break; sleep 0.05; done
 sleep 1
 check "the body streams to a temporary file" bash -c "ls '$T/state/datasets'/.upload-* >/dev/null 2>&1"
-kill -9 "$PID"; wait "$PID" 2>/dev/null; PID=
+{ kill -9 "$PID"; wait "$PID"; } 2>/dev/null; PID=
 kill "$CURLPID" 2>/dev/null; wait "$CURLPID" 2>/dev/null; CURLPID=
 start || exit 1
 check "after SIGKILL mid-upload: not listed" [ "$(listed)" = "mnist fashion-mnist fidx fpng mcsv three" ]
@@ -178,15 +189,13 @@ check "after SIGKILL mid-upload: temp file removed at start" [ "$(leftovers)" = 
 # ... and at the two crash points of the write
 stop
 MNISTD_CRASH_AT=dataset_before_rename start
-upload crash1 "$M/three.tar" application/x-tar
-wait "$PID" 2>/dev/null; PID=
+{ upload crash1 "$M/three.tar" application/x-tar; wait "$PID"; } 2>/dev/null; PID=
 start
 check "SIGKILL before the rename: not listed, nothing left" \
   bash -c "[ '$(listed)' = 'mnist fashion-mnist fidx fpng mcsv three' ] && [ $(leftovers) = 0 ]"
 stop
 MNISTD_CRASH_AT=dataset_before_record start
-upload crash2 "$M/three.tar" application/x-tar
-wait "$PID" 2>/dev/null; PID=
+{ upload crash2 "$M/three.tar" application/x-tar; wait "$PID"; } 2>/dev/null; PID=
 start
 req "$B/v1/datasets/crash2" >/dev/null
 check "SIGKILL after the rename, before the record: whole and listed again from its file" \
@@ -213,6 +222,22 @@ start --max-dataset-upload 100000
 upload big "$M/mnist.csv" text/csv
 check "over --max-dataset-upload: 413" [ "$(code)" = 413 ]
 stop
+
+# ---- a failed fsync of the data set directory (LD_PRELOAD shim, EIO): the
+# upload is refused and leaves nothing; a delete says so in the log
+if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/../reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then
+  LD_PRELOAD=$T/fsync_fail.so FSYNC_FAIL_DIR=/datasets ASAN_OPTIONS=${ASAN_OPTIONS:-}:verify_asan_link_order=0 start
+  upload dirsync "$M/three.tar" application/x-tar
+  check "directory fsync fails: the upload is refused (500, naming it), not listed, nothing left" \
+    bash -c "[ $(code) = 500 ] && grep -q 'Input/output error' '$T/body' && ! curl -s '$B/v1/datasets' | grep -q dirsync &&
+             [ ! -e '$T/state/datasets/dirsync.mds' ] && [ $(leftovers) = 0 ]"
+  req "${auth[@]}" -X DELETE "$B/v1/datasets/fidx" >/dev/null
+  check "directory fsync fails on delete: 204, and the log says the file may come back" \
+    bash -c "[ $(code) = 204 ] && grep -q 'data set fidx deleted, but removing' '$T/daemon.log'"
+  stop
+else
+  bad "cannot build the fsync shim: $(cat "$T/cc.log")"
+fi
 
 # Under `make asan` the daemon aborts on the first report; leaks show at exit.
 check "no sanitizer report in the daemon's log" \

@@ -3,7 +3,7 @@
 the activation's answer until every replica port answers GET
 /v1/models/active with that id (polled every 10 ms, 10 s at most). Prints
 "SLOWEST EACH..." in seconds (99 for a replica that never got it).
-usage: fleet-activate.py PRIMARY_URL MODEL TOKEN REPLICA_PORT..."""
+usage: fleet_activate.py PRIMARY_URL MODEL TOKEN REPLICA_PORT..."""
 import http.client, json, sys, time
 pu, m, tok, ports = sys.argv[1], int(sys.argv[2]), sys.argv[3], [int(p) for p in sys.argv[4:]]
 host, port = pu[7:].rstrip('/').split(':')

@@ -21,7 +21,7 @@ only so:
 Everything else (args, env, probes, resources, securityContext, volumes)
 is passed through unchanged.
 
-usage: kube-to-podman.py DIR IMAGE TRAINER_PORT REPLICA_PORT... > play.yaml
+usage: kube_to_podman.py DIR IMAGE TRAINER_PORT REPLICA_PORT... > play.yaml
 """
 import copy
 import sys
@@ -81,7 +81,7 @@ def main():
         elif kind == 'Deployment':
             n = x['spec'].get('replicas', 1)
             if n != len(rports):
-                sys.exit('kube-to-podman: %s has %d replicas; give %d replica ports' % (name, n, n))
+                sys.exit('kube_to_podman: %s has %d replicas; give %d replica ports' % (name, n, n))
             for i, port in enumerate(rports):
                 dep = copy.deepcopy(x)
                 dep['metadata']['name'] = '%s-%d' % (name, i)

@@ -2,7 +2,7 @@
 """Prediction load for the fleet tests: POSTs IMAGE_JSON to /v1/predict on
 PORT (keep-alive, one connection) until STOP_FILE exists, then writes
 {"ok", "errors", "models": {id: answers}, "first_error"} to OUT.
-usage: fleet-load.py PORT IMAGE_JSON STOP_FILE OUT"""
+usage: fleet_load.py PORT IMAGE_JSON STOP_FILE OUT"""
 import http.client, json, os, sys
 port, img, stop, out = int(sys.argv[1]), open(sys.argv[2], 'rb').read(), sys.argv[3], sys.argv[4]
 ok = errors = 0; models = {}; first_err = None
