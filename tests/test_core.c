@@ -320,6 +320,33 @@ static void test_fused_relu_dropout_matches_reference(void **state) {
     }
 }
 
+/* The one-row product over transposed weights against the plain sum, on
+ * shapes around its blocks (64 outputs, 512 inputs): widths below, at and
+ * past a block, a tail, inputs that are all or mostly zero. Each output
+ * sums its terms in input order either way, so the results are equal. */
+static void test_sparse_row_matches_reference(void **state) {
+  (void)state;
+  static const uint32_t shapes[][2] = {{1, 1}, {7, 10}, {33, 64}, {100, 65}, {511, 130},
+                                       {512, 256}, {513, 200}, {1100, 3}};
+  for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+    for (int zk = 0; zk < 3; zk++) {
+      uint32_t in = shapes[si][0], out = shapes[si][1];
+      float *x = malloc(in * 4), *wt = malloc((size_t)in * out * 4), *b = malloc(out * 4),
+            *y = malloc(out * 4);
+      for (uint32_t k = 0; k < in; k++) x[k] = zk == 2 || (zk == 1 && k % 3) ? 0.f : frand();
+      for (size_t k = 0; k < (size_t)in * out; k++) wt[k] = frand();
+      for (uint32_t o = 0; o < out; o++) b[o] = frand();
+      nn_k_sparse_row(y, x, wt, b, in, out);
+      for (uint32_t o = 0; o < out; o++) {
+        float want = b[o];
+        for (uint32_t k = 0; k < in; k++)
+          if (x[k] != 0.f) want += x[k] * wt[(size_t)k * out + o];
+        assert_true(y[o] == want);
+      }
+      free(x), free(wt), free(b), free(y);
+    }
+}
+
 /* The hash keeps 1 - rate of the elements, and another key another set. */
 static void test_dropout_hash_rate(void **state) {
   (void)state;
@@ -980,6 +1007,7 @@ int main(void) {
       cmocka_unit_test(test_model_gradient),
       cmocka_unit_test(test_fused_antirect_matches_reference),
       cmocka_unit_test(test_fused_relu_dropout_matches_reference),
+      cmocka_unit_test(test_sparse_row_matches_reference),
       cmocka_unit_test(test_dropout_hash_rate),
       cmocka_unit_test(test_fused_rmsprop_matches_reference),
       cmocka_unit_test(test_trainer_gradient_matches_reference),
