@@ -50,8 +50,18 @@ static _Atomic int g_threads;
 
 void nn_set_threads(int n) { atomic_store(&g_threads, n < 1 ? 1 : n); }
 
+/* OpenMP's team size as the process started (OMP_NUM_THREADS, or one per
+ * core), read before any workspace changes it: omp_set_num_threads() is per
+ * calling thread, so a trainer prepared on a thread would otherwise leave
+ * that thread's later products (e.g. the evaluation after each epoch) on a
+ * team of one. */
+static pthread_once_t g_default_once = PTHREAD_ONCE_INIT;
+static int g_default_team;
+static void read_default_team(void) { g_default_team = omp_get_max_threads(); }
+
 static int dnn_team(const nn_dnn *d) {
   int want = d->threads ? (int)d->threads : atomic_load(&g_threads);
+  if (want <= 0) want = g_default_team;
   if (want > 0 && omp_get_max_threads() != want) omp_set_num_threads(want);
   return omp_get_max_threads();
 }
@@ -59,6 +69,7 @@ static int dnn_team(const nn_dnn *d) {
 int nn_dnn_team(nn_dnn *d) { return dnn_team(d); }
 
 int nn_dnn_create(nn_dnn **out) {
+  pthread_once(&g_default_once, read_default_team);
   nn_dnn *d = calloc(1, sizeof *d);
   if (!d) return NN_ENOMEM;
   if (dnnl_engine_create(&d->eng, dnnl_cpu, 0) != dnnl_success) goto fail;

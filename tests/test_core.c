@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -784,6 +785,24 @@ static void test_determinism(void **state) {
   }
 }
 
+/* A trainer prepares its single-threaded products on the calling thread;
+ * that must not leave the thread's later products (the evaluation after
+ * each epoch of `mnistd train`) on an OpenMP team of one. */
+static void test_trainer_keeps_callers_team(void **state) {
+  (void)state;
+  if (getenv("OMP_NUM_THREADS") || omp_get_num_procs() < 2) skip();
+  nn_model *m;
+  nn_trainer *t = trained(&m, 2, 5, 1, NN_OPT_RMSPROP);
+  nn_workspace *ws;
+  assert_int_equal(nn_workspace_create(&ws, m, 64), 0);
+  float p[5 * 10];
+  assert_int_equal(nn_predict_u8(m, ws, synth.images, 5, p), 0);
+  assert_int_equal(omp_get_max_threads(), omp_get_num_procs());
+  nn_workspace_free(ws);
+  nn_trainer_free(t);
+  nn_model_free(m);
+}
+
 /* Known defect K4: a matrix product oneDNN cannot run (no memory for its
  * buffers) used to abort() the process; now prediction, evaluation and
  * training return NN_ENOMEM and the next call works again. */
@@ -1022,6 +1041,7 @@ int main(void) {
       cmocka_unit_test(test_cancel_and_progress),
       cmocka_unit_test(test_predict_single_matches_batch),
       cmocka_unit_test(test_real_mnist_short),
+      cmocka_unit_test(test_trainer_keeps_callers_team),
       cmocka_unit_test(test_strerror),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
