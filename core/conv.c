@@ -253,7 +253,9 @@ NN_HOT void nn_maxpool_bwd(const float *restrict g, const uint32_t *restrict idx
  * pass, image count, team size) and kept in the workspace's context. */
 #include <dnnl.h>
 
-enum { CV_FWD, CV_BWD_W, CV_BWD_D, CV_REORDER, CV_OPS };
+/* The flatten's two reorders (blocks to NHWC forward, back in the backward)
+ * each keep their own primitive: sharing one slot rebuilt it twice a batch. */
+enum { CV_FWD, CV_BWD_W, CV_BWD_D, CV_REORDER, CV_REORDER_BACK, CV_OPS };
 
 typedef struct cv_prim {
   dnnl_primitive_t prim, reorder;  /* reorder: weights to (or grads from) the kernel */
@@ -545,7 +547,7 @@ void nn_conv_bwd_d(nn_conv *c, int team, uint32_t layer, const nn_layer *l, unsi
 
 void nn_conv_reorder(nn_conv *c, int team, uint32_t layer, nn_shape sh, uint32_t n,
                      uint32_t block, int to_blocks, const float *x, float *y) {
-  cv_prim *p = &c->op[layer][CV_REORDER];
+  cv_prim *p = &c->op[layer][to_blocks ? CV_REORDER_BACK : CV_REORDER];
   uint64_t key = (uint64_t)n | (uint64_t)!!to_blocks << 32 | (uint64_t)block << 33;
   if (!(p->prim && p->key == key && p->team == team)) {
     dnnl_memory_desc_t nhwc, blk;

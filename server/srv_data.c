@@ -167,6 +167,7 @@ int srv_data_get(srv_data *d, const char *name, nn_split split, const nn_dataset
   }
   if (!(s = calloc(1, sizeof *s))) {
     pthread_mutex_unlock(&d->mu);
+    snprintf(msg, msglen, "out of memory loading data set %s", name);
     return -ENOMEM;
   }
   snprintf(s->name, sizeof s->name, "%s", name);

@@ -169,9 +169,10 @@ static int sample_of(req *r, srv_resp *res, const char *name) {
     return srv_resp_error(res, 404, "data set %s not found (see GET /v1/datasets)", name);
   const nn_dataset *ds;
   char msg[512];
-  if (srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
+  int rc = srv_data_get(r->S->data, name, NN_SPLIT_TEST, &ds, msg, sizeof msg);
+  if (rc) {
     free(classes);
-    return srv_resp_error(res, 404, "%s", msg);
+    return srv_resp_error(res, rc == -ENOENT ? 404 : 500, "%s", msg);
   }
   static _Thread_local unsigned seed;
   if (!seed) seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;

@@ -77,6 +77,9 @@ struct job {
   int shutdown;           /* cancel came from the daemon stopping */
   int user_cancel;        /* a client asked to cancel: wins over a shutdown */
   int resume;             /* continue from a checkpoint */
+  int stranded;           /* its runner returned but its end is not on record
+                             (the disk was full): only a cancel or a restart
+                             ends it now */
   uv_work_t work;
   srv_jobs *J;
   job *next;              /* id order */
@@ -716,6 +719,7 @@ static void after_work_cb(uv_work_t *w, int status) {
   srv_jobs *J = j->J;
   pthread_mutex_lock(&J->mu);
   J->running--;
+  if (!finished(j->state)) j->stranded = 1;
   pthread_mutex_unlock(&J->mu);
   schedule(J);
 }
@@ -1075,19 +1079,20 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   int rc = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
-  else if (j->work.data) {
+  else if (j->work.data && !j->stranded) {
     /* The runner sets the state at its next batch; until then the request
-     * is on record, so a crash in between cannot resume the job. */
+     * is on record, so a crash in between cannot resume the job. When it
+     * cannot be recorded (a full disk) the job still stops: the caller
+     * says the cancel would not survive a crash before the job's end. */
     rc = srv_store_cancel_request(J->st, j->id, wall_ms());
-    if (rc) {
-      logf_(J, "job %lld: could not record the cancel: %s", (long long)j->id,
+    if (rc)
+      logf_(J, "job %lld: could not record the cancel: %s; stopping it anyway", (long long)j->id,
             srv_store_errmsg(J->st));
-    } else {
-      j->user_cancel = 1;
-      atomic_store(&j->cancel, 1);
-      srv_crash_point("cancel_requested");
-    }
+    else srv_crash_point("cancel_requested");
+    j->user_cancel = 1;
+    atomic_store(&j->cancel, 1);
   }
+  /* Not started yet, or stranded: nothing else will end it. */
   else rc = set_state(J, j, SRV_JOB_CANCELLED);
   pthread_mutex_unlock(&J->mu);
   return rc;

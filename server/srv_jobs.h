@@ -92,7 +92,11 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id);
  * srv_data_delete (-ENOENT, -EIO). */
 int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *job);
 /* Asks a queued or running job to stop: 0, -ENOENT, or -EALREADY when the
- * job has already finished. */
+ * job has already finished. A queued job, or a running one whose runner
+ * could not record its end (stranded), ends cancelled here; a running job
+ * stops at its next batch. -ENOSPC/-EIO: the request (or that end) could not
+ * be recorded; a running job stops all the same, but a restart before its
+ * end is on record would resume it. */
 int srv_jobs_cancel(srv_jobs *J, int64_t id);
 
 /* JSON views (caller frees with cJSON_Delete). NULL if the job is unknown. */

@@ -360,9 +360,10 @@ int h_evaluation(req *r, srv_resp *res) {
   }
   const nn_dataset *ds;
   char msg[512];
-  if (srv_data_get(r->S->data, m->dataset, NN_SPLIT_TEST, &ds, msg, sizeof msg)) {
+  int rc = srv_data_get(r->S->data, m->dataset, NN_SPLIT_TEST, &ds, msg, sizeof msg);
+  if (rc) {
     srv_model_unref(m);
-    return srv_resp_error(res, 404, "%s", msg);
+    return srv_resp_error(res, rc == -ENOENT ? 404 : 500, "%s", msg);
   }
   cJSON *d = evaluate(m, ds);
   srv_data_put(r->S->data, ds);

@@ -115,7 +115,9 @@ static int h_job_cancel(req *r, srv_resp *res) {
   int rc = srv_jobs_cancel(r->S->jobs, r->id);
   if (rc == -ENOENT) return srv_resp_error(res, 404, "job %lld not found", (long long)r->id);
   if (rc == -EALREADY) return srv_resp_error(res, 409, "job %lld has already finished", (long long)r->id);
-  if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "could not record the cancel: %s",
+  if (rc) return srv_resp_error(res, rc == -ENOSPC ? 507 : 500,
+                                "could not record the cancel (%s): a running job stops, but a restart "
+                                "before its end is recorded would resume it",
                                 rc == -ENOSPC ? "the disk is full" : "the database failed");
   return srv_resp_json(res, 202, srv_jobs_json(r->S->jobs, r->id));
 }

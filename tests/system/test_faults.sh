@@ -637,14 +637,23 @@ part_e() {
   check "e: finish record fails: logged, the job is not shown as ended" bash -c "
     grep -q 'job $k: could not record state cancelled' '$L' && test '$(job_state "$B" "$k")' = running"
   check "e: finish record fails: the checkpoint stays" test -f "$S/checkpoints/$k.ckpt"
+  # Its runner is gone: a second cancel must try to end it (and say that it
+  # could not), not answer 202 and leave it running.
+  for _ in $(seq 100); do grep -q "job $k: its end is not on record" "$L" && break; sleep 0.1; done
+  sleep 0.5 # the runner has returned (its last log line), the loop sees it
+  check "e: cancel of the stranded job tries to end it: 507 (the disk is still full)" \
+    test "$(curl -s -o /dev/null -w '%{http_code}' -XPOST "$B/v1/jobs/$k/cancel")" = 507
+  check "e: ... the job still shows running, its checkpoint stays" bash -c "
+    test '$(job_state "$B" "$k")' = running && test -f '$S/checkpoints/$k.ckpt'"
   dstop
   # Still failing at the restart: the job cannot be ended there either; it
   # resumes from its checkpoint (never from scratch), stops at its first
   # batch, and the checkpoint still stays.
+  local before; before=$(grep -c "job $k: could not record state cancelled" "$L")
   dstart "$S" "$L" "$P" || { bad "e: restart"; DWRAP=(); return; }
   DWRAP=()
   for _ in $(seq 300); do
-    [ "$(grep -c "job $k: could not record state cancelled" "$L")" -ge 3 ] && break; sleep 0.1
+    [ "$(grep -c "job $k: could not record state cancelled" "$L")" -ge $((before + 2)) ] && break; sleep 0.1
   done
   check "e: restart, end still unrecordable: resumed from the checkpoint, not from scratch" \
     bash -c "grep -Eq 'job $k: resuming after epoch [1-9]' '$L'"
