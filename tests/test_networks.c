@@ -343,6 +343,58 @@ static void test_conv_gradient(void **state) {
   check_gradient(conv_pool_model, 7);
 }
 
+/* A shard above 8 images runs each convolution with its pooling in pieces
+ * of 8 (the first convolution forward and backward, core/model.c); 8 images
+ * run whole. The gradient of 48 images (one thread: one shard) must be the
+ * mean of its six 8-image batches', and the same with 2 shards of 32. */
+static void test_conv_pieces_match_whole(void **state) {
+  (void)state;
+  enum { N = 48, P = 8 };
+  g_filters = 16;
+  g_bias = 0.f;
+  float *x = malloc(N * 784 * sizeof(float));
+  uint8_t labels[N];
+  for (int i = 0; i < N * 784; i++) x[i] = frand() > 0.5f ? frand() : 0.0f;
+  for (int i = 0; i < N; i++) labels[i] = (uint8_t)(i * 3 % 10);
+  for (uint32_t threads = 1; threads <= 2; threads++) {
+    const uint32_t n = threads == 1 ? N : 2 * 32; /* 2 x 32 reads 16 images past N */
+    float *xs = calloc((size_t)n * 784, sizeof(float));
+    uint8_t ls[64] = {0};
+    memcpy(xs, x, (size_t)(n < N ? n : N) * 784 * sizeof(float));
+    memcpy(ls, labels, n < N ? n : N);
+    nn_model *m = conv_pool_model(9);
+    nn_train_config cfg;
+    nn_train_defaults(&cfg);
+    cfg.batch_size = n;
+    cfg.threads = threads;
+    nn_trainer *t;
+    assert_int_equal(nn_trainer_create(&t, m, &cfg), 0);
+    const float *g;
+    float whole = nn_trainer_gradient(t, xs, ls, n, &g);
+    float *ref = malloc(m->n_params * sizeof(float));
+    memcpy(ref, g, m->n_params * sizeof(float));
+    float *sum = calloc(m->n_params, sizeof(float));
+    double loss = 0;
+    for (uint32_t b = 0; b < n; b += P) {
+      loss += nn_trainer_gradient(t, xs + (size_t)b * 784, ls + b, P, &g) / (n / P);
+      for (size_t i = 0; i < m->n_params; i++) sum[i] += g[i] / (float)(n / P);
+    }
+    assert_float_equal(whole, loss, 1e-5 * (1 + fabs(loss)));
+    double maxabs = 0;
+    for (size_t i = 0; i < m->n_params; i++) maxabs = fmax(maxabs, fabs(ref[i]));
+    assert_true(maxabs > 1e-3); /* a gradient that is there to compare */
+    for (size_t i = 0; i < m->n_params; i++)
+      if (fabs(ref[i] - sum[i]) > 1e-5 + 1e-4 * fabs(ref[i]))
+        fail_msg("param %zu: %u threads, whole %g, pieces %g", i, threads, ref[i], sum[i]);
+    free(sum);
+    free(ref);
+    free(xs);
+    nn_trainer_free(t);
+    nn_model_free(m);
+  }
+  free(x);
+}
+
 static nn_dataset synth;
 
 static void make_synth(uint32_t n) {
@@ -532,6 +584,7 @@ int main(void) {
       cmocka_unit_test(test_conv_pool_hand),
       cmocka_unit_test(test_antirect_feature_map),
       cmocka_unit_test(test_conv_gradient),
+      cmocka_unit_test(test_conv_pieces_match_whole),
       cmocka_unit_test(test_conv_determinism_and_learning),
       cmocka_unit_test(test_model_file_v2_roundtrip),
       cmocka_unit_test(test_model_file_v1_loads),
