@@ -105,12 +105,15 @@ if [ "$SHORT" != 1 ]; then
   printf '| daemon: idle RSS with a model loaded (MB) | %s | <= 40 | |\n' "$(get idle_rss_mb "$http")"
   printf '| daemon: peak RSS while training MNIST (MB) | %s | <= 150 | |\n' "$(get training_rss_mb "$http")"
 fi
-tcj() { [ -n "$torch_cnn" ] && python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print(("%.3f" % v) if isinstance(v,float) else v)' "$torch_cnn" "$1" || echo "n/a"; }
-cepoch=$(get epoch_seconds "$cnn"); tcepoch=$(tcj epoch_seconds)
-printf '| cnn preset: training epoch, batch 128, Adam, 2 threads (s, best of 2) | %s | <= 4 | %s (%s threads) |\n' "$cepoch" "$tcepoch" "$(tcj threads)"
-printf '| cnn: PyTorch epoch / mnistd epoch | %s | >= 2.5x | |\n' "$(awk -v a="$cepoch" -v b="$tcepoch" 'BEGIN { if (b+0 > 0) printf "%.1fx", b/a; else print "n/a" }')"
-printf '| cnn: test accuracy after those epochs | %s | | %s |\n' "$(get val_accuracy "$cnn")" "$(tcj test_accuracy)"
-printf '| cnn: inference, one image, median (us) | %s | <= 100 | %s |\n' "$(get infer_single_us_median "$cnn1")" "$(tcj infer_single_us_median)"
+# The cnn rows only when they were measured (not under BENCH_SHORT=1).
+if [ "$SHORT" != 1 ]; then
+  tcj() { [ -n "$torch_cnn" ] && python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print(("%.3f" % v) if isinstance(v,float) else v)' "$torch_cnn" "$1" || echo "n/a"; }
+  cepoch=$(get epoch_seconds "$cnn"); tcepoch=$(tcj epoch_seconds)
+  printf '| cnn preset: training epoch, batch 128, Adam, 2 threads (s, best of 2) | %s | <= 4 | %s (%s threads) |\n' "$cepoch" "$tcepoch" "$(tcj threads)"
+  printf '| cnn: PyTorch epoch / mnistd epoch | %s | >= 2.5x | |\n' "$(awk -v a="$cepoch" -v b="$tcepoch" 'BEGIN { if (b+0 > 0) printf "%.1fx", b/a; else print "n/a" }')"
+  printf '| cnn: test accuracy after those epochs | %s | | %s |\n' "$(get val_accuracy "$cnn")" "$(tcj test_accuracy)"
+  printf '| cnn: inference, one image, median (us) | %s | <= 100 | %s |\n' "$(get infer_single_us_median "$cnn1")" "$(tcj infer_single_us_median)"
+fi
 if [ "${BENCH_CNN_SEEDS:-0}" = 1 ]; then
   for s in 1 2 3; do
     a=$("$B"/mnistd train --data-dir "${MNISTD_DATA:-data}" --arch cnn --optimizer adam --epochs 5 --seed $s --json | tail -1 |
