@@ -98,6 +98,26 @@ static int predict_failed(srv_resp *res, long long id, int rc) {
   return srv_resp_error(res, 500, "model %lld: prediction failed: %s", id, nn_strerror(rc));
 }
 
+/* Predicts n images (u8 or f32, one non-NULL) with m for a request: 0, with
+ * *probs (n x classes, the caller frees it) and the predictions counted in
+ * /metrics. Otherwise res holds the error, m's reference is dropped and
+ * the status is returned. */
+static int predict_all(req *r, srv_resp *res, srv_model *m, const uint8_t *u8, const float *f32,
+                       uint32_t n, float **probs) {
+  nn_workspace *ws = workspace_for(m);
+  float *p = malloc((size_t)n * nn_model_classes(m->m) * sizeof(float));
+  int rc = p && ws ? predict_chunks(m, ws, u8, f32, n, p, NULL, NULL) : 0;
+  if (!p || !ws || rc) {
+    long long id = (long long)m->id;
+    free(p);
+    srv_model_unref(m);
+    return rc ? predict_failed(res, id, rc) : srv_resp_error(res, 500, "out of memory");
+  }
+  atomic_fetch_add(&r->S->metrics.predictions, n);
+  *probs = p;
+  return 0;
+}
+
 /* A model's name for output k (its data set's class; "?" only if the
  * names could not be allocated). */
 static const char *model_class(const srv_model *m, int k) {
@@ -186,22 +206,11 @@ int h_predict(req *r, srv_resp *res) {
   }
   const uint8_t *images = px ? px : one;
   const uint32_t K = nn_model_classes(m->m);
-  float *probs = malloc((size_t)n * K * sizeof(float));
-  nn_workspace *ws = workspace_for(m);
-  if (!probs || !ws) {
+  float *probs;
+  if ((rc = predict_all(r, res, m, images, NULL, n, &probs))) {
     free(px);
-    free(probs);
-    srv_model_unref(m);
-    return srv_resp_error(res, 500, "out of memory");
+    return rc;
   }
-  if ((rc = predict_chunks(m, ws, images, NULL, n, probs, NULL, NULL))) {
-    free(px);
-    free(probs);
-    long long id = (long long)m->id;
-    srv_model_unref(m);
-    return predict_failed(res, id, rc);
-  }
-  atomic_fetch_add(&r->S->metrics.predictions, n);
   cJSON *d = cJSON_CreateObject();
   cJSON_AddNumberToObject(d, "model", (double)m->id);
   cJSON *preds = cJSON_AddArrayToObject(d, "predictions");
@@ -217,11 +226,8 @@ int h_predict(req *r, srv_resp *res) {
     cJSON_AddItemToObject(o, "probabilities", cJSON_CreateDoubleArray(pr, (int)K));
     cJSON_AddBoolToObject(o, "empty",
                           px ? srv_image_is_empty(images + (size_t)i * NN_IMAGE_SIZE) : empty);
-    if (explain) {
-      int v[NN_IMAGE_SIZE];
-      for (int k = 0; k < NN_IMAGE_SIZE; k++) v[k] = images[(size_t)i * NN_IMAGE_SIZE + k];
-      cJSON_AddItemToObject(o, "pixels", cJSON_CreateIntArray(v, NN_IMAGE_SIZE));
-    }
+    if (explain)
+      cJSON_AddItemToObject(o, "pixels", srv_pixels_json(images + (size_t)i * NN_IMAGE_SIZE));
     cJSON_AddItemToArray(preds, o);
   }
   srv_model_unref(m);
@@ -243,23 +249,12 @@ int h_tfs_predict(req *r, srv_resp *res) {
     free(x);
     return srv_resp_error(res, status, "%s", msg);
   }
-  nn_workspace *ws = workspace_for(m);
   const uint32_t K = nn_model_classes(m->m);
-  float *probs = malloc((size_t)n * K * sizeof(float));
-  if (!ws || !probs) {
+  float *probs;
+  if ((rc = predict_all(r, res, m, NULL, x, n, &probs))) {
     free(x);
-    free(probs);
-    srv_model_unref(m);
-    return srv_resp_error(res, 500, "out of memory");
+    return rc;
   }
-  if ((rc = predict_chunks(m, ws, NULL, x, n, probs, NULL, NULL))) {
-    free(x);
-    free(probs);
-    long long id = (long long)m->id;
-    srv_model_unref(m);
-    return predict_failed(res, id, rc);
-  }
-  atomic_fetch_add(&r->S->metrics.predictions, n);
   srv_model_unref(m);
   cJSON *d = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(d, "predictions");
   for (uint32_t i = 0; i < n; i++) {
