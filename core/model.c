@@ -317,14 +317,19 @@ static int drop_active(const nn_layer *l, int training) {
 }
 
 /* The convolution at i - 2 (ReLU fused) and the pooling at i, piece by piece.
- * per: the pooling's block rows per image. */
+ * per: the pooling's block rows per image. Every piece's convolution output
+ * goes to the start of its buffer: only the pooling reads it (the ReLU's
+ * backward is folded into the pooling's), and one piece-sized buffer stays
+ * in L2, where fresh memory per piece cost the convolution a write miss per
+ * line (measured: the first convolution took 3x its time on a warm
+ * buffer). The convolution's output then holds the last piece only. */
 static void conv_pool_fwd(const nn_model *m, nn_workspace *ws, uint32_t i, uint32_t n,
                           uint32_t ch, nn_layer pl, uint32_t per) {
   const uint32_t ci = i - 2;
   const nn_layer *c = &m->layers[ci], *l = &m->layers[i];
   const float *x = ci > 0 ? ws->cur[ci - 1] : ws->x;
   for (uint32_t b = 0; b < n; b += ch) {
-    float *y = ws->act[ci] + (size_t)b * c->out;
+    float *y = ws->act[ci];
     nn_conv_fwd(ws->conv, nn_dnn_team(ws->dnn), ci, c, conv_fmt(ws, ci), x + (size_t)b * c->in,
                 ch, m->params + c->w_off, m->params + c->b_off, 1, y);
     nn_maxpool_fwd(y, ch * per, &pl, 1, ws->act[i] + (size_t)b * l->out,
@@ -336,7 +341,9 @@ static void conv_pool_fwd(const nn_model *m, nn_workspace *ws, uint32_t i, uint3
  * weights, piece by piece, so the convolution reads each piece's gradient
  * from L2. The pieces' weight gradients are summed in order (deterministic);
  * the first convolution's forward output, which nothing reads any more (its
- * ReLU is folded into the pooling), holds each later piece's. */
+ * ReLU is folded into the pooling), holds each later piece's. Each piece's
+ * input gradient goes to the start of dx, as in conv_pool_fwd: only the
+ * piece's backward-weights reads it. */
 static int conv0_dw_fits(const nn_model *m, uint32_t n) {
   const nn_layer *c = &m->layers[0];
   return (size_t)c->oshape.c * (c->kernel * c->kernel * c->ishape.c + 1) <= (size_t)n * c->out;
@@ -348,7 +355,7 @@ static void conv_pool_bwd0(const nn_model *m, nn_workspace *ws, uint32_t n, uint
   const size_t nw = (size_t)c->oshape.c * c->kernel * c->kernel * c->ishape.c, nb = c->oshape.c;
   float *dw = grad + c->w_off, *db = grad + c->b_off, *tw = ws->act[0], *tb = tw + nw;
   for (uint32_t b = 0; b < n; b += ch) {
-    float *d = dx + (size_t)b * c->out;
+    float *d = dx;
     nn_maxpool_bwd(g + (size_t)b * l->out, ws->pool_idx[2] + (size_t)b * l->out, ch * per, &pl,
                    d);
     nn_conv_bwd_w(ws->conv, nn_dnn_team(ws->dnn), 0, c, conv_fmt(ws, 0),
