@@ -104,6 +104,30 @@ pool2_win_fwd(const float *restrict p0, const float *restrict p1, const float *r
   }
 }
 
+/* The same on one block of 16 channels in vector registers (GCC vector
+ * types, lowered to what the target has): the loop form above compiles to
+ * masked stores behind branches, and a one-pass loop is not if-converted. */
+typedef float pool_v16f __attribute__((vector_size(64), aligned(4)));
+typedef int32_t pool_v16i __attribute__((vector_size(64), aligned(4)));
+
+static inline __attribute__((always_inline)) void
+pool2_win_fwd16(const float *restrict p0, const float *restrict p1, const float *restrict p2,
+                const float *restrict p3, float *restrict yo, uint32_t *restrict po,
+                uint32_t clamp) {
+  pool_v16f m = *(const pool_v16f *)p0;
+  pool_v16i q = {0}, gt;
+  const float *restrict p[3] = {p1, p2, p3};
+  for (int k = 0; k < 3; k++) {
+    pool_v16f v = *(const pool_v16f *)p[k];
+    gt = v > m;
+    q = (q & ~gt) | ((k + 1) & gt);
+    m = (pool_v16f)(((pool_v16i)m & ~gt) | ((pool_v16i)v & gt));
+  }
+  gt = m > 0.f;
+  *(pool_v16f *)yo = m;
+  *(pool_v16i *)po = q | ((int32_t)clamp & ~gt);
+}
+
 static inline __attribute__((always_inline)) void
 pool2_win_bwd(float *restrict d0, float *restrict d1, float *restrict d2, float *restrict d3,
               const float *restrict go, const uint32_t *restrict po, uint32_t C) {
@@ -129,7 +153,10 @@ pool2_fwd_c(const float *restrict x, uint32_t n, const nn_layer *l, int rect, fl
         const float *p2 = p0 + (size_t)W * C;
         size_t o = (((size_t)b * OH + oy) * OW + ox) * C;
         /* A clamped window (rectified input, maximum 0) gets the flag. */
-        pool2_win_fwd(p0, p0 + C, p2, p2 + C, y + o, pos + o, C, rect ? POOL2_NONE : 0);
+        if (C == 16)
+          pool2_win_fwd16(p0, p0 + C, p2, p2 + C, y + o, pos + o, rect ? POOL2_NONE : 0);
+        else
+          pool2_win_fwd(p0, p0 + C, p2, p2 + C, y + o, pos + o, C, rect ? POOL2_NONE : 0);
       }
 }
 
