@@ -676,6 +676,7 @@ int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *
     goto fail;
   }
   if ((rc = parse_upload(d, u, c, &b, msg, msglen))) goto fail;
+  srv_hold_point("dataset_converting");
   if (!b.has_test && (rc = srv_ds_hold_out(&b, c->test_fraction, 0x6d6e69737464ull))) goto fail;
   if ((rc = srv_ds_check(&b, &d->cfg.lim, msg, msglen))) goto fail;
   uint64_t need = HDR + (b.train.n + b.test.n) * (IMG + 1) + 32 + 64 * b.n_classes;
