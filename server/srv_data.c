@@ -23,7 +23,7 @@ typedef struct slot {
 } slot;
 
 struct srv_data {
-  pthread_mutex_t mu;
+  pthread_mutex_t mu;    /* nothing else is taken under it (lock order: srv_jobs.c) */
   pthread_cond_t loaded; /* a slot finished loading */
   char dir[PATH_MAX];
   slot *slots;

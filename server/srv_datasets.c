@@ -34,6 +34,8 @@ typedef struct entry {
 } entry;
 
 struct srv_datasets {
+  /* Taken after the jobs' lock and before the store's (the lock order is
+   * written out at the top of srv_jobs.c). */
   pthread_mutex_t mu;
   srv_store *st;
   char dir[PATH_MAX];

@@ -1,5 +1,18 @@
 /* Training jobs. One mutex (J->mu) guards every job's fields, event logs
- * and subscriber lists; the store has its own and is always taken second. */
+ * and subscriber lists.
+ *
+ * Lock order, the same everywhere in the daemon (a thread holding one of
+ * these takes only locks further down the list):
+ *   1. the registry's writer lock (srv_models.c wr_mu; its list lock mu is
+ *      never held across another);
+ *   2. the jobs' J->mu;
+ *   3. the uploaded data sets' mu (srv_datasets.c);
+ *   4. the data cache's mu (srv_data.c), never held with 3;
+ *   5. the store's mu (srv_store.c): innermost. Its *_each callbacks run
+ *      under it and so take none of the locks above (load_job leaves the
+ *      data set lookups to load_sizes, after the rows are read).
+ * Slow work (SQLite commits, fsync, unlink, reading files) is done with
+ * as few of them held as correctness allows. */
 #include "srv_jobs.h"
 #include "srv_datasets.h"
 #include "srv_train.h"
@@ -827,12 +840,9 @@ static int load_job(const srv_job_row *r, void *u) {
   j->finished_ms = r->finished_ms;
   j->model_id = r->model_id;
   if (r->error) snprintf(j->error, sizeof j->error, "%s", r->error);
-  j->parameters = preset_params(J, &j->cfg);
-  uint32_t tr, te;
-  if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
-    if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
-    j->batches = (tr + j->cfg.batch_size - 1) / j->cfg.batch_size;
-  }
+  /* The sizes of its data set come after the load (load_sizes): this runs
+   * under the store's lock, which is taken after the data sets' (lock
+   * order at the top). */
   srv_store_metrics_each(J->st, j->id, load_metric, j);
   srv_store_events_each(J->st, j->id, load_event, j);
   /* Numbering continues above every id that may have been handed out. */
@@ -845,6 +855,20 @@ static int load_job(const srv_job_row *r, void *u) {
   if (!finished(j->state)) srv_store_cancel_requested(J->st, j->id, &j->user_cancel);
   append(J, j);
   return 0;
+}
+
+/* What the loaded jobs need from their data sets: the parameters of
+ * their network (its output layer has a unit per class) and the batches
+ * of an epoch. After srv_store_jobs_each, not in load_job (lock order). */
+static void load_sizes(srv_jobs *J) {
+  for (job *j = J->jobs; j; j = j->next) {
+    j->parameters = preset_params(J, &j->cfg);
+    uint32_t tr, te;
+    if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
+      if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
+      j->batches = (tr + j->cfg.batch_size - 1) / j->cfg.batch_size;
+    }
+  }
 }
 
 /* Removes what interrupted work left behind: temporary files of atomic
@@ -945,6 +969,7 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
     srv_jobs_close(J);
     return rc;
   }
+  load_sizes(J);
   uv_async_init(loop, &J->publish, on_publish);
   J->publish.data = J;
   uv_timer_init(loop, &J->heartbeat);

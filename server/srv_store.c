@@ -19,6 +19,8 @@
 
 struct srv_store {
   sqlite3 *db;
+  /* Innermost of the daemon's locks (the order: top of srv_jobs.c): the
+   * *_each callbacks run under it and must take no other. */
   pthread_mutex_t mu;
   int fresh;              /* created empty by this open */
   char aside[4200];       /* where a damaged database went; "" if none */

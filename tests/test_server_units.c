@@ -504,6 +504,44 @@ static void test_dataset_delete_vs_jobs_and_cache(void **state) {
   fixture_close(&f);
 }
 
+/* H3: one lock order everywhere: jobs, then data sets, then the store
+ * (innermost). Loading the jobs at start used to look up their data sets
+ * (parameters, batches) while the store's lock was held for the rows,
+ * store -> data sets, while a delete took data sets -> store. Both paths
+ * run here; ThreadSanitizer (`make tsan`) reports an inversion even when
+ * no deadlock happens. The loaded job still knows its set's sizes. */
+static void test_lock_order_load_and_delete(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  upload_csv(f.dsets, "up", 40, 10);
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  snprintf(c.dataset, sizeof c.dataset, "up");
+  c.batch_size = 8;
+  int64_t id;
+  assert_int_equal(srv_jobs_submit(f.J, &c, &id), 0);
+  cJSON *j = srv_jobs_json(f.J, id);
+  double params = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "parameters"));
+  cJSON_Delete(j);
+  assert_true(params > 0);
+  /* the start-up load: the job's set is looked up for its sizes */
+  fixture_jobs_close(&f);
+  assert_int_equal(srv_jobs_open(&f.J, &f.loop, f.st, f.models, f.data, &f.opt), 0);
+  j = srv_jobs_json(f.J, id);
+  assert_true(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "parameters")) == params);
+  /* 30 train images (1/4 of 40 held out) in batches of 8 */
+  assert_int_equal((int)cJSON_GetNumberValue(
+                       cJSON_GetObjectItem(cJSON_GetObjectItem(j, "progress"), "batches")), 4);
+  cJSON_Delete(j);
+  /* and a delete */
+  int64_t user = 0;
+  assert_int_equal(srv_jobs_dataset_delete(f.J, "up", &user), -EBUSY);
+  assert_int_equal(srv_jobs_cancel(f.J, id), 0);
+  assert_int_equal(srv_jobs_dataset_delete(f.J, "up", &user), 0);
+  fixture_close(&f);
+}
+
 static char unusable_log[1024];
 static void log_unusable(const char *msg) {
   snprintf(unusable_log + strlen(unusable_log), sizeof unusable_log - strlen(unusable_log),
@@ -1110,6 +1148,7 @@ int main(void) {
       cmocka_unit_test(test_spec_field_names_whole),
       cmocka_unit_test(test_unusable_model_refused_at_load),
       cmocka_unit_test(test_dataset_delete_vs_jobs_and_cache),
+      cmocka_unit_test(test_lock_order_load_and_delete),
       cmocka_unit_test(test_resp_builders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
