@@ -30,12 +30,14 @@ typedef struct entry {
   char source_format[16];
   int64_t created_ms;
   int pending;      /* being created: the name is taken, not listed */
+  int deleting;     /* being deleted: the name is taken, not listed, not found */
   struct entry *next;
 } entry;
 
 struct srv_datasets {
   /* Taken after the jobs' lock and before the store's (the lock order is
-   * written out at the top of srv_jobs.c). */
+   * written out at the top of srv_jobs.c); held only for the list, never
+   * across the store or the disk. */
   pthread_mutex_t mu;
   srv_store *st;
   char dir[PATH_MAX];
@@ -274,6 +276,9 @@ static int load_row(const char *name, const char *info, void *u) {
   return 0;
 }
 
+/* Listed and usable: neither being created nor being deleted. */
+static int live(const entry *e) { return e && !e->pending && !e->deleting; }
+
 static entry *find(srv_datasets *d, const char *name) {
   for (entry *e = d->list; e; e = e->next)
     if (!strcmp(e->name, name)) return e;
@@ -337,7 +342,7 @@ cJSON *srv_datasets_json(srv_datasets *d, const char *name) {
   if (!d) return NULL;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
-  cJSON *o = e && !e->pending ? entry_json(e) : NULL;
+  cJSON *o = live(e) ? entry_json(e) : NULL;
   pthread_mutex_unlock(&d->mu);
   return o;
 }
@@ -349,7 +354,7 @@ void srv_datasets_list(srv_datasets *d, cJSON *arr) {
   const entry *v[4096];
   size_t n = 0;
   for (entry *e = d->list; e && n < 4096; e = e->next)
-    if (!e->pending) v[n++] = e;
+    if (live(e)) v[n++] = e;
   for (size_t i = 1; i < n; i++)
     for (size_t j = i; j > 0 && strcmp(v[j - 1]->name, v[j]->name) > 0; j--) {
       const entry *t = v[j];
@@ -366,7 +371,7 @@ int srv_datasets_count(srv_datasets *d, const char *name, uint32_t *train, uint3
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   /* Decided under the lock: a concurrent delete may free `e` after it. */
-  int found = e && !e->pending;
+  int found = live(e);
   if (found) {
     if (train) *train = e->train;
     if (test) *test = e->test;
@@ -381,7 +386,7 @@ int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint3
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   int rc = -ENOENT;
-  if (e && !e->pending) {
+  if (live(e)) {
     rc = (*names = srv_names_pack((const char *const *)e->classes, e->n_classes)) ? 0 : -ENOMEM;
     *n = e->n_classes;
   }
@@ -393,7 +398,7 @@ int srv_datasets_sha(srv_datasets *d, const char *name, char sha[65]) {
   if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
-  int found = e && !e->pending;
+  int found = live(e);
   if (found) memcpy(sha, e->sha256, 65);
   pthread_mutex_unlock(&d->mu);
   return found ? 0 : -ENOENT;
@@ -405,7 +410,7 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   /* Decided under the lock: a concurrent delete may free `e` after it. */
-  int found = e && !e->pending;
+  int found = live(e);
   if (found) memcpy(want, e->sha256, 65);
   pthread_mutex_unlock(&d->mu);
   if (!found) {
@@ -442,27 +447,53 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
   return 0;
 }
 
-int srv_datasets_delete(srv_datasets *d, const char *name) {
+int srv_datasets_delete_begin(srv_datasets *d, const char *name) {
   if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
-  entry **pp = &d->list;
-  while (*pp && (strcmp((*pp)->name, name) || (*pp)->pending)) pp = &(*pp)->next;
-  int rc = -ENOENT;
-  if (*pp && !(rc = srv_store_dataset_delete(d->st, name))) {
-    entry *e = *pp;
-    *pp = e->next;
-    char path[PATH_MAX + 160];
-    file_path(d, name, path, sizeof path);
-    /* The record is gone, so the delete stands; a file that comes back
-     * after a crash is registered again at the next start (said here). */
-    int frc = unlink(path) ? -errno : srv_fsync_dir(d->dir);
-    if (frc && frc != -ENOENT)
-      logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
-            "be listed again", name, path, strerror(-frc));
-    entry_free(e);
-  }
+  entry *e = find(d, name);
+  int rc = live(e) ? 0 : -ENOENT;
+  if (!rc) e->deleting = 1;
   pthread_mutex_unlock(&d->mu);
   return rc;
+}
+
+int srv_datasets_delete_finish(srv_datasets *d, const char *name) {
+  pthread_mutex_lock(&d->mu);
+  entry *e = find(d, name);
+  int rc = e && e->deleting ? 0 : -ENOENT;
+  pthread_mutex_unlock(&d->mu);
+  if (rc) return rc;
+  /* No lock held from here: the entry stays (hidden, its name taken) until
+   * the file is gone, and only this call removes it. */
+  srv_hold_point("dataset_delete_io");
+  if ((rc = srv_store_dataset_delete(d->st, name))) {
+    pthread_mutex_lock(&d->mu);
+    e->deleting = 0; /* still recorded: still there */
+    pthread_mutex_unlock(&d->mu);
+    return rc;
+  }
+  char path[PATH_MAX + 160];
+  file_path(d, name, path, sizeof path);
+  /* The record is gone, so the delete stands; a file that comes back
+   * after a crash is registered again at the next start (said here). */
+  int frc = unlink(path) ? -errno : srv_fsync_dir(d->dir);
+  if (frc && frc != -ENOENT)
+    logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
+          "be listed again", name, path, strerror(-frc));
+  pthread_mutex_lock(&d->mu);
+  for (entry **pp = &d->list; *pp; pp = &(*pp)->next)
+    if (*pp == e) {
+      *pp = e->next;
+      break;
+    }
+  pthread_mutex_unlock(&d->mu);
+  entry_free(e);
+  return 0;
+}
+
+int srv_datasets_delete(srv_datasets *d, const char *name) {
+  int rc = srv_datasets_delete_begin(d, name);
+  return rc ? rc : srv_datasets_delete_finish(d, name);
 }
 
 /* ---------------------------------------------------------------- uploads */

@@ -1093,8 +1093,13 @@ int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *user) {
       *user = j->id;
       rc = -EBUSY;
     }
-  if (!rc) rc = srv_data_delete(J->data, name);
+  /* Decided here, under the jobs lock that srv_jobs_submit holds to check
+   * the set (K5a): from this mark on a submit naming it is refused. The
+   * disk work (SQLite commit, unlink, fsync) comes after the lock, so job
+   * progress and listings do not wait for it. */
+  if (!rc) rc = srv_data_delete_begin(J->data, name);
   pthread_mutex_unlock(&J->mu);
+  if (!rc) rc = srv_data_delete_finish(J->data, name);
   return rc;
 }
 
