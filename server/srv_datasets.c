@@ -44,6 +44,7 @@ struct srv_datasets {
   srv_ds_config cfg;
   entry *list;
   void (*log)(const char *);
+  int readonly;       /* srv_datasets_open_readonly: reads only */
 };
 
 struct srv_ds_upload {
@@ -285,6 +286,25 @@ static entry *find(srv_datasets *d, const char *name) {
   return NULL;
 }
 
+int srv_datasets_open_readonly(srv_datasets **out, srv_store *st, const char *state_dir) {
+  srv_datasets *d = calloc(1, sizeof *d);
+  if (!d) return -ENOMEM;
+  pthread_mutex_init(&d->mu, NULL);
+  d->st = st;
+  srv_ds_config_default(&d->cfg);
+  d->readonly = 1;
+  snprintf(d->dir, sizeof d->dir, "%s/datasets", state_dir);
+  /* Only the records whose file is there: no temporary files removed, no
+   * file registered again (the daemon does that at its start). */
+  int rc = srv_store_datasets_each(st, load_row, d);
+  if (rc) {
+    srv_datasets_close(d);
+    return rc;
+  }
+  *out = d;
+  return 0;
+}
+
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
                       const srv_ds_config *cfg, void (*log)(const char *msg)) {
   srv_datasets *d = calloc(1, sizeof *d);
@@ -449,6 +469,7 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
 
 int srv_datasets_delete_begin(srv_datasets *d, const char *name) {
   if (!d) return -ENOENT;
+  if (d->readonly) return -EROFS;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   int rc = live(e) ? 0 : -ENOENT;
@@ -499,7 +520,7 @@ int srv_datasets_delete(srv_datasets *d, const char *name) {
 /* ---------------------------------------------------------------- uploads */
 
 int srv_ds_upload_open(srv_datasets *d, srv_ds_upload **out) {
-  if (!d) return -EROFS;
+  if (!d || d->readonly) return -EROFS;
   srv_ds_upload *u = calloc(1, sizeof *u);
   if (!u) return -ENOMEM;
   u->d = d;

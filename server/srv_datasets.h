@@ -43,6 +43,12 @@ void srv_ds_config_default(srv_ds_config *c);
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
                       const srv_ds_config *cfg, void (*log)(const char *msg));
 void srv_datasets_close(srv_datasets *d);
+/* The sets of a daemon's state directory for a reader beside it (mnistd
+ * train --state-dir): the records of st whose file is present with its
+ * size; nothing on disk is created, removed or registered. Loads check
+ * the checksums as usual; uploads and deletes answer -EROFS. 0, -ENOMEM or
+ * the store's error. */
+int srv_datasets_open_readonly(srv_datasets **out, srv_store *st, const char *state_dir);
 const srv_ds_config *srv_datasets_config(srv_datasets *d);
 
 /* 1 for "mnist" and "fashion-mnist" (installed beside the binary). */
