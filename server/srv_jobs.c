@@ -1106,7 +1106,7 @@ int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *user) {
 int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   pthread_mutex_lock(&J->mu);
   job *j = find(J, id);
-  int rc = 0;
+  int rc = 0, ended = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
   else if (j->work.data && !j->stranded) {
@@ -1123,8 +1123,17 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
     atomic_store(&j->cancel, 1);
   }
   /* Not started yet, or stranded: nothing else will end it. */
-  else rc = set_state(J, j, SRV_JOB_CANCELLED);
+  else if (!(rc = set_state(J, j, SRV_JOB_CANCELLED)))
+    ended = 1;
   pthread_mutex_unlock(&J->mu);
+  /* Its end is on record: a checkpoint it left (stranded after its end
+   * could not be recorded, or interrupted and not resumed yet) is never
+   * resumed from, so it goes now rather than at the next start. */
+  if (ended) {
+    char ck[PATH_MAX + 64];
+    checkpoint_path(J, id, ck, sizeof ck);
+    if (unlink(ck) == 0) logf_(J, "job %lld cancelled: removed its checkpoint", (long long)id);
+  }
   return rc;
 }
 

@@ -615,6 +615,56 @@ static void test_dataset_delete_io_outside_locks(void **state) {
   fixture_close(&f);
 }
 
+/* H5: a job cancelled when nothing runs it (here: interrupted, waiting
+ * to resume; the same path ends a stranded job) left its checkpoint until
+ * the next start's clean-up. Now it goes once the cancel is on record,
+ * and stays when the cancel cannot be recorded (the next start resumes
+ * from it). */
+static void test_cancel_removes_checkpoint(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  int64_t a, b;
+  assert_int_equal(srv_jobs_submit(f.J, &c, &a), 0);
+  assert_int_equal(srv_jobs_submit(f.J, &c, &b), 0);
+  /* both were running when the daemon stopped: records say so, each has
+   * a checkpoint */
+  char ck[2][600];
+  int64_t ids[2] = {a, b};
+  for (int i = 0; i < 2; i++) {
+    cJSON *j = srv_jobs_json(f.J, ids[i]);
+    char *cfg = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "config"));
+    cJSON_Delete(j);
+    srv_job_row r = {ids[i], "running", cfg, 1, 2, 0, 0, NULL};
+    assert_int_equal(srv_store_job_update(f.st, &r), 0);
+    free(cfg);
+    snprintf(ck[i], sizeof ck[i], "%s/checkpoints/%lld.ckpt", dir, (long long)ids[i]);
+    FILE *fp = fopen(ck[i], "w");
+    assert_non_null(fp);
+    fputs("checkpoint", fp);
+    fclose(fp);
+  }
+  fixture_jobs_close(&f);
+  assert_int_equal(srv_jobs_open(&f.J, &f.loop, f.st, f.models, f.data, &f.opt), 0);
+  assert_int_equal(access(ck[0], F_OK), 0); /* a running job's: kept at start */
+  /* the cancel of b cannot be recorded: its checkpoint stays */
+  setenv("MNISTD_FAIL_AT", "finish", 1);
+  assert_true(srv_jobs_cancel(f.J, b) < 0);
+  unsetenv("MNISTD_FAIL_AT");
+  assert_int_equal(access(ck[1], F_OK), 0);
+  /* the cancel of a is recorded: its checkpoint goes */
+  assert_int_equal(srv_jobs_cancel(f.J, a), 0);
+  cJSON *j = srv_jobs_json(f.J, a);
+  assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "state")), "cancelled");
+  cJSON_Delete(j);
+  assert_int_equal(access(ck[0], F_OK), -1);
+  assert_int_equal(srv_jobs_cancel(f.J, b), 0); /* recorded now: gone too */
+  assert_int_equal(access(ck[1], F_OK), -1);
+  fixture_close(&f);
+}
+
 /* H3: one lock order everywhere: jobs, then data sets, then the store
  * (innermost). Loading the jobs at start used to look up their data sets
  * (parameters, batches) while the store's lock was held for the rows,
@@ -1261,6 +1311,7 @@ int main(void) {
       cmocka_unit_test(test_dataset_delete_vs_jobs_and_cache),
       cmocka_unit_test(test_lock_order_load_and_delete),
       cmocka_unit_test(test_dataset_delete_io_outside_locks),
+      cmocka_unit_test(test_cancel_removes_checkpoint),
       cmocka_unit_test(test_resp_builders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
