@@ -280,30 +280,33 @@ int srv_defer(req *r, srv_resp *res, int (*work)(void *ctx, srv_resp *res), void
   srv_deferred *d = D ? calloc(1, sizeof *d) : NULL;
   if (d) {
     pthread_mutex_lock(&D->mu);
+    /* Counted before the hand-over: the pool is not closed while it is
+     * under way (srv_defer_close only closes an idle one, or after
+     * libmicrohttpd has stopped). */
     if (D->closed) {
-      pthread_mutex_unlock(&D->mu);
       free(d);
       d = NULL;
     } else {
-      d->conn = r->conn;
-      d->work = work;
-      d->ctx = ctx;
-      srv_resp_init(&d->res);
-      r->deferred = d;
-      /* From the handler, before the work can finish: a resume always
-       * follows its suspend. */
-      MHD_suspend_connection(r->conn);
-      if (D->tail) D->tail->next = d;
-      else D->queue = d;
-      D->tail = d;
       D->pending++;
-      /* Under the lock: close cannot come between the check and the send. */
-      uv_async_send(&D->async);
-      pthread_mutex_unlock(&D->mu);
-      return SRV_DEFERRED;
     }
+    pthread_mutex_unlock(&D->mu);
   }
-  return work(ctx, res);
+  if (!d) return work(ctx, res); /* out of memory, or stopping: here */
+  d->conn = r->conn;
+  d->work = work;
+  d->ctx = ctx;
+  srv_resp_init(&d->res);
+  r->deferred = d;
+  /* From the handler, before the work can finish: a resume always follows
+   * its suspend. No lock of ours is held across libmicrohttpd's calls. */
+  MHD_suspend_connection(r->conn);
+  pthread_mutex_lock(&D->mu);
+  if (D->tail) D->tail->next = d;
+  else D->queue = d;
+  D->tail = d;
+  uv_async_send(&D->async);
+  pthread_mutex_unlock(&D->mu);
+  return SRV_DEFERRED;
 }
 
 /* The request's deferred answer is sent or abandoned (on_completed). */

@@ -115,9 +115,9 @@ int srv_need_json(req *r, srv_resp *res);
  * res like a handler, returns the status and releases ctx; the answer is
  * queued when it is done. work must not use r (only what ctx holds; r and
  * its upload stay valid until the answer is sent). Returns SRV_DEFERRED,
- * for the handler to return; when the work cannot be handed over (the
- * daemon is stopping, or out of memory) it runs right here and its status
- * is returned instead. */
+ * for the handler to return; when the work cannot be handed over (out of
+ * memory, or the daemon is stopping and the pool closed) it runs right
+ * here and its status is returned instead. */
 int srv_defer(req *r, srv_resp *res, int (*work)(void *ctx, srv_resp *res), void *ctx);
 
 typedef enum srv_resp_kind {
