@@ -667,7 +667,11 @@ static int write_set(srv_datasets *d, const srv_ds_build *b, entry *e) {
   }
   srv_crash_point("dataset_before_record");
   free(names);
-  e->bytes = HDR + nl + (b->train.n + b->test.n) * (IMG + 1) + 32;
+  uint64_t bytes = HDR + nl + (b->train.n + b->test.n) * (IMG + 1) + 32;
+  /* Other uploads sum the sizes of pending sets too (used_bytes). */
+  pthread_mutex_lock(&d->mu);
+  e->bytes = bytes;
+  pthread_mutex_unlock(&d->mu);
   hex(dg, e->sha256);
   return 0;
 fail:
