@@ -9,6 +9,7 @@
  *   {"type":"max_pool2d","size":2,"stride":2}             stride defaults to size
  *   {"type":"flatten"} {"type":"relu"} {"type":"antirectifier"}
  *   {"type":"dropout","rate":0.5}
+ *   {"type":"batch_norm","momentum":0.99,"epsilon":0.001}  both optional (Keras' defaults)
  * The last layer must be {"type":"dense","units":10}; the softmax is added. */
 #ifndef MNISTD_SRV_SPEC_H
 #define MNISTD_SRV_SPEC_H
