@@ -282,6 +282,18 @@ cJSON *srv_architectures_json(void) {
     cJSON_AddNumberToObject(o, "parameters", (double)np);
     cJSON_AddItemToObject(o, "layers", srv_spec_to_json(s, n));
   }
+  /* What a custom spec may use: each type with its fields. */
+  cJSON *types = cJSON_AddArrayToObject(d, "layer_types");
+  static const nn_layer_type T[] = {NN_LAYER_DENSE,   NN_LAYER_CONV2D, NN_LAYER_MAXPOOL,
+                                    NN_LAYER_FLATTEN, NN_LAYER_DROPOUT, NN_LAYER_RELU,
+                                    NN_LAYER_ANTIRECT, NN_LAYER_BATCHNORM};
+  for (size_t i = 0; types && i < sizeof T / sizeof *T; i++) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) break;
+    cJSON_AddItemToArray(types, o);
+    cJSON_AddStringToObject(o, "type", nn_layer_type_name(T[i]));
+    cJSON_AddStringToObject(o, "fields", allowed(T[i]));
+  }
   return d;
 }
 

@@ -105,6 +105,12 @@ static void test_spec(void **state) {
       {"[{\"type\":\"batch_norm\",\"epsilon\":-1}]", "layers[0] batch_norm: epsilon must be"},
       {"[{\"type\":\"batch_norm\",\"units\":3}]", "layers[0] batch_norm: unknown field \"units\""},
   };
+  /* GET /v1/architectures lists the type and its fields. */
+  cJSON *arch = srv_architectures_json();
+  char *at = cJSON_PrintUnformatted(arch);
+  assert_non_null(strstr(at, "{\"type\":\"batch_norm\",\"fields\":\"type, momentum, epsilon\"}"));
+  free(at);
+  cJSON_Delete(arch);
   for (size_t i = 0; i < sizeof errs / sizeof *errs; i++) {
     j = cJSON_Parse(errs[i].json);
     assert_int_equal(srv_spec_from_json(j, s, &n, msg, sizeof msg), -EINVAL);
