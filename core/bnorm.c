@@ -14,37 +14,125 @@ static void shard_sum(nn_sync *sync, const double *part, double *total, size_t l
   else memcpy(total, part, len * sizeof *total);
 }
 
+/* The passes over the activations are what costs (a 26x26x32 map of 64
+ * images is 5.5 MB, out of cache): each sum is one pass, 4 rows at a time
+ * (independent adds), in float over runs of FLUSH rows and in double from
+ * there, so precision does not depend on the batch size. */
+#define FLUSH 64u
+
+/* s1[k] += sum of (x - sh[k]), s2[k] += sum of (x - sh[k])^2 over rows. */
+NN_HOT static void sums_fwd(const float *restrict x, size_t rows, uint32_t c, const float *restrict sh,
+                     float *restrict f1, float *restrict f2, double *restrict s1,
+                     double *restrict s2) {
+  for (size_t r0 = 0; r0 < rows; r0 += FLUSH) {
+    size_t r1 = r0 + FLUSH < rows ? r0 + FLUSH : rows, r = r0;
+    memset(f1, 0, c * sizeof *f1);
+    memset(f2, 0, c * sizeof *f2);
+    for (; r + 4 <= r1; r += 4) {
+      const float *a = x + r * c, *b = a + c, *d = b + c, *e = d + c;
+      for (uint32_t k = 0; k < c; k++) {
+        float va = a[k] - sh[k], vb = b[k] - sh[k], vd = d[k] - sh[k], ve = e[k] - sh[k];
+        f1[k] += (va + vb) + (vd + ve);
+        f2[k] += (va * va + vb * vb) + (vd * vd + ve * ve);
+      }
+    }
+    for (; r < r1; r++)
+      for (uint32_t k = 0; k < c; k++) {
+        float v = x[r * c + k] - sh[k];
+        f1[k] += v;
+        f2[k] += v * v;
+      }
+    for (uint32_t k = 0; k < c; k++) {
+      s1[k] += f1[k];
+      s2[k] += f2[k];
+    }
+  }
+}
+
+/* s1[k] += sum of dy, s2[k] += sum of dy * (x - mean[k]) over rows. */
+NN_HOT static void sums_bwd(const float *restrict x, const float *restrict dy, size_t rows, uint32_t c,
+                     const float *restrict mean, float *restrict f1, float *restrict f2,
+                     double *restrict s1, double *restrict s2) {
+  for (size_t r0 = 0; r0 < rows; r0 += FLUSH) {
+    size_t r1 = r0 + FLUSH < rows ? r0 + FLUSH : rows, r = r0;
+    memset(f1, 0, c * sizeof *f1);
+    memset(f2, 0, c * sizeof *f2);
+    for (; r + 4 <= r1; r += 4) {
+      const float *a = x + r * c, *b = a + c, *d = b + c, *e = d + c;
+      const float *ga = dy + r * c, *gb = ga + c, *gd = gb + c, *ge = gd + c;
+      for (uint32_t k = 0; k < c; k++) {
+        f1[k] += (ga[k] + gb[k]) + (gd[k] + ge[k]);
+        f2[k] += (ga[k] * (a[k] - mean[k]) + gb[k] * (b[k] - mean[k])) +
+                 (gd[k] * (d[k] - mean[k]) + ge[k] * (e[k] - mean[k]));
+      }
+    }
+    for (; r < r1; r++)
+      for (uint32_t k = 0; k < c; k++) {
+        f1[k] += dy[r * c + k];
+        f2[k] += dy[r * c + k] * (x[r * c + k] - mean[k]);
+      }
+    for (uint32_t k = 0; k < c; k++) {
+      s1[k] += f1[k];
+      s2[k] += f2[k];
+    }
+  }
+}
+
+/* out = x * a[k] + b[k] (+ dy * g[k] when dy): the forward normalisation
+ * and the input gradient are both affine per channel. */
+NN_HOT static void affine(float *restrict out, const float *restrict x, const float *restrict dy,
+                   size_t rows, uint32_t c, const float *restrict a, const float *restrict b,
+                   const float *restrict g) {
+  for (size_t r = 0; r < rows; r++) {
+    float *o = out + r * c;
+    const float *xr = x + r * c;
+    if (dy) {
+      const float *gr = dy + r * c;
+      for (uint32_t k = 0; k < c; k++) o[k] = gr[k] * g[k] + (xr[k] * a[k] + b[k]);
+    } else {
+      for (uint32_t k = 0; k < c; k++) o[k] = xr[k] * a[k] + b[k];
+    }
+  }
+}
+
 void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, int batch_stats,
                nn_sync *sync, double *acc, float *stat, float *y) {
   const uint32_t c = l->ishape.c;
   const size_t rows = (size_t)n * l->ishape.h * l->ishape.w;
-  const float *gamma = p, *beta = p + c;
+  const float *gamma = p, *beta = p + c, *mmean = p + 2 * c;
   float *mean = stat, *inv = stat + c, *var = stat + 2 * c;
   double *part = acc, *tot = acc + 2 * (size_t)c + 1;
+  float *f = (float *)(tot + 2 * (size_t)c + 1);
   if (batch_stats) {
-    memset(part, 0, (c + 1) * sizeof *part);
-    for (size_t r = 0; r < rows; r++)
-      for (uint32_t k = 0; k < c; k++) part[k] += x[r * c + k];
+    /* Two passes: the mean, then the squared deviations from it (the
+     * second pass's sum of deviations, zero but for rounding, corrects
+     * the mean's rounding). */
+    memset(part, 0, (2 * (size_t)c + 1) * sizeof *part);
+    sums_fwd(x, rows, c, mmean, f, f + c, part, part + c);
     part[c] = (double)rows;
     shard_sum(sync, part, tot, c + 1);
     const double count = tot[c];
-    for (uint32_t k = 0; k < c; k++) mean[k] = (float)(tot[k] / count);
-    memset(part, 0, c * sizeof *part);
-    for (size_t r = 0; r < rows; r++)
-      for (uint32_t k = 0; k < c; k++) {
-        double d = (double)x[r * c + k] - mean[k];
-        part[k] += d * d;
-      }
-    shard_sum(sync, part, tot, c);
-    for (uint32_t k = 0; k < c; k++) var[k] = (float)(tot[k] / count);
+    for (uint32_t k = 0; k < c; k++) mean[k] = (float)(mmean[k] + tot[k] / count);
+    memset(part, 0, 2 * (size_t)c * sizeof *part);
+    sums_fwd(x, rows, c, mean, f, f + c, part, part + c);
+    shard_sum(sync, part, tot, 2 * (size_t)c);
+    for (uint32_t k = 0; k < c; k++) {
+      double d = tot[k] / count, v = tot[c + k] / count - d * d;
+      var[k] = v > 0 ? (float)v : 0.f;
+    }
   } else {
-    memcpy(mean, p + 2 * c, c * sizeof *mean);
+    memcpy(mean, mmean, c * sizeof *mean);
     memcpy(var, p + 3 * c, c * sizeof *var);
   }
   for (uint32_t k = 0; k < c; k++) inv[k] = 1.0f / sqrtf(var[k] + l->epsilon);
-  for (size_t r = 0; r < rows; r++)
-    for (uint32_t k = 0; k < c; k++)
-      y[r * c + k] = gamma[k] * ((x[r * c + k] - mean[k]) * inv[k]) + beta[k];
+  if (!rows) return;
+  /* y = gamma * (x - mean) * inv + beta = x * a + b. */
+  float *a = f, *b = f + c;
+  for (uint32_t k = 0; k < c; k++) {
+    a[k] = gamma[k] * inv[k];
+    b[k] = beta[k] - mean[k] * a[k];
+  }
+  affine(y, x, NULL, rows, c, a, b, NULL);
 }
 
 void nn_bn_bwd(const nn_layer *l, const float *p, const float *x, const float *dy, uint32_t n,
@@ -54,44 +142,35 @@ void nn_bn_bwd(const nn_layer *l, const float *p, const float *x, const float *d
   const size_t rows = (size_t)n * l->ishape.h * l->ishape.w;
   const float *gamma = p, *mean = stat, *inv = stat + c;
   double *part = acc, *tot = acc + 2 * (size_t)c + 1;
-  /* part: sum dy [c], sum dy * xhat [c], rows. */
+  float *f = (float *)(tot + 2 * (size_t)c + 1);
+  /* part: sum dy [c], sum dy * (x - mean) [c], rows. */
   memset(part, 0, (2 * (size_t)c + 1) * sizeof *part);
-  for (size_t r = 0; r < rows; r++)
-    for (uint32_t k = 0; k < c; k++) {
-      double g = dy[r * c + k];
-      part[k] += g;
-      part[c + k] += g * (double)((x[r * c + k] - mean[k]) * inv[k]);
-    }
+  sums_bwd(x, dy, rows, c, mean, f, f + c, part, part + c);
   part[2 * c] = (double)rows;
   shard_sum(sync, part, tot, 2 * (size_t)c + 1);
   float *dgamma = grad + l->w_off, *dbeta = grad + l->b_off;
   for (uint32_t k = 0; k < c; k++) {
     dbeta[k] = (float)tot[k];
-    dgamma[k] = (float)tot[c + k];
+    dgamma[k] = (float)(tot[c + k] * inv[k]); /* sum dy * xhat */
   }
   /* The moving statistics are no parameters of the loss: a zero gradient,
    * so even an update over the whole block leaves them as they are. */
   memset(grad + l->b_off + c, 0, 2 * (size_t)c * sizeof *grad);
-  if (!dx) return;
-  if (!batch_stats) {
-    /* Constant statistics: y is affine in x. */
-    for (size_t r = 0; r < rows; r++)
-      for (uint32_t k = 0; k < c; k++) dx[r * c + k] = dy[r * c + k] * gamma[k] * inv[k];
-    return;
-  }
+  if (!dx || !rows) return;
   /* dx = gamma * inv * (dy - mean(dy) - xhat * mean(dy * xhat)), the means
-   * over the whole batch. */
+   * over the whole batch (constant statistics: the first term only), as
+   * dy * g + x * a + b per channel. */
   const double count = tot[2 * c];
+  float *g = f, *a = f + c, *b = (float *)part; /* part is free again */
   for (uint32_t k = 0; k < c; k++) {
-    part[k] = tot[k] / count;
-    part[c + k] = tot[c + k] / count;
+    double gi = (double)gamma[k] * inv[k];
+    double mdy = batch_stats ? tot[k] / count : 0.0;
+    double mdx = batch_stats ? tot[c + k] * inv[k] / count : 0.0; /* mean(dy * xhat) */
+    g[k] = (float)gi;
+    a[k] = (float)(-gi * inv[k] * mdx);
+    b[k] = (float)(-gi * mdy + gi * inv[k] * mdx * mean[k]);
   }
-  for (size_t r = 0; r < rows; r++)
-    for (uint32_t k = 0; k < c; k++) {
-      float xh = (x[r * c + k] - mean[k]) * inv[k];
-      dx[r * c + k] =
-          gamma[k] * inv[k] * (dy[r * c + k] - (float)part[k] - xh * (float)part[c + k]);
-    }
+  affine(dx, x, dy, rows, c, a, b, g);
 }
 
 void nn_bn_idle(const nn_model *m, nn_workspace *ws, int training, float *grad) {

@@ -113,7 +113,7 @@ struct nn_workspace {
   void *wt_block;
   float *bn_stat[NN_MAX_LAYERS];    /* BATCHNORM: mean[c], 1/sqrt(var+eps)[c] and
                                        var[c] of the last forward pass */
-  double *bn_acc;                   /* BATCHNORM: 2 x (2 max c + 1) partial sums */
+  double *bn_acc;                   /* BATCHNORM: scratch of 5 max c + 2 doubles */
   nn_sync *sync;                    /* the trainer's shards, or NULL */
 };
 
@@ -121,7 +121,7 @@ struct nn_workspace {
  * n*h*w rows of c = l->ishape.c channels. p: the layer's parameters
  * (gamma at p, beta at p + c, moving mean at p + 2c, moving var at p + 3c).
  * stat: 3c floats the backward pass reads (mean, inverse deviation, var);
- * acc: 2 x (2c + 1) doubles of scratch. With batch statistics the sums go
+ * acc: 5c + 2 doubles of scratch. With batch statistics the sums go
  * through sync (NULL: these rows are the whole batch); n may be 0. */
 void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, int batch_stats,
                nn_sync *sync, double *acc, float *stat, float *y);
