@@ -100,7 +100,7 @@ check "model $M1 shows its layers and arch" py "assert d['arch'] == 'cnn' and le
 req "$B/v1/jobs/$J3"; M3=$(py "print(d['model_id'])")
 req "$B/v1/models/$M3"
 check "model $M3 lists its batch_norm layer and predicts on the moving statistics" py "
-assert d['layers'][1] == {'type':'batch_norm','momentum':0.9,'epsilon':0.001} and d['test_accuracy'] > 0.7, d"
+assert d['layers'][1] == {'type':'batch_norm','momentum':0.9,'epsilon':0.001} and d['test_accuracy'] > 0.6, d"
 python3 - "$DATA/mnist" > "$T/img.json" <<'EOF'
 import gzip, json, os, sys
 p = os.path.join(sys.argv[1], "t10k-images-idx3-ubyte")
