@@ -95,6 +95,8 @@ NN_HOT static void affine(float *restrict out, const float *restrict x, const fl
   }
 }
 
+size_t nn_bn_scratch_bytes(uint32_t c) { return (5 * (size_t)c + 2) * sizeof(double); }
+
 void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, int batch_stats,
                nn_sync *sync, double *acc, float *stat, float *y) {
   const uint32_t c = l->ishape.c;

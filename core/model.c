@@ -262,7 +262,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   off[k] = total; /* dcol */
   total += round_up(dcol * sizeof(float));
   size_t bn_off = total;
-  total += round_up((5 * bnc + 2) * sizeof(double));
+  total += bnc ? round_up(nn_bn_scratch_bytes((uint32_t)bnc)) : 0;
   if (total + 2 * gsz > NN_WORKSPACE_MAX_BYTES) {
     nn_workspace_free(ws);
     return NN_ETOOBIG;

@@ -113,7 +113,7 @@ struct nn_workspace {
   void *wt_block;
   float *bn_stat[NN_MAX_LAYERS];    /* BATCHNORM: mean[c], 1/sqrt(var+eps)[c] and
                                        var[c] of the last forward pass */
-  double *bn_acc;                   /* BATCHNORM: scratch of 5 max c + 2 doubles */
+  double *bn_acc;                   /* BATCHNORM: scratch (nn_bn_scratch_bytes) */
   nn_sync *sync;                    /* the trainer's shards, or NULL */
 };
 
@@ -121,8 +121,10 @@ struct nn_workspace {
  * n*h*w rows of c = l->ishape.c channels. p: the layer's parameters
  * (gamma at p, beta at p + c, moving mean at p + 2c, moving var at p + 3c).
  * stat: 3c floats the backward pass reads (mean, inverse deviation, var);
- * acc: 5c + 2 doubles of scratch. With batch statistics the sums go
- * through sync (NULL: these rows are the whole batch); n may be 0. */
+ * acc: nn_bn_scratch_bytes(c) of scratch, 8-byte aligned. With batch
+ * statistics the sums go through sync (NULL: these rows are the whole
+ * batch); n may be 0. */
+size_t nn_bn_scratch_bytes(uint32_t c);
 void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, int batch_stats,
                nn_sync *sync, double *acc, float *stat, float *y);
 /* Writes dgamma, dbeta (summed over the whole batch through sync) into

