@@ -97,10 +97,29 @@ NN_HOT static void affine(float *restrict out, const float *restrict x, const fl
 
 size_t nn_bn_scratch_bytes(uint32_t c) { return (5 * (size_t)c + 2) * sizeof(double); }
 
-void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, int batch_stats,
-               nn_sync *sync, double *acc, float *stat, float *y) {
+/* The activations as groups of rows: NHWC is one group of n*h*w rows of c
+ * channels; oneDNN's channel blocks of B ([n][c/B][h][w][B], between a
+ * convolution and its pooling) are n*c/B groups of h*w rows of B channels,
+ * group g starting at channel (g % (c/B)) * B. */
+typedef struct bn_view {
+  size_t groups, rows; /* rows per group */
+  uint32_t cc, nb;     /* channels per row, blocks per sample */
+} bn_view;
+
+static bn_view view(const nn_layer *l, uint32_t n, uint32_t blk) {
+  const uint32_t c = l->ishape.c;
+  const size_t hw = (size_t)l->ishape.h * l->ishape.w;
+  if (!blk || c % blk) return (bn_view){1, n * hw, c, 1};
+  return (bn_view){(size_t)n * (c / blk), hw, blk, c / blk};
+}
+#define GROUP_OFF(v, g) (((g) % (v).nb) * (v).cc)
+#define GROUP_DATA(v, g) ((g) * (v).rows * (v).cc)
+
+void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, uint32_t blk,
+               int batch_stats, nn_sync *sync, double *acc, float *stat, float *y) {
   const uint32_t c = l->ishape.c;
   const size_t rows = (size_t)n * l->ishape.h * l->ishape.w;
+  const bn_view v = view(l, n, blk);
   const float *gamma = p, *beta = p + c, *mmean = p + 2 * c;
   float *mean = stat, *inv = stat + c, *var = stat + 2 * c;
   double *part = acc, *tot = acc + 2 * (size_t)c + 1;
@@ -110,13 +129,19 @@ void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, in
      * second pass's sum of deviations, zero but for rounding, corrects
      * the mean's rounding). */
     memset(part, 0, (2 * (size_t)c + 1) * sizeof *part);
-    sums_fwd(x, rows, c, mmean, f, f + c, part, part + c);
+    for (size_t g = 0; rows && g < v.groups; g++) {
+      size_t o = GROUP_OFF(v, g);
+      sums_fwd(x + GROUP_DATA(v, g), v.rows, v.cc, mmean + o, f, f + c, part + o, part + c + o);
+    }
     part[c] = (double)rows;
     shard_sum(sync, part, tot, c + 1);
     const double count = tot[c];
     for (uint32_t k = 0; k < c; k++) mean[k] = (float)(mmean[k] + tot[k] / count);
     memset(part, 0, 2 * (size_t)c * sizeof *part);
-    sums_fwd(x, rows, c, mean, f, f + c, part, part + c);
+    for (size_t g = 0; rows && g < v.groups; g++) {
+      size_t o = GROUP_OFF(v, g);
+      sums_fwd(x + GROUP_DATA(v, g), v.rows, v.cc, mean + o, f, f + c, part + o, part + c + o);
+    }
     shard_sum(sync, part, tot, 2 * (size_t)c);
     for (uint32_t k = 0; k < c; k++) {
       double d = tot[k] / count, v = tot[c + k] / count - d * d;
@@ -134,20 +159,27 @@ void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, in
     a[k] = gamma[k] * inv[k];
     b[k] = beta[k] - mean[k] * a[k];
   }
-  affine(y, x, NULL, rows, c, a, b, NULL);
+  for (size_t g = 0; g < v.groups; g++) {
+    size_t o = GROUP_OFF(v, g);
+    affine(y + GROUP_DATA(v, g), x + GROUP_DATA(v, g), NULL, v.rows, v.cc, a + o, b + o, NULL);
+  }
 }
 
 void nn_bn_bwd(const nn_layer *l, const float *p, const float *x, const float *dy, uint32_t n,
-               int batch_stats, nn_sync *sync, double *acc, const float *stat, float *grad,
-               float *dx) {
+               uint32_t blk, int batch_stats, nn_sync *sync, double *acc, const float *stat,
+               float *grad, float *dx) {
   const uint32_t c = l->ishape.c;
   const size_t rows = (size_t)n * l->ishape.h * l->ishape.w;
+  const bn_view v = view(l, n, blk);
   const float *gamma = p, *mean = stat, *inv = stat + c;
   double *part = acc, *tot = acc + 2 * (size_t)c + 1;
   float *f = (float *)(tot + 2 * (size_t)c + 1);
   /* part: sum dy [c], sum dy * (x - mean) [c], rows. */
   memset(part, 0, (2 * (size_t)c + 1) * sizeof *part);
-  sums_bwd(x, dy, rows, c, mean, f, f + c, part, part + c);
+  for (size_t g = 0; rows && g < v.groups; g++) {
+    size_t o = GROUP_OFF(v, g), d = GROUP_DATA(v, g);
+    sums_bwd(x + d, dy + d, v.rows, v.cc, mean + o, f, f + c, part + o, part + c + o);
+  }
   part[2 * c] = (double)rows;
   shard_sum(sync, part, tot, 2 * (size_t)c + 1);
   float *dgamma = grad + l->w_off, *dbeta = grad + l->b_off;
@@ -172,20 +204,23 @@ void nn_bn_bwd(const nn_layer *l, const float *p, const float *x, const float *d
     a[k] = (float)(-gi * inv[k] * mdx);
     b[k] = (float)(-gi * mdy + gi * inv[k] * mdx * mean[k]);
   }
-  affine(dx, x, dy, rows, c, a, b, g);
+  for (size_t k = 0; k < v.groups; k++) {
+    size_t o = GROUP_OFF(v, k), d = GROUP_DATA(v, k);
+    affine(dx + d, x + d, dy + d, v.rows, v.cc, a + o, b + o, g + o);
+  }
 }
 
 void nn_bn_idle(const nn_model *m, nn_workspace *ws, int training, float *grad) {
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     if (l->type == NN_LAYER_BATCHNORM)
-      nn_bn_fwd(l, m->params + l->w_off, NULL, 0, training != 0, ws->sync, ws->bn_acc,
+      nn_bn_fwd(l, m->params + l->w_off, NULL, 0, 0, training != 0, ws->sync, ws->bn_acc,
                 ws->bn_stat[i], NULL);
   }
   for (uint32_t i = m->n_layers; i-- > 0;) {
     const nn_layer *l = &m->layers[i];
     if (l->type == NN_LAYER_BATCHNORM)
-      nn_bn_bwd(l, m->params + l->w_off, NULL, NULL, 0, training != 0, ws->sync, ws->bn_acc,
+      nn_bn_bwd(l, m->params + l->w_off, NULL, NULL, 0, 0, training != 0, ws->sync, ws->bn_acc,
                 ws->bn_stat[i], grad, NULL);
   }
 }

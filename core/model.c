@@ -142,7 +142,7 @@ static int conv_blocked(const nn_model *m, const nn_workspace *ws, uint32_t i) {
     nn_layer_type t = m->layers[j].type;
     if (t == NN_LAYER_CONV2D) return !ws->gemm[j] && !ws->nhwc[j];
     if (t == NN_LAYER_FLATTEN) return 1;
-    if (t != NN_LAYER_RELU && t != NN_LAYER_MAXPOOL) return 0;
+    if (t != NN_LAYER_RELU && t != NN_LAYER_MAXPOOL && t != NN_LAYER_BATCHNORM) return 0;
   }
   return 0;
 }
@@ -473,8 +473,8 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
       nn_k_dropout(out, in, (size_t)n * l->out, drop_draw(l, ws, i, rng));
       break;
     case NN_LAYER_BATCHNORM:
-      nn_bn_fwd(l, m->params + l->w_off, in, n, training != 0, ws->sync, ws->bn_acc,
-                ws->bn_stat[i], out);
+      nn_bn_fwd(l, m->params + l->w_off, in, n, blk ? ws->cblock : 0, training != 0, ws->sync,
+                ws->bn_acc, ws->bn_stat[i], out);
       break;
     case NN_LAYER_SOFTMAX:
       nn_softmax_xent(in, NULL, n, l->in, out, NULL, NULL);
@@ -586,8 +586,8 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
     case NN_LAYER_BATCHNORM:
       /* Every shard takes part (the sums are the whole batch's), the first
        * layer too: its gamma and beta have gradients. */
-      nn_bn_bwd(l, m->params + l->w_off, in, g, n, training != 0, ws->sync, ws->bn_acc,
-                ws->bn_stat[i], grad, i > 0 ? dx : NULL);
+      nn_bn_bwd(l, m->params + l->w_off, in, g, n, ws->blk[i] ? ws->cblock : 0, training != 0,
+                ws->sync, ws->bn_acc, ws->bn_stat[i], grad, i > 0 ? dx : NULL);
       db_done = 0;
       if (i == 0) return;
       break;

@@ -117,22 +117,23 @@ struct nn_workspace {
   nn_sync *sync;                    /* the trainer's shards, or NULL */
 };
 
-/* Batch normalisation (bnorm.c). x and y are n samples of l->ishape, NHWC:
- * n*h*w rows of c = l->ishape.c channels. p: the layer's parameters
+/* Batch normalisation (bnorm.c). x and y are n samples of l->ishape, NHWC
+ * (n*h*w rows of c = l->ishape.c channels), or in oneDNN's blocks of blk
+ * channels when blk is not 0. p: the layer's parameters
  * (gamma at p, beta at p + c, moving mean at p + 2c, moving var at p + 3c).
  * stat: 3c floats the backward pass reads (mean, inverse deviation, var);
  * acc: nn_bn_scratch_bytes(c) of scratch, 8-byte aligned. With batch
  * statistics the sums go through sync (NULL: these rows are the whole
  * batch); n may be 0. */
 size_t nn_bn_scratch_bytes(uint32_t c);
-void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, int batch_stats,
-               nn_sync *sync, double *acc, float *stat, float *y);
+void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, uint32_t blk,
+               int batch_stats, nn_sync *sync, double *acc, float *stat, float *y);
 /* Writes dgamma, dbeta (summed over the whole batch through sync) into
  * g = grad + l->w_off (and zeros where the moving statistics are), and
  * dx when not NULL. */
 void nn_bn_bwd(const nn_layer *l, const float *p, const float *x, const float *dy, uint32_t n,
-               int batch_stats, nn_sync *sync, double *acc, const float *stat, float *grad,
-               float *dx);
+               uint32_t blk, int batch_stats, nn_sync *sync, double *acc, const float *stat,
+               float *grad, float *dx);
 /* The part of a shard without rows: every batch_norm layer's sums (zeros)
  * in the order nn_forward and nn_backward make them, and their results
  * (the whole batch's statistics, dgamma, dbeta) in ws and grad. */

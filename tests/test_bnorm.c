@@ -133,7 +133,7 @@ static void test_forward_hand(void **state) {
   const float want[6] = {-0.851442f, -1.612368f, 0.074279f, -1.0f, 3.777163f, -0.387632f};
   float y[6], stat[6];
   double *acc = malloc(nn_bn_scratch_bytes(2));
-  nn_bn_fwd(&l, p, x, 3, 1, NULL, acc, stat, y);
+  nn_bn_fwd(&l, p, x, 3, 0, 1, NULL, acc, stat, y);
   for (int i = 0; i < 6; i++) assert_float_equal(y[i], want[i], 2e-5);
   assert_float_equal(stat[0], 3.0f, 1e-6);
   assert_float_equal(stat[1], 20.0f, 1e-6);
@@ -144,7 +144,7 @@ static void test_forward_hand(void **state) {
   l.ishape = l.oshape = (nn_shape){3, 1, 2};
   l.in = l.out = 6;
   float y2[6];
-  nn_bn_fwd(&l, p, x, 1, 1, NULL, acc, stat, y2);
+  nn_bn_fwd(&l, p, x, 1, 0, 1, NULL, acc, stat, y2);
   assert_memory_equal(y, y2, sizeof y);
   /* Keras' moving update, momentum 0.9. */
   nn_bn_update_moving(&l, p, stat);
@@ -153,12 +153,50 @@ static void test_forward_hand(void **state) {
   assert_float_equal(p[6], 0.9f + 0.1f * 14.0f / 3, 1e-6);
   assert_float_equal(p[7], 0.9f + 0.1f * 200.0f / 3, 1e-5);
   /* Inference: the moving statistics. */
-  nn_bn_fwd(&l, p, x, 1, 0, NULL, acc, stat, y2);
+  nn_bn_fwd(&l, p, x, 1, 0, 0, NULL, acc, stat, y2);
   for (int i = 0; i < 6; i++) {
     int k = i % 2;
     double w = p[k] * (x[i] - p[4 + k]) / sqrt(p[6 + k] + 0.001) + p[2 + k];
     assert_float_equal(y2[i], w, 1e-5);
   }
+  free(acc);
+}
+
+/* oneDNN's channel blocks ([n][c/B][h][w][B], after a blocked convolution):
+ * the same statistics, outputs and gradients as NHWC, element for element. */
+static void test_blocked_layout(void **state) {
+  (void)state;
+  enum { N = 3, H = 2, W = 3, C = 4, B = 2, E = N * H * W * C };
+  nn_layer l = {.type = NN_LAYER_BATCHNORM, .ishape = {H, W, C}, .oshape = {H, W, C},
+                .in = H * W * C, .out = H * W * C, .w_off = 0, .b_off = C, .epsilon = 0.001f,
+                .momentum = 0.9f};
+  float p[4 * C], x[E], xb[E], dy[E], dyb[E], y[E], yb[E], dx[E], dxb[E];
+  float st[3 * C], stb[3 * C], g[4 * C], gb[4 * C];
+  lcg = 21;
+  for (int k = 0; k < C; k++) p[k] = 1 + 0.3f * frand(), p[C + k] = frand(), p[2 * C + k] = 0,
+                              p[3 * C + k] = 1;
+  /* NHWC index -> blocked index. */
+  for (int n = 0; n < N; n++)
+    for (int q = 0; q < H * W; q++)
+      for (int c = 0; c < C; c++) {
+        int a = (n * H * W + q) * C + c, b = ((n * (C / B) + c / B) * H * W + q) * B + c % B;
+        x[a] = xb[b] = frand() * (1 + c);
+        dy[a] = dyb[b] = frand();
+      }
+  double *acc = malloc(nn_bn_scratch_bytes(C));
+  nn_bn_fwd(&l, p, x, N, 0, 1, NULL, acc, st, y);
+  nn_bn_fwd(&l, p, xb, N, B, 1, NULL, acc, stb, yb);
+  nn_bn_bwd(&l, p, x, dy, N, 0, 1, NULL, acc, st, g, dx);
+  nn_bn_bwd(&l, p, xb, dyb, N, B, 1, NULL, acc, stb, gb, dxb);
+  for (int k = 0; k < 3 * C; k++) assert_float_equal(st[k], stb[k], 1e-6);
+  for (int k = 0; k < 2 * C; k++) assert_float_equal(g[k], gb[k], 1e-5);
+  for (int n = 0; n < N; n++)
+    for (int q = 0; q < H * W; q++)
+      for (int c = 0; c < C; c++) {
+        int a = (n * H * W + q) * C + c, b = ((n * (C / B) + c / B) * H * W + q) * B + c % B;
+        assert_float_equal(y[a], yb[b], 1e-6);
+        assert_float_equal(dx[a], dxb[b], 1e-6);
+      }
   free(acc);
 }
 
@@ -332,6 +370,18 @@ static void test_gradient_cnn_order(void **state) {
    * step in one gamma or beta moves a whole channel and switches maxima
    * in many windows, so more of them sit at kinks (20-36 of 169 seen). */
   check_gradient(cnn_bn_model, 16, 97, 1.0 / 3);
+  /* Here the batch_norm layers run on oneDNN's channel blocks (16
+   * filters, whole blocks on AVX-512 and AVX2): the gradients above went
+   * through that layout. */
+  nn_model *m = cnn_bn_model(1);
+  nn_workspace *ws;
+  assert_int_equal(nn_workspace_create(&ws, m, 16), 0);
+  assert_int_equal(m->layers[2].type, NN_LAYER_BATCHNORM);
+  assert_int_equal(m->layers[6].type, NN_LAYER_BATCHNORM);
+  fprintf(stderr, "bncnn: batch_norm inputs blocked: %d %d\n", ws->blk[1], ws->blk[5]);
+  assert_true(ws->blk[1] && ws->blk[2] && ws->blk[5] && ws->blk[6]);
+  nn_workspace_free(ws);
+  nn_model_free(m);
 }
 
 /* ---------------------------------------------------------------- shards */
@@ -614,6 +664,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_spec),
       cmocka_unit_test(test_forward_hand),
+      cmocka_unit_test(test_blocked_layout),
       cmocka_unit_test(test_gradient_flat),
       cmocka_unit_test(test_gradient_map),
       cmocka_unit_test(test_gradient_cnn_order),
