@@ -79,14 +79,14 @@ cat > "$T/custom.json" <<'EOF'
  {"type":"dense","units":10}]}
 EOF
 # batch_norm (inference: the moving statistics) on a dense layer's units,
-# on feature maps (per channel; 16 filters: in oneDNN's channel blocks) and on a
+# on feature maps (per channel; 32 filters: 2 or 4 of oneDNN's channel blocks) and on a
 # flattened vector
 cat > "$T/bndense.json" <<'EOF'
 {"layers":[{"type":"dense","units":64},{"type":"batch_norm"},{"type":"relu"},{"type":"dropout","rate":0.1},
  {"type":"dense","units":10}]}
 EOF
 cat > "$T/bnconv.json" <<'EOF'
-{"layers":[{"type":"conv2d","filters":16,"kernel":3,"activation":"relu"},{"type":"batch_norm","momentum":0.9},
+{"layers":[{"type":"conv2d","filters":32,"kernel":3,"activation":"relu"},{"type":"batch_norm","momentum":0.9},
  {"type":"max_pool2d","size":2},{"type":"conv2d","filters":16,"kernel":3,"stride":2},
  {"type":"batch_norm","epsilon":0.01},{"type":"relu"},{"type":"flatten"},{"type":"batch_norm"},{"type":"dense","units":10}]}
 EOF
