@@ -86,7 +86,7 @@ int srv_dataset_upload_head(req *r, srv_resp *res) {
 
 static int ds_status(int rc) {
   switch (rc) {
-  case -EEXIST: return 409;
+  case -EEXIST: case -EBUSY: return 409;
   case -EINVAL: return 400;
   case -E2BIG: return 413;
   case -ENOTSUP: return 415;
@@ -111,6 +111,7 @@ static int create_work(void *ctx, srv_resp *res) {
   int rc = srv_datasets_create(x->d, x->u, &x->c, &out, msg, sizeof msg), st;
   if (rc) {
     st = srv_resp_error(res, ds_status(rc), "%s", msg[0] ? msg : strerror(-rc));
+    if (rc == -EBUSY) srv_resp_header(res, "Retry-After", "1"); /* a delete takes ~ms */
   } else {
     snprintf(loc, sizeof loc, "/v1/datasets/%s", x->name);
     st = srv_resp_json(res, 201, out);

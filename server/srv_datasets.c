@@ -687,12 +687,13 @@ static uint64_t used_bytes(srv_datasets *d) {
   return s;
 }
 
-/* Takes the name (a pending entry) so that two uploads cannot both win. */
+/* Takes the name (a pending entry) so that two uploads cannot both win.
+ * -EBUSY: a delete of that name is under way (not yet answered). */
 static int reserve(srv_datasets *d, const char *name, entry **out) {
   pthread_mutex_lock(&d->mu);
   int rc = 0;
-  entry *e = NULL;
-  if (find(d, name)) rc = -EEXIST;
+  entry *e = NULL, *old = find(d, name);
+  if (old) rc = old->deleting ? -EBUSY : -EEXIST;
   else if (!(e = calloc(1, sizeof *e))) rc = -ENOMEM;
   else {
     snprintf(e->name, sizeof e->name, "%s", name);
@@ -725,6 +726,12 @@ int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *
     snprintf(msg, msglen, "a data set named %s exists already (DELETE /v1/datasets/%s first, "
              "or pick another name)", c->name, c->name);
     return -EEXIST;
+  }
+  if (rc == -EBUSY) {
+    /* Not "DELETE first": that DELETE would answer 404 while this one runs. */
+    snprintf(msg, msglen, "the data set %s is being deleted; upload it again once its DELETE "
+             "has answered", c->name);
+    return -EBUSY;
   }
   if (rc) return rc;
   if (u->too_big) {

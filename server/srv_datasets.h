@@ -110,7 +110,8 @@ typedef struct srv_ds_create {
 
 /* Converts the uploaded body into a data set and registers it. On success
  * *out is its description (caller frees). Errors, with msg filled:
- * -EEXIST name taken (409), -EINVAL bad input (400), -E2BIG a limit (413),
+ * -EEXIST name taken (409), -EBUSY that name is being deleted (409), -EINVAL
+ * bad input (400), -E2BIG a limit (413),
  * -ENOTSUP unknown Content-Type (415), -EDQUOT quota (507), -ENOSPC disk
  * full (507), -EIO/-ENOMEM (500). Nothing is left behind on failure. */
 int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *c, cJSON **out,
