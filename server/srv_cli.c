@@ -234,7 +234,7 @@ static int load_layers(nn_model **m, const char *path, uint32_t batch, uint32_t 
   nn_layer_spec spec[NN_MAX_SPECS];
   uint32_t ns;
   char msg[512];
-  int rc = srv_spec_parse_text(buf, n, batch, spec, &ns, msg, sizeof msg);
+  int rc = srv_spec_parse_text(buf, n, batch, classes, spec, &ns, msg, sizeof msg);
   free(buf);
   if (rc) {
     srv_err_printf(err, "%s: %s", path, msg);

@@ -65,10 +65,6 @@ static const char *const DIGITS[10] = {"0", "1", "2", "3", "4", "5", "6", "7", "
 static const char *const FASHION[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
 
-int srv_dataset_is_builtin(const char *name) {
-  return !strcmp(name, "mnist") || !strcmp(name, "fashion-mnist");
-}
-
 const char *const *srv_dataset_builtin_classes(const char *name) {
   return !strcmp(name, "fashion-mnist") ? FASHION : DIGITS;
 }

@@ -51,8 +51,6 @@ void srv_datasets_close(srv_datasets *d);
 int srv_datasets_open_readonly(srv_datasets **out, srv_store *st, const char *state_dir);
 const srv_ds_config *srv_datasets_config(srv_datasets *d);
 
-/* 1 for "mnist" and "fashion-mnist" (installed beside the binary). */
-int srv_dataset_is_builtin(const char *name);
 /* The class names of a built-in set ("0".."9", Fashion-MNIST's names). */
 const char *const *srv_dataset_builtin_classes(const char *name);
 

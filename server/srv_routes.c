@@ -68,10 +68,18 @@ static int h_job_create(req *r, srv_resp *res) {
   char msg[512];
   if (srv_job_config_parse(r->body, r->len, &c, msg, sizeof msg))
     return srv_resp_error(res, 400, "%s", msg);
-  uint32_t tr, te;
-  if (srv_data_count(r->S->data, c.dataset, &tr, &te))
+  uint32_t tr, te, k = 0;
+  char **names = NULL;
+  if (srv_data_count(r->S->data, c.dataset, &tr, &te) ||
+      srv_data_classes(r->S->data, c.dataset, &names, &k))
     return srv_resp_error(res, 400, "dataset %s is not installed on this server (see GET /v1/datasets)",
                       c.dataset);
+  free(names);
+  /* The output width against the set's classes (parsing could not know them). */
+  nn_err err;
+  if (nn_spec_check(c.layers, c.n_layers, NN_INPUT_MNIST, srv_spec_classes(c.layers, c.n_layers, k),
+                    c.batch_size, 1, NULL, &err))
+    return srv_resp_error(res, 400, "%s", err.msg);
   int64_t id;
   int rc = srv_jobs_submit(r->S->jobs, &c, &id);
   if (rc == -ENOENT) /* deleted since the check above */

@@ -139,8 +139,14 @@ int srv_spec_from_json(const cJSON *layers, nn_layer_spec *out, uint32_t *n, cha
   return 0;
 }
 
-int srv_spec_parse_text(const char *text, size_t len, uint32_t batch, nn_layer_spec *out,
-                        uint32_t *n, char *msg, size_t msglen) {
+uint32_t srv_spec_classes(const nn_layer_spec *s, uint32_t n, uint32_t classes) {
+  if (!classes || (n && s[n - 1].type == NN_LAYER_DENSE && s[n - 1].units == NN_CLASSES))
+    return NN_CLASSES;
+  return classes;
+}
+
+int srv_spec_parse_text(const char *text, size_t len, uint32_t batch, uint32_t classes,
+                        nn_layer_spec *out, uint32_t *n, char *msg, size_t msglen) {
   cJSON *root = cJSON_ParseWithLength(text, len);
   if (!root) return LFAIL("not valid JSON");
   const cJSON *arr = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "layers") : root;
@@ -148,7 +154,8 @@ int srv_spec_parse_text(const char *text, size_t len, uint32_t batch, nn_layer_s
   cJSON_Delete(root);
   if (rc) return rc;
   nn_err err;
-  rc = nn_spec_check(out, *n, NN_INPUT_MNIST, NN_CLASSES, batch, 1, NULL, &err);
+  rc = nn_spec_check(out, *n, NN_INPUT_MNIST, srv_spec_classes(out, *n, classes), batch, 1, NULL,
+                     &err);
   if (rc) {
     snprintf(msg, msglen, "%s", err.msg);
     return rc == NN_ETOOBIG ? -E2BIG : -EINVAL;

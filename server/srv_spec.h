@@ -27,9 +27,17 @@ int srv_spec_from_json(const cJSON *layers, nn_layer_spec *out, uint32_t *n, cha
 
 /* Parses a document holding a spec: {"layers":[...]} or a bare [...]
  * (for `mnistd train --layers FILE`), then checks shapes for 28x28x1
- * inputs and `batch`. Returns 0 or -EINVAL / -E2BIG with msg. */
-int srv_spec_parse_text(const char *text, size_t len, uint32_t batch, nn_layer_spec *out,
-                        uint32_t *n, char *msg, size_t msglen);
+ * inputs, `batch` and a data set of `classes` classes (0: MNIST's 10; see
+ * srv_spec_classes). Returns 0 or -EINVAL / -E2BIG with msg. */
+int srv_spec_parse_text(const char *text, size_t len, uint32_t batch, uint32_t classes,
+                        nn_layer_spec *out, uint32_t *n, char *msg, size_t msglen);
+
+/* The class count to check spec s against for a data set of `classes`
+ * classes (0: MNIST's 10). A last dense layer of 10 units is taken for any
+ * set (a spec written for MNIST: the model gets one output per class of the
+ * set when it is built); any other width must be the set's own count, so
+ * nn_spec_check's message then names the set's count, not 10. */
+uint32_t srv_spec_classes(const nn_layer_spec *s, uint32_t n, uint32_t classes);
 
 /* The spec as a JSON array (only each type's own fields). NULL when out of
  * memory. The caller owns it. */

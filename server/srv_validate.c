@@ -269,9 +269,15 @@ static int resolve_network(srv_job_config *c, int arch_set, int layers_set, char
              c->arch);
     return -EINVAL;
   }
+  /* An uploaded set's class count is known only where the set is looked
+   * up (h_job_create checks the output width there); here, its last layer
+   * is taken as it is. */
+  uint32_t k = 0;
+  const nn_layer_spec *last = &c->layers[c->n_layers - 1];
+  if (!srv_dataset_is_builtin(c->dataset) && last->type == NN_LAYER_DENSE) k = last->units;
   nn_err err;
-  int rc = nn_spec_check(c->layers, c->n_layers, NN_INPUT_MNIST, NN_CLASSES, c->batch_size, 1,
-                         NULL, &err);
+  int rc = nn_spec_check(c->layers, c->n_layers, NN_INPUT_MNIST,
+                         srv_spec_classes(c->layers, c->n_layers, k), c->batch_size, 1, NULL, &err);
   if (rc) {
     snprintf(msg, msglen, "%s", err.msg);
     return -EINVAL;
@@ -567,6 +573,10 @@ int srv_tfs_parse(const char *body, size_t len, float **x, uint32_t *n, char *ms
 out:
   cJSON_Delete(root);
   return rc;
+}
+
+int srv_dataset_is_builtin(const char *name) {
+  return !strcmp(name, "mnist") || !strcmp(name, "fashion-mnist");
 }
 
 int srv_dataset_name_ok(const char *s) {

@@ -92,5 +92,7 @@ void srv_json_exact_ints(struct cJSON *node);
 
 /* 1 if name is a valid data set name: [a-z0-9][a-z0-9._-]{0,63}. */
 int srv_dataset_name_ok(const char *name);
+/* 1 for "mnist" and "fashion-mnist" (installed beside the binary). */
+int srv_dataset_is_builtin(const char *name);
 
 #endif

@@ -99,6 +99,22 @@ check "upload of a 3-class set for the CLI: 201" test "$(cat "$T/up.code")" = 20
 check "train --state-dir --dataset (an uploaded set, daemon running): 2 epochs, accuracy > 0.9" python3 -c "
 import json; ls = [json.loads(l) for l in open('$T/three.json')]
 assert len(ls) == 2 and ls[-1]['val_accuracy'] > 0.9, ls"
+# The output width is checked against the set's classes: 3 (or MNIST's 10,
+# adapted) is taken, another width is refused naming the set's count.
+printf '{"layers":[{"type":"dense","units":3}]}' > "$T/l3.json"
+printf '{"layers":[{"type":"dense","units":5}]}' > "$T/l5.json"
+"$BIN" train --state-dir "$T/state" --dataset three --layers "$T/l3.json" --epochs 1 --json > "$T/l3.out" 2>&1
+check "--layers ending in 3 units on the 3-class set: trains" grep -q val_accuracy "$T/l3.out"
+rc=$(exit_code "$BIN" train --state-dir "$T/state" --dataset three --layers "$T/l5.json" --epochs 1)
+check "--layers ending in 5 units on the 3-class set: exit 1 naming its 3 classes" \
+  bash -c "test $rc = 1 && grep -q '5 units, but the data set has 3 classes' '$T/err'"
+job() { curl -s -o "$T/job.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d "{\"dataset\":\"three\",\"epochs\":1,\"layers\":[{\"type\":\"dense\",\"units\":$1}]}" \
+  "http://127.0.0.1:$PORT/v1/jobs"; }
+check "POST /v1/jobs, layers ending in 3 units on the 3-class set: 202" test "$(job 3)" = 202
+code=$(job 5)
+check "... in 5 units: 400 naming the set's 3 classes" \
+  bash -c "test $code = 400 && grep -q '5 units, but the data set has 3 classes' '$T/job.out'"
 kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
 touch "$T/state/datasets/.upload-left"
 "$BIN" train --state-dir "$T/state" --dataset three --epochs 1 --out "$T/three.model" > "$T/three.txt" 2>&1
