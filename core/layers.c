@@ -198,6 +198,35 @@ NN_HOT void nn_k_antirect_fwd(const float *restrict x, uint32_t n, uint32_t d,
   }
 }
 
+/* nn_k_antirect_fwd for a prediction: nothing is kept for a backward pass,
+ * so y and inv are never written (a third of the kernel's stores) and the
+ * centred row is recomputed from x, in L1. Same operations in the same
+ * order as nn_k_antirect_fwd without dropout, so the same bits. */
+NN_HOT void nn_k_antirect_infer(const float *restrict x, uint32_t n, uint32_t d,
+                                float *restrict out) {
+  for (uint32_t r = 0; r < n; r++) {
+    const float *restrict xr = x + (size_t)r * d;
+    float *restrict o = out + (size_t)r * 2 * d, *restrict o2 = o + d;
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (uint32_t i = 0; i < d; i++) mean += xr[i];
+    mean /= (float)d;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (uint32_t i = 0; i < d; i++) {
+      float c = xr[i] - mean;
+      ss += c * c;
+    }
+    float s = 1.0f / sqrtf(ss > ANTIRECT_EPS ? ss : ANTIRECT_EPS);
+#pragma omp simd
+    for (size_t i = 0; i < d; i++) {
+      float v = (xr[i] - mean) * s;
+      o[i] = v > 0.f ? v : 0.f;
+      o2[i] = v < 0.f ? -v : 0.f;
+    }
+  }
+}
+
 NN_HOT void nn_k_antirect_bwd(const float *restrict y, const float *restrict inv,
                               const float *restrict dout, uint32_t n, uint32_t d,
                               float *restrict dx, float *restrict db, nn_drop dr) {

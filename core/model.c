@@ -214,6 +214,36 @@ static int conv_plan(const nn_model *m, nn_workspace *ws) {
   return 0;
 }
 
+/* A batch prediction runs in pieces of at most PREDICT_PIECE rows, all of
+ * a piece's layers before the next piece, each into the start of its
+ * layer's buffer: a piece's activations stay in L2 between the layers
+ * instead of a whole batch's going through memory at every layer. The
+ * pieces are of equal size where the batch allows, so that one set of
+ * kernels serves them (a smaller last piece takes dnnl_sgemm). Measured
+ * for batches of 1000, one thread: pieces of 250 and 500 alike and best,
+ * 128 and 168 no better than the whole batch (docs/benchmarks.md). */
+#define PREDICT_PIECE 256
+
+/* Pieces need layers that treat every row on its own: dense networks. */
+static int piecewise(const nn_model *m) {
+  for (uint32_t i = 0; i < m->n_layers; i++)
+    switch (m->layers[i].type) {
+    case NN_LAYER_DENSE: case NN_LAYER_ANTIRECT: case NN_LAYER_RELU: case NN_LAYER_DROPOUT:
+    case NN_LAYER_SOFTMAX:
+      break;
+    default:
+      return 0;
+    }
+  return 1;
+}
+
+/* Rows per piece of a prediction of n rows (n: no pieces). */
+static uint32_t piece_rows(const nn_model *m, uint32_t n) {
+  if (n <= PREDICT_PIECE || !piecewise(m)) return n;
+  uint32_t k = (n + PREDICT_PIECE - 1) / PREDICT_PIECE;
+  return (n + k - 1) / k;
+}
+
 int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batch) {
   if (!out || !m || max_batch == 0 || max_batch > (1u << 20)) return NN_EINVAL;
   *out = NULL;
@@ -224,6 +254,10 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
 
   int rc = nn_dnn_create(&ws->dnn);
   if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
+  if (!rc && piece_rows(m, max_batch) < max_batch) {
+    ws->dnn_piece = piece_rows(m, max_batch);
+    rc = nn_dnn_prepare_piece(ws->dnn, m, ws->dnn_piece);
+  }
   if (!rc) rc = conv_plan(m, ws);
   if (rc) {
     nn_workspace_free(ws);
@@ -405,7 +439,9 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
         ws->fused[++i] = 1; /* from here on, i is the dropout layer */
         out = ws->act[i];
       }
-      if (l->type == NN_LAYER_ANTIRECT)
+      if (l->type == NN_LAYER_ANTIRECT && ws->predicting && !dr.thr)
+        nn_k_antirect_infer(in, n * l->ishape.h * l->ishape.w, l->ishape.c, out);
+      else if (l->type == NN_LAYER_ANTIRECT)
         /* Per position across channels; a vector is one position. */
         nn_k_antirect_fwd(in, n * l->ishape.h * l->ishape.w, l->ishape.c, ws->anti_y[a],
                           ws->anti_inv[a], out, dr);
@@ -616,16 +652,33 @@ int nn_workspace_pin(nn_workspace *ws, const nn_model *m) {
   return 0;
 }
 
+static int predict(const nn_model *m, nn_workspace *ws, const uint8_t *u8, const float *f32,
+                   uint32_t n, float *probs) {
+  const uint32_t classes = nn_model_classes(m), in = m->n_inputs;
+  const uint32_t P = piece_rows(m, n);
+  if (P < n && ws->dnn_piece != P) {
+    nn_dnn_prepare_piece(ws->dnn, NULL, P);
+    ws->dnn_piece = P;
+  }
+  for (uint32_t off = 0; off < n; off += P) {
+    uint32_t k = n - off < P ? n - off : P;
+    if (u8) nn_k_u8_to_f32(ws->x, u8 + (size_t)off * in, (size_t)k * in);
+    else memcpy(ws->x, f32 + (size_t)off * in, (size_t)k * in * sizeof(float));
+    ws->predicting = 1;
+    const float *p = nn_forward(m, ws, k, 0, NULL);
+    ws->predicting = 0;
+    int rc = nn_dnn_error(ws->dnn);
+    if (rc) return rc;
+    memcpy(probs + (size_t)off * classes, p, (size_t)k * classes * sizeof(float));
+  }
+  return 0;
+}
+
 int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t n,
                    float *probs) {
   if (!m || !ws || !x || !probs || n > ws->max_batch || ws->n_layers != m->n_layers)
     return NN_EINVAL;
-  memcpy(ws->x, x, (size_t)n * m->n_inputs * sizeof(float));
-  const float *p = nn_forward(m, ws, n, 0, NULL);
-  int rc = nn_dnn_error(ws->dnn);
-  if (rc) return rc;
-  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
-  return 0;
+  return predict(m, ws, NULL, x, n, probs);
 }
 
 int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
@@ -633,10 +686,5 @@ int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
   if (!m || !ws || !images || !probs || n > ws->max_batch ||
       ws->n_layers != m->n_layers || m->n_inputs != NN_IMAGE_SIZE)
     return NN_EINVAL;
-  nn_k_u8_to_f32(ws->x, images, (size_t)n * m->n_inputs);
-  const float *p = nn_forward(m, ws, n, 0, NULL);
-  int rc = nn_dnn_error(ws->dnn);
-  if (rc) return rc;
-  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
-  return 0;
+  return predict(m, ws, images, NULL, n, probs);
 }
