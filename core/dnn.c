@@ -28,6 +28,7 @@ typedef struct mm {
   dnnl_primitive_t prim;
   dnnl_memory_t a, b, c, bias, sp;  /* sp: scratchpad, or NULL */
   uint64_t rows;     /* the shape's variable dimension (or key); 0 = not built */
+  uint32_t k;        /* the layer's inputs it was built for */
   int team;          /* OpenMP team size it was built for */
 } mm;
 
@@ -193,7 +194,7 @@ static int mm_run(nn_dnn *d, mm *m, const float *A, const float *B, const float 
 static mm *mm_get(nn_dnn *d, uint32_t layer, int op, uint32_t rows, const nn_layer *l) {
   int team = dnn_team(d);
   mm *m = &d->op[layer][op];
-  if (m->prim && m->rows == rows && m->team == team) return m;
+  if (m->prim && m->rows == rows && m->team == team && m->k == l->in) return m;
   mm_clear(m);
   int64_t in = l->in, out = l->out, n = rows;
   int rc = op == OP_FWD || op == OP_PIECE ? mm_build(d, m, n, out, in, 0, 1, 1, 0, 0, 0) /* x W^T + b */
@@ -202,6 +203,7 @@ static mm *mm_get(nn_dnn *d, uint32_t layer, int op, uint32_t rows, const nn_lay
   if (rc) return NULL;
   m->rows = rows;
   m->team = team;
+  m->k = l->in;
   return m;
 }
 

@@ -132,6 +132,30 @@ NN_HOT void nn_k_u8_to_f32(float *restrict x, const uint8_t *restrict px, size_t
   for (size_t k = 0; k < n; k++) x[k] = (float)px[k] * (1.0f / 255.0f);
 }
 
+NN_HOT void nn_k_u8_or_rows(uint8_t *restrict used, const uint8_t *restrict px, uint32_t n,
+                            uint32_t d) {
+  memset(used, 0, d);
+  for (uint32_t r = 0; r < n; r++)
+#pragma omp simd
+    for (uint32_t c = 0; c < d; c++) used[c] |= px[(size_t)r * d + c];
+}
+
+NN_HOT void nn_k_u8_gather_runs(float *restrict x, const uint8_t *restrict px, uint32_t n,
+                                uint32_t d, const uint32_t *restrict runs, uint32_t nr,
+                                uint32_t k) {
+  for (uint32_t r = 0; r < n; r++) {
+    const uint8_t *restrict p = px + (size_t)r * d;
+    float *restrict o = x + (size_t)r * k;
+    for (uint32_t q = 0; q < nr; q++) {
+      const uint8_t *restrict s = p + runs[2 * q];
+      const uint32_t len = runs[2 * q + 1];
+#pragma omp simd
+      for (uint32_t j = 0; j < len; j++) o[j] = (float)s[j] * (1.0f / 255.0f);
+      o += len;
+    }
+  }
+}
+
 NN_HOT void nn_k_add(float *restrict acc, const float *restrict x, size_t n) {
   for (size_t k = 0; k < n; k++) acc[k] += x[k];
 }

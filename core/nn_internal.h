@@ -71,6 +71,9 @@ struct nn_workspace {
   uint32_t max_batch;
   uint32_t dnn_piece;  /* rows of the prediction pieces the dnn has kernels for */
   int predicting;      /* inside nn_predict_*: no backward pass will follow */
+  uint32_t k0;         /* predicting: inputs of layer 0 after compaction (0: none) */
+  float *w0;           /* predicting: layer 0's weights of those inputs, [out][k0] */
+  uint32_t *cols;      /* the inputs kept, [n_inputs] */
   uint32_t n_layers;
   float *x;                         /* [B][n_inputs] input as floats */
   float *act[NN_MAX_LAYERS];        /* output buffer of each layer */
@@ -138,6 +141,9 @@ void nn_k_antirect_fwd(const float *x, uint32_t n, uint32_t d, float *y, float *
 /* Its backward: dout [n][2d] is the gradient w.r.t. out; writes dx [n][d]
  * and, when db is not NULL, db[d] = column sums of dx (the bias gradient of
  * the dense layer before). */
+void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, uint32_t n, uint32_t d);
+void nn_k_u8_gather_runs(float *x, const uint8_t *px, uint32_t n, uint32_t d,
+                         const uint32_t *runs, uint32_t nr, uint32_t k);
 /* nn_k_antirect_fwd without dropout and without y and inv (a prediction:
  * no backward pass follows); out gets the same values. */
 void nn_k_antirect_infer(const float *x, uint32_t n, uint32_t d, float *out);

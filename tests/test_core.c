@@ -968,6 +968,24 @@ static void test_predict_single_matches_batch(void **state) {
     assert_int_equal(nn_predict_u8(m, wl, synth.images, sizes[si], pl), 0);
     for (size_t k = 0; k < (size_t)sizes[si] * 10; k++) assert_float_equal(pl[k], pr[k], 1e-5);
   }
+  /* Inputs that are 0 in every image of a batch are left out of the first
+   * product of a u8 batch (float input keeps them all): images with empty
+   * top and bottom rows and an empty column, u8 against f32. */
+  uint8_t *img = malloc(600 * 784);
+  float *xf = malloc(600 * 784 * sizeof(float));
+  memcpy(img, synth.images, 600 * 784);
+  for (uint32_t r = 0; r < 600; r++)
+    for (uint32_t c = 0; c < 784; c++) {
+      if (c < 6 * 28 || c >= 22 * 28 || c % 28 == 13) img[(size_t)r * 784 + c] = 0;
+      xf[(size_t)r * 784 + c] = img[(size_t)r * 784 + c] / 255.0f;
+    }
+  const uint32_t csizes[] = {600, 64, 2};
+  for (size_t si = 0; si < sizeof csizes / sizeof *csizes; si++) {
+    assert_int_equal(nn_predict_u8(m, wl, img, csizes[si], pl), 0);
+    assert_int_equal(nn_predict_f32(m, wl, xf, csizes[si], pr), 0);
+    for (size_t k = 0; k < (size_t)csizes[si] * 10; k++) assert_float_equal(pl[k], pr[k], 1e-5);
+  }
+  free(img), free(xf);
   free(pl), free(pr);
   nn_workspace_free(wl);
   nn_model *m2;
