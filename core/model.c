@@ -91,6 +91,12 @@ void nn_model_init(nn_model *m, uint64_t seed) {
   nn_rng_seed(&rng, seed);
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
+    if (l->type == NN_LAYER_BATCHNORM) {
+      /* gamma 1, beta 0, moving mean 0, moving variance 1 (Keras). */
+      float *p = m->params + l->w_off;
+      for (uint32_t k = 0; k < 4 * l->ishape.c; k++) p[k] = k / l->ishape.c % 3 == 0;
+      continue;
+    }
     if (l->type != NN_LAYER_DENSE && l->type != NN_LAYER_CONV2D) continue;
     nn_layer d = l->type == NN_LAYER_CONV2D ? nn_conv_as_dense(l) : *l;
     float fan_in = (float)d.in, fan_out = (float)d.out;
@@ -136,7 +142,7 @@ static int conv_blocked(const nn_model *m, const nn_workspace *ws, uint32_t i) {
     nn_layer_type t = m->layers[j].type;
     if (t == NN_LAYER_CONV2D) return !ws->gemm[j] && !ws->nhwc[j];
     if (t == NN_LAYER_FLATTEN) return 1;
-    if (t != NN_LAYER_RELU && t != NN_LAYER_MAXPOOL) return 0;
+    if (t != NN_LAYER_RELU && t != NN_LAYER_MAXPOOL && t != NN_LAYER_BATCHNORM) return 0;
   }
   return 0;
 }
@@ -273,7 +279,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   }
 
   /* First pass sizes the single block, second pass carves it. */
-  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0, dcol = 0;
+  size_t B = max_batch, off[2 + 4 * NN_MAX_LAYERS], total = 0, k = 0, dcol = 0, bnc = 0;
   off[k++] = total; total += round_up(B * m->n_inputs * sizeof(float));
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
@@ -285,6 +291,9 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
       off[k++] = total; total += round_up(B * l->ishape.h * l->ishape.w * sizeof(float));
     } else if (l->type == NN_LAYER_MAXPOOL) {
       off[k++] = total; total += round_up(B * l->out * sizeof(uint32_t));
+    } else if (l->type == NN_LAYER_BATCHNORM) {
+      off[k++] = total; total += round_up(3 * (size_t)l->ishape.c * sizeof(float));
+      if (l->ishape.c > bnc) bnc = l->ishape.c;
     } else if (l->type == NN_LAYER_CONV2D && ws->gemm[i]) {
       size_t c = B * l->oshape.h * l->oshape.w * l->kernel * l->kernel * l->ishape.c;
       off[k++] = total; total += round_up(c * sizeof(float));
@@ -294,6 +303,8 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   size_t gsz = round_up(B * m->max_width * sizeof(float));
   off[k] = total; /* dcol */
   total += round_up(dcol * sizeof(float));
+  size_t bn_off = total;
+  total += bnc ? round_up(nn_bn_scratch_bytes((uint32_t)bnc)) : 0;
   if (total + 2 * gsz > NN_WORKSPACE_MAX_BYTES) {
     nn_workspace_free(ws);
     return NN_ETOOBIG;
@@ -316,11 +327,14 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
       ws->anti_inv[i] = (float *)(base + off[k++]);
     } else if (l->type == NN_LAYER_MAXPOOL) {
       ws->pool_idx[i] = (uint32_t *)(base + off[k++]);
+    } else if (l->type == NN_LAYER_BATCHNORM) {
+      ws->bn_stat[i] = (float *)(base + off[k++]);
     } else if (l->type == NN_LAYER_CONV2D && ws->gemm[i]) {
       ws->col[i] = (float *)(base + off[k++]);
     }
   }
   ws->dcol = dcol ? (float *)(base + off[k]) : NULL;
+  ws->bn_acc = bnc ? (double *)(base + bn_off) : NULL;
   ws->g[0] = (float *)(base + total);
   ws->g[1] = (float *)(base + total + gsz);
   *out = ws;
@@ -357,7 +371,7 @@ static nn_drop drop_replay(const nn_layer *l, const nn_workspace *ws, uint32_t i
 }
 
 static int drop_active(const nn_layer *l, int training) {
-  return l->type == NN_LAYER_DROPOUT && training && l->rate > 0.f;
+  return l->type == NN_LAYER_DROPOUT && training == NN_PASS_TRAIN && l->rate > 0.f;
 }
 
 /* The convolution at i - 2 (ReLU fused) and the pooling at i, piece by piece.
@@ -515,6 +529,10 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
        * so inference needs no rescaling. */
       nn_k_dropout(out, in, (size_t)n * l->out, drop_draw(l, ws, i, rng));
       break;
+    case NN_LAYER_BATCHNORM:
+      nn_bn_fwd(l, m->params + l->w_off, in, n, blk ? ws->cblock : 0, training != 0, ws->sync,
+                ws->bn_acc, ws->bn_stat[i], out);
+      break;
     case NN_LAYER_SOFTMAX:
       nn_softmax_xent(in, NULL, n, l->in, out, NULL, NULL);
       break;
@@ -621,6 +639,14 @@ void nn_backward(const nn_model *m, nn_workspace *ws, uint32_t n, const float *d
       if (ws->fused[i]) continue; /* done by the activation below */
       if (!drop_active(l, training)) continue; /* identity: reuse g */
       nn_k_dropout(dx, g, (size_t)n * l->in, drop_replay(l, ws, (uint32_t)i));
+      break;
+    case NN_LAYER_BATCHNORM:
+      /* Every shard takes part (the sums are the whole batch's), the first
+       * layer too: its gamma and beta have gradients. */
+      nn_bn_bwd(l, m->params + l->w_off, in, g, n, ws->blk[i] ? ws->cblock : 0, training != 0,
+                ws->sync, ws->bn_acc, ws->bn_stat[i], grad, i > 0 ? dx : NULL);
+      db_done = 0;
+      if (i == 0) return;
       break;
     case NN_LAYER_SOFTMAX:
       continue;

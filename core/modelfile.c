@@ -152,9 +152,14 @@ int nn_file_save(const nn_model *m, const nn_ckpt_info *ck, const char *path,
   put_u32(&b, m->n_specs);
   for (uint32_t i = 0; i < m->n_specs; i++) {
     const nn_layer_spec *l = &m->specs[i];
+    /* batch_norm keeps its two numbers in the record's unused slots, so
+     * the format (and older files) stay as they are. */
+    int bn = l->type == NN_LAYER_BATCHNORM;
+    uint32_t eps_bits;
+    memcpy(&eps_bits, &l->epsilon, 4);
     put_u32(&b, l->type);
-    put_u32(&b, l->units);
-    put_f32(&b, l->rate);
+    put_u32(&b, bn ? eps_bits : l->units);
+    put_f32(&b, bn ? l->momentum : l->rate);
     put_u32(&b, l->filters);
     put_u32(&b, l->kernel);
     put_u32(&b, l->stride);
@@ -244,6 +249,12 @@ static int parse_layers_v2(nn_model *m, const uint8_t *p, size_t len, const char
                                .kernel = get_u32(r + 16), .stride = get_u32(r + 20),
                                .padding = (nn_padding)get_u32(r + 24),
                                .activation = (nn_activation)get_u32(r + 28)};
+    if (specs[i].type == NN_LAYER_BATCHNORM) {
+      specs[i].epsilon = get_f32(r + 4);
+      specs[i].momentum = specs[i].rate;
+      specs[i].units = 0;
+      specs[i].rate = 0.f;
+    }
   }
   nn_err e;
   if (nn_model_layout_spec(m, arch, in, specs, n, &e))

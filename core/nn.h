@@ -186,7 +186,9 @@ typedef enum {
   NN_LAYER_SOFTMAX = 5,  /* last layer; fused with cross-entropy in training */
   NN_LAYER_CONV2D = 6,   /* 2-D convolution, NHWC, weights [filters][k][k][in_c] */
   NN_LAYER_MAXPOOL = 7,  /* 2-D max pooling, no padding */
-  NN_LAYER_FLATTEN = 8   /* feature map -> vector (NHWC order, as Keras) */
+  NN_LAYER_FLATTEN = 8,  /* feature map -> vector (NHWC order, as Keras) */
+  NN_LAYER_BATCHNORM = 9 /* Keras BatchNormalization: per unit of a vector, per
+                            channel (over batch, height, width) of a feature map */
 } nn_layer_type;
 
 typedef enum { NN_PAD_VALID = 0, NN_PAD_SAME = 1 } nn_padding;
@@ -203,7 +205,14 @@ typedef struct nn_layer_spec {
   uint32_t stride;        /* CONV2D: 1 or 2 (0 = 1); MAXPOOL: 0 = the window side */
   nn_padding padding;     /* CONV2D */
   nn_activation activation; /* DENSE, CONV2D: relu runs as a separate layer */
+  float momentum;         /* BATCHNORM: moving-average factor in [0, 1) (Keras 0.99) */
+  float epsilon;          /* BATCHNORM: added to the variance, (0, 1] (Keras 0.001) */
 } nn_layer_spec;
+
+/* Keras' BatchNormalization defaults, for specs written in C (the JSON
+ * parser fills them in when a layer leaves them out). */
+#define NN_BN_MOMENTUM 0.99f
+#define NN_BN_EPSILON 0.001f
 
 /* A feature map's shape per sample; a vector of n is {1, 1, n}. */
 typedef struct nn_shape { uint32_t h, w, c; } nn_shape;
@@ -222,7 +231,11 @@ typedef struct nn_layer {
   nn_layer_type type;
   uint32_t in, out;       /* elements per sample of input and output */
   float rate;
-  size_t w_off, b_off;    /* DENSE, CONV2D: offsets into the parameter block */
+  size_t w_off, b_off;    /* DENSE, CONV2D: offsets into the parameter block;
+                             BATCHNORM: gamma[c] at w_off, then beta[c] at b_off,
+                             moving_mean[c] at b_off + c, moving_variance[c]
+                             at b_off + 2c (c = ishape.c; Keras' order) */
+  float momentum, epsilon; /* BATCHNORM */
   nn_shape ishape, oshape;
   uint32_t kernel, stride; /* CONV2D, MAXPOOL */
   uint32_t pad_t, pad_l;   /* CONV2D: zero rows above, columns left */
@@ -298,7 +311,8 @@ uint32_t nn_model_classes(const nn_model *m);
 
 /* Keras initialisation: glorot_uniform kernels (limit sqrt(6/(in+out));
  * for a convolution fan_in = k*k*in_c, fan_out = k*k*filters),
- * zero biases, from the given seed. Deterministic. */
+ * zero biases, batch_norm gamma 1, beta 0, moving mean 0, moving variance
+ * 1, from the given seed. Deterministic. */
 void nn_model_init(nn_model *m, uint64_t seed);
 
 /* Deep copy (weights included). */
@@ -537,8 +551,10 @@ int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels,
                    uint32_t n, float *loss);
 
 /* Computes the gradient of the mean batch loss into the trainer's gradient
- * block without updating weights, in inference mode (dropout off) so the
- * result is a deterministic function of the weights. Returns the loss, or
+ * block without updating weights, with dropout off so the result is a
+ * deterministic function of the weights. Batch normalisation layers run as
+ * in training (the statistics of these n rows, across all shards) but leave
+ * their moving statistics alone. Returns the loss, or
  * NAN when oneDNN could not run a matrix product. For gradient checks. */
 float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels,
                           uint32_t n, const float **grad);
@@ -555,10 +571,13 @@ float nn_trainer_gradient(nn_trainer *t, const float *x, const uint8_t *labels,
  *         64   n_specs x { u32 type, u32 units, f32 rate, u32 filters,
  *                          u32 kernel, u32 stride, u32 padding,
  *                          u32 activation }: the user spec, softmax implied
+ *              (batch_norm: rate holds the momentum, and the u32 in units'
+ *              place holds the bits of the f32 epsilon)
  *          .   u64      n_params
  *          .   f32[n_params] parameters, layer order: per dense layer
  *              W[out][in] then b[out]; per conv2d W[filters][k][k][in_c]
- *              then b[filters]
+ *              then b[filters]; per batch_norm gamma[c], beta[c],
+ *              moving_mean[c], moving_variance[c]
  *   if flags & 1 (a training checkpoint):
  *          .   u32 optimizer kind, f32 lr, rho, momentum, beta1, beta2,
  *              epsilon, u32 batch_size, u64 seed, u32 epoch, u64 steps,

@@ -67,6 +67,26 @@ void nn_dnn_inject_failure(uint32_t nth);
 
 typedef struct nn_conv nn_conv; /* conv.c */
 
+/* Sums across the shards of one batch, for the layers whose forward or
+ * backward pass needs statistics of the whole batch (batch_norm). The
+ * trainer provides one per shard (train.c); a workspace without one holds
+ * the whole batch. sum() adds len doubles over the shards: shard k passes
+ * its part, and on return `total` holds part_0 + part_1 + ... in shard
+ * order, the same bits on every shard. Every shard of a batch makes the
+ * same sequence of calls (a shard without rows passes zeros). */
+typedef struct nn_sync nn_sync;
+struct nn_sync {
+  void (*sum)(nn_sync *s, const double *part, double *total, size_t len);
+  void *ctx;
+};
+
+/* nn_forward's and nn_backward's `training`: 0 inference (dropout off,
+ * batch_norm on its moving statistics), 1 training (dropout on, batch_norm
+ * on the batch's statistics), NN_PASS_STATS: the batch's statistics with
+ * dropout off (nn_trainer_gradient). */
+#define NN_PASS_TRAIN 1
+#define NN_PASS_STATS 2
+
 struct nn_workspace {
   uint32_t max_batch;
   uint32_t dnn_piece;  /* rows of the prediction pieces the dnn has kernels for */
@@ -99,7 +119,36 @@ struct nn_workspace {
   uint32_t *pool_idx[NN_MAX_LAYERS]; /* MAXPOOL: input index of each maximum */
   nn_conv *conv;                    /* CONV2D: oneDNN kernels, or NULL */
   void *wt_block;
+  float *bn_stat[NN_MAX_LAYERS];    /* BATCHNORM: mean[c], 1/sqrt(var+eps)[c] and
+                                       var[c] of the last forward pass */
+  double *bn_acc;                   /* BATCHNORM: scratch (nn_bn_scratch_bytes) */
+  nn_sync *sync;                    /* the trainer's shards, or NULL */
 };
+
+/* Batch normalisation (bnorm.c). x and y are n samples of l->ishape, NHWC
+ * (n*h*w rows of c = l->ishape.c channels), or in oneDNN's blocks of blk
+ * channels when blk is not 0. p: the layer's parameters
+ * (gamma at p, beta at p + c, moving mean at p + 2c, moving var at p + 3c).
+ * stat: 3c floats the backward pass reads (mean, inverse deviation, var);
+ * acc: nn_bn_scratch_bytes(c) of scratch, 8-byte aligned. With batch
+ * statistics the sums go through sync (NULL: these rows are the whole
+ * batch); n may be 0. */
+size_t nn_bn_scratch_bytes(uint32_t c);
+void nn_bn_fwd(const nn_layer *l, const float *p, const float *x, uint32_t n, uint32_t blk,
+               int batch_stats, nn_sync *sync, double *acc, float *stat, float *y);
+/* Writes dgamma, dbeta (summed over the whole batch through sync) into
+ * g = grad + l->w_off (and zeros where the moving statistics are), and
+ * dx when not NULL. */
+void nn_bn_bwd(const nn_layer *l, const float *p, const float *x, const float *dy, uint32_t n,
+               uint32_t blk, int batch_stats, nn_sync *sync, double *acc, const float *stat,
+               float *grad, float *dx);
+/* The part of a shard without rows: every batch_norm layer's sums (zeros)
+ * in the order nn_forward and nn_backward make them, and their results
+ * (the whole batch's statistics, dgamma, dbeta) in ws and grad. */
+void nn_bn_idle(const nn_model *m, nn_workspace *ws, int training, float *grad);
+/* moving = moving * momentum + batch * (1 - momentum), from a forward
+ * pass's stat (Keras; the variance biased). */
+void nn_bn_update_moving(const nn_layer *l, float *p, const float *stat);
 
 /* Element-wise kernels (layers.c). n counts floats unless said otherwise. */
 void nn_k_colsum(float *db, const float *g, uint32_t rows, uint32_t d);

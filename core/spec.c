@@ -12,7 +12,8 @@ static const struct { nn_layer_type t; const char *name; } TYPES[] = {
   {NN_LAYER_DENSE, "dense"},       {NN_LAYER_CONV2D, "conv2d"},
   {NN_LAYER_MAXPOOL, "max_pool2d"}, {NN_LAYER_FLATTEN, "flatten"},
   {NN_LAYER_DROPOUT, "dropout"},   {NN_LAYER_RELU, "relu"},
-  {NN_LAYER_ANTIRECT, "antirectifier"}, {NN_LAYER_SOFTMAX, "softmax"},
+  {NN_LAYER_ANTIRECT, "antirectifier"}, {NN_LAYER_BATCHNORM, "batch_norm"},
+  {NN_LAYER_SOFTMAX, "softmax"},
 };
 
 const char *nn_layer_type_name(nn_layer_type t) {
@@ -205,6 +206,24 @@ static int layout_one(nn_model *m, const nn_layer_spec *s, uint32_t j, nn_shape 
     l = push(m, NN_LAYER_ANTIRECT, j, in);
     l->oshape = (nn_shape){in.h, in.w, in.c * 2};
     l->out = l->in * 2;
+    break;
+  case NN_LAYER_BATCHNORM:
+    /* NaN fails the comparisons. */
+    if (!(s->momentum >= 0.f && s->momentum < 1.f))
+      return BAD("layers[%u] batch_norm: momentum must be in [0, 1), not %g", j,
+                 (double)s->momentum);
+    if (!(s->epsilon > 0.f && s->epsilon <= 1.f))
+      return BAD("layers[%u] batch_norm: epsilon must be in (0, 1], not %g", j,
+                 (double)s->epsilon);
+    l = push(m, NN_LAYER_BATCHNORM, j, in);
+    l->momentum = s->momentum;
+    l->epsilon = s->epsilon;
+    /* Per channel (a vector's units are its channels): gamma, then beta and
+     * the two moving statistics, which follow beta. */
+    l->w_off = *np;
+    *np += in.c;
+    l->b_off = *np;
+    *np += 3 * (size_t)in.c;
     break;
   case NN_LAYER_SOFTMAX:
     return BAD("layers[%u] softmax: the softmax is added after the last layer; leave it out", j);

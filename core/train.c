@@ -90,6 +90,8 @@ typedef struct shard {
   uint32_t correct;
   uint32_t k;                /* index of this shard and its thread */
   struct pool *pool;
+  nn_sync sync;              /* batch_norm's sums over all shards */
+  uint32_t parity;           /* which half of pool->red its next sum uses */
 } shard;
 
 typedef struct pool {
@@ -98,6 +100,9 @@ typedef struct pool {
   shard *shards;
   pthread_t *tids;           /* n - 1 workers */
   barrier start, mid, end;
+  barrier red_bar;           /* one phase per cross-shard sum (shard_sum) */
+  double *red;               /* 2 halves x n slots x red_len doubles */
+  size_t red_len;
   int barriers;              /* initialised */
   struct nn_trainer *t;
 } pool;
@@ -129,6 +134,25 @@ static void row_range(uint32_t n, uint32_t parts, uint32_t k, uint32_t *lo, uint
   *hi = (uint32_t)((uint64_t)n * (k + 1) / parts);
 }
 
+/* nn_sync for the shards: each writes its part into its slot of one half
+ * of the buffer, waits for the others, then adds the slots in shard order,
+ * so every shard gets the same bits. The halves alternate: a shard can only
+ * write the half it read two sums ago once everyone has passed the barrier
+ * of the sum in between, i.e. has finished reading. */
+static void shard_sum(nn_sync *sy, const double *part, double *total, size_t len) {
+  shard *s = sy->ctx;
+  pool *p = s->pool;
+  double *half = p->red + (size_t)s->parity * p->n * p->red_len;
+  s->parity ^= 1;
+  memcpy(half + (size_t)s->k * p->red_len, part, len * sizeof *part);
+  barrier_wait(&p->red_bar);
+  for (size_t i = 0; i < len; i++) {
+    double acc = 0.0;
+    for (uint32_t k = 0; k < p->n; k++) acc += half[(size_t)k * p->red_len + i];
+    total[i] = acc;
+  }
+}
+
 /* Forward and backward of shard k's rows into its own gradient block. */
 static void phase_grad(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
@@ -139,9 +163,12 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
   uint32_t n = hi - lo;
   s->loss_sum = 0;
   s->correct = 0;
+  /* Dropout in training only; batch_norm on batch statistics in both. */
+  const int mode = b->training ? NN_PASS_TRAIN : NN_PASS_STATS;
   if (n == 0) {
     /* Only the bias gradients are summed from the shards' blocks. */
     memset(s->grad, 0, t->m->n_params * sizeof(float));
+    nn_bn_idle(t->m, s->ws, mode, s->grad);
     return;
   }
   for (uint32_t r = 0; r < n; r++) {
@@ -162,11 +189,11 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
       s->labels[r] = b->ds_labels[i];
     }
   }
-  nn_forward(t->m, s->ws, n, b->training, &s->rng);
+  nn_forward(t->m, s->ws, n, mode, &s->rng);
   s->loss_sum = nn_xent_sum(nn_logits(t->m, s->ws), s->labels, n, nn_model_classes(t->m),
                             s->ws->act[t->m->n_layers - 1], s->dz, 1.0f / (float)b->n,
                             &s->correct);
-  nn_backward(t->m, s->ws, n, s->dz, s->grad, b->training, 1);
+  nn_backward(t->m, s->ws, n, s->dz, s->grad, mode, 1);
 }
 
 /* The optimizer on n parameters from offset off, whose gradient is in g. */
@@ -192,12 +219,25 @@ static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n) {
  * gradient. The full gradient ends up in shards[0].grad. */
 static void phase_update(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
-  const nn_model *m = t->m;
+  nn_model *m = t->m;
   const batch_desc *b = &t->batch;
   float *g = p->shards[0].grad;
   nn_dnn *d = p->shards[k].ws->dnn;
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
+    if (l->type == NN_LAYER_BATCHNORM) {
+      /* Every shard holds the whole batch's gamma and beta gradients
+       * (summed across shards in the backward pass): thread k updates its
+       * slice of them; the moving statistics, which the optimizer never
+       * sees, are thread 0's, once per step. */
+      size_t len = 2 * (size_t)l->ishape.c;
+      size_t lo = l->w_off + len * k / p->n, hi = l->w_off + len * (k + 1) / p->n;
+      if (b->training) {
+        update_slice(t, g, lo, hi - lo);
+        if (k == 0) nn_bn_update_moving(l, m->params + l->w_off, p->shards[0].ws->bn_stat[i]);
+      }
+      continue;
+    }
     if (l->type == NN_LAYER_CONV2D) {
       /* Each shard's backward pass left its full gradient of this layer in
        * its own block (small: 18k floats for the cnn preset); thread k sums
@@ -290,6 +330,7 @@ static void pool_free(pool *p) {
     p->t->batch.stop = 0;
   }
   if (p->barriers) {
+    barrier_destroy(&p->red_bar);
     barrier_destroy(&p->end);
     barrier_destroy(&p->mid);
     barrier_destroy(&p->start);
@@ -302,6 +343,7 @@ static void pool_free(pool *p) {
   }
   free(p->shards);
   free(p->tids);
+  free(p->red);
   free(p);
 }
 
@@ -333,12 +375,30 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
     if (!(s->labels = calloc(rows, 1))) goto fail;
   }
   if (n > 1) {
+    /* batch_norm's sums: at most 2 per channel and a count. */
+    for (uint32_t i = 0; i < t->m->n_layers; i++)
+      if (t->m->layers[i].type == NN_LAYER_BATCHNORM &&
+          2 * (size_t)t->m->layers[i].ishape.c + 1 > p->red_len)
+        p->red_len = 2 * (size_t)t->m->layers[i].ishape.c + 1;
+    if (p->red_len) {
+      if (!(p->red = calloc(2 * (size_t)n * p->red_len, sizeof *p->red))) goto fail;
+      for (uint32_t k = 0; k < n; k++) {
+        p->shards[k].sync = (nn_sync){.sum = shard_sum, .ctx = &p->shards[k]};
+        p->shards[k].ws->sync = &p->shards[k].sync;
+      }
+    }
     if (barrier_init(&p->start, n)) goto fail;
     if (barrier_init(&p->mid, n)) {
       barrier_destroy(&p->start);
       goto fail;
     }
     if (barrier_init(&p->end, n)) {
+      barrier_destroy(&p->mid);
+      barrier_destroy(&p->start);
+      goto fail;
+    }
+    if (barrier_init(&p->red_bar, n)) {
+      barrier_destroy(&p->end);
       barrier_destroy(&p->mid);
       barrier_destroy(&p->start);
       goto fail;

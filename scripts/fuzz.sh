@@ -35,7 +35,7 @@ CLANG=${CLANG:-clang}
 target_srcs() {
   case "$1" in
     idx)       echo "core/idx.c core/nn_err.c" ;;
-    model)     echo "core/modelfile.c core/model.c core/spec.c core/conv.c core/augment.c core/train.c core/optim.c core/layers.c core/dnn.c core/nn_err.c" ;;
+    model)     echo "core/modelfile.c core/model.c core/bnorm.c core/spec.c core/conv.c core/augment.c core/train.c core/optim.c core/layers.c core/dnn.c core/nn_err.c" ;;
     png|pgm|image) echo "server/srv_image.c" ;;
     jobconfig|predict) echo "server/srv_validate.c server/srv_spec.c core/spec.c core/optim.c core/nn_err.c" ;;
     dscsv|dsarchive) echo "server/srv_dsparse.c server/srv_image.c" ;;

@@ -2,8 +2,9 @@
  *
  * Threads: libmicrohttpd's pool (--threads) serves requests and runs
  * predictions inline; the main thread runs the libuv loop (job scheduling,
- * stream wake-ups, signals); training runs on libuv's thread pool. The
- * configuration is read-only once serving starts. */
+ * stream wake-ups, signals); training and data set conversions
+ * (srv_defer) run on libuv's thread pool. The configuration is read-only
+ * once serving starts. */
 #ifndef MNISTD_SRV_H
 #define MNISTD_SRV_H
 
@@ -74,6 +75,7 @@ typedef struct srv {
   uv_loop_t *loop;
   struct MHD_Daemon *mhd;
   struct srv_conns *conns;   /* open connections, for the request-head deadline */
+  struct srv_defer *defer;   /* answers worked out on libuv's pool (srv_defer) */
   int loopback;              /* listening on 127.0.0.0/8: Host must be a loopback name */
   srv_metrics metrics;
   int64_t started_ms;
@@ -85,6 +87,17 @@ int srv_http_start(srv *S, char *msg, size_t msglen);
 /* Stops accepting new connections (existing ones finish). */
 void srv_http_quiesce(srv *S);
 void srv_http_stop(srv *S);
+
+/* Answers handed to libuv's thread pool (srv_defer, srv_route.h). start
+ * (loop thread, before serving): 0 or a negative errno. close (loop
+ * thread): stops taking new ones (they run on the HTTP thread from then
+ * on) and closes the loop handle, returning 1; with only_if_idle it does
+ * so only when no deferred answer is in progress (its work queued or
+ * running, or its answer not yet sent) and else returns 0. free releases
+ * what start made, after the loop has run the close; NULL-safe. */
+int srv_defer_start(srv *S, uv_loop_t *loop);
+int srv_defer_close(srv *S, int only_if_idle);
+void srv_defer_free(srv *S);
 
 /* True for a Host header value naming the loopback interface: localhost,
  * localhost., *.localhost, 127.0.0.0/8, [::1] or [::ffff:127.x.y.z], each

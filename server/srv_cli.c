@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #include "nn.h"
+#include "srv_datasets.h"
 #include "srv_image.h"
+#include "srv_store.h"
 
 static int usage_error(srv_err *err, const char *fmt, const char *arg) {
   srv_err_printf(err, fmt, arg);
@@ -30,9 +32,12 @@ static const char TRAIN_HELP[] =
     "  --arch antirectifier|relu|cnn  network (default antirectifier)\n"
     "  --layers FILE               network from a JSON layer spec: {\"layers\":[...]}\n"
     "  --augment SPEC              e.g. shift=2,rotate=10,scale=0.1 (random per image)\n"
-    "  --dataset mnist|fashion-mnist  (default mnist)\n"
+    "  --dataset NAME              mnist or fashion-mnist (default mnist), or with\n"
+    "                              --state-dir the name of a set uploaded to that daemon\n"
     "  --data-dir DIR              folder holding mnist/ and fashion-mnist/ (default data,\n"
     "                              or $MNISTD_DATA_DIR)\n"
+    "  --state-dir DIR             a daemon's state directory: its uploaded data sets\n"
+    "                              (POST /v1/datasets) are read from there, read-only\n"
     "  --epochs N                  (default 4)\n"
     "  --batch-size N              (default 128)\n"
     "  --optimizer rmsprop|sgd|adam (default rmsprop)\n"
@@ -64,7 +69,7 @@ static void on_sigint(int sig) {
 
 /* mnistd train's choices, defaults filled in. */
 typedef struct train_opts {
-  const char *arch, *dataset, *out_path, *data_dir, *layers_path;
+  const char *arch, *dataset, *out_path, *data_dir, *layers_path, *state_dir;
   nn_augment augment;
   long epochs, batch, seed, threads, train_limit, test_limit;
   double lr;
@@ -76,7 +81,7 @@ typedef struct train_opts {
  * was printed, or SRV_EUSAGE after the message. */
 static int train_parse(int argc, char **argv, train_opts *o, srv_err *err) {
   *o = (train_opts){"antirectifier", "mnist", NULL,
-                    getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data", NULL,
+                    getenv("MNISTD_DATA_DIR") ? getenv("MNISTD_DATA_DIR") : "data", NULL, NULL,
                     {0, 0, 0}, 4, 128, 1, 0, 0, 0, 0, 0, NN_OPT_RMSPROP};
   char amsg[256];
   static const struct option opts[] = {
@@ -88,7 +93,7 @@ static int train_parse(int argc, char **argv, train_opts *o, srv_err *err) {
       {"json", no_argument, 0, 'j'},            {"train-limit", required_argument, 0, 'L'},
       {"test-limit", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
       {"layers", required_argument, 0, 'Y'},    {"augment", required_argument, 0, 'A'},
-      {0, 0, 0, 0}};
+      {"state-dir", required_argument, 0, 'S'}, {0, 0, 0, 0}};
   int c;
   opterr = 0;
   optind = 1;
@@ -101,12 +106,13 @@ static int train_parse(int argc, char **argv, train_opts *o, srv_err *err) {
       o->arch = optarg;
       break;
     case 'd':
-      if (strcmp(optarg, "mnist") && strcmp(optarg, "fashion-mnist"))
-        return usage_error(err, "--dataset must be mnist or fashion-mnist, not '%s'",
-                           optarg);
+      if (!srv_dataset_is_builtin(optarg) && !srv_dataset_name_ok(optarg))
+        return usage_error(err, "--dataset must be mnist, fashion-mnist or the name of an uploaded "
+                           "set ([a-z0-9][a-z0-9._-]{0,63}), not '%s'", optarg);
       o->dataset = optarg;
       break;
     case 'D': o->data_dir = optarg; break;
+    case 'S': o->state_dir = optarg; break;
     case 'e':
       if (srv_parse_long(optarg, 1, 1000, &o->epochs))
         return usage_error(err, "--epochs must be an integer in 1..1000, not '%s'", optarg);
@@ -158,6 +164,9 @@ static int train_parse(int argc, char **argv, train_opts *o, srv_err *err) {
     }
   }
   if (optind < argc) return usage_error(err, "unexpected argument '%s'", argv[optind]);
+  if (!srv_dataset_is_builtin(o->dataset) && !o->state_dir)
+    return usage_error(err, "--dataset %s is not built in (mnist, fashion-mnist): to train on a "
+                       "set uploaded to a daemon, give its --state-dir DIR", o->dataset);
   return 0;
 }
 
@@ -206,7 +215,8 @@ static int train_loop(nn_model *m, nn_trainer *t, nn_workspace *ews, const nn_da
 }
 
 /* --layers FILE: a JSON spec, checked as the daemon checks a job's. */
-static int load_layers(nn_model **m, const char *path, uint32_t batch, srv_err *err) {
+static int load_layers(nn_model **m, const char *path, uint32_t batch, uint32_t classes,
+                       srv_err *err) {
   FILE *f = fopen(path, "rb");
   if (!f) {
     int rc = -errno;
@@ -230,9 +240,59 @@ static int load_layers(nn_model **m, const char *path, uint32_t batch, srv_err *
     srv_err_printf(err, "%s: %s", path, msg);
     return rc;
   }
+  /* An uploaded set (classes > 0): one output per class, as the daemon's
+   * jobs do. */
+  if (classes && spec[ns - 1].type == NN_LAYER_DENSE) spec[ns - 1].units = classes;
   nn_err nerr;
   if ((rc = nn_model_create_spec(m, "custom", NN_INPUT_MNIST, spec, ns, &nerr)))
     srv_err_printf(err, "%s: %s", path, nerr.msg);
+  return rc;
+}
+
+/* --state-dir DIR --dataset NAME: an uploaded set of that daemon, read
+ * beside it without changing anything (srv_datasets_open_readonly); the
+ * file's checksum is checked against its record. *classes receives its
+ * class count. 0, or a negative errno with the message in err. */
+static int load_uploaded(const char *state, const char *name, nn_dataset *train,
+                         nn_dataset *test, uint32_t *classes, srv_err *err) {
+  char db[PATH_MAX + 16], msg[700] = "", sha[65];
+  snprintf(db, sizeof db, "%s/mnistd.db", state);
+  if (access(db, F_OK)) {
+    srv_err_printf(err, "%s: no daemon state here (no mnistd.db)", state);
+    return -ENOENT;
+  }
+  srv_store *st = NULL;
+  srv_datasets *d = NULL;
+  int rc = srv_store_open(&st, state, msg, sizeof msg);
+  if (rc) {
+    srv_err_printf(err, "%s", msg[0] ? msg : strerror(-rc));
+    return rc;
+  }
+  if ((rc = srv_datasets_open_readonly(&d, st, state))) {
+    srv_err_printf(err, "%s: %s", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(st));
+    goto out;
+  }
+  if (srv_datasets_count(d, name, NULL, NULL, classes)) {
+    cJSON *arr = cJSON_CreateArray();
+    char have[400] = "";
+    srv_datasets_list(d, arr);
+    for (int i = 0, n = cJSON_GetArraySize(arr); i < n; i++) {
+      const char *s = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetArrayItem(arr, i), "name"));
+      size_t l = strlen(have);
+      snprintf(have + l, sizeof have - l, "%s%s", l ? ", " : "", s ? s : "");
+    }
+    cJSON_Delete(arr);
+    srv_err_printf(err, "data set %s not found in %s (uploaded there: %s; built in: mnist, "
+                   "fashion-mnist)", name, state, have[0] ? have : "none");
+    rc = -ENOENT;
+    goto out;
+  }
+  if ((rc = srv_datasets_load(d, name, NN_SPLIT_TRAIN, train, sha, msg, sizeof msg)) ||
+      (rc = srv_datasets_load(d, name, NN_SPLIT_TEST, test, sha, msg, sizeof msg)))
+    srv_err_printf(err, "%s", msg[0] ? msg : strerror(-rc));
+out:
+  srv_datasets_close(d);
+  srv_store_close(st);
   return rc;
 }
 
@@ -246,7 +306,8 @@ int srv_cli_train(int argc, char **argv, srv_err *err) {
   int json = o.json;
 
   char dir[PATH_MAX];
-  if (srv_dataset_dir(data_dir, dataset, dir, sizeof dir)) {
+  int builtin = srv_dataset_is_builtin(dataset);
+  if (builtin && srv_dataset_dir(data_dir, dataset, dir, sizeof dir)) {
     srv_err_printf(err, "no %s data under '%s' (run 'make data')", dataset, data_dir);
     return -ENOENT;
   }
@@ -261,8 +322,11 @@ int srv_cli_train(int argc, char **argv, srv_err *err) {
   nn_model *m = NULL;
   nn_trainer *t = NULL;
   nn_workspace *ews = NULL;
-  if ((rc = nn_dataset_load_dir(&train, dir, NN_SPLIT_TRAIN, &nerr)) ||
-      (rc = nn_dataset_load_dir(&test, dir, NN_SPLIT_TEST, &nerr))) {
+  uint32_t classes = NN_CLASSES;
+  if (!builtin) {
+    if ((rc = load_uploaded(o.state_dir, dataset, &train, &test, &classes, err))) goto done;
+  } else if ((rc = nn_dataset_load_dir(&train, dir, NN_SPLIT_TRAIN, &nerr)) ||
+             (rc = nn_dataset_load_dir(&test, dir, NN_SPLIT_TEST, &nerr))) {
     srv_err_printf(err, "%s", nerr.msg);
     goto done;
   }
@@ -273,18 +337,21 @@ int srv_cli_train(int argc, char **argv, srv_err *err) {
   srv_train_config(&cfg, o.opt, (float)o.lr, -1, (uint32_t)o.batch, (uint64_t)o.seed,
                    (uint32_t)threads);
   cfg.augment = o.augment;
-  if (o.layers_path && (rc = load_layers(&m, o.layers_path, cfg.batch_size, err))) goto done;
+  if (o.layers_path &&
+      (rc = load_layers(&m, o.layers_path, cfg.batch_size, builtin ? 0 : classes, err)))
+    goto done;
   if (o.layers_path) arch = "custom";
-  if ((!m && (rc = nn_model_create_preset(&m, arch))) || (rc = nn_trainer_create(&t, m, &cfg)) ||
+  if ((!m && (rc = builtin ? nn_model_create_preset(&m, arch)
+                           : nn_model_create_preset_classes(&m, arch, classes))) || (rc = nn_trainer_create(&t, m, &cfg)) ||
       (rc = nn_workspace_create(&ews, m, 1000))) {
     srv_err_printf(err, "cannot create the model: %s", nn_strerror(rc));
     goto done;
   }
   nn_model_init(m, cfg.seed);
   if (!json)
-    printf("%s on %s: %zu parameters, %u train / %u test images, batch %u, %s lr %g\n", arch,
-           dataset, m->n_params, train.n, test.n, cfg.batch_size, nn_opt_name(o.opt),
-           (double)cfg.opt.lr);
+    printf("%s on %s: %zu parameters, %u train / %u test images%s, batch %u, %s lr %g\n", arch,
+           dataset, m->n_params, train.n, test.n, builtin ? "" : " (uploaded set)",
+           cfg.batch_size, nn_opt_name(o.opt), (double)cfg.opt.lr);
 
   if ((rc = train_loop(m, t, ews, &train, &test, epochs, json, err))) goto done;
   if (out_path) {

@@ -23,7 +23,7 @@ typedef struct slot {
 } slot;
 
 struct srv_data {
-  pthread_mutex_t mu;
+  pthread_mutex_t mu;    /* nothing else is taken under it (lock order: srv_jobs.c) */
   pthread_cond_t loaded; /* a slot finished loading */
   char dir[PATH_MAX];
   slot *slots;
@@ -78,11 +78,20 @@ void srv_data_forget(srv_data *d, const char *name) {
   pthread_mutex_unlock(&d->mu);
 }
 
-int srv_data_delete(srv_data *d, const char *name) {
+int srv_data_delete_begin(srv_data *d, const char *name) {
   if (srv_dataset_is_builtin(name) || !d->up) return -ENOENT;
-  int rc = srv_datasets_delete(d->up, name);
+  return srv_datasets_delete_begin(d->up, name);
+}
+
+int srv_data_delete_finish(srv_data *d, const char *name) {
+  int rc = srv_datasets_delete_finish(d->up, name);
   if (!rc) srv_data_forget(d, name);
   return rc;
+}
+
+int srv_data_delete(srv_data *d, const char *name) {
+  int rc = srv_data_delete_begin(d, name);
+  return rc ? rc : srv_data_delete_finish(d, name);
 }
 
 int srv_data_open(srv_data **out, const char *data_dir) {

@@ -43,5 +43,10 @@ void srv_data_forget(srv_data *d, const char *name);
 /* Deletes an uploaded set (srv_datasets_delete) and forgets its splits:
  * -ENOENT unknown or built in, -EIO store failure. */
 int srv_data_delete(srv_data *d, const char *name);
+/* The same in two steps (srv_datasets_delete_begin/_finish): begin marks
+ * the set as being deleted (quick, no I/O; -ENOENT unknown or built in),
+ * finish does the disk work with no lock held, then forgets the splits. */
+int srv_data_delete_begin(srv_data *d, const char *name);
+int srv_data_delete_finish(srv_data *d, const char *name);
 
 #endif

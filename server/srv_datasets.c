@@ -30,16 +30,21 @@ typedef struct entry {
   char source_format[16];
   int64_t created_ms;
   int pending;      /* being created: the name is taken, not listed */
+  int deleting;     /* being deleted: the name is taken, not listed, not found */
   struct entry *next;
 } entry;
 
 struct srv_datasets {
+  /* Taken after the jobs' lock and before the store's (the lock order is
+   * written out at the top of srv_jobs.c); held only for the list, never
+   * across the store or the disk. */
   pthread_mutex_t mu;
   srv_store *st;
   char dir[PATH_MAX];
   srv_ds_config cfg;
   entry *list;
   void (*log)(const char *);
+  int readonly;       /* srv_datasets_open_readonly: reads only */
 };
 
 struct srv_ds_upload {
@@ -272,10 +277,32 @@ static int load_row(const char *name, const char *info, void *u) {
   return 0;
 }
 
+/* Listed and usable: neither being created nor being deleted. */
+static int live(const entry *e) { return e && !e->pending && !e->deleting; }
+
 static entry *find(srv_datasets *d, const char *name) {
   for (entry *e = d->list; e; e = e->next)
     if (!strcmp(e->name, name)) return e;
   return NULL;
+}
+
+int srv_datasets_open_readonly(srv_datasets **out, srv_store *st, const char *state_dir) {
+  srv_datasets *d = calloc(1, sizeof *d);
+  if (!d) return -ENOMEM;
+  pthread_mutex_init(&d->mu, NULL);
+  d->st = st;
+  srv_ds_config_default(&d->cfg);
+  d->readonly = 1;
+  snprintf(d->dir, sizeof d->dir, "%s/datasets", state_dir);
+  /* Only the records whose file is there: no temporary files removed, no
+   * file registered again (the daemon does that at its start). */
+  int rc = srv_store_datasets_each(st, load_row, d);
+  if (rc) {
+    srv_datasets_close(d);
+    return rc;
+  }
+  *out = d;
+  return 0;
 }
 
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
@@ -335,7 +362,7 @@ cJSON *srv_datasets_json(srv_datasets *d, const char *name) {
   if (!d) return NULL;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
-  cJSON *o = e && !e->pending ? entry_json(e) : NULL;
+  cJSON *o = live(e) ? entry_json(e) : NULL;
   pthread_mutex_unlock(&d->mu);
   return o;
 }
@@ -347,7 +374,7 @@ void srv_datasets_list(srv_datasets *d, cJSON *arr) {
   const entry *v[4096];
   size_t n = 0;
   for (entry *e = d->list; e && n < 4096; e = e->next)
-    if (!e->pending) v[n++] = e;
+    if (live(e)) v[n++] = e;
   for (size_t i = 1; i < n; i++)
     for (size_t j = i; j > 0 && strcmp(v[j - 1]->name, v[j]->name) > 0; j--) {
       const entry *t = v[j];
@@ -364,7 +391,7 @@ int srv_datasets_count(srv_datasets *d, const char *name, uint32_t *train, uint3
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   /* Decided under the lock: a concurrent delete may free `e` after it. */
-  int found = e && !e->pending;
+  int found = live(e);
   if (found) {
     if (train) *train = e->train;
     if (test) *test = e->test;
@@ -379,7 +406,7 @@ int srv_datasets_classes(srv_datasets *d, const char *name, char ***names, uint3
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   int rc = -ENOENT;
-  if (e && !e->pending) {
+  if (live(e)) {
     rc = (*names = srv_names_pack((const char *const *)e->classes, e->n_classes)) ? 0 : -ENOMEM;
     *n = e->n_classes;
   }
@@ -391,7 +418,7 @@ int srv_datasets_sha(srv_datasets *d, const char *name, char sha[65]) {
   if (!d) return -ENOENT;
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
-  int found = e && !e->pending;
+  int found = live(e);
   if (found) memcpy(sha, e->sha256, 65);
   pthread_mutex_unlock(&d->mu);
   return found ? 0 : -ENOENT;
@@ -403,7 +430,7 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
   /* Decided under the lock: a concurrent delete may free `e` after it. */
-  int found = e && !e->pending;
+  int found = live(e);
   if (found) memcpy(want, e->sha256, 65);
   pthread_mutex_unlock(&d->mu);
   if (!found) {
@@ -440,33 +467,60 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
   return 0;
 }
 
-int srv_datasets_delete(srv_datasets *d, const char *name) {
+int srv_datasets_delete_begin(srv_datasets *d, const char *name) {
   if (!d) return -ENOENT;
+  if (d->readonly) return -EROFS;
   pthread_mutex_lock(&d->mu);
-  entry **pp = &d->list;
-  while (*pp && (strcmp((*pp)->name, name) || (*pp)->pending)) pp = &(*pp)->next;
-  int rc = -ENOENT;
-  if (*pp && !(rc = srv_store_dataset_delete(d->st, name))) {
-    entry *e = *pp;
-    *pp = e->next;
-    char path[PATH_MAX + 160];
-    file_path(d, name, path, sizeof path);
-    /* The record is gone, so the delete stands; a file that comes back
-     * after a crash is registered again at the next start (said here). */
-    int frc = unlink(path) ? -errno : srv_fsync_dir(d->dir);
-    if (frc && frc != -ENOENT)
-      logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
-            "be listed again", name, path, strerror(-frc));
-    entry_free(e);
-  }
+  entry *e = find(d, name);
+  int rc = live(e) ? 0 : -ENOENT;
+  if (!rc) e->deleting = 1;
   pthread_mutex_unlock(&d->mu);
   return rc;
+}
+
+int srv_datasets_delete_finish(srv_datasets *d, const char *name) {
+  pthread_mutex_lock(&d->mu);
+  entry *e = find(d, name);
+  int rc = e && e->deleting ? 0 : -ENOENT;
+  pthread_mutex_unlock(&d->mu);
+  if (rc) return rc;
+  /* No lock held from here: the entry stays (hidden, its name taken) until
+   * the file is gone, and only this call removes it. */
+  srv_hold_point("dataset_delete_io");
+  if ((rc = srv_store_dataset_delete(d->st, name))) {
+    pthread_mutex_lock(&d->mu);
+    e->deleting = 0; /* still recorded: still there */
+    pthread_mutex_unlock(&d->mu);
+    return rc;
+  }
+  char path[PATH_MAX + 160];
+  file_path(d, name, path, sizeof path);
+  /* The record is gone, so the delete stands; a file that comes back
+   * after a crash is registered again at the next start (said here). */
+  int frc = unlink(path) ? -errno : srv_fsync_dir(d->dir);
+  if (frc && frc != -ENOENT)
+    logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
+          "be listed again", name, path, strerror(-frc));
+  pthread_mutex_lock(&d->mu);
+  for (entry **pp = &d->list; *pp; pp = &(*pp)->next)
+    if (*pp == e) {
+      *pp = e->next;
+      break;
+    }
+  pthread_mutex_unlock(&d->mu);
+  entry_free(e);
+  return 0;
+}
+
+int srv_datasets_delete(srv_datasets *d, const char *name) {
+  int rc = srv_datasets_delete_begin(d, name);
+  return rc ? rc : srv_datasets_delete_finish(d, name);
 }
 
 /* ---------------------------------------------------------------- uploads */
 
 int srv_ds_upload_open(srv_datasets *d, srv_ds_upload **out) {
-  if (!d) return -EROFS;
+  if (!d || d->readonly) return -EROFS;
   srv_ds_upload *u = calloc(1, sizeof *u);
   if (!u) return -ENOMEM;
   u->d = d;
@@ -613,7 +667,11 @@ static int write_set(srv_datasets *d, const srv_ds_build *b, entry *e) {
   }
   srv_crash_point("dataset_before_record");
   free(names);
-  e->bytes = HDR + nl + (b->train.n + b->test.n) * (IMG + 1) + 32;
+  uint64_t bytes = HDR + nl + (b->train.n + b->test.n) * (IMG + 1) + 32;
+  /* Other uploads sum the sizes of pending sets too (used_bytes). */
+  pthread_mutex_lock(&d->mu);
+  e->bytes = bytes;
+  pthread_mutex_unlock(&d->mu);
   hex(dg, e->sha256);
   return 0;
 fail:
@@ -676,6 +734,7 @@ int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *
     goto fail;
   }
   if ((rc = parse_upload(d, u, c, &b, msg, msglen))) goto fail;
+  srv_hold_point("dataset_converting");
   if (!b.has_test && (rc = srv_ds_hold_out(&b, c->test_fraction, 0x6d6e69737464ull))) goto fail;
   if ((rc = srv_ds_check(&b, &d->cfg.lim, msg, msglen))) goto fail;
   uint64_t need = HDR + (b.train.n + b.test.n) * (IMG + 1) + 32 + 64 * b.n_classes;

@@ -43,6 +43,12 @@ void srv_ds_config_default(srv_ds_config *c);
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
                       const srv_ds_config *cfg, void (*log)(const char *msg));
 void srv_datasets_close(srv_datasets *d);
+/* The sets of a daemon's state directory for a reader beside it (mnistd
+ * train --state-dir): the records of st whose file is present with its
+ * size; nothing on disk is created, removed or registered. Loads check
+ * the checksums as usual; uploads and deletes answer -EROFS. 0, -ENOMEM or
+ * the store's error. */
+int srv_datasets_open_readonly(srv_datasets **out, srv_store *st, const char *state_dir);
 const srv_ds_config *srv_datasets_config(srv_datasets *d);
 
 /* 1 for "mnist" and "fashion-mnist" (installed beside the binary). */
@@ -72,6 +78,17 @@ int srv_datasets_load(srv_datasets *d, const char *name, nn_split split, nn_data
 
 /* Removes record and file: -ENOENT unknown, -EIO store failure. */
 int srv_datasets_delete(srv_datasets *d, const char *name);
+/* The same in two steps, so that the decision can be taken under a
+ * caller's lock and the disk work outside it. begin (quick, no I/O) marks
+ * the set as being deleted: from then on it is not listed or found (a job
+ * submitted for it is refused) but its name stays taken; -ENOENT unknown
+ * (or already being deleted). finish (slow: the store's commit, unlink,
+ * directory fsync; call it with no lock held) removes record and file and
+ * frees the name: 0, -ENOENT if begin did not mark it, or the store's
+ * error (-EIO...), after which the set is listed again as before. Every
+ * successful begin must be followed by one finish. */
+int srv_datasets_delete_begin(srv_datasets *d, const char *name);
+int srv_datasets_delete_finish(srv_datasets *d, const char *name);
 
 /* ---- uploads: the body is streamed to STATE/datasets/.upload-XXXXXX. */
 typedef struct srv_ds_upload srv_ds_upload;

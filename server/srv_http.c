@@ -13,6 +13,7 @@
 #include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <arpa/inet.h>
@@ -216,6 +217,143 @@ int srv_json_body_ok(req *r) {
   return !strcmp(ct, "application/json") || (!ct[0] && r->len == 0);
 }
 
+
+/* ---------------------------------------------------------------- deferred answers */
+
+/* A request answered from libuv's thread pool (srv_defer). Its connection
+ * is suspended from the handler until the work is done; the loop thread
+ * resumes it and libmicrohttpd calls the access handler again, which
+ * queues the answer. Owned by the request: freed when it completes. */
+typedef struct srv_deferred {
+  struct MHD_Connection *conn;
+  int (*work)(void *ctx, srv_resp *res);
+  void *ctx;
+  uv_work_t w;
+  srv_resp res;
+  int st;
+  atomic_int done;          /* work returned: res and st are final */
+  struct srv_deferred *next;
+} srv_deferred;
+
+/* uv_queue_work may only be called on the loop thread: HTTP threads hand
+ * their work over through this queue and an async wake-up. */
+struct srv_defer {
+  pthread_mutex_t mu;
+  uv_loop_t *loop;
+  uv_async_t async;
+  srv_deferred *queue, *tail; /* handed over, not yet on the pool */
+  int pending;                /* deferred answers not yet sent */
+  int closed;                 /* no more hand-overs (shutdown) */
+};
+
+static void defer_work(uv_work_t *w) {
+  srv_deferred *d = w->data;
+  d->st = d->work(d->ctx, &d->res);
+  d->ctx = NULL; /* the work released it */
+}
+
+static void defer_after(uv_work_t *w, int status) {
+  (void)status;
+  srv_deferred *d = w->data;
+  atomic_store(&d->done, 1);
+  MHD_resume_connection(d->conn);
+}
+
+static void on_defer_async(uv_async_t *a) {
+  struct srv_defer *D = a->data;
+  pthread_mutex_lock(&D->mu);
+  srv_deferred *q = D->queue;
+  D->queue = D->tail = NULL;
+  pthread_mutex_unlock(&D->mu);
+  for (srv_deferred *d = q, *n; d; d = n) {
+    n = d->next;
+    d->w.data = d;
+    if (uv_queue_work(D->loop, &d->w, defer_work, defer_after)) { /* cannot fail: be safe */
+      defer_work(&d->w);
+      defer_after(&d->w, 0);
+    }
+  }
+}
+
+int srv_defer(req *r, srv_resp *res, int (*work)(void *ctx, srv_resp *res), void *ctx) {
+  struct srv_defer *D = r->S->defer;
+  srv_deferred *d = D ? calloc(1, sizeof *d) : NULL;
+  if (d) {
+    pthread_mutex_lock(&D->mu);
+    /* Counted before the hand-over: the pool is not closed while it is
+     * under way (srv_defer_close only closes an idle one, or after
+     * libmicrohttpd has stopped). */
+    if (D->closed) {
+      free(d);
+      d = NULL;
+    } else {
+      D->pending++;
+    }
+    pthread_mutex_unlock(&D->mu);
+  }
+  if (!d) return work(ctx, res); /* out of memory, or stopping: here */
+  d->conn = r->conn;
+  d->work = work;
+  d->ctx = ctx;
+  srv_resp_init(&d->res);
+  r->deferred = d;
+  /* From the handler, before the work can finish: a resume always follows
+   * its suspend. No lock of ours is held across libmicrohttpd's calls. */
+  MHD_suspend_connection(r->conn);
+  pthread_mutex_lock(&D->mu);
+  if (D->tail) D->tail->next = d;
+  else D->queue = d;
+  D->tail = d;
+  uv_async_send(&D->async);
+  pthread_mutex_unlock(&D->mu);
+  return SRV_DEFERRED;
+}
+
+/* The request's deferred answer is sent or abandoned (on_completed). */
+static void deferred_free(srv *S, srv_deferred *d) {
+  if (!d) return;
+  srv_resp_free(&d->res);
+  free(d);
+  pthread_mutex_lock(&S->defer->mu);
+  S->defer->pending--;
+  pthread_mutex_unlock(&S->defer->mu);
+}
+
+int srv_defer_start(srv *S, uv_loop_t *loop) {
+  struct srv_defer *D = calloc(1, sizeof *D);
+  if (!D) return -ENOMEM;
+  pthread_mutex_init(&D->mu, NULL);
+  D->loop = loop;
+  int rc = uv_async_init(loop, &D->async, on_defer_async);
+  if (rc) {
+    pthread_mutex_destroy(&D->mu);
+    free(D);
+    return rc;
+  }
+  D->async.data = D;
+  S->defer = D;
+  return 0;
+}
+
+static void defer_closed(uv_handle_t *h) { (void)h; }
+
+int srv_defer_close(srv *S, int only_if_idle) {
+  struct srv_defer *D = S->defer;
+  if (!D) return 1;
+  pthread_mutex_lock(&D->mu);
+  int was = D->closed, ok = !only_if_idle || D->pending == 0;
+  if (ok) D->closed = 1;
+  pthread_mutex_unlock(&D->mu);
+  if (ok && !was) uv_close((uv_handle_t *)&D->async, defer_closed);
+  return ok;
+}
+
+void srv_defer_free(srv *S) {
+  if (!S->defer) return;
+  pthread_mutex_destroy(&S->defer->mu);
+  free(S->defer);
+  S->defer = NULL;
+}
 
 /* ---------------------------------------------------------------- routing */
 
@@ -432,6 +570,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     int st = on_head(S, r, &res);
     return st ? respond(r, st, &res) : MHD_YES;
   }
+  if (r->deferred) { /* resumed: the work is done (srv_defer) */
+    srv_deferred *d = r->deferred;
+    if (r->status || !atomic_load(&d->done)) return MHD_YES;
+    int st = d->st;
+    res = d->res;
+    srv_resp_init(&d->res);
+    return respond(r, st, &res);
+  }
   if (*upload_size) {
     size_t n = *upload_size;
     *upload_size = 0;
@@ -447,7 +593,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r->body) return MHD_NO;
   }
   handler h = r->route == ROUTE_STATIC ? h_static : srv_route_table[r->route].h;
-  return respond(r, h(r, &res), &res);
+  int st = h(r, &res);
+  if (st == SRV_DEFERRED) return MHD_YES; /* answered when its work is done */
+  return respond(r, st, &res);
 }
 
 /* Requests with bodies at least this large give their memory back to the
@@ -481,6 +629,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   const char *target = r->raw ? r->raw : r->url;
   /* Event streams log when they end; everything logs once. */
   srv_log_request(S, r->method, target, st, ms, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK);
+  deferred_free(S, r->deferred);
   srv_ds_upload_free(r->upload);
   free(r->body);
   free(r->raw);

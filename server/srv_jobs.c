@@ -1,5 +1,18 @@
 /* Training jobs. One mutex (J->mu) guards every job's fields, event logs
- * and subscriber lists; the store has its own and is always taken second. */
+ * and subscriber lists.
+ *
+ * Lock order, the same everywhere in the daemon (a thread holding one of
+ * these takes only locks further down the list):
+ *   1. the registry's writer lock (srv_models.c wr_mu; its list lock mu is
+ *      never held across another);
+ *   2. the jobs' J->mu;
+ *   3. the uploaded data sets' mu (srv_datasets.c);
+ *   4. the data cache's mu (srv_data.c), never held with 3;
+ *   5. the store's mu (srv_store.c): innermost. Its *_each callbacks run
+ *      under it and so take none of the locks above (load_job leaves the
+ *      data set lookups to load_sizes, after the rows are read).
+ * Slow work (SQLite commits, fsync, unlink, reading files) is done with
+ * as few of them held as correctness allows. */
 #include "srv_jobs.h"
 #include "srv_datasets.h"
 #include "srv_train.h"
@@ -827,12 +840,9 @@ static int load_job(const srv_job_row *r, void *u) {
   j->finished_ms = r->finished_ms;
   j->model_id = r->model_id;
   if (r->error) snprintf(j->error, sizeof j->error, "%s", r->error);
-  j->parameters = preset_params(J, &j->cfg);
-  uint32_t tr, te;
-  if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
-    if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
-    j->batches = (tr + j->cfg.batch_size - 1) / j->cfg.batch_size;
-  }
+  /* The sizes of its data set come after the load (load_sizes): this runs
+   * under the store's lock, which is taken after the data sets' (lock
+   * order at the top). */
   srv_store_metrics_each(J->st, j->id, load_metric, j);
   srv_store_events_each(J->st, j->id, load_event, j);
   /* Numbering continues above every id that may have been handed out. */
@@ -845,6 +855,20 @@ static int load_job(const srv_job_row *r, void *u) {
   if (!finished(j->state)) srv_store_cancel_requested(J->st, j->id, &j->user_cancel);
   append(J, j);
   return 0;
+}
+
+/* What the loaded jobs need from their data sets: the parameters of
+ * their network (its output layer has a unit per class) and the batches
+ * of an epoch. After srv_store_jobs_each, not in load_job (lock order). */
+static void load_sizes(srv_jobs *J) {
+  for (job *j = J->jobs; j; j = j->next) {
+    j->parameters = preset_params(J, &j->cfg);
+    uint32_t tr, te;
+    if (srv_data_count(J->data, j->cfg.dataset, &tr, &te) == 0) {
+      if (j->cfg.train_limit && j->cfg.train_limit < tr) tr = j->cfg.train_limit;
+      j->batches = (tr + j->cfg.batch_size - 1) / j->cfg.batch_size;
+    }
+  }
 }
 
 /* Removes what interrupted work left behind: temporary files of atomic
@@ -945,6 +969,7 @@ int srv_jobs_open(srv_jobs **out, uv_loop_t *loop, srv_store *st, srv_models *mo
     srv_jobs_close(J);
     return rc;
   }
+  load_sizes(J);
   uv_async_init(loop, &J->publish, on_publish);
   J->publish.data = J;
   uv_timer_init(loop, &J->heartbeat);
@@ -1068,15 +1093,20 @@ int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *user) {
       *user = j->id;
       rc = -EBUSY;
     }
-  if (!rc) rc = srv_data_delete(J->data, name);
+  /* Decided here, under the jobs lock that srv_jobs_submit holds to check
+   * the set (K5a): from this mark on a submit naming it is refused. The
+   * disk work (SQLite commit, unlink, fsync) comes after the lock, so job
+   * progress and listings do not wait for it. */
+  if (!rc) rc = srv_data_delete_begin(J->data, name);
   pthread_mutex_unlock(&J->mu);
+  if (!rc) rc = srv_data_delete_finish(J->data, name);
   return rc;
 }
 
 int srv_jobs_cancel(srv_jobs *J, int64_t id) {
   pthread_mutex_lock(&J->mu);
   job *j = find(J, id);
-  int rc = 0;
+  int rc = 0, ended = 0;
   if (!j) rc = -ENOENT;
   else if (finished(j->state)) rc = -EALREADY;
   else if (j->work.data && !j->stranded) {
@@ -1093,8 +1123,17 @@ int srv_jobs_cancel(srv_jobs *J, int64_t id) {
     atomic_store(&j->cancel, 1);
   }
   /* Not started yet, or stranded: nothing else will end it. */
-  else rc = set_state(J, j, SRV_JOB_CANCELLED);
+  else if (!(rc = set_state(J, j, SRV_JOB_CANCELLED)))
+    ended = 1;
   pthread_mutex_unlock(&J->mu);
+  /* Its end is on record: a checkpoint it left (stranded after its end
+   * could not be recorded, or interrupted and not resumed yet) is never
+   * resumed from, so it goes now rather than at the next start. */
+  if (ended) {
+    char ck[PATH_MAX + 64];
+    checkpoint_path(J, id, ck, sizeof ck);
+    if (unlink(ck) == 0) logf_(J, "job %lld cancelled: removed its checkpoint", (long long)id);
+  }
   return rc;
 }
 

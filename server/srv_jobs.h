@@ -89,7 +89,9 @@ int srv_jobs_submit(srv_jobs *J, const srv_job_config *cfg, int64_t *id);
 /* Deletes an uploaded data set unless a queued or running job names it
  * (-EBUSY, *job = that job), decided under the jobs lock so that a job
  * submitted at the same moment either sees the set or is refused; else as
- * srv_data_delete (-ENOENT, -EIO). */
+ * srv_data_delete (-ENOENT, -EIO). The disk work (record, file, fsync)
+ * runs after the jobs lock is released; meanwhile the set is neither
+ * listed nor found and its name stays taken. */
 int srv_jobs_dataset_delete(srv_jobs *J, const char *name, int64_t *job);
 /* Asks a queued or running job to stop: 0, -ENOENT, or -EALREADY when the
  * job has already finished. A queued job, or a running one whose runner

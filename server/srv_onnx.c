@@ -143,6 +143,19 @@ static void attr_int(gb *g, Onnx__NodeProto *n, const char *name, int64_t v) {
   attr_ints(g, n, name, 0, &v);
 }
 
+static void attr_float(gb *g, Onnx__NodeProto *n, const char *name, float v) {
+  if (!n || g->rc) return;
+  Onnx__AttributeProto *a = palloc(g, sizeof *a);
+  if (!a) return;
+  onnx__attribute_proto__init(a);
+  a->name = (char *)name;
+  a->has_type = 1;
+  a->type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT;
+  a->has_f = 1;
+  a->f = v;
+  n->attribute[n->n_attribute++] = a;
+}
+
 /* Adds an initializer. f32 (n floats) or i64 (n int64s) is referenced, not
  * copied: it must outlive the export (model weights do). */
 static const char *tensor(gb *g, const char *name, size_t ndims, const int64_t *dims,
@@ -379,6 +392,32 @@ static int emit_maxpool(gb *g, const nn_model *m, uint32_t i) {
   return g->rc;
 }
 
+/* batch_norm at inference: BatchNormalization on the moving statistics,
+ * per channel (axis 1 of [N,C,H,W], the units of [N,C]); the core keeps
+ * gamma, beta, mean and variance in that order, so the four inputs are
+ * slices of the weights as they are. */
+static int emit_batchnorm(gb *g, const nn_model *m, uint32_t i) {
+  const nn_layer *l = &m->layers[i];
+  const uint32_t c = l->ishape.c;
+  int map = g->rank == 4 && g->chw[0] == c;
+  if (map ? check_width(g, m, i, "batch_norm") : check_in(g, m, i, "batch_norm")) return g->rc;
+  if (l->b_off != l->w_off + c || l->w_off + 4 * (size_t)c > m->n_params)
+    return fail(g, -EINVAL, "layer %u (batch_norm): weights lie outside the parameter block",
+                i + 1);
+  const float *p = m->params + l->w_off;
+  const char *in[5] = {g->cur};
+  static const char *const part[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
+  for (int k = 0; k < 4; k++)
+    in[k + 1] = tensor(g, pstr(g, "layer%u.batch_norm.%s", i, part[k]), 1, (int64_t[]){c},
+                       p + (size_t)k * c, NULL, c);
+  const char *out = pstr(g, "layer%u.batch_norm", i);
+  Onnx__NodeProto *n = node(g, "BatchNormalization", out, 5, in);
+  attr_float(g, n, "epsilon", l->epsilon);
+  attr_float(g, n, "momentum", l->momentum);
+  g->cur = out;
+  return g->rc;
+}
+
 static int emit_flatten(gb *g, const nn_model *m, uint32_t i) {
   return check_in(g, m, i, "flatten");
 }
@@ -394,6 +433,7 @@ static const struct {
     {NN_LAYER_RELU, "relu", emit_relu},          {NN_LAYER_DROPOUT, "dropout", emit_dropout},
     {NN_LAYER_SOFTMAX, "softmax", emit_softmax}, {NN_LAYER_CONV2D, "conv2d", emit_conv},
     {NN_LAYER_MAXPOOL, "max_pool2d", emit_maxpool}, {NN_LAYER_FLATTEN, "flatten", emit_flatten},
+    {NN_LAYER_BATCHNORM, "batch_norm", emit_batchnorm},
 };
 #define N_LAYER_KINDS (sizeof LAYERS / sizeof *LAYERS)
 
@@ -549,7 +589,7 @@ int srv_onnx_info_load(srv_onnx_info *info, srv_store *s, int64_t id) {
 /* Builds the whole message tree in g's pool; mp receives the root. */
 static int build(gb *g, const nn_model *m, const srv_onnx_info *in, Onnx__ModelProto *mp) {
   g->cap_node = 16 * ((size_t)m->n_layers + 1);
-  g->cap_init = 2 * (size_t)m->n_layers + 4;
+  g->cap_init = 4 * (size_t)m->n_layers + 4; /* batch_norm has 4 */
   g->node = palloc(g, g->cap_node * sizeof *g->node);
   g->init = palloc(g, g->cap_init * sizeof *g->init);
   g->cur = "image";

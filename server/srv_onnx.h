@@ -19,6 +19,8 @@
  * srv_onnx.c): dense -> Gemm, relu -> Relu, dropout -> nothing (inference),
  * antirectifier -> ReduceMean, Sub, Mul, ReduceSum, Max, Sqrt, Div, Relu,
  * Neg, Concat (Keras l2_normalize: x / sqrt(max(sum(x^2), 1e-12))),
+ * conv2d -> Conv, max_pool2d -> MaxPool, flatten -> Transpose + Flatten,
+ * batch_norm -> BatchNormalization (inference: the moving statistics),
  * softmax -> Softmax. A layer kind without a mapping is refused, with a
  * message naming the layer.
  *

@@ -47,6 +47,7 @@ struct req {
   double t0;
   int is_predict;
   size_t peak;            /* largest body buffer, to give memory back after */
+  struct srv_deferred *deferred; /* answered from libuv's pool (srv_defer) */
 };
 
 #define ROUTE_STATIC SRV_MAX_ROUTES
@@ -105,6 +106,19 @@ int srv_resp_events(srv_resp *res, req *r, int64_t job, uint64_t last, int ndjso
 int srv_resp_daemon_events(srv_resp *res, req *r, uint64_t last, const char *hello);
 /* The 415 answer for a body that is not application/json. */
 int srv_need_json(req *r, srv_resp *res);
+
+/* What a handler returns when srv_defer took the request over. */
+#define SRV_DEFERRED 1000
+/* Work too long for an HTTP thread (each serves many connections: while
+ * one handler runs, the others wait): r's connection is suspended, ctx is
+ * handed over to work(ctx, res), which runs on libuv's thread pool, fills
+ * res like a handler, returns the status and releases ctx; the answer is
+ * queued when it is done. work must not use r (only what ctx holds; r and
+ * its upload stay valid until the answer is sent). Returns SRV_DEFERRED,
+ * for the handler to return; when the work cannot be handed over (out of
+ * memory, or the daemon is stopping and the pool closed) it runs right
+ * here and its status is returned instead. */
+int srv_defer(req *r, srv_resp *res, int (*work)(void *ctx, srv_resp *res), void *ctx);
 
 typedef enum srv_resp_kind {
   SRV_RESP_NONE,   /* nothing filled: the connection is dropped */

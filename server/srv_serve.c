@@ -355,6 +355,9 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 static void poll_idle(uv_timer_t *t) {
   shutdown_ctx *c = t->data;
   if (c->S->jobs && !srv_jobs_idle(c->S->jobs)) return;
+  /* Conversions under way finish and are answered before the loop ends
+   * (new ones run on their HTTP thread from here on). */
+  if (!srv_defer_close(c->S, 1)) return;
   uv_timer_stop(t);
   uv_close((uv_handle_t *)&c->poll, close_cb);
   uv_close((uv_handle_t *)&c->sigterm, close_cb);
@@ -499,10 +502,12 @@ static void serve_close(srv *S, uv_loop_t *loop) {
    * are freed, also when start-up failed after srv_jobs_open (a busy port):
    * a wake-up queued by srv_jobs_open must never fire on freed memory. */
   if (S->jobs) srv_jobs_close_handles(S->jobs);
+  srv_defer_close(S, 0);
   if (loop) {
     uv_run(loop, UV_RUN_DEFAULT);
     if (uv_loop_close(loop)) srv_log(S, "warn", "libuv loop closed with handles still open");
   }
+  srv_defer_free(S);
   srv_jobs_close(S->jobs);
   S->jobs = NULL;
   srv_models_close(S->models);
@@ -523,6 +528,14 @@ int srv_serve_main(int argc, char **argv, srv_err *err) {
   signal(SIGPIPE, SIG_IGN);
   /* Training parallelises itself; predictions run one per HTTP thread. */
   nn_set_threads(1);
+  /* libuv's pool runs the training jobs (each holds a thread for its whole
+   * run) and the data set conversions (srv_defer): room for both, unless
+   * the environment sets it. Read once, at the pool's first use. */
+  if (!getenv("UV_THREADPOOL_SIZE")) {
+    char n[16];
+    snprintf(n, sizeof n, "%d", S.cfg.max_running_jobs + 4);
+    setenv("UV_THREADPOOL_SIZE", n, 0);
+  }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   S.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -541,6 +554,10 @@ int srv_serve_main(int argc, char **argv, srv_err *err) {
   }
   loop_ok = 1;
   S.loop = &loop;
+  if ((rc = srv_defer_start(&S, &loop))) {
+    srv_err_printf(err, "%s", uv_strerror(rc));
+    goto out;
+  }
   /* GET /v1/events hears of every activation (a replica's too) and job. */
   srv_models_set_notify(S.models, srv_events_model_activated, S.events);
   srv_jobs_options jo = {S.cfg.state_dir, S.cfg.max_running_jobs, S.cfg.train_threads,

@@ -14,6 +14,7 @@ static const char *allowed(nn_layer_type t) {
   case NN_LAYER_CONV2D: return "type, filters, kernel, stride, padding, activation";
   case NN_LAYER_MAXPOOL: return "type, size, stride";
   case NN_LAYER_DROPOUT: return "type, rate";
+  case NN_LAYER_BATCHNORM: return "type, momentum, epsilon";
   default: return "type";
   }
 }
@@ -49,7 +50,7 @@ static int layer_from_json(const cJSON *o, uint32_t i, nn_layer_spec *s, char *m
   if (!cJSON_IsString(ty) || nn_layer_type_parse(ty->valuestring, &s->type) ||
       s->type == NN_LAYER_SOFTMAX)
     return LFAIL("layers[%u]: \"type\" must be one of dense, conv2d, max_pool2d, flatten, "
-                 "dropout, relu, antirectifier",
+                 "dropout, relu, antirectifier, batch_norm",
                  i);
   const char *tn = ty->valuestring;
   const cJSON *f;
@@ -87,6 +88,15 @@ static int layer_from_json(const cJSON *o, uint32_t i, nn_layer_spec *s, char *m
           !((float)f->valuedouble < 1.0f))
         return LFAIL("layers[%u] %s: rate must be a number in [0, 1)", i, tn);
       s->rate = (float)f->valuedouble;
+    } else if (!strcmp(k, "momentum")) {
+      if (!cJSON_IsNumber(f) || !(f->valuedouble >= 0 && f->valuedouble < 1) ||
+          !((float)f->valuedouble < 1.0f))
+        return LFAIL("layers[%u] %s: momentum must be a number in [0, 1) (Keras: 0.99)", i, tn);
+      s->momentum = (float)f->valuedouble;
+    } else if (!strcmp(k, "epsilon")) {
+      if (!cJSON_IsNumber(f) || !(f->valuedouble <= 1) || !((float)f->valuedouble > 0.0f))
+        return LFAIL("layers[%u] %s: epsilon must be a number in (0, 1] (Keras: 0.001)", i, tn);
+      s->epsilon = (float)f->valuedouble;
     }
   }
   /* Required fields and the defaults, spelled out so that a spec read back
@@ -104,6 +114,10 @@ static int layer_from_json(const cJSON *o, uint32_t i, nn_layer_spec *s, char *m
   }
   if (s->type == NN_LAYER_DROPOUT && !cJSON_GetObjectItemCaseSensitive(o, "rate"))
     return LFAIL("layers[%u] %s: \"rate\" is required", i, tn);
+  if (s->type == NN_LAYER_BATCHNORM) {
+    if (!cJSON_GetObjectItemCaseSensitive(o, "momentum")) s->momentum = NN_BN_MOMENTUM;
+    if (!cJSON_GetObjectItemCaseSensitive(o, "epsilon")) s->epsilon = NN_BN_EPSILON;
+  }
   return 0;
 }
 
@@ -170,6 +184,14 @@ cJSON *srv_spec_to_json(const nn_layer_spec *s, uint32_t n) {
       char buf[32];
       snprintf(buf, sizeof buf, "%.7g", (double)s[i].rate);
       cJSON_AddNumberToObject(o, "rate", strtod(buf, NULL));
+      break;
+    }
+    case NN_LAYER_BATCHNORM: {
+      char buf[32];
+      snprintf(buf, sizeof buf, "%.7g", (double)s[i].momentum);
+      cJSON_AddNumberToObject(o, "momentum", strtod(buf, NULL));
+      snprintf(buf, sizeof buf, "%.7g", (double)s[i].epsilon);
+      cJSON_AddNumberToObject(o, "epsilon", strtod(buf, NULL));
       break;
     }
     default:
@@ -259,6 +281,18 @@ cJSON *srv_architectures_json(void) {
     cJSON_AddBoolToObject(o, "default", i == 0);
     cJSON_AddNumberToObject(o, "parameters", (double)np);
     cJSON_AddItemToObject(o, "layers", srv_spec_to_json(s, n));
+  }
+  /* What a custom spec may use: each type with its fields. */
+  cJSON *types = cJSON_AddArrayToObject(d, "layer_types");
+  static const nn_layer_type T[] = {NN_LAYER_DENSE,   NN_LAYER_CONV2D, NN_LAYER_MAXPOOL,
+                                    NN_LAYER_FLATTEN, NN_LAYER_DROPOUT, NN_LAYER_RELU,
+                                    NN_LAYER_ANTIRECT, NN_LAYER_BATCHNORM};
+  for (size_t i = 0; types && i < sizeof T / sizeof *T; i++) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) break;
+    cJSON_AddItemToArray(types, o);
+    cJSON_AddStringToObject(o, "type", nn_layer_type_name(T[i]));
+    cJSON_AddStringToObject(o, "fields", allowed(T[i]));
   }
   return d;
 }

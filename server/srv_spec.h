@@ -9,6 +9,7 @@
  *   {"type":"max_pool2d","size":2,"stride":2}             stride defaults to size
  *   {"type":"flatten"} {"type":"relu"} {"type":"antirectifier"}
  *   {"type":"dropout","rate":0.5}
+ *   {"type":"batch_norm","momentum":0.99,"epsilon":0.001}  both optional (Keras' defaults)
  * The last layer must be {"type":"dense","units":10}; the softmax is added. */
 #ifndef MNISTD_SRV_SPEC_H
 #define MNISTD_SRV_SPEC_H
@@ -42,7 +43,8 @@ int srv_augment_parse_text(const char *s, nn_augment *a, char *msg, size_t msgle
 cJSON *srv_augment_to_json(const nn_augment *a);
 
 /* GET /v1/architectures: {"architectures":[{"name","parameters","layers"}]}
- * for every preset, the default first. */
+ * for every preset, the default first, and "layer_types":[{"type","fields"}]:
+ * every type a custom spec may use with the fields it takes. */
 cJSON *srv_architectures_json(void);
 
 /* POST /v1/architectures/validate: body {"layers":[...], "batch_size":N

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +19,8 @@
 
 struct srv_store {
   sqlite3 *db;
+  /* Innermost of the daemon's locks (the order: top of srv_jobs.c): the
+   * *_each callbacks run under it and must take no other. */
   pthread_mutex_t mu;
   int fresh;              /* created empty by this open */
   char aside[4200];       /* where a damaged database went; "" if none */
@@ -39,6 +42,17 @@ void srv_crash_point(const char *name) {
     fprintf(stderr, "MNISTD_TERM_AT=%s: sending SIGTERM to myself\n", name);
     kill(getpid(), SIGTERM);
   }
+}
+
+void srv_hold_point(const char *name) {
+  const char *k = getenv("MNISTD_HOLD_AT"), *f = getenv("MNISTD_HOLD_FILE");
+  if (!k || !f || strcmp(k, name)) return;
+  char reached[PATH_MAX];
+  snprintf(reached, sizeof reached, "%s.reached", f);
+  int fd = open(reached, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0) close(fd);
+  fprintf(stderr, "MNISTD_HOLD_AT=%s: holding while %s exists\n", name, f);
+  while (access(f, F_OK) == 0) usleep(10000);
 }
 
 static const char SCHEMA[] =

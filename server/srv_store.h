@@ -58,6 +58,11 @@ void srv_crash_point(const char *name);
 /* Test-only failure injection: 1 if MNISTD_FAIL_AT names this point (the
  * caller then fails as the real fault would), else 0. */
 int srv_fail_point(const char *name);
+/* Test-only pause: if MNISTD_HOLD_AT names this point and MNISTD_HOLD_FILE
+ * names a file, the calling thread creates FILE.reached and then waits
+ * here while FILE exists (a test removes it to let the thread go on): a
+ * moment made to last, so a test can act inside it without timing. */
+void srv_hold_point(const char *name);
 /* SQLite's last message on the store's connection, copied under the lock
  * into a buffer of the calling thread (valid until its next call). */
 const char *srv_store_errmsg(srv_store *s);

@@ -173,6 +173,51 @@ static void test_uploaded_class_names(void **state) {
   nn_model_free(m);
 }
 
+/* batch_norm: one BatchNormalization on the moving statistics, on the
+ * feature map as it is (per channel, axis 1) and on a flattened vector. */
+static void test_batchnorm_graph(void **state) {
+  (void)state;
+  nn_layer_spec s[] = {
+      {.type = NN_LAYER_CONV2D, .filters = 4, .kernel = 3, .stride = 1, .activation = NN_ACT_RELU},
+      {.type = NN_LAYER_BATCHNORM, .momentum = 0.9f, .epsilon = 0.01f},
+      {.type = NN_LAYER_MAXPOOL, .kernel = 2, .stride = 2},
+      {.type = NN_LAYER_FLATTEN},
+      {.type = NN_LAYER_BATCHNORM, .momentum = NN_BN_MOMENTUM, .epsilon = NN_BN_EPSILON},
+      {.type = NN_LAYER_DENSE, .units = 10}};
+  nn_model *m;
+  assert_int_equal(nn_model_create_spec(&m, "custom", NN_INPUT_MNIST, s, 6, NULL), 0);
+  nn_model_init(m, 3);
+  for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.01f * (float)(i % 7);
+  Onnx__ModelProto *mp = export_unpack(m, NULL);
+  const Onnx__GraphProto *g = mp->graph;
+  char buf[1024];
+  ops(g, buf, sizeof buf);
+  assert_string_equal(buf, "Conv Relu BatchNormalization MaxPool Transpose Flatten "
+                           "BatchNormalization Gemm Softmax");
+  const Onnx__NodeProto *bn = g->node[2];
+  assert_int_equal(bn->n_input, 5);
+  assert_string_equal(bn->input[3], "layer2.batch_norm.moving_mean");
+  int eps = 0;
+  for (size_t i = 0; i < bn->n_attribute; i++)
+    if (!strcmp(bn->attribute[i]->name, "epsilon")) eps = bn->attribute[i]->f == 0.01f;
+  assert_true(eps);
+  const nn_layer *l = &m->layers[2];
+  static const char *const part[4] = {"gamma", "beta", "moving_mean", "moving_variance"};
+  for (int k = 0; k < 4; k++) {
+    char name[64];
+    snprintf(name, sizeof name, "layer2.batch_norm.%s", part[k]);
+    const Onnx__TensorProto *t = init(g, name);
+    assert_non_null(t);
+    assert_int_equal(t->dims[0], 4);
+    assert_memory_equal(t->float_data, m->params + l->w_off + 4 * k, 4 * sizeof(float));
+  }
+  const Onnx__TensorProto *v = init(g, "layer5.batch_norm.moving_variance");
+  assert_non_null(v);
+  assert_int_equal(v->dims[0], 13 * 13 * 4);
+  onnx__model_proto__free_unpacked(mp, NULL);
+  nn_model_free(m);
+}
+
 static void test_unknown_layer_refused(void **state) {
   (void)state;
   nn_model *m;
@@ -280,6 +325,7 @@ static void test_info_from_store(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_antirectifier_graph),
+      cmocka_unit_test(test_batchnorm_graph),
       cmocka_unit_test(test_relu_graph_fashion_names),
       cmocka_unit_test(test_uploaded_class_names),
       cmocka_unit_test(test_unknown_layer_refused),

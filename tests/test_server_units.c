@@ -504,6 +504,205 @@ static void test_dataset_delete_vs_jobs_and_cache(void **state) {
   fixture_close(&f);
 }
 
+/* H2: a data set delete decides under the jobs lock (K5a) but does its
+ * disk work (the SQLite commit, unlink, directory fsync) with no lock
+ * held: job progress and listings go on meanwhile. The delete is held at
+ * a test point just before that work; a prober thread then needs the jobs
+ * lock and the data sets' lock. On the old code (the work under both) it
+ * waits until the hold ends: not done within 10 s is a failure. */
+typedef struct prober {
+  srv_jobs *J;
+  srv_data *data;
+  srv_datasets *dsets;
+  int64_t job;
+  atomic_int done;
+  int json_ok, submit_rc, count_rc, other_rc, listed, create_rc;
+} prober;
+
+static void *probe_thread(void *u) {
+  prober *p = u;
+  cJSON *j = srv_jobs_json(p->J, p->job); /* the jobs lock */
+  p->json_ok = j != NULL;
+  cJSON_Delete(j);
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  snprintf(c.dataset, sizeof c.dataset, "up");
+  int64_t id;
+  p->submit_rc = srv_jobs_submit(p->J, &c, &id); /* a set being deleted: refused */
+  p->count_rc = srv_data_count(p->data, "up", NULL, NULL);
+  p->other_rc = srv_data_count(p->data, "other", NULL, NULL);
+  cJSON *arr = cJSON_CreateArray();
+  srv_datasets_list(p->dsets, arr);
+  p->listed = cJSON_GetArraySize(arr);
+  cJSON_Delete(arr);
+  /* the name stays taken until the file is gone */
+  srv_ds_upload *up;
+  if (srv_ds_upload_open(p->dsets, &up) == 0) {
+    srv_ds_upload_write(up, "label\n", 6);
+    srv_ds_create cr = {"up", "text/csv", 0, 0.25};
+    cJSON *out = NULL;
+    char msg[700];
+    p->create_rc = srv_datasets_create(p->dsets, up, &cr, &out, msg, sizeof msg);
+    cJSON_Delete(out);
+    srv_ds_upload_free(up);
+  }
+  atomic_store(&p->done, 1);
+  return NULL;
+}
+
+typedef struct deleter {
+  srv_jobs *J;
+  int rc;
+} deleter;
+
+static void *delete_thread(void *u) {
+  deleter *d = u;
+  int64_t user = 0;
+  d->rc = srv_jobs_dataset_delete(d->J, "up", &user);
+  return NULL;
+}
+
+static void test_dataset_delete_io_outside_locks(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  upload_csv(f.dsets, "up", 40, 10);
+  upload_csv(f.dsets, "other", 40, 10);
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  snprintf(c.dataset, sizeof c.dataset, "other");
+  int64_t id;
+  assert_int_equal(srv_jobs_submit(f.J, &c, &id), 0);
+  char hold[600], reached[620], path[600];
+  snprintf(hold, sizeof hold, "%s/hold", dir);
+  snprintf(reached, sizeof reached, "%s.reached", hold);
+  snprintf(path, sizeof path, "%s/datasets/up.mds", dir);
+  FILE *h = fopen(hold, "w");
+  assert_non_null(h);
+  fclose(h);
+  setenv("MNISTD_HOLD_AT", "dataset_delete_io", 1);
+  setenv("MNISTD_HOLD_FILE", hold, 1);
+  deleter del = {f.J, 1};
+  pthread_t td, tp;
+  assert_int_equal(pthread_create(&td, NULL, delete_thread, &del), 0);
+  int at_hold = 0;
+  for (int i = 0; i < 1000 && !(at_hold = access(reached, F_OK) == 0); i++) usleep(10000);
+  prober p = {.J = f.J, .data = f.data, .dsets = f.dsets, .job = id};
+  atomic_init(&p.done, 0);
+  assert_int_equal(pthread_create(&tp, NULL, probe_thread, &p), 0);
+  int done = 0;
+  for (int i = 0; at_hold && i < 1000 && !(done = atomic_load(&p.done)); i++) usleep(10000);
+  int file_during = access(path, F_OK) == 0;
+  unlink(hold);
+  pthread_join(td, NULL);
+  pthread_join(tp, NULL);
+  unsetenv("MNISTD_HOLD_AT");
+  unsetenv("MNISTD_HOLD_FILE");
+  assert_true(at_hold);
+  assert_true(done);          /* the prober never waited for the delete's disk work */
+  assert_true(file_during);   /* ... which had not happened yet */
+  assert_true(p.json_ok);
+  assert_int_equal(p.submit_rc, -ENOENT);
+  assert_int_equal(p.count_rc, -ENOENT);
+  assert_int_equal(p.other_rc, 0);
+  assert_int_equal(p.listed, 1);         /* "other" only */
+  assert_int_equal(p.create_rc, -EEXIST);
+  assert_int_equal(del.rc, 0);
+  assert_int_equal(access(path, F_OK), -1); /* then the file went */
+  assert_int_equal(srv_data_count(f.data, "up", NULL, NULL), -ENOENT);
+  upload_csv(f.dsets, "up", 40, 20); /* and the name is free again */
+  assert_int_equal(srv_data_count(f.data, "up", NULL, NULL), 0);
+  fixture_close(&f);
+}
+
+/* H5: a job cancelled when nothing runs it (here: interrupted, waiting
+ * to resume; the same path ends a stranded job) left its checkpoint until
+ * the next start's clean-up. Now it goes once the cancel is on record,
+ * and stays when the cancel cannot be recorded (the next start resumes
+ * from it). */
+static void test_cancel_removes_checkpoint(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  int64_t a, b;
+  assert_int_equal(srv_jobs_submit(f.J, &c, &a), 0);
+  assert_int_equal(srv_jobs_submit(f.J, &c, &b), 0);
+  /* both were running when the daemon stopped: records say so, each has
+   * a checkpoint */
+  char ck[2][600];
+  int64_t ids[2] = {a, b};
+  for (int i = 0; i < 2; i++) {
+    cJSON *j = srv_jobs_json(f.J, ids[i]);
+    char *cfg = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "config"));
+    cJSON_Delete(j);
+    srv_job_row r = {ids[i], "running", cfg, 1, 2, 0, 0, NULL};
+    assert_int_equal(srv_store_job_update(f.st, &r), 0);
+    free(cfg);
+    snprintf(ck[i], sizeof ck[i], "%s/checkpoints/%lld.ckpt", dir, (long long)ids[i]);
+    FILE *fp = fopen(ck[i], "w");
+    assert_non_null(fp);
+    fputs("checkpoint", fp);
+    fclose(fp);
+  }
+  fixture_jobs_close(&f);
+  assert_int_equal(srv_jobs_open(&f.J, &f.loop, f.st, f.models, f.data, &f.opt), 0);
+  assert_int_equal(access(ck[0], F_OK), 0); /* a running job's: kept at start */
+  /* the cancel of b cannot be recorded: its checkpoint stays */
+  setenv("MNISTD_FAIL_AT", "finish", 1);
+  assert_true(srv_jobs_cancel(f.J, b) < 0);
+  unsetenv("MNISTD_FAIL_AT");
+  assert_int_equal(access(ck[1], F_OK), 0);
+  /* the cancel of a is recorded: its checkpoint goes */
+  assert_int_equal(srv_jobs_cancel(f.J, a), 0);
+  cJSON *j = srv_jobs_json(f.J, a);
+  assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItem(j, "state")), "cancelled");
+  cJSON_Delete(j);
+  assert_int_equal(access(ck[0], F_OK), -1);
+  assert_int_equal(srv_jobs_cancel(f.J, b), 0); /* recorded now: gone too */
+  assert_int_equal(access(ck[1], F_OK), -1);
+  fixture_close(&f);
+}
+
+/* H3: one lock order everywhere: jobs, then data sets, then the store
+ * (innermost). Loading the jobs at start used to look up their data sets
+ * (parameters, batches) while the store's lock was held for the rows,
+ * store -> data sets, while a delete took data sets -> store. Both paths
+ * run here; ThreadSanitizer (`make tsan`) reports an inversion even when
+ * no deadlock happens. The loaded job still knows its set's sizes. */
+static void test_lock_order_load_and_delete(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  upload_csv(f.dsets, "up", 40, 10);
+  srv_job_config c;
+  srv_job_config_defaults(&c);
+  snprintf(c.dataset, sizeof c.dataset, "up");
+  c.batch_size = 8;
+  int64_t id;
+  assert_int_equal(srv_jobs_submit(f.J, &c, &id), 0);
+  cJSON *j = srv_jobs_json(f.J, id);
+  double params = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "parameters"));
+  cJSON_Delete(j);
+  assert_true(params > 0);
+  /* the start-up load: the job's set is looked up for its sizes */
+  fixture_jobs_close(&f);
+  assert_int_equal(srv_jobs_open(&f.J, &f.loop, f.st, f.models, f.data, &f.opt), 0);
+  j = srv_jobs_json(f.J, id);
+  assert_true(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "parameters")) == params);
+  /* 30 train images (1/4 of 40 held out) in batches of 8 */
+  assert_int_equal((int)cJSON_GetNumberValue(
+                       cJSON_GetObjectItem(cJSON_GetObjectItem(j, "progress"), "batches")), 4);
+  cJSON_Delete(j);
+  /* and a delete */
+  int64_t user = 0;
+  assert_int_equal(srv_jobs_dataset_delete(f.J, "up", &user), -EBUSY);
+  assert_int_equal(srv_jobs_cancel(f.J, id), 0);
+  assert_int_equal(srv_jobs_dataset_delete(f.J, "up", &user), 0);
+  fixture_close(&f);
+}
+
 static char unusable_log[1024];
 static void log_unusable(const char *msg) {
   snprintf(unusable_log + strlen(unusable_log), sizeof unusable_log - strlen(unusable_log),
@@ -1110,6 +1309,9 @@ int main(void) {
       cmocka_unit_test(test_spec_field_names_whole),
       cmocka_unit_test(test_unusable_model_refused_at_load),
       cmocka_unit_test(test_dataset_delete_vs_jobs_and_cache),
+      cmocka_unit_test(test_lock_order_load_and_delete),
+      cmocka_unit_test(test_dataset_delete_io_outside_locks),
+      cmocka_unit_test(test_cancel_removes_checkpoint),
       cmocka_unit_test(test_resp_builders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

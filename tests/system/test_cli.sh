@@ -6,7 +6,8 @@ set -u
 BIN=${MNISTD_BIN:-build/mnistd}
 DATA=${MNISTD_DATA:-data}
 T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+DPID=
+trap '[ -n "$DPID" ] && kill "$DPID" 2>/dev/null; rm -rf "$T"' EXIT
 pass=0; fail=0
 check() { # name, then a command that must succeed
   local name=$1; shift
@@ -80,6 +81,41 @@ rc=$(exit_code "$BIN" predict --model "$T/cut.model" "$T/three.raw")
 check "truncated model: exit 1 with a message naming the file" bash -c "test $rc = 1 && grep -q 'cut.model: truncated' '$T/err'"
 rc=$(exit_code "$BIN" predict --model "$T/m.model" /etc/hostname)
 check "unreadable image file: exit 1 with a message" bash -c "test $rc = 1 && grep -q hostname '$T/err'"
+
+# H4: train --state-dir DIR --dataset NAME trains on a set uploaded to that
+# daemon (3 classes here), read-only: beside the running daemon, and after
+# it stopped with a leftover upload file that only the daemon may remove.
+HERE=$(cd "$(dirname "$0")" && pwd)
+python3 "$HERE/../datasets/make_uploads.py" three-tar "$T/three.tar" "$DATA/mnist" 300
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" serve --listen 127.0.0.1:$PORT --state-dir "$T/state" --data-dir "$DATA" --no-bootstrap \
+  > "$T/daemon.log" 2>&1 &
+DPID=$!
+for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.05; done
+curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/x-tar' --data-binary "@$T/three.tar" \
+  "http://127.0.0.1:$PORT/v1/datasets?name=three" > "$T/up.code"
+check "upload of a 3-class set for the CLI: 201" test "$(cat "$T/up.code")" = 201
+"$BIN" train --state-dir "$T/state" --dataset three --epochs 2 --json > "$T/three.json" 2> "$T/three.err"
+check "train --state-dir --dataset (an uploaded set, daemon running): 2 epochs, accuracy > 0.9" python3 -c "
+import json; ls = [json.loads(l) for l in open('$T/three.json')]
+assert len(ls) == 2 and ls[-1]['val_accuracy'] > 0.9, ls"
+kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
+touch "$T/state/datasets/.upload-left"
+"$BIN" train --state-dir "$T/state" --dataset three --epochs 1 --out "$T/three.model" > "$T/three.txt" 2>&1
+check "... daemon stopped: the header says so, the model has 3 outputs" bash -c "
+  grep -q 'on three: .* (uploaded set)' '$T/three.txt' &&
+  '$BIN' predict --model '$T/three.model' --json '$T/three.raw' | head -1 | python3 -c '
+import json,sys; assert len(json.load(sys.stdin)[\"probabilities\"]) == 3'"
+check "... read-only: the daemon's leftover upload file is still there" test -e "$T/state/datasets/.upload-left"
+rc=$(exit_code "$BIN" train --state-dir "$T/state" --dataset nothere)
+check "an unknown set: exit 1, naming it and the sets that are there" \
+  bash -c "test $rc = 1 && grep -q 'data set nothere not found in .*uploaded there: three' '$T/err'"
+rc=$(exit_code "$BIN" train --dataset three)
+check "an uploaded set without --state-dir: exit 2 saying to give it" \
+  bash -c "test $rc = 2 && grep -q 'give its --state-dir' '$T/err'"
+rc=$(exit_code "$BIN" train --state-dir "$T/nowhere" --dataset three)
+check "--state-dir without a daemon's state: exit 1" \
+  bash -c "test $rc = 1 && grep -q 'no daemon state here' '$T/err' && ! test -e '$T/nowhere'"
 
 # Issue 9 #23: a build without the page's chart library (no node_modules/)
 # stops and says what to run, instead of embedding a page without charts.

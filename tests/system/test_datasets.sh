@@ -223,6 +223,38 @@ upload big "$M/mnist.csv" text/csv
 check "over --max-dataset-upload: 413" [ "$(code)" = 413 ]
 stop
 
+# ---- the conversion runs on libuv's pool, not on the HTTP thread that took
+# the upload: with one HTTP thread, a prediction sent while a large upload
+# converts is answered first. The conversion is held at a test point
+# (MNISTD_HOLD_AT) until the prediction is in: an order, not a timing. With
+# the conversion on the HTTP thread the prediction is never answered there.
+HOLD=$T/hold
+up_held() { # name: the Fashion IDX upload in the background, its status to $T/up.code
+  rm -f "$HOLD.reached" "$T/up.code"; touch "$HOLD"
+  curl -s -o "$T/up.body" -w '%{http_code}' "${auth[@]}" -H 'Content-Type: application/gzip' \
+    --data-binary "@$M/fashion.tar.gz" "$B/v1/datasets?name=$1" > "$T/up.code" &
+  CURLPID=$!
+  for _ in $(seq 1200); do [ -e "$HOLD.reached" ] && break; sleep 0.05; done
+}
+MNISTD_HOLD_AT=dataset_converting MNISTD_HOLD_FILE=$HOLD start --threads 1
+up_held held
+check "--threads 1: the upload is converting (held)" [ -e "$HOLD.reached" ]
+pc=$(curl -s -o "$T/pred.body" -w '%{http_code}' --max-time 20 -H 'Content-Type: application/json' \
+       -d @"$T/p.json" "$B/v1/predict")
+check "a prediction sent meanwhile is answered (200) while the upload still waits" \
+  bash -c "[ '$pc' = 200 ] && [ ! -s '$T/up.code' ] && kill -0 $CURLPID"
+rm -f "$HOLD"; wait "$CURLPID"; CURLPID=
+check "then the upload answers 201 and is listed" \
+  bash -c "[ \"\$(cat '$T/up.code')\" = 201 ] && curl -s '$B/v1/datasets/held' | grep -q '\"train\":60000'"
+# a SIGTERM during a conversion: the daemon answers it before it stops
+up_held held2
+kill "$PID"; sleep 0.3
+check "SIGTERM during a conversion: the daemon waits for it" kill -0 "$PID"
+rm -f "$HOLD"; wait "$CURLPID"; CURLPID=
+{ wait "$PID"; } 2>/dev/null; PID=
+check "... answers it (201), then stops" \
+  bash -c "[ \"\$(cat '$T/up.code')\" = 201 ] && [ -e '$T/state/datasets/held2.mds' ] && grep -q 'held2 201' '$T/daemon.log'"
+
 # ---- a failed fsync of the data set directory (LD_PRELOAD shim, EIO): the
 # upload is refused and leaves nothing; a delete says so in the log
 if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/../reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then

@@ -32,7 +32,9 @@ check "GET /v1/architectures: the three presets, default first, parameter counts
 a = d['architectures']; assert [x['name'] for x in a] == ['antirectifier', 'relu', 'cnn'], a
 assert [x['parameters'] for x in a] == [337418, 669706, 34826] and a[0]['default']
 c = a[2]['layers']; assert [l['type'] for l in c] == ['conv2d','max_pool2d','conv2d','max_pool2d','flatten','dropout','dense'], c
-assert c[0] == {'type':'conv2d','filters':32,'kernel':3,'stride':1,'padding':'valid','activation':'relu'}, c[0]"
+assert c[0] == {'type':'conv2d','filters':32,'kernel':3,'stride':1,'padding':'valid','activation':'relu'}, c[0]
+t = {x['type']: x['fields'] for x in d['layer_types']}
+assert t['batch_norm'] == 'type, momentum, epsilon' and t['dense'] == 'type, units, activation' and len(t) == 8, t"
 
 # ---- the shape check
 BADK='{"layers":[{"type":"conv2d","filters":4,"kernel":3,"stride":2},{"type":"max_pool2d","size":3},{"type":"conv2d","filters":4,"kernel":5},{"type":"flatten"},{"type":"dense","units":10}]}'
@@ -41,6 +43,11 @@ check "validate: a kernel too large names layers[2]" py "
 assert d == {'valid': False, 'layer': 2, 'message': 'layers[2] conv2d: kernel 5 is larger than its 4x4 input'}, d"
 post /v1/architectures/validate '{"layers":[{"type":"flatten"},{"type":"dense","units":10}]}'
 check "validate: a good spec gives its parameter count" py "assert d == {'valid': True, 'parameters': 7850}, d"
+post /v1/architectures/validate '{"layers":[{"type":"flatten"},{"type":"batch_norm"},{"type":"dense","units":10}]}'
+check "validate: batch_norm counts 4 parameters per feature" py "assert d == {'valid': True, 'parameters': 4 * 784 + 7850}, d"
+post /v1/architectures/validate '{"layers":[{"type":"dense","units":8},{"type":"batch_norm","momentum":1.5},{"type":"dense","units":10}]}'
+check "validate: a bad batch_norm momentum names layers[1]" py "
+assert d['valid'] is False and d['layer'] == 1 and d['message'].startswith('layers[1] batch_norm: momentum must be'), d"
 post /v1/architectures/validate '[1,2]'
 check "validate: not an object: 400 JSON error" bash -c "test $(code) = 400 && grep -q '\"error\"' $T/body"
 # Field names match whole: the empty key once looped forever in the matcher
@@ -74,7 +81,13 @@ post /v1/jobs "$CUSTOM"
 J2=$(py "print(d['id'])")
 check "custom job: arch custom, its layers in the config" py "
 c = d['config']; assert c['arch'] == 'custom' and c['layers'][1] == {'type':'antirectifier'} and 'augment' not in c, c"
-for j in $J1 $J2; do
+BNJOB='{"layers":[{"type":"dense","units":64},{"type":"batch_norm","momentum":0.9},{"type":"relu"},{"type":"dense","units":10}],"epochs":1,"train_limit":3000,"test_limit":1000,"optimizer":{"name":"adam"},"activate":"never"}'
+post /v1/jobs "$BNJOB"
+J3=$(py "print(d['id'])")
+check "batch_norm job: its layer in the config with the defaults filled in, 4 parameters per unit" py "
+c = d['config']; assert c['layers'][1] == {'type':'batch_norm','momentum':0.9,'epsilon':0.001}, c
+assert d['parameters'] == 784 * 64 + 64 + 4 * 64 + 650, d"
+for j in $J1 $J2 $J3; do
   for _ in $(seq 1200); do
     req "$B/v1/jobs/$j"; s=$(py "print(d['state'])"); case $s in succeeded|failed|cancelled) break;; esac; sleep 0.1
   done
@@ -84,6 +97,10 @@ req "$B/v1/jobs/$J1"; M1=$(py "print(d['model_id'])")
 req "$B/v1/jobs/$J2"; M2=$(py "print(d['model_id'])")
 req "$B/v1/models/$M1"
 check "model $M1 shows its layers and arch" py "assert d['arch'] == 'cnn' and len(d['layers']) == 7 and d['test_accuracy'] > 0.5, d"  # chance: 0.1
+req "$B/v1/jobs/$J3"; M3=$(py "print(d['model_id'])")
+req "$B/v1/models/$M3"
+check "model $M3 lists its batch_norm layer and predicts on the moving statistics" py "
+assert d['layers'][1] == {'type':'batch_norm','momentum':0.9,'epsilon':0.001} and d['test_accuracy'] > 0.6, d"
 python3 - "$DATA/mnist" > "$T/img.json" <<'EOF'
 import gzip, json, os, sys
 p = os.path.join(sys.argv[1], "t10k-images-idx3-ubyte")

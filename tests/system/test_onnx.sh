@@ -78,8 +78,20 @@ cat > "$T/custom.json" <<'EOF'
  {"type":"relu"},{"type":"flatten"},{"type":"dropout","rate":0.2},{"type":"dense","units":32,"activation":"relu"},
  {"type":"dense","units":10}]}
 EOF
-for arch in antirectifier relu cnn custom; do
-  spec="--arch $arch"; [ $arch = custom ] && spec="--layers $T/custom.json"
+# batch_norm (inference: the moving statistics) on a dense layer's units,
+# on feature maps (per channel; 32 filters: 2 or 4 of oneDNN's channel blocks) and on a
+# flattened vector
+cat > "$T/bndense.json" <<'EOF'
+{"layers":[{"type":"dense","units":64},{"type":"batch_norm"},{"type":"relu"},{"type":"dropout","rate":0.1},
+ {"type":"dense","units":10}]}
+EOF
+cat > "$T/bnconv.json" <<'EOF'
+{"layers":[{"type":"conv2d","filters":32,"kernel":3,"activation":"relu"},{"type":"batch_norm","momentum":0.9},
+ {"type":"max_pool2d","size":2},{"type":"conv2d","filters":16,"kernel":3,"stride":2},
+ {"type":"batch_norm","epsilon":0.01},{"type":"relu"},{"type":"flatten"},{"type":"batch_norm"},{"type":"dense","units":10}]}
+EOF
+for arch in antirectifier relu cnn custom bndense bnconv; do
+  case $arch in custom|bn*) spec="--layers $T/$arch.json" ;; *) spec="--arch $arch" ;; esac
   # shellcheck disable=SC2086
   "$BIN" train $spec --data-dir "$DATA" --epochs 1 --train-limit 10000 --test-limit 1000 \
     --threads 2 --json --out "$T/$arch.model" > /dev/null 2>"$T/train.err"
@@ -88,6 +100,9 @@ for arch in antirectifier relu cnn custom; do
   check "mnistd export --format onnx ($arch) exits 0" test $? = 0
   check "no temp files beside the export" test "$(ls "$T" | grep -c '\.tmp\.')" = 0
   check "checker + interface + metadata ($arch, CLI)" onnx_check "$T/$arch.onnx" ""
+  case $arch in bn*) check "$arch: one BatchNormalization per batch_norm layer" "$PY" -c \
+    "import onnx, sys; ops = [n.op_type for n in onnx.load('$T/$arch.onnx').graph.node]; sys.exit(ops.count('BatchNormalization') != (1 if '$arch' == 'bndense' else 3))" ;;
+  esac
   compare "CLI $arch on the 10000 MNIST test images" "$T/$arch.onnx" "$T/$arch.model" "$MNIST_IMG"
 done
 # The antirectifier's epsilon: first-layer weights scaled by 1e-9 put every
