@@ -741,7 +741,10 @@ static uint32_t compact_inputs(const nn_model *m, nn_workspace *ws, const uint8_
 static int predict(const nn_model *m, nn_workspace *ws, const uint8_t *u8, const float *f32,
                    uint32_t n, float *probs) {
   const uint32_t classes = nn_model_classes(m), in = m->n_inputs;
-  const uint32_t P = piece_rows(m, n);
+  /* On an OpenMP team every product ends in a wait for its slowest member:
+   * pieces would multiply those waits (measured slower), so a team takes
+   * the whole batch. */
+  const uint32_t P = nn_dnn_team(ws->dnn) > 1 ? n : piece_rows(m, n);
   if (P < n && ws->dnn_piece != P) {
     nn_dnn_prepare_piece(ws->dnn, NULL, P);
     ws->dnn_piece = P;
