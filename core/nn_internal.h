@@ -190,7 +190,11 @@ void nn_k_antirect_fwd(const float *x, uint32_t n, uint32_t d, float *y, float *
 /* Its backward: dout [n][2d] is the gradient w.r.t. out; writes dx [n][d]
  * and, when db is not NULL, db[d] = column sums of dx (the bias gradient of
  * the dense layer before). */
+/* used[c] = OR of px[r][c] over the n rows of width d: non-zero where
+ * some row has a non-zero pixel. */
 void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, uint32_t n, uint32_t d);
+/* x[n][k] = the pixels of px[n][d] (d <= NN_IMAGE_SIZE) in the nr runs
+ * (runs[2q] start, runs[2q+1] length; the lengths sum to k), / 255. */
 void nn_k_u8_gather_runs(float *x, const uint8_t *px, uint32_t n, uint32_t d,
                          const uint32_t *runs, uint32_t nr, uint32_t k);
 /* nn_k_antirect_fwd without dropout and without y and inv (a prediction:
