@@ -150,7 +150,7 @@ NN_HOT void nn_k_u8_gather_runs(float *restrict x, const uint8_t *restrict px, u
     const uint8_t *restrict p = px + (size_t)r * d;
     float *restrict o = x + (size_t)r * k;
 #pragma omp simd
-    for (uint32_t j = 0; j < NN_IMAGE_SIZE; j++) row[j] = (float)p[j] * (1.0f / 255.0f);
+    for (uint32_t j = 0; j < d; j++) row[j] = (float)p[j] * (1.0f / 255.0f);
     for (uint32_t q = 0; q < nr; q++) {
       memcpy(o, row + runs[2 * q], runs[2 * q + 1] * sizeof(float));
       o += runs[2 * q + 1];
