@@ -22,12 +22,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OP_FWD, OP_DW, OP_DX, N_OPS };
+enum { OP_FWD, OP_DW, OP_DX, OP_PIECE, N_OPS }; /* OP_PIECE: forward, piece_rows */
 
 typedef struct mm {
   dnnl_primitive_t prim;
   dnnl_memory_t a, b, c, bias, sp;  /* sp: scratchpad, or NULL */
   uint64_t rows;     /* the shape's variable dimension (or key); 0 = not built */
+  uint32_t k;        /* the layer's inputs it was built for */
   int team;          /* OpenMP team size it was built for */
 } mm;
 
@@ -39,6 +40,7 @@ struct nn_dnn {
   size_t scratch_len;
   uint32_t threads;  /* 0: follow nn_set_threads() */
   uint32_t full_rows;
+  uint32_t piece_rows; /* a prediction's pieces (nn_dnn_prepare_piece), or 0 */
   int any_rows;
   mm *dw_rows;       /* nn_dnn_dense_dw_rows: [layer][part], grown on demand */
   uint32_t dw_parts;
@@ -192,15 +194,16 @@ static int mm_run(nn_dnn *d, mm *m, const float *A, const float *B, const float 
 static mm *mm_get(nn_dnn *d, uint32_t layer, int op, uint32_t rows, const nn_layer *l) {
   int team = dnn_team(d);
   mm *m = &d->op[layer][op];
-  if (m->prim && m->rows == rows && m->team == team) return m;
+  if (m->prim && m->rows == rows && m->team == team && m->k == l->in) return m;
   mm_clear(m);
   int64_t in = l->in, out = l->out, n = rows;
-  int rc = op == OP_FWD ? mm_build(d, m, n, out, in, 0, 1, 1, 0, 0, 0) /* x W^T + b */
+  int rc = op == OP_FWD || op == OP_PIECE ? mm_build(d, m, n, out, in, 0, 1, 1, 0, 0, 0) /* x W^T + b */
            : op == OP_DW ? mm_build(d, m, out, in, n, 1, 0, 0, 0, 0, 0) /* g^T x */
                          : mm_build(d, m, n, in, out, 0, 0, 0, 0, 0, 0); /* g W */
   if (rc) return NULL;
   m->rows = rows;
   m->team = team;
+  m->k = l->in;
   return m;
 }
 
@@ -243,7 +246,8 @@ void nn_dnn_fail(nn_dnn *d, int rc) {
  * comes; other row counts, and any failure to compile, take dnnl_sgemm,
  * which needs nothing from us. */
 static mm *mm_pick(nn_dnn *d, uint32_t layer, int op, uint32_t n, const nn_layer *l) {
-  if (!d->any_rows && n != d->full_rows) return NULL;
+  if (op == OP_FWD && n == d->piece_rows && n != d->full_rows) op = OP_PIECE;
+  else if (!d->any_rows && n != d->full_rows) return NULL;
   return mm_get(d, layer, op, n, l);
 }
 
@@ -296,6 +300,15 @@ int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_row
   if (!m || full_rows < 2) return 0;
   for (uint32_t i = 0; i < m->n_layers; i++)
     if (m->layers[i].type == NN_LAYER_DENSE && !mm_get(d, i, OP_FWD, full_rows, &m->layers[i]))
+      return NN_ENOMEM;
+  return 0;
+}
+
+int nn_dnn_prepare_piece(nn_dnn *d, const nn_model *m, uint32_t rows) {
+  d->piece_rows = rows;
+  for (uint32_t i = 0; m && rows >= 2 && i < m->n_layers; i++)
+    if (m->layers[i].type == NN_LAYER_DENSE && rows != d->full_rows &&
+        !mm_get(d, i, OP_PIECE, rows, &m->layers[i]))
       return NN_ENOMEM;
   return 0;
 }

@@ -132,6 +132,32 @@ NN_HOT void nn_k_u8_to_f32(float *restrict x, const uint8_t *restrict px, size_t
   for (size_t k = 0; k < n; k++) x[k] = (float)px[k] * (1.0f / 255.0f);
 }
 
+NN_HOT void nn_k_u8_or_rows(uint8_t *restrict used, const uint8_t *restrict px, uint32_t n,
+                            uint32_t d) {
+  memset(used, 0, d);
+  for (uint32_t r = 0; r < n; r++)
+#pragma omp simd
+    for (uint32_t c = 0; c < d; c++) used[c] |= px[(size_t)r * d + c];
+}
+
+NN_HOT void nn_k_u8_gather_runs(float *restrict x, const uint8_t *restrict px, uint32_t n,
+                                uint32_t d, const uint32_t *restrict runs, uint32_t nr,
+                                uint32_t k) {
+  /* Each row converted whole into L1, then its runs copied: faster than
+   * converting run by run (runs of ~20-30 pixels vectorise badly). */
+  float row[NN_IMAGE_SIZE];
+  for (uint32_t r = 0; r < n; r++) {
+    const uint8_t *restrict p = px + (size_t)r * d;
+    float *restrict o = x + (size_t)r * k;
+#pragma omp simd
+    for (uint32_t j = 0; j < d; j++) row[j] = (float)p[j] * (1.0f / 255.0f);
+    for (uint32_t q = 0; q < nr; q++) {
+      memcpy(o, row + runs[2 * q], runs[2 * q + 1] * sizeof(float));
+      o += runs[2 * q + 1];
+    }
+  }
+}
+
 NN_HOT void nn_k_add(float *restrict acc, const float *restrict x, size_t n) {
   for (size_t k = 0; k < n; k++) acc[k] += x[k];
 }
@@ -194,6 +220,35 @@ NN_HOT void nn_k_antirect_fwd(const float *restrict x, uint32_t n, uint32_t d,
         o[i] = (v > 0.f ? v : 0.f) * m0;
         o2[i] = (v < 0.f ? -v : 0.f) * m1;
       }
+    }
+  }
+}
+
+/* nn_k_antirect_fwd for a prediction: nothing is kept for a backward pass,
+ * so y and inv are never written (a third of the kernel's stores) and the
+ * centred row is recomputed from x, in L1. Same operations in the same
+ * order as nn_k_antirect_fwd without dropout, so the same bits. */
+NN_HOT void nn_k_antirect_infer(const float *restrict x, uint32_t n, uint32_t d,
+                                float *restrict out) {
+  for (uint32_t r = 0; r < n; r++) {
+    const float *restrict xr = x + (size_t)r * d;
+    float *restrict o = out + (size_t)r * 2 * d, *restrict o2 = o + d;
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (uint32_t i = 0; i < d; i++) mean += xr[i];
+    mean /= (float)d;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (uint32_t i = 0; i < d; i++) {
+      float c = xr[i] - mean;
+      ss += c * c;
+    }
+    float s = 1.0f / sqrtf(ss > ANTIRECT_EPS ? ss : ANTIRECT_EPS);
+#pragma omp simd
+    for (size_t i = 0; i < d; i++) {
+      float v = (xr[i] - mean) * s;
+      o[i] = v > 0.f ? v : 0.f;
+      o2[i] = v < 0.f ? -v : 0.f;
     }
   }
 }

@@ -220,6 +220,36 @@ static int conv_plan(const nn_model *m, nn_workspace *ws) {
   return 0;
 }
 
+/* A batch prediction runs in pieces of at most PREDICT_PIECE rows, all of
+ * a piece's layers before the next piece, each into the start of its
+ * layer's buffer: a piece's activations stay in L2 between the layers
+ * instead of a whole batch's going through memory at every layer. The
+ * pieces are of equal size where the batch allows, so that one set of
+ * kernels serves them (a smaller last piece takes dnnl_sgemm). Measured
+ * for batches of 1000, one thread: pieces of 250 and 500 alike and best,
+ * 128 and 168 no better than the whole batch (docs/benchmarks.md). */
+#define PREDICT_PIECE 256
+
+/* Pieces need layers that treat every row on its own: dense networks. */
+static int piecewise(const nn_model *m) {
+  for (uint32_t i = 0; i < m->n_layers; i++)
+    switch (m->layers[i].type) {
+    case NN_LAYER_DENSE: case NN_LAYER_ANTIRECT: case NN_LAYER_RELU: case NN_LAYER_DROPOUT:
+    case NN_LAYER_SOFTMAX:
+      break;
+    default:
+      return 0;
+    }
+  return 1;
+}
+
+/* Rows per piece of a prediction of n rows (n: no pieces). */
+static uint32_t piece_rows(const nn_model *m, uint32_t n) {
+  if (n <= PREDICT_PIECE || !piecewise(m)) return n;
+  uint32_t k = (n + PREDICT_PIECE - 1) / PREDICT_PIECE;
+  return (n + k - 1) / k;
+}
+
 int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batch) {
   if (!out || !m || max_batch == 0 || max_batch > (1u << 20)) return NN_EINVAL;
   *out = NULL;
@@ -230,6 +260,18 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
 
   int rc = nn_dnn_create(&ws->dnn);
   if (!rc) rc = nn_dnn_prepare(ws->dnn, m, max_batch, 0);
+  const nn_layer *l0 = &m->layers[0];
+  if (!rc && max_batch > 1 && l0->type == NN_LAYER_DENSE && l0->in == m->n_inputs &&
+      m->n_inputs == NN_IMAGE_SIZE) {
+    /* compact_inputs' buffers: runs and flags, packed weights. */
+    ws->cols = malloc(2 * (size_t)(m->n_inputs + 1) * sizeof(uint32_t) + m->n_inputs);
+    ws->w0 = malloc((size_t)m->n_inputs * l0->out * sizeof(float));
+    if (!ws->cols || !ws->w0) rc = NN_ENOMEM;
+  }
+  if (!rc && piece_rows(m, max_batch) < max_batch) {
+    ws->dnn_piece = piece_rows(m, max_batch);
+    rc = nn_dnn_prepare_piece(ws->dnn, m, ws->dnn_piece);
+  }
   if (!rc) rc = conv_plan(m, ws);
   if (rc) {
     nn_workspace_free(ws);
@@ -301,6 +343,8 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
 
 void nn_workspace_free(nn_workspace *ws) {
   if (!ws) return;
+  free(ws->w0);
+  free(ws->cols);
   free(ws->wt_block);
   nn_conv_free(ws->conv);
   nn_dnn_free(ws->dnn);
@@ -391,7 +435,11 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
     ws->fused[i] = 0;
     switch (l->type) {
     case NN_LAYER_DENSE:
-      if (n == 1 && ws->pinned == m && ws->wt[i])
+      if (i == 0 && ws->predicting && ws->k0) {
+        nn_layer c = *l;
+        c.in = ws->k0;
+        nn_dnn_dense_fwd(ws->dnn, i, &c, in, n, ws->w0, m->params + l->b_off, out);
+      } else if (n == 1 && ws->pinned == m && ws->wt[i])
         nn_k_sparse_row(out, in, ws->wt[i], m->params + l->b_off, l->in, l->out);
       else
         nn_dnn_dense_fwd(ws->dnn, i, l, in, n, m->params + l->w_off, m->params + l->b_off,
@@ -419,7 +467,9 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
         ws->fused[++i] = 1; /* from here on, i is the dropout layer */
         out = ws->act[i];
       }
-      if (l->type == NN_LAYER_ANTIRECT)
+      if (l->type == NN_LAYER_ANTIRECT && ws->predicting && !dr.thr)
+        nn_k_antirect_infer(in, n * l->ishape.h * l->ishape.w, l->ishape.c, out);
+      else if (l->type == NN_LAYER_ANTIRECT)
         /* Per position across channels; a vector is one position. */
         nn_k_antirect_fwd(in, n * l->ishape.h * l->ishape.w, l->ishape.c, ws->anti_y[a],
                           ws->anti_inv[a], out, dr);
@@ -642,16 +692,91 @@ int nn_workspace_pin(nn_workspace *ws, const nn_model *m) {
   return 0;
 }
 
+/* The first dense layer of a batch prediction without the inputs that are 0
+ * in every image of the batch (an MNIST batch of 1000 leaves ~600 of 784,
+ * one of 64 ~500): their products add nothing. Keeps the runs of the
+ * other inputs in ws->cols (start, length), their weights packed in ws->w0
+ * ([out][k0], k0 rounded up to 16 with unused inputs) and returns the
+ * number of runs; 0 (and k0 = 0) when too few inputs drop out to pay for
+ * the copies (the whole layer then runs). The
+ * sums are the same terms but blocked differently by oneDNN, so the
+ * probabilities can differ from the uncompacted product in the last bits
+ * (3.7e-8 at most over the MNIST test set). */
+static uint32_t compact_inputs(const nn_model *m, nn_workspace *ws, const uint8_t *u8,
+                               uint32_t n) {
+  const nn_layer *l0 = &m->layers[0];
+  const uint32_t in = m->n_inputs;
+  ws->k0 = 0;
+  if (l0->type != NN_LAYER_DENSE || l0->in != in) return 0;
+  if (!ws->cols || !ws->w0) return 0;
+  uint8_t *used = (uint8_t *)(ws->cols + 2 * (size_t)(in + 1));
+  nn_k_u8_or_rows(used, u8, n, in);
+  uint32_t K = 0, nr = 0;
+  for (uint32_t c = 0; c < in; c++) K += !!used[c];
+  /* Fewer kernel shapes: a multiple of 16 inputs. */
+  for (uint32_t c = 0; c < in && K % 16; c++)
+    if (!used[c]) used[c] = 1, K++;
+  if (K >= in * 9 / 10) return 0;
+  for (uint32_t c = 0; c < in;) {
+    if (!used[c]) {
+      c++;
+      continue;
+    }
+    uint32_t c0 = c;
+    while (c < in && used[c]) c++;
+    ws->cols[2 * nr] = c0, ws->cols[2 * nr + 1] = c - c0, nr++;
+  }
+  const float *w = m->params + l0->w_off;
+  for (uint32_t o = 0; o < l0->out; o++) {
+    float *d = ws->w0 + (size_t)o * K;
+    for (uint32_t q = 0; q < nr; q++) {
+      memcpy(d, w + (size_t)o * in + ws->cols[2 * q], ws->cols[2 * q + 1] * sizeof(float));
+      d += ws->cols[2 * q + 1];
+    }
+  }
+  ws->k0 = K;
+  return nr;
+}
+
+static int predict(const nn_model *m, nn_workspace *ws, const uint8_t *u8, const float *f32,
+                   uint32_t n, float *probs) {
+  const uint32_t classes = nn_model_classes(m), in = m->n_inputs;
+  /* On an OpenMP team every product ends in a wait for its slowest member:
+   * pieces would multiply those waits (measured slower), so a team takes
+   * the whole batch. */
+  const uint32_t P = nn_dnn_team(ws->dnn) > 1 ? n : piece_rows(m, n);
+  if (P < n && ws->dnn_piece != P) {
+    nn_dnn_prepare_piece(ws->dnn, NULL, P);
+    ws->dnn_piece = P;
+  }
+  const uint32_t nr = u8 && n > 1 ? compact_inputs(m, ws, u8, n) : 0;
+  for (uint32_t off = 0; off < n; off += P) {
+    uint32_t k = n - off < P ? n - off : P;
+    if (nr)
+      nn_k_u8_gather_runs(ws->x, u8 + (size_t)off * in, k, in, ws->cols, nr, ws->k0);
+    else if (u8) nn_k_u8_to_f32(ws->x, u8 + (size_t)off * in, (size_t)k * in);
+    else memcpy(ws->x, f32 + (size_t)off * in, (size_t)k * in * sizeof(float));
+    ws->predicting = 1;
+    const float *p = nn_forward(m, ws, k, 0, NULL);
+    ws->predicting = 0;
+    int rc = nn_dnn_error(ws->dnn);
+    if (rc) {
+      ws->k0 = 0;
+      return rc;
+    }
+    /* Staged in the (unused) gradient buffer: a failing call leaves probs alone. */
+    memcpy(P < n ? ws->g[0] + (size_t)off * classes : probs, p, (size_t)k * classes * sizeof(float));
+  }
+  ws->k0 = 0;
+  if (P < n) memcpy(probs, ws->g[0], (size_t)n * classes * sizeof(float));
+  return 0;
+}
+
 int nn_predict_f32(const nn_model *m, nn_workspace *ws, const float *x, uint32_t n,
                    float *probs) {
   if (!m || !ws || !x || !probs || n > ws->max_batch || ws->n_layers != m->n_layers)
     return NN_EINVAL;
-  memcpy(ws->x, x, (size_t)n * m->n_inputs * sizeof(float));
-  const float *p = nn_forward(m, ws, n, 0, NULL);
-  int rc = nn_dnn_error(ws->dnn);
-  if (rc) return rc;
-  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
-  return 0;
+  return predict(m, ws, NULL, x, n, probs);
 }
 
 int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
@@ -659,10 +784,5 @@ int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,
   if (!m || !ws || !images || !probs || n > ws->max_batch ||
       ws->n_layers != m->n_layers || m->n_inputs != NN_IMAGE_SIZE)
     return NN_EINVAL;
-  nn_k_u8_to_f32(ws->x, images, (size_t)n * m->n_inputs);
-  const float *p = nn_forward(m, ws, n, 0, NULL);
-  int rc = nn_dnn_error(ws->dnn);
-  if (rc) return rc;
-  memcpy(probs, p, (size_t)n * nn_model_classes(m) * sizeof(float));
-  return 0;
+  return predict(m, ws, images, NULL, n, probs);
 }

@@ -345,7 +345,11 @@ int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
 
 /* Runs n images (n <= the workspace's max_batch) through the model in
  * inference mode (dropout off) and writes n*nn_model_classes(m) probabilities.
- * `images` holds n*784 uint8 pixels. Allocates nothing. Returns 0,
+ * `images` holds n*784 uint8 pixels. Allocates nothing itself (oneDNN may
+ * compile a kernel for a shape it has not seen). A batch leaves the pixels
+ * that are 0 in all its images out of the first dense layer's products, so
+ * an image's probabilities can differ in the last bits with the batch it is
+ * in (same batch, same bits). Returns 0,
  * NN_EINVAL, or NN_ENOMEM when oneDNN could not run a matrix product
  * (probs is then left alone). */
 int nn_predict_u8(const nn_model *m, nn_workspace *ws, const uint8_t *images,

@@ -32,6 +32,9 @@ void nn_dnn_free(nn_dnn *d);
  * row counts use dnnl_sgemm unless any_rows (a trainer shard: every row
  * count it sees gets its kernels). m = NULL: compile nothing now. */
 int nn_dnn_prepare(nn_dnn *d, const nn_model *m, uint32_t full_rows, int any_rows);
+/* Also keeps forward kernels for `rows` rows beside the full_rows ones:
+ * the pieces a batch prediction is cut into (nn_predict_*). */
+int nn_dnn_prepare_piece(nn_dnn *d, const nn_model *m, uint32_t rows);
 /* Team size of this workspace's products; 0 follows nn_set_threads(). */
 void nn_dnn_set_threads(nn_dnn *d, uint32_t threads);
 /* y[n][out] = x[n][in] W^T + b, W stored [out][in]. */
@@ -86,6 +89,11 @@ struct nn_sync {
 
 struct nn_workspace {
   uint32_t max_batch;
+  uint32_t dnn_piece;  /* rows of the prediction pieces the dnn has kernels for */
+  int predicting;      /* inside nn_predict_*: no backward pass will follow */
+  uint32_t k0;         /* predicting: inputs of layer 0 after compaction (0: none) */
+  float *w0;           /* predicting: layer 0's weights of those inputs, [out][k0] */
+  uint32_t *cols;      /* the inputs kept, [n_inputs] */
   uint32_t n_layers;
   float *x;                         /* [B][n_inputs] input as floats */
   float *act[NN_MAX_LAYERS];        /* output buffer of each layer */
@@ -182,6 +190,16 @@ void nn_k_antirect_fwd(const float *x, uint32_t n, uint32_t d, float *y, float *
 /* Its backward: dout [n][2d] is the gradient w.r.t. out; writes dx [n][d]
  * and, when db is not NULL, db[d] = column sums of dx (the bias gradient of
  * the dense layer before). */
+/* used[c] = OR of px[r][c] over the n rows of width d: non-zero where
+ * some row has a non-zero pixel. */
+void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, uint32_t n, uint32_t d);
+/* x[n][k] = the pixels of px[n][d] (d <= NN_IMAGE_SIZE) in the nr runs
+ * (runs[2q] start, runs[2q+1] length; the lengths sum to k), / 255. */
+void nn_k_u8_gather_runs(float *x, const uint8_t *px, uint32_t n, uint32_t d,
+                         const uint32_t *runs, uint32_t nr, uint32_t k);
+/* nn_k_antirect_fwd without dropout and without y and inv (a prediction:
+ * no backward pass follows); out gets the same values. */
+void nn_k_antirect_infer(const float *x, uint32_t n, uint32_t d, float *out);
 void nn_k_antirect_bwd(const float *y, const float *inv, const float *dout, uint32_t n,
                        uint32_t d, float *dx, float *db, nn_drop dr);
 /* Fused ReLU (+ dropout): out = dropout(relu(x)); backward from the ReLU's

@@ -273,6 +273,13 @@ static void test_fused_antirect_matches_reference(void **state) {
       for (size_t k = 0; k < nd; k++) assert_true(close_to(y[k], yr[k], 1e-6, 1e-5));
       for (uint32_t r = 0; r < n; r++) assert_true(close_to(inv[r], invr[r], 0, 1e-5));
       for (size_t k = 0; k < 2 * nd; k++) assert_true(close_to(out[k], outr[k], 1e-6, 1e-5));
+      if (dk == 0) {
+        /* The prediction kernel: the same bits, without y and inv. */
+        float *oi = malloc(2 * nd * 4);
+        nn_k_antirect_infer(x, n, d, oi);
+        assert_memory_equal(oi, out, 2 * nd * 4);
+        free(oi);
+      }
       nn_k_antirect_bwd(y, inv, g, n, d, dx, db, dr);
       ref_dropout(gr, 2 * nd, dr); /* dropout's backward is the same mask */
       nn_antirect_backward(yr, invr, gr, n, d, dxr);
@@ -946,6 +953,41 @@ static void test_predict_single_matches_batch(void **state) {
     assert_int_equal(nn_predict_f32(m, w1, xf, 1, pn), 0);
     for (int k = 0; k < 10; k++) assert_float_equal(pf[k], pn[k], 1e-5);
   }
+  /* Batches larger than a piece run in pieces (equal ones, or a smaller
+   * last one; another size after the first): the same answers as batches
+   * of 64, row by row. */
+  nn_workspace *wl;
+  assert_int_equal(nn_workspace_create(&wl, m, 600), 0);
+  float *pl = malloc(600 * 10 * sizeof(float)), *pr = malloc(600 * 10 * sizeof(float));
+  for (uint32_t off = 0; off < 600; off += 64)
+    assert_int_equal(nn_predict_u8(m, wb, synth.images + (size_t)off * 784,
+                                   600 - off < 64 ? 600 - off : 64, pr + (size_t)off * 10), 0);
+  const uint32_t sizes[] = {600, 599, 257, 600};
+  for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+    memset(pl, 0, 600 * 10 * sizeof(float));
+    assert_int_equal(nn_predict_u8(m, wl, synth.images, sizes[si], pl), 0);
+    for (size_t k = 0; k < (size_t)sizes[si] * 10; k++) assert_float_equal(pl[k], pr[k], 1e-5);
+  }
+  /* Inputs that are 0 in every image of a batch are left out of the first
+   * product of a u8 batch (float input keeps them all): images with empty
+   * top and bottom rows and an empty column, u8 against f32. */
+  uint8_t *img = malloc(600 * 784);
+  float *xf = malloc(600 * 784 * sizeof(float));
+  memcpy(img, synth.images, 600 * 784);
+  for (uint32_t r = 0; r < 600; r++)
+    for (uint32_t c = 0; c < 784; c++) {
+      if (c < 6 * 28 || c >= 22 * 28 || c % 28 == 13) img[(size_t)r * 784 + c] = 0;
+      xf[(size_t)r * 784 + c] = img[(size_t)r * 784 + c] / 255.0f;
+    }
+  const uint32_t csizes[] = {600, 64, 2};
+  for (size_t si = 0; si < sizeof csizes / sizeof *csizes; si++) {
+    assert_int_equal(nn_predict_u8(m, wl, img, csizes[si], pl), 0);
+    assert_int_equal(nn_predict_f32(m, wl, xf, csizes[si], pr), 0);
+    for (size_t k = 0; k < (size_t)csizes[si] * 10; k++) assert_float_equal(pl[k], pr[k], 1e-5);
+  }
+  free(img), free(xf);
+  free(pl), free(pr);
+  nn_workspace_free(wl);
   nn_model *m2;
   nn_trainer *t2 = trained(&m2, 1, 10, 1, NN_OPT_RMSPROP);
   float q1[10], q2[10];
