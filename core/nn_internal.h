@@ -190,6 +190,8 @@ void nn_k_antirect_fwd(const float *x, uint32_t n, uint32_t d, float *y, float *
 /* Its backward: dout [n][2d] is the gradient w.r.t. out; writes dx [n][d]
  * and, when db is not NULL, db[d] = column sums of dx (the bias gradient of
  * the dense layer before). */
+void nn_k_antirect_bwd(const float *y, const float *inv, const float *dout, uint32_t n,
+                       uint32_t d, float *dx, float *db, nn_drop dr);
 /* used[c] = OR of px[r][c] over the n rows of width d: non-zero where
  * some row has a non-zero pixel. */
 void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, uint32_t n, uint32_t d);
@@ -200,8 +202,6 @@ void nn_k_u8_gather_runs(float *x, const uint8_t *px, uint32_t n, uint32_t d,
 /* nn_k_antirect_fwd without dropout and without y and inv (a prediction:
  * no backward pass follows); out gets the same values. */
 void nn_k_antirect_infer(const float *x, uint32_t n, uint32_t d, float *out);
-void nn_k_antirect_bwd(const float *y, const float *inv, const float *dout, uint32_t n,
-                       uint32_t d, float *dx, float *db, nn_drop dr);
 /* Fused ReLU (+ dropout): out = dropout(relu(x)); backward from the ReLU's
  * input x: dx = x > 0 ? dropout(g) : 0, with db as above. */
 void nn_k_relu_drop_fwd(float *out, const float *x, uint32_t n, uint32_t d, nn_drop dr);
