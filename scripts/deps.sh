@@ -12,7 +12,10 @@ pkgs=(build-essential pkg-config libmicrohttpd-dev libcjson-dev libuv1-dev
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 for g in "$@"; do
   case "$g" in
-    bench) pkgs+=(python3-torch wrk) ;;
+    # libopenblas0-pthread: Debian's torch calls whatever libblas.so.3 is
+    # installed; without OpenBLAS that is the reference BLAS, ~10x slower
+    # (its seed-network epoch 38 s instead of ~4): the peer runs at its best.
+    bench) pkgs+=(python3-torch wrk libopenblas0-pthread) ;;
     *) echo "deps.sh: unknown group '$g'" >&2; exit 2 ;;
   esac
 done
