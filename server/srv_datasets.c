@@ -474,6 +474,19 @@ int srv_datasets_delete_begin(srv_datasets *d, const char *name) {
   return rc;
 }
 
+/* Takes e off the list and frees it (a pending upload that failed, or a
+ * set whose delete is done). */
+static void drop(srv_datasets *d, entry *e) {
+  pthread_mutex_lock(&d->mu);
+  for (entry **pp = &d->list; *pp; pp = &(*pp)->next)
+    if (*pp == e) {
+      *pp = e->next;
+      break;
+    }
+  pthread_mutex_unlock(&d->mu);
+  entry_free(e);
+}
+
 int srv_datasets_delete_finish(srv_datasets *d, const char *name) {
   pthread_mutex_lock(&d->mu);
   entry *e = find(d, name);
@@ -497,14 +510,7 @@ int srv_datasets_delete_finish(srv_datasets *d, const char *name) {
   if (frc && frc != -ENOENT)
     logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
           "be listed again", name, path, strerror(-frc));
-  pthread_mutex_lock(&d->mu);
-  for (entry **pp = &d->list; *pp; pp = &(*pp)->next)
-    if (*pp == e) {
-      *pp = e->next;
-      break;
-    }
-  pthread_mutex_unlock(&d->mu);
-  entry_free(e);
+  drop(d, e);
   return 0;
 }
 
@@ -702,17 +708,6 @@ static int reserve(srv_datasets *d, const char *name, entry **out) {
   return rc;
 }
 
-static void unreserve(srv_datasets *d, entry *e) {
-  pthread_mutex_lock(&d->mu);
-  for (entry **pp = &d->list; *pp; pp = &(*pp)->next)
-    if (*pp == e) {
-      *pp = e->next;
-      break;
-    }
-  pthread_mutex_unlock(&d->mu);
-  entry_free(e);
-}
-
 int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *c, cJSON **out,
                         char *msg, size_t msglen) {
   srv_ds_build b = {0};
@@ -785,6 +780,6 @@ int srv_datasets_create(srv_datasets *d, srv_ds_upload *u, const srv_ds_create *
   return 0;
 fail:
   srv_ds_build_free(&b);
-  unreserve(d, e);
+  drop(d, e);
   return rc;
 }
