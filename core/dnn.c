@@ -276,6 +276,25 @@ void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float 
        dnnl_success);
 }
 
+void nn_dnn_dense_fwd_var(nn_dnn *d, const nn_layer *l, const float *x, uint32_t n,
+                          const float *w, const float *b, float *y) {
+  dnn_team(d);
+  for (uint32_t r = 0; r < n; r++) memcpy(y + (size_t)r * l->out, b, l->out * sizeof(float));
+  must(dnnl_sgemm('N', 'T', n, l->out, l->in, 1.f, x, l->in, w, l->in, 1.f, y, l->out) ==
+       dnnl_success);
+}
+
+int nn_dnn_dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32_t o_hi,
+                             const float *g, const float *x, uint32_t n, int accumulate,
+                             float *dw) {
+  if (injected()) return d->err = NN_ENOMEM;
+  dnn_team(d);
+  if (dnnl_sgemm('T', 'N', o_hi - o_lo, l->in, n, 1.f, g + o_lo, l->out, x, l->in,
+                 accumulate ? 1.f : 0.f, dw + (size_t)o_lo * l->in, l->in) == dnnl_success)
+    return 0;
+  return d->err = NN_ENOMEM;
+}
+
 void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *x, uint32_t n, float *dw) {
   mm *m = mm_pick(d, layer, OP_DW, n, l);

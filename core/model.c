@@ -271,9 +271,10 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
   if (!rc && max_batch >= COMPACT_MIN_ROWS && l0->type == NN_LAYER_DENSE && l0->in == m->n_inputs &&
       m->n_inputs == NN_IMAGE_SIZE) {
     /* compact_inputs' buffers: runs and flags, packed weights. */
-    ws->cols = malloc(2 * (size_t)(m->n_inputs + 1) * sizeof(uint32_t) + m->n_inputs);
+    ws->cols = malloc(sizeof *ws->cols);
+    ws->used = malloc(m->n_inputs);
     ws->w0 = malloc((size_t)m->n_inputs * l0->out * sizeof(float));
-    if (!ws->cols || !ws->w0) rc = NN_ENOMEM;
+    if (!ws->cols || !ws->used || !ws->w0) rc = NN_ENOMEM;
   }
   if (!rc && piece_rows(m, max_batch) < max_batch) {
     ws->dnn_piece = piece_rows(m, max_batch);
@@ -352,6 +353,7 @@ void nn_workspace_free(nn_workspace *ws) {
   if (!ws) return;
   free(ws->w0);
   free(ws->cols);
+  free(ws->used);
   free(ws->wt_block);
   nn_conv_free(ws->conv);
   nn_dnn_free(ws->dnn);
@@ -442,10 +444,15 @@ const float *nn_forward(const nn_model *m, nn_workspace *ws, uint32_t n,
     ws->fused[i] = 0;
     switch (l->type) {
     case NN_LAYER_DENSE:
-      if (i == 0 && ws->predicting && ws->k0) {
+      if (i == 0 && ws->k0) {
         nn_layer c = *l;
         c.in = ws->k0;
-        nn_dnn_dense_fwd(ws->dnn, i, &c, in, n, ws->w0, m->params + l->b_off, out);
+        /* A prediction's k0 is the same for the batch's pieces, a trainer's
+         * changes every step: no kernel compiled for it. */
+        if (ws->predicting)
+          nn_dnn_dense_fwd(ws->dnn, i, &c, in, n, ws->w0k, m->params + l->b_off, out);
+        else
+          nn_dnn_dense_fwd_var(ws->dnn, &c, in, n, ws->w0k, m->params + l->b_off, out);
       } else if (n == 1 && ws->pinned == m && ws->wt[i])
         nn_k_sparse_row(out, in, ws->wt[i], m->params + l->b_off, l->in, l->out);
       else
@@ -716,31 +723,12 @@ static uint32_t compact_inputs(const nn_model *m, nn_workspace *ws, const uint8_
   ws->k0 = 0;
   if (l0->type != NN_LAYER_DENSE || l0->in != in) return 0;
   if (!ws->cols || !ws->w0) return 0;
-  uint8_t *used = (uint8_t *)(ws->cols + 2 * (size_t)(in + 1));
-  nn_k_u8_or_rows(used, u8, n, in);
-  uint32_t K = 0, nr = 0;
-  for (uint32_t c = 0; c < in; c++) K += !!used[c];
-  /* Fewer kernel shapes: a multiple of 16 inputs. */
-  for (uint32_t c = 0; c < in && K % 16; c++)
-    if (!used[c]) used[c] = 1, K++;
-  if (K >= in * 9 / 10) return 0;
-  for (uint32_t c = 0; c < in;) {
-    if (!used[c]) {
-      c++;
-      continue;
-    }
-    uint32_t c0 = c;
-    while (c < in && used[c]) c++;
-    ws->cols[2 * nr] = c0, ws->cols[2 * nr + 1] = c - c0, nr++;
-  }
-  const float *w = m->params + l0->w_off;
-  for (uint32_t o = 0; o < l0->out; o++) {
-    float *d = ws->w0 + (size_t)o * K;
-    for (uint32_t q = 0; q < nr; q++) {
-      memcpy(d, w + (size_t)o * in + ws->cols[2 * q], ws->cols[2 * q + 1] * sizeof(float));
-      d += ws->cols[2 * q + 1];
-    }
-  }
+  nn_k_u8_or_rows(ws->used, u8, NULL, n, in);
+  const uint32_t nr = nn_input_runs(ws->used, in, ws->cols);
+  if (!nr) return 0;
+  nn_k_pack_runs(ws->w0, m->params + l0->w_off, l0->out, in, ws->cols);
+  ws->w0k = ws->w0;
+  const uint32_t K = ws->cols->k;
   ws->k0 = K;
   return nr;
 }
@@ -760,7 +748,7 @@ static int predict(const nn_model *m, nn_workspace *ws, const uint8_t *u8, const
   for (uint32_t off = 0; off < n; off += P) {
     uint32_t k = n - off < P ? n - off : P;
     if (nr)
-      nn_k_u8_gather_runs(ws->x, u8 + (size_t)off * in, k, in, ws->cols, nr, ws->k0);
+      nn_k_u8_gather_runs(ws->x, u8 + (size_t)off * in, k, in, ws->cols);
     else if (u8) nn_k_u8_to_f32(ws->x, u8 + (size_t)off * in, (size_t)k * in);
     else memcpy(ws->x, f32 + (size_t)off * in, (size_t)k * in * sizeof(float));
     ws->predicting = 1;

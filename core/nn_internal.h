@@ -49,6 +49,16 @@ void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *
 int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
                          const nn_layer *l, uint32_t o_lo, uint32_t o_hi, const float *g,
                          const float *x, uint32_t n, int accumulate, float *dw);
+/* nn_dnn_dense_fwd and nn_dnn_dense_dw_rows for a layer whose l->in
+ * changes from call to call (a trainer's first layer without the batch's
+ * all-zero inputs): dnnl_sgemm, which compiles nothing per shape, instead
+ * of a kernel that would be rebuilt at every step. dw_rows_var's dw is
+ * [out][l->in]; it returns 0 or NN_ENOMEM (also kept for nn_dnn_error). */
+void nn_dnn_dense_fwd_var(nn_dnn *d, const nn_layer *l, const float *x, uint32_t n,
+                          const float *w, const float *b, float *y);
+int nn_dnn_dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32_t o_hi,
+                             const float *g, const float *x, uint32_t n, int accumulate,
+                             float *dw);
 /* dx[n][in] = g[n][out] W[out][in]. */
 void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *w, uint32_t n, float *dx);
@@ -66,6 +76,7 @@ void nn_dnn_fail(nn_dnn *d, int rc);
 void nn_dnn_inject_failure(uint32_t nth);
 
 typedef struct nn_conv nn_conv; /* conv.c */
+typedef struct nn_cols nn_cols; /* a first layer's kept inputs, below */
 
 /* Sums across the shards of one batch, for the layers whose forward or
  * backward pass needs statistics of the whole batch (batch_norm). The
@@ -91,9 +102,15 @@ struct nn_workspace {
   uint32_t max_batch;
   uint32_t dnn_piece;  /* rows of the prediction pieces the dnn has kernels for */
   int predicting;      /* inside nn_predict_*: no backward pass will follow */
-  uint32_t k0;         /* predicting: inputs of layer 0 after compaction (0: none) */
-  float *w0;           /* predicting: layer 0's weights of those inputs, [out][k0] */
-  uint32_t *cols;      /* the inputs kept, [n_inputs] */
+  /* Layer 0 (dense) without the batch's all-zero inputs: while k0 != 0,
+   * x holds [n][k0] kept inputs and w0k layer 0's weights of those inputs,
+   * [out][k0]; a prediction packs them into its own w0 (compact_inputs),
+   * a trainer's shards share the trainer's copy (train.c). */
+  uint32_t k0;
+  const float *w0k;
+  float *w0;           /* predicting: [out][n_inputs] room for the packed weights */
+  nn_cols *cols;       /* predicting: the inputs kept */
+  uint8_t *used;       /* predicting: [n_inputs] flags for nn_input_runs */
   uint32_t n_layers;
   float *x;                         /* [B][n_inputs] input as floats */
   float *act[NN_MAX_LAYERS];        /* output buffer of each layer */
@@ -192,13 +209,41 @@ void nn_k_antirect_fwd(const float *x, uint32_t n, uint32_t d, float *y, float *
  * the dense layer before). */
 void nn_k_antirect_bwd(const float *y, const float *inv, const float *dout, uint32_t n,
                        uint32_t d, float *dx, float *db, nn_drop dr);
-/* used[c] = OR of px[r][c] over the n rows of width d: non-zero where
- * some row has a non-zero pixel. */
-void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, uint32_t n, uint32_t d);
-/* x[n][k] = the pixels of px[n][d] (d <= NN_IMAGE_SIZE) in the nr runs
- * (runs[2q] start, runs[2q+1] length; the lengths sum to k), / 255. */
-void nn_k_u8_gather_runs(float *x, const uint8_t *px, uint32_t n, uint32_t d,
-                         const uint32_t *runs, uint32_t nr, uint32_t k);
+/* used[c] = OR of px[r][c] over n rows of width d (row r at px + idx[r] * d,
+ * or px + r * d when idx is NULL): non-zero where some row has a non-zero
+ * pixel. */
+void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, const uint32_t *idx, uint32_t n,
+                     uint32_t d);
+/* The inputs a first dense layer keeps for a batch whose all-zero inputs
+ * are left out (d <= NN_IMAGE_SIZE inputs): runs[2q] is the start of run
+ * q, runs[2q+1] its length; mask[b] has bit j set when input 16b + j is
+ * kept (d a multiple of 16; the vector kernels use it). */
+struct nn_cols {
+  uint32_t nr, k; /* runs, and inputs kept (their lengths' sum) */
+  uint32_t runs[2 * (NN_IMAGE_SIZE + 1)];
+  uint16_t mask[NN_IMAGE_SIZE / 16];
+};
+/* Fills c from used[d] (nn_k_u8_or_rows), which it first tops up with
+ * unused inputs to a multiple of 16 kept. Returns c->nr; 0 (and c->k = 0)
+ * when so few inputs drop out (90% or more kept) that the whole layer
+ * should run. */
+uint32_t nn_input_runs(uint8_t *used, uint32_t d, nn_cols *c);
+/* dst[rows][c->k] = the kept columns of src[rows][d] (a weight matrix
+ * [out][in] packed to its kept inputs); nn_k_unpack_runs is the reverse,
+ * with zeros in the other columns. */
+void nn_k_pack_runs(float *dst, const float *src, uint32_t rows, uint32_t d, const nn_cols *c);
+void nn_k_unpack_runs(float *dst, const float *src, uint32_t rows, uint32_t d,
+                      const nn_cols *c);
+/* x[n][c->k] = the kept pixels of px[n][d], / 255. */
+void nn_k_u8_gather_runs(float *x, const uint8_t *px, uint32_t n, uint32_t d, const nn_cols *c);
+/* The same three without the AVX-512 paths, for tests on machines that
+ * have them. */
+void nn_k_pack_runs_ref(float *dst, const float *src, uint32_t rows, uint32_t d,
+                        const nn_cols *c);
+void nn_k_unpack_runs_ref(float *dst, const float *src, uint32_t rows, uint32_t d,
+                          const nn_cols *c);
+void nn_k_u8_gather_runs_ref(float *x, const uint8_t *px, uint32_t n, uint32_t d,
+                             const nn_cols *c);
 /* nn_k_antirect_fwd without dropout and without y and inv (a prediction:
  * no backward pass follows); out gets the same values. */
 void nn_k_antirect_infer(const float *x, uint32_t n, uint32_t d, float *out);
@@ -208,6 +253,12 @@ void nn_k_relu_drop_fwd(float *out, const float *x, uint32_t n, uint32_t d, nn_d
 void nn_k_relu_drop_bwd(float *dx, const float *x, const float *g, uint32_t n, uint32_t d,
                         float *db, nn_drop dr);
 
+/* RMSprop on rows x d parameters (w and accumulator a, rows of d <=
+ * NN_IMAGE_SIZE) whose gradient is zero outside the kept columns:
+ * g[rows][c->k] holds those (nn_k_pack_runs' layout). The same bits as
+ * nn_k_rmsprop_sum on the unpacked gradient, without a full-size copy. */
+void nn_k_rmsprop_runs(float *w, float *a, const float *g, uint32_t rows, uint32_t d,
+                       const nn_cols *c, float lr, float rho, float eps);
 /* RMSprop fused with the sum of n_g gradient blocks (g[0] + g[1] + ...,
  * in that order) over n parameters. */
 void nn_k_rmsprop_sum(float *w, float *a, const float *const *g, uint32_t n_g, size_t n,
@@ -222,6 +273,11 @@ double nn_xent_sum(const float *z, const uint8_t *labels, uint32_t n, uint32_t k
  * floats apart (the full parameter count). */
 void nn_opt_step_range(const nn_opt_config *c, float *w, const float *g, float *state,
                        size_t n, size_t stride, uint64_t t);
+
+/* How many of a trainer's batches so far ran layer 0 without their
+ * all-zero inputs (train.c: phase_pre), and the inputs those kept in all;
+ * for tests and benchmarks. Counts restart when the thread count changes. */
+void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept);
 
 /* Forward pass of n rows already in ws->x. training != 0 enables dropout,
  * drawing masks from rng. Returns the last layer's output (probabilities). */

@@ -92,6 +92,10 @@ typedef struct shard {
   struct pool *pool;
   nn_sync sync;              /* batch_norm's sums over all shards */
   uint32_t parity;           /* which half of pool->red its next sum uses */
+  /* The batch's kept inputs of layer 0 (see phase_pre); every shard works
+   * them out itself, so each reads its own copy. */
+  uint8_t used[NN_IMAGE_SIZE];
+  nn_cols cols;              /* cols.nr = 0: this batch keeps all inputs */
 } shard;
 
 typedef struct pool {
@@ -103,6 +107,11 @@ typedef struct pool {
   barrier red_bar;           /* one phase per cross-shard sum (shard_sum) */
   double *red;               /* 2 halves x n slots x red_len doubles */
   size_t red_len;
+  barrier pre;               /* w0 packed before any shard's forward pass */
+  int sparse;                /* layer 0 is dense on the image: see phase_pre */
+  float *w0;                 /* layer 0's weights of the kept inputs, [out][k0] */
+  float *dw0;                /* their gradient, [out][k0] */
+  uint64_t sparse_steps, kept; /* nn_trainer_input_stats (thread 0 writes) */
   int barriers;              /* initialised */
   struct nn_trainer *t;
 } pool;
@@ -153,6 +162,41 @@ static void shard_sum(nn_sync *sy, const double *part, double *total, size_t len
   }
 }
 
+/* Whether this batch's first layer leaves out the inputs that are zero in
+ * all its images: images of a data set (explicit float rows and augmented
+ * images are not scanned) into a dense first layer. */
+static int sparse_batch(const pool *p, const batch_desc *b) {
+  return p->sparse && b->images && !b->x && !b->aug_key;
+}
+
+/* An MNIST batch of 128 has ~530 of its 784 pixels non-zero in some image
+ * (~67 are zero in every training image): the first layer's forward pass
+ * and weight gradient, half of a step's arithmetic, need only those
+ * inputs, and RMSprop reads no weights of the others (their gradient is
+ * zero). Every shard works out the batch's kept inputs from all its
+ * images (the same on every shard, no wait) and packs its slice of the
+ * first layer's weights (the rows phase_update gives it) into the shared
+ * w0; the forward passes start once all slices are there. The products
+ * sum the same terms as the whole layer's, blocked differently, so the
+ * results differ from the unpacked layer's in the last bits; they are
+ * still the same on every run for a seed and a thread count. */
+static void phase_pre(nn_trainer *t, uint32_t k) {
+  pool *p = t->pool;
+  shard *s = &p->shards[k];
+  const batch_desc *b = &t->batch;
+  s->cols.nr = s->cols.k = 0;
+  s->ws->k0 = 0;
+  if (!sparse_batch(p, b)) return;
+  nn_k_u8_or_rows(s->used, b->images, b->idx, b->n, NN_IMAGE_SIZE);
+  if (!nn_input_runs(s->used, NN_IMAGE_SIZE, &s->cols)) return;
+  if (k == 0) p->sparse_steps++, p->kept += s->cols.k;
+  const nn_layer *l = &t->m->layers[0];
+  uint32_t o_lo, o_hi;
+  row_range(l->out, p->n, k, &o_lo, &o_hi);
+  nn_k_pack_runs(p->w0 + (size_t)o_lo * s->cols.k,
+                 t->m->params + l->w_off + (size_t)o_lo * l->in, o_hi - o_lo, l->in, &s->cols);
+}
+
 /* Forward and backward of shard k's rows into its own gradient block. */
 static void phase_grad(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
@@ -185,10 +229,15 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
         nn_augment_random(&t->cfg.augment, b->aug_key ^ (pos * 0x9e3779b97f4a7c15ull), img, aug);
         img = aug;
       }
-      nn_k_u8_to_f32(dst, img, NN_IMAGE_SIZE);
+      if (s->cols.nr)
+        nn_k_u8_gather_runs(s->ws->x + (size_t)r * s->cols.k, img, 1, NN_IMAGE_SIZE, &s->cols);
+      else
+        nn_k_u8_to_f32(dst, img, NN_IMAGE_SIZE);
       s->labels[r] = b->ds_labels[i];
     }
   }
+  s->ws->k0 = s->cols.k;
+  s->ws->w0k = p->w0;
   nn_forward(t->m, s->ws, n, mode, &s->rng);
   s->loss_sum = nn_xent_sum(nn_logits(t->m, s->ws), s->labels, n, nn_model_classes(t->m),
                             s->ws->act[t->m->n_layers - 1], s->dz, 1.0f / (float)b->n,
@@ -208,6 +257,46 @@ static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n) {
     nn_opt_step_range(c, t->m->params + off, g + off, t->state + off, n, t->m->n_params,
                       t->steps);
   }
+}
+
+/* phase_update's part for layer 0 when phase_pre left inputs out: the
+ * gradient of the kept inputs' weights, then RMSprop on the packed
+ * gradient (nn_k_rmsprop_runs: the same bits as on the unpacked one), or
+ * the gradient unpacked into shards[0].grad for the other optimizers (for
+ * which a zero gradient still moves a weight) and nn_trainer_gradient. */
+static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_hi) {
+  pool *p = t->pool;
+  nn_model *m = t->m;
+  const batch_desc *b = &t->batch;
+  const shard *ks = &p->shards[k];
+  const nn_layer *l = &m->layers[0];
+  nn_layer c = *l;
+  c.in = ks->cols.k;
+  float *g = p->shards[0].grad;
+  int acc = 0;
+  for (uint32_t s = 0; s < p->n; s++) {
+    uint32_t lo, hi;
+    row_range(b->n, p->n, s, &lo, &hi);
+    if (hi == lo) continue;
+    const nn_workspace *ws = p->shards[s].ws;
+    if (nn_dnn_dense_dw_rows_var(p->shards[k].ws->dnn, &c, o_lo, o_hi, ws->dg[0], ws->x,
+                                 hi - lo, acc, p->dw0))
+      return; /* kept in the dnn: the batch's caller reports it (batch_error) */
+    acc = 1;
+  }
+  for (uint32_t s = 1; s < p->n; s++)
+    nn_k_add(g + l->b_off + o_lo, p->shards[s].grad + l->b_off + o_lo, o_hi - o_lo);
+  const size_t w_lo = l->w_off + (size_t)o_lo * l->in;
+  const float *dw = p->dw0 + (size_t)o_lo * ks->cols.k;
+  const nn_opt_config *oc = &t->cfg.opt;
+  if (b->training && oc->kind == NN_OPT_RMSPROP) {
+    nn_k_rmsprop_runs(m->params + w_lo, t->state + w_lo, dw, o_hi - o_lo, l->in, &ks->cols,
+                      oc->lr, oc->rho, oc->epsilon);
+  } else {
+    nn_k_unpack_runs(g + w_lo, dw, o_hi - o_lo, l->in, &ks->cols);
+    if (b->training) update_slice(t, g, w_lo, (size_t)(o_hi - o_lo) * l->in);
+  }
+  if (b->training) update_slice(t, g, l->b_off + o_lo, o_hi - o_lo);
 }
 
 /* Thread k's part of the weight gradients and the update: rows [o_lo, o_hi)
@@ -252,6 +341,11 @@ static void phase_update(nn_trainer *t, uint32_t k) {
     uint32_t o_lo = (uint32_t)((uint64_t)l->out * k / p->n);
     uint32_t o_hi = (uint32_t)((uint64_t)l->out * (k + 1) / p->n);
     if (o_lo == o_hi) continue;
+    const shard *ks = &p->shards[k];
+    if (i == 0 && ks->cols.nr) {
+      dense0_update(t, k, o_lo, o_hi);
+      continue;
+    }
     int acc = 0;
     for (uint32_t s = 0; s < p->n; s++) {
       uint32_t lo, hi;
@@ -280,6 +374,8 @@ static void *worker(void *arg) {
   for (;;) {
     barrier_wait(&p->start);
     if (p->t->batch.stop) break;
+    phase_pre(p->t, s->k);
+    if (sparse_batch(p, &p->t->batch)) barrier_wait(&p->pre);
     phase_grad(p->t, s->k);
     barrier_wait(&p->mid);
     phase_update(p->t, s->k);
@@ -294,6 +390,8 @@ static double run_batch(nn_trainer *t, uint32_t *correct) {
   pool *p = t->pool;
   if (t->batch.training) t->steps++;
   if (p->n > 1) barrier_wait(&p->start);
+  phase_pre(t, 0);
+  if (p->n > 1 && sparse_batch(p, &t->batch)) barrier_wait(&p->pre);
   phase_grad(t, 0);
   if (p->n > 1) barrier_wait(&p->mid);
   phase_update(t, 0);
@@ -330,6 +428,7 @@ static void pool_free(pool *p) {
     p->t->batch.stop = 0;
   }
   if (p->barriers) {
+    barrier_destroy(&p->pre);
     barrier_destroy(&p->red_bar);
     barrier_destroy(&p->end);
     barrier_destroy(&p->mid);
@@ -341,6 +440,8 @@ static void pool_free(pool *p) {
     free(p->shards[k].dz);
     free(p->shards[k].labels);
   }
+  free(p->w0);
+  free(p->dw0);
   free(p->shards);
   free(p->tids);
   free(p->red);
@@ -354,6 +455,11 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
   p->t = t;
   int rc = NN_ENOMEM;
   uint32_t rows = (t->cfg.batch_size + n - 1) / n;
+  const nn_layer *l0 = &t->m->layers[0];
+  p->sparse = l0->type == NN_LAYER_DENSE && l0->in == NN_IMAGE_SIZE;
+  if (p->sparse && (!(p->w0 = malloc((size_t)l0->in * l0->out * sizeof(float))) ||
+                    !(p->dw0 = malloc((size_t)l0->in * l0->out * sizeof(float)))))
+    goto fail;
   if (!(p->shards = calloc(n, sizeof *p->shards))) goto fail;
   for (uint32_t k = 0; k < n; k++) {
     shard *s = &p->shards[k];
@@ -398,6 +504,13 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
       goto fail;
     }
     if (barrier_init(&p->red_bar, n)) {
+      barrier_destroy(&p->end);
+      barrier_destroy(&p->mid);
+      barrier_destroy(&p->start);
+      goto fail;
+    }
+    if (barrier_init(&p->pre, n)) {
+      barrier_destroy(&p->red_bar);
       barrier_destroy(&p->end);
       barrier_destroy(&p->mid);
       barrier_destroy(&p->start);
@@ -480,6 +593,11 @@ const nn_train_config *nn_trainer_config(const nn_trainer *t) { return &t->cfg; 
 float *nn_trainer_opt_state(nn_trainer *t, uint64_t *steps) {
   if (steps) *steps = t->steps;
   return t->state;
+}
+
+void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept) {
+  *steps = t->pool->sparse_steps;
+  *kept = t->pool->kept;
 }
 
 void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps) {
