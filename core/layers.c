@@ -570,7 +570,7 @@ NN_HOT void nn_k_sparse_row(float *restrict y, const float *restrict x,
  * the weights between the runs, took twice as long as the whole row). */
 NN_HOT void nn_k_rmsprop_runs(float *restrict w, float *restrict a, const float *restrict g,
                               uint32_t rows, uint32_t d, const nn_cols *c, float lr,
-                              float rho, float eps) {
+                              float rho, float eps, const nn_cols *next, float *pack) {
   const float one_m = 1.0f - rho;
   float row[NN_IMAGE_SIZE] __attribute__((aligned(64)));
   for (uint32_t o = 0; o < rows; o++) {
@@ -582,6 +582,7 @@ NN_HOT void nn_k_rmsprop_runs(float *restrict w, float *restrict a, const float 
       ar[i] = ai;
       wr[i] -= lr * row[i] / sqrtf(ai + eps);
     }
+    if (next) nn_k_pack_runs(pack + (size_t)o * next->k, wr, 1, d, next);
   }
 }
 

@@ -256,9 +256,12 @@ void nn_k_relu_drop_bwd(float *dx, const float *x, const float *g, uint32_t n, u
 /* RMSprop on rows x d parameters (w and accumulator a, rows of d <=
  * NN_IMAGE_SIZE) whose gradient is zero outside the kept columns:
  * g[rows][c->k] holds those (nn_k_pack_runs' layout). The same bits as
- * nn_k_rmsprop_sum on the unpacked gradient, without a full-size copy. */
+ * nn_k_rmsprop_sum on the unpacked gradient, without a full-size copy.
+ * With next not NULL, also packs each updated row to next's columns, into
+ * pack[rows][next->k], while it is in L1 (the next batch's weights). */
 void nn_k_rmsprop_runs(float *w, float *a, const float *g, uint32_t rows, uint32_t d,
-                       const nn_cols *c, float lr, float rho, float eps);
+                       const nn_cols *c, float lr, float rho, float eps, const nn_cols *next,
+                       float *pack);
 /* RMSprop fused with the sum of n_g gradient blocks (g[0] + g[1] + ...,
  * in that order) over n parameters. */
 void nn_k_rmsprop_sum(float *w, float *a, const float *const *g, uint32_t n_g, size_t n,

@@ -19,6 +19,8 @@ typedef struct batch_desc {
   const float *x;            /* or explicit float rows */
   const uint8_t *labels;     /* with explicit labels */
   int training;              /* dropout on, and an optimizer step */
+  const uint32_t *next_idx;  /* the epoch's next batch (NULL: none), for phase_update */
+  uint32_t next_n;
   uint64_t aug_key;          /* augmentation: key of the epoch, 0 = off */
   uint32_t aug_off;          /* position of the batch's first row in the epoch */
   int stop;                  /* workers exit */
@@ -96,6 +98,8 @@ typedef struct shard {
    * them out itself, so each reads its own copy. */
   uint8_t used[NN_IMAGE_SIZE];
   nn_cols cols;              /* cols.nr = 0: this batch keeps all inputs */
+  nn_cols next;              /* the next batch's, when has_next */
+  int has_next;              /* next worked out and w0 packed for it */
 } shard;
 
 typedef struct pool {
@@ -172,29 +176,39 @@ static int sparse_batch(const pool *p, const batch_desc *b) {
 /* An MNIST batch of 128 has ~530 of its 784 pixels non-zero in some image
  * (~67 are zero in every training image): the first layer's forward pass
  * and weight gradient, half of a step's arithmetic, need only those
- * inputs, and RMSprop reads no weights of the others (their gradient is
- * zero). Every shard works out the batch's kept inputs from all its
+ * inputs. Every shard works out the batch's kept inputs from all its
  * images (the same on every shard, no wait) and packs its slice of the
  * first layer's weights (the rows phase_update gives it) into the shared
- * w0; the forward passes start once all slices are there. The products
- * sum the same terms as the whole layer's, blocked differently, so the
- * results differ from the unpacked layer's in the last bits; they are
- * still the same on every run for a seed and a thread count. */
-static void phase_pre(nn_trainer *t, uint32_t k) {
+ * w0. Within an epoch that happens at the end of the step before, right
+ * after the update of those rows (dense0_update), while they are in cache;
+ * otherwise here, and the forward passes start once all slices are there
+ * (returns 1: wait). The products sum the same terms as the whole layer's,
+ * blocked differently, so the results differ from the unpacked layer's in
+ * the last bits; they are still the same on every run for a seed and a
+ * thread count. */
+static int phase_pre(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
   shard *s = &p->shards[k];
   const batch_desc *b = &t->batch;
   s->cols.nr = s->cols.k = 0;
   s->ws->k0 = 0;
-  if (!sparse_batch(p, b)) return;
-  nn_k_u8_or_rows(s->used, b->images, b->idx, b->n, NN_IMAGE_SIZE);
-  if (!nn_input_runs(s->used, NN_IMAGE_SIZE, &s->cols)) return;
+  const int prepacked = s->has_next;
+  s->has_next = 0;
+  if (!sparse_batch(p, b)) return 0;
+  if (prepacked) {
+    s->cols = s->next;
+  } else {
+    nn_k_u8_or_rows(s->used, b->images, b->idx, b->n, NN_IMAGE_SIZE);
+    if (!nn_input_runs(s->used, NN_IMAGE_SIZE, &s->cols)) return 1;
+  }
   if (k == 0) p->sparse_steps++, p->kept += s->cols.k;
+  if (prepacked) return 0;
   const nn_layer *l = &t->m->layers[0];
   uint32_t o_lo, o_hi;
   row_range(l->out, p->n, k, &o_lo, &o_hi);
   nn_k_pack_runs(p->w0 + (size_t)o_lo * s->cols.k,
                  t->m->params + l->w_off + (size_t)o_lo * l->in, o_hi - o_lo, l->in, &s->cols);
+  return 1;
 }
 
 /* Forward and backward of shard k's rows into its own gradient block. */
@@ -268,7 +282,7 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
   pool *p = t->pool;
   nn_model *m = t->m;
   const batch_desc *b = &t->batch;
-  const shard *ks = &p->shards[k];
+  shard *ks = &p->shards[k];
   const nn_layer *l = &m->layers[0];
   nn_layer c = *l;
   c.in = ks->cols.k;
@@ -288,14 +302,25 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
     nn_k_add(g + l->b_off + o_lo, p->shards[s].grad + l->b_off + o_lo, o_hi - o_lo);
   const size_t w_lo = l->w_off + (size_t)o_lo * l->in;
   const float *dw = p->dw0 + (size_t)o_lo * ks->cols.k;
+  /* The next batch of the epoch: its kept inputs, and these rows packed
+   * for it as soon as they are updated, while in this core's cache (see
+   * phase_pre). Nobody reads w0 between here and the next forward passes. */
+  const nn_cols *next = NULL;
+  if (b->training && b->next_idx) {
+    nn_k_u8_or_rows(ks->used, b->images, b->next_idx, b->next_n, NN_IMAGE_SIZE);
+    if (nn_input_runs(ks->used, NN_IMAGE_SIZE, &ks->next)) next = &ks->next;
+  }
+  float *pack = next ? p->w0 + (size_t)o_lo * next->k : NULL;
   const nn_opt_config *oc = &t->cfg.opt;
   if (b->training && oc->kind == NN_OPT_RMSPROP) {
     nn_k_rmsprop_runs(m->params + w_lo, t->state + w_lo, dw, o_hi - o_lo, l->in, &ks->cols,
-                      oc->lr, oc->rho, oc->epsilon);
+                      oc->lr, oc->rho, oc->epsilon, next, pack);
   } else {
     nn_k_unpack_runs(g + w_lo, dw, o_hi - o_lo, l->in, &ks->cols);
     if (b->training) update_slice(t, g, w_lo, (size_t)(o_hi - o_lo) * l->in);
+    if (next) nn_k_pack_runs(pack, m->params + w_lo, o_hi - o_lo, l->in, next);
   }
+  ks->has_next = next != NULL;
   if (b->training) update_slice(t, g, l->b_off + o_lo, o_hi - o_lo);
 }
 
@@ -374,8 +399,7 @@ static void *worker(void *arg) {
   for (;;) {
     barrier_wait(&p->start);
     if (p->t->batch.stop) break;
-    phase_pre(p->t, s->k);
-    if (sparse_batch(p, &p->t->batch)) barrier_wait(&p->pre);
+    if (phase_pre(p->t, s->k)) barrier_wait(&p->pre);
     phase_grad(p->t, s->k);
     barrier_wait(&p->mid);
     phase_update(p->t, s->k);
@@ -390,8 +414,7 @@ static double run_batch(nn_trainer *t, uint32_t *correct) {
   pool *p = t->pool;
   if (t->batch.training) t->steps++;
   if (p->n > 1) barrier_wait(&p->start);
-  phase_pre(t, 0);
-  if (p->n > 1 && sparse_batch(p, &t->batch)) barrier_wait(&p->pre);
+  if (phase_pre(t, 0) && p->n > 1) barrier_wait(&p->pre);
   phase_grad(t, 0);
   if (p->n > 1) barrier_wait(&p->mid);
   phase_update(t, 0);
@@ -676,11 +699,15 @@ int nn_train_epoch(nn_trainer *t, const nn_dataset *ds, nn_progress_cb cb, void 
   nn_progress pr = {.epoch = epoch, .batches = (ds->n + bs - 1) / bs};
   double loss_sum = 0.0, t0 = now_s();
   uint64_t correct_sum = 0;
+  /* Nothing packed for a batch of an earlier call (the weights may have
+   * changed since). */
+  for (uint32_t k = 0; k < t->pool->n; k++) t->pool->shards[k].has_next = 0;
   for (uint32_t off = 0; off < ds->n; off += bs) {
-    uint32_t n = ds->n - off < bs ? ds->n - off : bs, correct = 0;
+    uint32_t n = ds->n - off < bs ? ds->n - off : bs, correct = 0, next = off + n;
     t->batch = (batch_desc){.n = n, .images = ds->images, .ds_labels = ds->labels,
                             .idx = t->order + off, .training = 1, .aug_key = aug_key,
-                            .aug_off = off};
+                            .aug_off = off, .next_idx = next < ds->n ? t->order + next : NULL,
+                            .next_n = next < ds->n ? (ds->n - next < bs ? ds->n - next : bs) : 0};
     loss_sum += run_batch(t, &correct);
     int rc = batch_error(t);
     if (rc) return rc;

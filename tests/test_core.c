@@ -513,13 +513,27 @@ static void test_rmsprop_runs_matches_dense(void **state) {
       size_t zeros = 0;
       for (size_t i = 0; i < n; i++) zeros += g[i] == 0.f;
       assert_int_equal(zeros, n - (size_t)rows * c.k);
+      /* The last step also packs the updated rows to other columns. */
+      static nn_cols next;
+      uint8_t nused[784];
+      for (uint32_t i = 0; i < d; i++) nused[i] = i % 4 == 0;
+      const int with_next = nn_input_runs(nused, d, &next) > 0;
+      float *pk = malloc(n * 4), *pkr = malloc(n * 4);
       for (int step = 0; step < 3; step++) {
-        nn_k_rmsprop_runs(w, a, gp, rows, d, &c, oc.lr, oc.rho, oc.epsilon);
+        const int last = step == 2 && with_next;
+        nn_k_rmsprop_runs(w, a, gp, rows, d, &c, oc.lr, oc.rho, oc.epsilon,
+                          last ? &next : NULL, last ? pk : NULL);
         const float *gs = g;
         nn_k_rmsprop_sum(wr, ar, &gs, 1, n, oc.lr, oc.rho, oc.epsilon);
       }
       assert_memory_equal(w, wr, n * 4);
       assert_memory_equal(a, ar, n * 4);
+      if (with_next) {
+        nn_k_pack_runs_ref(pkr, wr, rows, d, &next);
+        assert_memory_equal(pk, pkr, (size_t)rows * next.k * 4);
+      }
+      assert_true(with_next || d < 784);
+      free(pk), free(pkr);
       free(w), free(a), free(wr), free(ar), free(gp), free(g);
     }
 }
@@ -937,68 +951,78 @@ static void make_sparse_set(nn_dataset *ds, uint32_t n) {
 }
 
 /* The first layer without the batch's all-zero inputs trains as the whole
- * layer does: one batch per epoch through nn_train_epoch (which leaves
- * them out) against the same images as float rows through nn_train_batch
- * (which does not), two steps, RMSprop (packed update) and Adam (unpacked),
- * 1-3 threads. Only the order of the rows in the sums differs (no dropout
- * in this network), so the weights agree to float rounding; the trainer's
- * counters show the packed path ran. */
+ * layer does: nn_train_epoch (which leaves them out) against the same
+ * images as float rows through nn_train_batch (which does not), two steps,
+ * RMSprop (packed update) and Adam (unpacked), 1-3 threads. Two layouts:
+ * (a) one batch of 40 distinct images per epoch, two epochs (each step
+ * packs the weights before its forward pass); (b) one epoch of two batches
+ * of 40 copies of one image (the second step's weights were packed at the
+ * end of the first, right after their update). Only the order of the rows
+ * in the sums differs (no dropout in this network), so the weights agree
+ * to float rounding; the trainer's counters show the packed path ran. */
 static void test_sparse_inputs_match_dense(void **state) {
   (void)state;
-  nn_dataset ds = {0};
   const uint32_t n = 40;
-  make_sparse_set(&ds, n);
-  float *x = malloc((size_t)n * 784 * 4);
-  nn_k_u8_to_f32(x, ds.images, (size_t)n * 784);
   nn_layer_spec spec[] = {{.type = NN_LAYER_DENSE, .units = 32}, {.type = NN_LAYER_RELU},
                           {.type = NN_LAYER_DENSE, .units = 10}, {.type = NN_LAYER_SOFTMAX}};
   const nn_opt_kind opts[] = {NN_OPT_RMSPROP, NN_OPT_ADAM};
-  for (int oi = 0; oi < 2; oi++)
-    for (uint32_t threads = 1; threads <= 3; threads++) {
-      nn_model *a, *b;
-      assert_int_equal(nn_model_create(&a, "t", 784, spec, 4), 0);
-      assert_int_equal(nn_model_create(&b, "t", 784, spec, 4), 0);
-      nn_model_init(a, 5);
-      nn_model_init(b, 5);
-      nn_train_config cfg;
-      nn_train_defaults(&cfg);
-      nn_opt_defaults(&cfg.opt, opts[oi]);
-      cfg.batch_size = n;
-      cfg.threads = threads;
-      nn_trainer *ta, *tb;
-      assert_int_equal(nn_trainer_create(&ta, a, &cfg), 0);
-      assert_int_equal(nn_trainer_create(&tb, b, &cfg), 0);
-      for (int step = 0; step < 2; step++) {
-        assert_int_equal(nn_train_epoch(ta, &ds, NULL, NULL, NULL, NULL), 0);
-        assert_int_equal(nn_train_batch(tb, x, ds.labels, n, NULL), 0);
+  for (int layout = 0; layout < 2; layout++) {
+    nn_dataset ds = {0};
+    make_sparse_set(&ds, layout ? 2 * n : n);
+    if (layout)
+      for (uint32_t i = 1; i < 2 * n; i++) {
+        memcpy(ds.images + (size_t)i * 784, ds.images, 784);
+        ds.labels[i] = ds.labels[0];
       }
-      uint64_t steps, kept;
-      nn_trainer_input_stats(ta, &steps, &kept);
-      assert_int_equal(steps, 2);
-      assert_true(kept > 0 && kept <= 2 * 416);
-      nn_trainer_input_stats(tb, &steps, &kept);
-      assert_int_equal(steps, 0);
-      size_t bad = 0, moved = 0;
-      for (size_t k = 0; k < a->n_params; k++) {
-        moved += a->params[k] != 0.f;
-        if (!close_to(a->params[k], b->params[k], 1e-6, 1e-4) && bad++ < 5)
-          fprintf(stderr, "opt %d threads %u param %zu: %g packed vs %g whole\n", oi, threads, k,
-                  a->params[k], b->params[k]);
+    float *x = malloc((size_t)n * 784 * 4);
+    nn_k_u8_to_f32(x, ds.images, (size_t)n * 784);
+    for (int oi = 0; oi < 2; oi++)
+      for (uint32_t threads = 1; threads <= 3; threads++) {
+        nn_model *a, *b;
+        assert_int_equal(nn_model_create(&a, "t", 784, spec, 4), 0);
+        assert_int_equal(nn_model_create(&b, "t", 784, spec, 4), 0);
+        nn_model_init(a, 5);
+        nn_model_init(b, 5);
+        nn_train_config cfg;
+        nn_train_defaults(&cfg);
+        nn_opt_defaults(&cfg.opt, opts[oi]);
+        cfg.batch_size = n;
+        cfg.threads = threads;
+        nn_trainer *ta, *tb;
+        assert_int_equal(nn_trainer_create(&ta, a, &cfg), 0);
+        assert_int_equal(nn_trainer_create(&tb, b, &cfg), 0);
+        for (int step = 0; step < 2; step++) {
+          if (!layout || !step) assert_int_equal(nn_train_epoch(ta, &ds, NULL, NULL, NULL, NULL), 0);
+          assert_int_equal(nn_train_batch(tb, x, ds.labels, n, NULL), 0);
+        }
+        uint64_t steps, kept;
+        nn_trainer_input_stats(ta, &steps, &kept);
+        assert_int_equal(steps, 2);
+        assert_true(kept > 0 && kept <= 2 * 416);
+        nn_trainer_input_stats(tb, &steps, &kept);
+        assert_int_equal(steps, 0);
+        size_t bad = 0, moved = 0;
+        for (size_t k = 0; k < a->n_params; k++) {
+          moved += a->params[k] != 0.f;
+          if (!close_to(a->params[k], b->params[k], 1e-6, 1e-4) && bad++ < 5)
+            fprintf(stderr, "layout %d opt %d threads %u param %zu: %g packed vs %g whole\n",
+                    layout, oi, threads, k, a->params[k], b->params[k]);
+        }
+        assert_int_equal(bad, 0);
+        assert_true(moved > a->n_params / 2);
+        /* The border's weights got a zero gradient: RMSprop leaves them as
+         * they were, Adam too (no gradient yet, so no momentum). */
+        nn_model *init;
+        assert_int_equal(nn_model_create(&init, "t", 784, spec, 4), 0);
+        nn_model_init(init, 5);
+        assert_memory_equal(a->params, init->params, 4 * 28 * 4); /* image rows 0-3 */
+        nn_model_free(init);
+        nn_trainer_free(ta), nn_trainer_free(tb);
+        nn_model_free(a), nn_model_free(b);
       }
-      assert_int_equal(bad, 0);
-      assert_true(moved > a->n_params / 2);
-      /* The border's weights got a zero gradient: RMSprop leaves them as
-       * they were, Adam too (no gradient yet, so no momentum). */
-      nn_model *init;
-      assert_int_equal(nn_model_create(&init, "t", 784, spec, 4), 0);
-      nn_model_init(init, 5);
-      assert_memory_equal(a->params, init->params, 4 * 28 * 4); /* row 0: image row 0 */
-      nn_model_free(init);
-      nn_trainer_free(ta), nn_trainer_free(tb);
-      nn_model_free(a), nn_model_free(b);
-    }
-  free(x);
-  nn_dataset_free(&ds);
+    free(x);
+    nn_dataset_free(&ds);
+  }
 }
 
 /* Packed first layer, seed network with dropout: bit-identical reruns for
