@@ -483,7 +483,14 @@ void nn_train_defaults(nn_train_config *c);
  * (bit-identical between runs).
  * The matrix products then run single-threaded inside each worker (the
  * workers set their own OpenMP team size; nothing process-wide changes), so
- * T threads use T cores (T = 1 included: nn_set_threads() does not apply). */
+ * T threads use T cores (T = 1 included: nn_set_threads() does not apply).
+ * A dense first layer on the image leaves out, in nn_train_epoch, the
+ * pixels that are zero in every image of the batch (an MNIST batch of 128
+ * keeps ~535 of 784) unless augmentation is on: its products sum the same
+ * terms, blocked differently, so the weights differ from a run over all
+ * inputs in the last bits (and are still bit-identical between runs). The
+ * optimizer updates the left-out inputs' weights as for any zero gradient
+ * (RMSprop decays their accumulator; Adam's momentum still moves them). */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,
