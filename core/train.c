@@ -117,6 +117,7 @@ typedef struct pool {
   float *w0;                 /* layer 0's weights of the kept inputs, [out][k0] */
   float *dw0;                /* their gradient, [out][k0] */
   uint64_t sparse_steps, kept; /* nn_trainer_input_stats (thread 0 writes) */
+  int prepacked;             /* every shard has_next: w0 holds this batch's weights */
   int barriers;              /* initialised */
   struct nn_trainer *t;
 } pool;
@@ -193,7 +194,9 @@ static int phase_pre(nn_trainer *t, uint32_t k) {
   const batch_desc *b = &t->batch;
   s->cols.nr = s->cols.k = 0;
   s->ws->k0 = 0;
-  const int prepacked = s->has_next;
+  /* The pool's flag, not the shard's own: every shard must take the same
+   * branch (and wait at the same barriers) even if one failed to pack. */
+  const int prepacked = p->prepacked;
   s->has_next = 0;
   if (!sparse_batch(p, b)) return 0;
   if (prepacked) {
@@ -430,6 +433,8 @@ static void *worker(void *arg) {
 static double run_batch(nn_trainer *t, uint32_t *correct) {
   pool *p = t->pool;
   if (t->batch.training) t->steps++;
+  p->prepacked = 1;
+  for (uint32_t k = 0; k < p->n; k++) p->prepacked &= p->shards[k].has_next;
   if (p->n > 1) barrier_wait(&p->start);
   if (phase_pre(t, 0) && p->n > 1) barrier_wait(&p->pre);
   phase_grad(t, 0);

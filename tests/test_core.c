@@ -1054,6 +1054,14 @@ static void test_sparse_determinism(void **state) {
     assert_int_equal(steps, 10);
     assert_memory_equal(m[0]->params, m[1]->params, m[0]->n_params * sizeof(float));
     assert_memory_not_equal(m[0]->params, m[2]->params, m[0]->n_params * sizeof(float));
+    /* A product failing mid-epoch (on whichever thread) ends the epoch with
+     * NN_ENOMEM; the next epoch runs (no shard left waiting). */
+    for (uint32_t nth = 3; nth <= 12; nth += 3) {
+      nn_dnn_inject_failure(nth);
+      assert_int_equal(nn_train_epoch(t[0], &ds, NULL, NULL, NULL, NULL), NN_ENOMEM);
+      nn_dnn_inject_failure(0);
+      assert_int_equal(nn_train_epoch(t[0], &ds, NULL, NULL, NULL, NULL), 0);
+    }
     for (int r = 0; r < 3; r++) nn_trainer_free(t[r]), nn_model_free(m[r]);
   }
   nn_dataset_free(&ds);
