@@ -346,7 +346,7 @@ int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
 /* Runs n images (n <= the workspace's max_batch) through the model in
  * inference mode (dropout off) and writes n*nn_model_classes(m) probabilities.
  * `images` holds n*784 uint8 pixels. Allocates nothing itself (oneDNN may
- * compile a kernel for a shape it has not seen). A batch of 256 or more leaves the pixels
+ * compile a kernel for a shape it has not seen). A batch of 64 or more leaves the pixels
  * that are 0 in all its images out of the first dense layer's products, so
  * an image's probabilities can differ in the last bits with the batch it is
  * in (same batch, same bits). Returns 0,
