@@ -231,11 +231,13 @@ static int conv_plan(const nn_model *m, nn_workspace *ws) {
 #define PREDICT_PIECE 256
 
 /* Leaving a batch's all-zero inputs out of the first product (see
- * compact_inputs) copies that layer's kept weights, 0.3-0.6 MB, once per
- * call: it pays from batches of pieces on. Measured per call, one thread,
- * with against without: 1000 images 4.3 vs 5.0-5.2 ms; 64 images 387-498
- * vs 380-504 us (even); 2 images 51-72 vs 27-33 us (the copy dominates). */
-#define COMPACT_MIN_ROWS PREDICT_PIECE
+ * compact_inputs) packs that layer's kept weights, 0.3-0.6 MB, once per
+ * call: it pays from 64 images on. Measured per call, one thread, best of
+ * 5 x 300 calls, with against without (AVX-512 packing): 128 images
+ * 549-571 vs 608-624 us, 64 images 306-310 vs 320-330 us, 32 even, 16
+ * 124-129 vs 113-115 us (with a memcpy per run, before: 64 images even,
+ * 2 images 51-72 vs 27-33 us). */
+#define COMPACT_MIN_ROWS 64
 
 /* Pieces need layers that treat every row on its own: dense networks. */
 static int piecewise(const nn_model *m) {

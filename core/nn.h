@@ -346,7 +346,7 @@ int nn_workspace_pin(nn_workspace *ws, const nn_model *m);
 /* Runs n images (n <= the workspace's max_batch) through the model in
  * inference mode (dropout off) and writes n*nn_model_classes(m) probabilities.
  * `images` holds n*784 uint8 pixels. Allocates nothing itself (oneDNN may
- * compile a kernel for a shape it has not seen). A batch of 256 or more leaves the pixels
+ * compile a kernel for a shape it has not seen). A batch of 64 or more leaves the pixels
  * that are 0 in all its images out of the first dense layer's products, so
  * an image's probabilities can differ in the last bits with the batch it is
  * in (same batch, same bits). Returns 0,
@@ -483,7 +483,14 @@ void nn_train_defaults(nn_train_config *c);
  * (bit-identical between runs).
  * The matrix products then run single-threaded inside each worker (the
  * workers set their own OpenMP team size; nothing process-wide changes), so
- * T threads use T cores (T = 1 included: nn_set_threads() does not apply). */
+ * T threads use T cores (T = 1 included: nn_set_threads() does not apply).
+ * A dense first layer on the image leaves out, in nn_train_epoch, the
+ * pixels that are zero in every image of the batch (an MNIST batch of 128
+ * keeps ~535 of 784) unless augmentation is on: its products sum the same
+ * terms, blocked differently, so the weights differ from a run over all
+ * inputs in the last bits (and are still bit-identical between runs). The
+ * optimizer updates the left-out inputs' weights as for any zero gradient
+ * (RMSprop decays their accumulator; Adam's momentum still moves them). */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,

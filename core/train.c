@@ -99,6 +99,7 @@ typedef struct shard {
   uint8_t used[NN_IMAGE_SIZE];
   nn_cols cols;              /* cols.nr = 0: this batch keeps all inputs */
   nn_cols next;              /* the next batch's, when has_next */
+  uint8_t next_used[NN_IMAGE_SIZE]; /* nn_k_u8_or_rows of this shard's rows of it */
   int has_next;              /* next worked out and w0 packed for it */
 } shard;
 
@@ -116,6 +117,7 @@ typedef struct pool {
   float *w0;                 /* layer 0's weights of the kept inputs, [out][k0] */
   float *dw0;                /* their gradient, [out][k0] */
   uint64_t sparse_steps, kept; /* nn_trainer_input_stats (thread 0 writes) */
+  int prepacked;             /* every shard has_next: w0 holds this batch's weights */
   int barriers;              /* initialised */
   struct nn_trainer *t;
 } pool;
@@ -192,7 +194,9 @@ static int phase_pre(nn_trainer *t, uint32_t k) {
   const batch_desc *b = &t->batch;
   s->cols.nr = s->cols.k = 0;
   s->ws->k0 = 0;
-  const int prepacked = s->has_next;
+  /* The pool's flag, not the shard's own: every shard must take the same
+   * branch (and wait at the same barriers) even if one failed to pack. */
+  const int prepacked = p->prepacked;
   s->has_next = 0;
   if (!sparse_batch(p, b)) return 0;
   if (prepacked) {
@@ -211,6 +215,18 @@ static int phase_pre(nn_trainer *t, uint32_t k) {
   return 1;
 }
 
+/* The non-zero pixels of shard k's rows of the epoch's next batch, which
+ * dense0_update combines over the shards: each reads only the images it
+ * will gather at the next step. */
+static void next_used(nn_trainer *t, uint32_t k) {
+  pool *p = t->pool;
+  const batch_desc *b = &t->batch;
+  if (!b->training || !b->next_idx || !sparse_batch(p, b)) return;
+  uint32_t lo, hi;
+  row_range(b->next_n, p->n, k, &lo, &hi);
+  nn_k_u8_or_rows(p->shards[k].next_used, b->images, b->next_idx + lo, hi - lo, NN_IMAGE_SIZE);
+}
+
 /* Forward and backward of shard k's rows into its own gradient block. */
 static void phase_grad(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
@@ -227,6 +243,7 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
     /* Only the bias gradients are summed from the shards' blocks. */
     memset(s->grad, 0, t->m->n_params * sizeof(float));
     nn_bn_idle(t->m, s->ws, mode, s->grad);
+    next_used(t, k);
     return;
   }
   for (uint32_t r = 0; r < n; r++) {
@@ -257,6 +274,7 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
                             s->ws->act[t->m->n_layers - 1], s->dz, 1.0f / (float)b->n,
                             &s->correct);
   nn_backward(t->m, s->ws, n, s->dz, s->grad, mode, 1);
+  next_used(t, k);
 }
 
 /* The optimizer on n parameters from offset off, whose gradient is in g. */
@@ -307,7 +325,9 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
    * phase_pre). Nobody reads w0 between here and the next forward passes. */
   const nn_cols *next = NULL;
   if (b->training && b->next_idx) {
-    nn_k_u8_or_rows(ks->used, b->images, b->next_idx, b->next_n, NN_IMAGE_SIZE);
+    memcpy(ks->used, p->shards[0].next_used, NN_IMAGE_SIZE);
+    for (uint32_t s = 1; s < p->n; s++)
+      for (uint32_t c = 0; c < NN_IMAGE_SIZE; c++) ks->used[c] |= p->shards[s].next_used[c];
     if (nn_input_runs(ks->used, NN_IMAGE_SIZE, &ks->next)) next = &ks->next;
   }
   float *pack = next ? p->w0 + (size_t)o_lo * next->k : NULL;
@@ -413,6 +433,8 @@ static void *worker(void *arg) {
 static double run_batch(nn_trainer *t, uint32_t *correct) {
   pool *p = t->pool;
   if (t->batch.training) t->steps++;
+  p->prepacked = 1;
+  for (uint32_t k = 0; k < p->n; k++) p->prepacked &= p->shards[k].has_next;
   if (p->n > 1) barrier_wait(&p->start);
   if (phase_pre(t, 0) && p->n > 1) barrier_wait(&p->pre);
   phase_grad(t, 0);

@@ -957,19 +957,20 @@ static void make_sparse_set(nn_dataset *ds, uint32_t n) {
  * (a) one batch of 40 distinct images per epoch, two epochs (each step
  * packs the weights before its forward pass); (b) one epoch of two batches
  * of 40 copies of one image (the second step's weights were packed at the
- * end of the first, right after their update). Only the order of the rows
+ * end of the first, right after their update); (c) a batch of one image
+ * (shards without rows). Only the order of the rows
  * in the sums differs (no dropout in this network), so the weights agree
  * to float rounding; the trainer's counters show the packed path ran. */
 static void test_sparse_inputs_match_dense(void **state) {
   (void)state;
-  const uint32_t n = 40;
   nn_layer_spec spec[] = {{.type = NN_LAYER_DENSE, .units = 32}, {.type = NN_LAYER_RELU},
                           {.type = NN_LAYER_DENSE, .units = 10}, {.type = NN_LAYER_SOFTMAX}};
   const nn_opt_kind opts[] = {NN_OPT_RMSPROP, NN_OPT_ADAM};
-  for (int layout = 0; layout < 2; layout++) {
+  for (int layout = 0; layout < 3; layout++) {
+    const uint32_t n = layout == 2 ? 1 : 40;
     nn_dataset ds = {0};
-    make_sparse_set(&ds, layout ? 2 * n : n);
-    if (layout)
+    make_sparse_set(&ds, layout == 1 ? 2 * n : n);
+    if (layout == 1)
       for (uint32_t i = 1; i < 2 * n; i++) {
         memcpy(ds.images + (size_t)i * 784, ds.images, 784);
         ds.labels[i] = ds.labels[0];
@@ -992,7 +993,8 @@ static void test_sparse_inputs_match_dense(void **state) {
         assert_int_equal(nn_trainer_create(&ta, a, &cfg), 0);
         assert_int_equal(nn_trainer_create(&tb, b, &cfg), 0);
         for (int step = 0; step < 2; step++) {
-          if (!layout || !step) assert_int_equal(nn_train_epoch(ta, &ds, NULL, NULL, NULL, NULL), 0);
+          if (layout != 1 || !step)
+            assert_int_equal(nn_train_epoch(ta, &ds, NULL, NULL, NULL, NULL), 0);
           assert_int_equal(nn_train_batch(tb, x, ds.labels, n, NULL), 0);
         }
         uint64_t steps, kept;
@@ -1052,6 +1054,14 @@ static void test_sparse_determinism(void **state) {
     assert_int_equal(steps, 10);
     assert_memory_equal(m[0]->params, m[1]->params, m[0]->n_params * sizeof(float));
     assert_memory_not_equal(m[0]->params, m[2]->params, m[0]->n_params * sizeof(float));
+    /* A product failing mid-epoch (on whichever thread) ends the epoch with
+     * NN_ENOMEM; the next epoch runs (no shard left waiting). */
+    for (uint32_t nth = 3; nth <= 12; nth += 3) {
+      nn_dnn_inject_failure(nth);
+      assert_int_equal(nn_train_epoch(t[0], &ds, NULL, NULL, NULL, NULL), NN_ENOMEM);
+      nn_dnn_inject_failure(0);
+      assert_int_equal(nn_train_epoch(t[0], &ds, NULL, NULL, NULL, NULL), 0);
+    }
     for (int r = 0; r < 3; r++) nn_trainer_free(t[r]), nn_model_free(m[r]);
   }
   nn_dataset_free(&ds);
