@@ -220,7 +220,7 @@ void nn_k_u8_gather_runs_ref(float *restrict x, const uint8_t *restrict px, uint
 
 #if defined(__x86_64__)
 /* With AVX-512 a block of 16 inputs is packed by one compress (and
- * unpacked by one expand) under its mask: measured 3-4x faster than a
+ * unpacked by one expand) under its mask: measured 1.3-1.7x faster than a
  * memcpy per run, which the short runs of an MNIST batch make call-bound.
  * A block's store is whole while 16 floats of the packed row remain, else
  * masked, so nothing past a row is written: the rows of one matrix are

@@ -295,7 +295,8 @@ static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n) {
  * gradient of the kept inputs' weights, then RMSprop on the packed
  * gradient (nn_k_rmsprop_runs: the same bits as on the unpacked one), or
  * the gradient unpacked into shards[0].grad for the other optimizers (for
- * which a zero gradient still moves a weight) and nn_trainer_gradient. */
+ * which a zero gradient still moves a weight) and passes without an
+ * update. */
 static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_hi) {
   pool *p = t->pool;
   nn_model *m = t->m;
@@ -327,7 +328,7 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
   if (b->training && b->next_idx) {
     memcpy(ks->used, p->shards[0].next_used, NN_IMAGE_SIZE);
     for (uint32_t s = 1; s < p->n; s++)
-      for (uint32_t c = 0; c < NN_IMAGE_SIZE; c++) ks->used[c] |= p->shards[s].next_used[c];
+      for (uint32_t j = 0; j < NN_IMAGE_SIZE; j++) ks->used[j] |= p->shards[s].next_used[j];
     if (nn_input_runs(ks->used, NN_IMAGE_SIZE, &ks->next)) next = &ks->next;
   }
   float *pack = next ? p->w0 + (size_t)o_lo * next->k : NULL;
@@ -350,7 +351,8 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
  * depends on the thread count only), then the optimizer on those rows while
  * they are still in this core's cache. The shards' activations and output
  * gradients are what moves between cores, not per-shard copies of the whole
- * gradient. The full gradient ends up in shards[0].grad. */
+ * gradient. The full gradient ends up in shards[0].grad (but for a packed
+ * first layer under RMSprop: see dense0_update). */
 static void phase_update(nn_trainer *t, uint32_t k) {
   pool *p = t->pool;
   nn_model *m = t->m;
