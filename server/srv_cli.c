@@ -250,27 +250,33 @@ static int load_layers(nn_model **m, const char *path, uint32_t batch, uint32_t 
 }
 
 /* --state-dir DIR --dataset NAME: an uploaded set of that daemon, read
- * beside it without changing anything (srv_datasets_open_readonly); the
- * file's checksum is checked against its record. *classes receives its
- * class count. 0, or a negative errno with the message in err. */
+ * beside it without changing anything (srv_store_open_readonly,
+ * srv_datasets_open_readonly); the file's checksum is checked against its
+ * record. *classes receives its class count. 0, or a negative errno with
+ * the message in err. */
 static int load_uploaded(const char *state, const char *name, nn_dataset *train,
                          nn_dataset *test, uint32_t *classes, srv_err *err) {
   char db[PATH_MAX + 16], msg[700] = "", sha[65];
   snprintf(db, sizeof db, "%s/mnistd.db", state);
-  if (access(db, F_OK)) {
-    srv_err_printf(err, "%s: no daemon state here (no mnistd.db)", state);
-    return -ENOENT;
-  }
   srv_store *st = NULL;
   srv_datasets *d = NULL;
-  int rc = srv_store_open(&st, state, msg, sizeof msg);
-  if (rc) {
-    srv_err_printf(err, "%s", msg[0] ? msg : strerror(-rc));
-    return rc;
-  }
-  if ((rc = srv_datasets_open_readonly(&d, st, state))) {
-    srv_err_printf(err, "%s: %s", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(st));
-    goto out;
+  int rc;
+  /* The records are read once, here; a daemon that started and folded its
+   * log into the file during that read (a moment) makes us read again. */
+  for (int tries = 0;; tries++) {
+    if ((rc = srv_store_open_readonly(&st, state, msg, sizeof msg))) {
+      srv_err_printf(err, "%s", msg[0] ? msg : strerror(-rc));
+      return rc;
+    }
+    if ((rc = srv_datasets_open_readonly(&d, st, state))) {
+      srv_err_printf(err, "%s: %s", db, rc == -ENOMEM ? "out of memory" : srv_store_errmsg(st));
+      goto out;
+    }
+    if (tries == 2 || !srv_store_readonly_changed(st, state)) break;
+    srv_datasets_close(d);
+    srv_store_close(st);
+    d = NULL;
+    st = NULL;
   }
   if (srv_datasets_count(d, name, NULL, NULL, classes)) {
     cJSON *arr = cJSON_CreateArray();

@@ -175,7 +175,12 @@ int h_dataset_delete(req *r, srv_resp *res) {
     return srv_resp_error(res, 409, "data set %s is in use by job %lld (queued or running); cancel "
                       "it or wait for it to finish", r->name, (long long)job);
   if (rc == -ENOENT) return srv_resp_error(res, 404, "data set " QUOTE " not found", r->name);
-  if (rc) return srv_resp_error(res, 500, "could not delete: %s", srv_store_errmsg(r->S->store));
+  /* The failure may be the store's or the file's (rename, fsync): the
+   * log has the detail, the client what it means. */
+  if (rc)
+    return srv_resp_error(res, rc == -ENOSPC ? 507 : 500, "could not delete data set %s: %s; it "
+                          "is still there (the daemon's log says why): try again", r->name,
+                          strerror(-rc));
   return srv_resp_buf(res, 204, "application/json", "", 0, 0);
 }
 

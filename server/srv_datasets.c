@@ -144,6 +144,13 @@ static void file_path(const srv_datasets *d, const char *name, char *buf, size_t
   snprintf(buf, len, "%s/%.64s.mds", d->dir, name);
 }
 
+/* Where a set's file goes while it is deleted (see srv_datasets_delete_finish):
+ * a name the start-up scan never registers, only removes. */
+#define TOMB ".deleted-"
+static void tomb_path(const srv_datasets *d, const char *name, char *buf, size_t len) {
+  snprintf(buf, len, "%s/" TOMB "%.64s", d->dir, name);
+}
+
 static void hex(const uint8_t *h, char out[65]) {
   for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
@@ -301,6 +308,42 @@ int srv_datasets_open_readonly(srv_datasets **out, srv_store *st, const char *st
   return 0;
 }
 
+/* Finishes the deletes a crash interrupted (srv_datasets_delete_finish):
+ * a tombstone means its set is gone. Without NAME.mds beside it, the
+ * record goes first (then the tombstone: a crash in between leaves the
+ * tombstone to the next start); with one, the tombstone is from an earlier
+ * delete whose unlink failed and the file is a later upload of the name,
+ * whose record stays. A record that cannot be removed keeps its tombstone
+ * (the set is not listed: its file is missing) for the next start. */
+static int finish_deletes(srv_datasets *d) {
+  DIR *dh = opendir(d->dir);
+  if (!dh) return -errno;
+  int removed = 0;
+  for (struct dirent *de; (de = readdir(dh));) {
+    const char *n = de->d_name;
+    if (strncmp(n, TOMB, sizeof TOMB - 1)) continue;
+    const char *name = n + sizeof TOMB - 1;
+    char tomb[PATH_MAX + 300], path[PATH_MAX + 160];
+    snprintf(tomb, sizeof tomb, "%s/%s", d->dir, n);
+    struct stat sb;
+    int rc = 0;
+    if (srv_dataset_name_ok(name)) {
+      file_path(d, name, path, sizeof path);
+      if (stat(path, &sb) < 0 && (rc = srv_store_dataset_delete(d->st, name))) {
+        logf_(d, "data set %s: could not finish its interrupted delete (%s); it stays unlisted "
+              "and the next start tries again", name, srv_store_errmsg(d->st));
+        continue;
+      }
+    }
+    if (unlink(tomb) == 0) {
+      removed = 1;
+      logf_(d, "data set %s: finished its interrupted delete (removed %s)", name, tomb);
+    }
+  }
+  closedir(dh);
+  return removed ? srv_fsync_dir(d->dir) : 0;
+}
+
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
                       const srv_ds_config *cfg, void (*log)(const char *msg)) {
   srv_datasets *d = calloc(1, sizeof *d);
@@ -311,6 +354,8 @@ int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
   d->log = log;
   snprintf(d->dir, sizeof d->dir, "%s/datasets", state_dir);
   int rc = srv_mkdir_durable(d->dir, 0755);
+  if (!rc && (rc = finish_deletes(d)))
+    logf_(d, "data sets: finishing interrupted deletes in %s failed: %s", d->dir, strerror(-rc));
   if (!rc) rc = srv_store_datasets_each(st, load_row, d);
   DIR *dh = rc ? NULL : opendir(d->dir);
   if (!rc && !dh) rc = -errno;
@@ -495,23 +540,62 @@ int srv_datasets_delete_finish(srv_datasets *d, const char *name) {
   if (rc) return rc;
   /* No lock held from here: the entry stays (hidden, its name taken) until
    * the file is gone, and only this call removes it. */
-  srv_hold_point("dataset_delete_io");
-  if ((rc = srv_store_dataset_delete(d->st, name))) {
-    pthread_mutex_lock(&d->mu);
-    e->deleting = 0; /* still recorded: still there */
-    pthread_mutex_unlock(&d->mu);
-    return rc;
-  }
-  char path[PATH_MAX + 160];
+  char path[PATH_MAX + 160], tomb[PATH_MAX + 160];
   file_path(d, name, path, sizeof path);
-  /* The record is gone, so the delete stands; a file that comes back
-   * after a crash is registered again at the next start (said here). */
-  int frc = unlink(path) ? -errno : srv_fsync_dir(d->dir);
+  tomb_path(d, name, tomb, sizeof tomb);
+  srv_hold_point("dataset_delete_io");
+  /* The file leaves its name durably before the record goes: a file under
+   * its own name without a record is registered again at the next start
+   * (an upload's crash between its rename and its insert), so removing the
+   * record first would let a crash before the unlink bring the set back.
+   * From the rename on, a crash ends in "gone": the start removes the
+   * record and the tombstone (finish_deletes). */
+  if (rename(path, tomb)) {
+    rc = -errno;
+    logf_(d, "data set %s: cannot delete, renaming %s failed: %s", name, path, strerror(-rc));
+    goto keep;
+  }
+  if ((rc = srv_fsync_dir(d->dir))) {
+    /* The new name may not survive a crash: the delete cannot be made to. */
+    logf_(d, "data set %s: cannot delete, making the rename of %s durable failed: %s", name, path,
+          strerror(-rc));
+    goto put_back;
+  }
+  srv_hold_point("dataset_delete_renamed");
+  /* MNISTD_FAIL_AT=dataset_delete: the commit fails as on a full disk. */
+  if ((rc = srv_fail_point("dataset_delete") ? -ENOSPC : srv_store_dataset_delete(d->st, name))) {
+    logf_(d, "data set %s: cannot delete, removing its record failed: %s", name,
+          rc == -ENOSPC ? strerror(ENOSPC) : srv_store_errmsg(d->st));
+    goto put_back;
+  }
+  srv_hold_point("dataset_delete_committed");
+  /* The delete stands; a tombstone left here goes at the next start. */
+  int frc = unlink(tomb) ? -errno : srv_fsync_dir(d->dir);
   if (frc && frc != -ENOENT)
-    logf_(d, "data set %s deleted, but removing %s durably failed (%s): after a crash it may "
-          "be listed again", name, path, strerror(-frc));
+    logf_(d, "data set %s deleted; removing %s failed (%s): the next start removes it", name,
+          tomb, strerror(-frc));
   drop(d, e);
   return 0;
+put_back:
+  if (rename(tomb, path)) {
+    /* The record stays but the file is a tombstone: the next start
+     * completes the delete, so the set is gone now too (its name free: an
+     * upload of it replaces the record, and the start then only removes
+     * the tombstone). */
+    logf_(d, "data set %s: putting %s back failed (%s); the set is deleted and its record goes "
+          "at the next start", name, path, strerror(errno));
+    drop(d, e);
+    return 0;
+  }
+  int src = srv_fsync_dir(d->dir);
+  if (src)
+    logf_(d, "data set %s: its file is back, but not durably (%s): after a crash the set may be "
+          "gone", name, strerror(-src));
+keep:
+  pthread_mutex_lock(&d->mu);
+  e->deleting = 0; /* still recorded, its file in place: still there */
+  pthread_mutex_unlock(&d->mu);
+  return rc;
 }
 
 int srv_datasets_delete(srv_datasets *d, const char *name) {

@@ -11,6 +11,10 @@
  * point leaves either no data set or a whole one. Temporary files are
  * removed at open; a complete file without its row (a crash between the
  * rename and the insert) is registered again from its own contents.
+ * A delete renames the file to the tombstone .deleted-NAME (directory
+ * fsynced) before it removes the record, then removes the tombstone; open
+ * finishes the deletes a crash interrupted (tombstones are never
+ * registered), so a set is either whole and listed or gone for good.
  * Checksums are verified whenever a file is loaded.
  *
  * Every function may be called from any thread. A NULL srv_datasets (a
@@ -37,9 +41,10 @@ typedef struct srv_ds_config {
 
 void srv_ds_config_default(srv_ds_config *c);
 
-/* Opens STATE/datasets (creating it), removes temporary files, loads the
- * records whose file is present and intact (others are logged and not
- * listed). log may be NULL. */
+/* Opens STATE/datasets (creating it), finishes interrupted deletes
+ * (removes the record of each tombstone's set, then the tombstone), removes
+ * temporary files, loads the records whose file is present and intact
+ * (others are logged and not listed). log may be NULL. */
 int srv_datasets_open(srv_datasets **out, srv_store *st, const char *state_dir,
                       const srv_ds_config *cfg, void (*log)(const char *msg));
 void srv_datasets_close(srv_datasets *d);
@@ -80,11 +85,13 @@ int srv_datasets_delete(srv_datasets *d, const char *name);
  * caller's lock and the disk work outside it. begin (quick, no I/O) marks
  * the set as being deleted: from then on it is not listed or found (a job
  * submitted for it is refused) but its name stays taken; -ENOENT unknown
- * (or already being deleted). finish (slow: the store's commit, unlink,
- * directory fsync; call it with no lock held) removes record and file and
- * frees the name: 0, -ENOENT if begin did not mark it, or the store's
- * error (-EIO...), after which the set is listed again as before. Every
- * successful begin must be followed by one finish. */
+ * (or already being deleted). finish (slow: rename to the tombstone,
+ * directory fsyncs, the store's commit, unlink; call it with no lock held)
+ * removes file and record and frees the name: 0, -ENOENT if begin did not
+ * mark it, or the error of the rename, its fsync or the store (-EIO,
+ * -ENOSPC...; the log says which), after which the file is back and the
+ * set listed again as before. Every successful begin must be followed by
+ * one finish. */
 int srv_datasets_delete_begin(srv_datasets *d, const char *name);
 int srv_datasets_delete_finish(srv_datasets *d, const char *name);
 

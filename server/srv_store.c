@@ -23,6 +23,8 @@ struct srv_store {
    * *_each callbacks run under it and must take no other. */
   pthread_mutex_t mu;
   int fresh;              /* created empty by this open */
+  int readonly;           /* srv_store_open_readonly: no checkpoint at close */
+  struct stat snap;       /* the file as the immutable open found it (.st_ino 0: WAL open) */
   char aside[4200];       /* where a damaged database went; "" if none */
 };
 
@@ -246,6 +248,104 @@ int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg,
   return 0;
 }
 
+/* path as an SQLite URI file name: anything but the unreserved characters
+ * percent-encoded ('?', '#' and '%' would end or bend the path). */
+static int uri_path(const char *path, const char *query, char *out, size_t len) {
+  static const char HEX[] = "0123456789ABCDEF";
+  size_t o = (size_t)snprintf(out, len, "file:");
+  for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+    if (o + 4 >= len) return -ENAMETOOLONG;
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+        strchr("/._-~", *p))
+      out[o++] = (char)*p;
+    else {
+      out[o++] = '%';
+      out[o++] = HEX[*p >> 4];
+      out[o++] = HEX[*p & 15];
+    }
+  }
+  int n = snprintf(out + o, len - o, "?%s", query);
+  return n < 0 || (size_t)n >= len - o ? -ENAMETOOLONG : 0;
+}
+
+int srv_store_open_readonly(srv_store **out, const char *dir, char *msg, size_t msglen) {
+  char path[4096], wal[4200], shm[4200], uri[3 * 4200];
+  struct stat sb, wb;
+  *out = NULL;
+  msg[0] = 0;
+  snprintf(path, sizeof path, "%s/mnistd.db", dir);
+  snprintf(wal, sizeof wal, "%s-wal", path);
+  snprintf(shm, sizeof shm, "%s-shm", path);
+  if (stat(path, &sb) < 0) {
+    int rc = -errno;
+    if (rc == -ENOENT)
+      snprintf(msg, msglen, "%s: no daemon state here (no mnistd.db): give the --state-dir of "
+               "the daemon the data set was uploaded to (mnistd serve --state-dir DIR)", dir);
+    else snprintf(msg, msglen, "%s: %s", path, strerror(-rc));
+    return rc;
+  }
+  if (sb.st_size == 0) {
+    snprintf(msg, msglen, "%s: the file is empty (damaged); the daemon moves it aside and "
+             "recovers at its next start", path);
+    return -EIO;
+  }
+  int has_wal = stat(wal, &wb) == 0, rc;
+  if (has_wal && access(shm, F_OK) < 0) {
+    /* SQLite would create the index file, owned by this user: a daemon
+     * running as another one could then not open its own database. */
+    snprintf(msg, msglen, "%s has a write-ahead log but no %s: start the daemon on %s once "
+             "(it folds the log back), or stop it cleanly, then try again", path, shm, dir);
+    return -EAGAIN;
+  }
+  /* With its log (a daemon running, or killed): read through the log and
+   * its index, which SQLite only reads (and the index's header repairs).
+   * Without one (the daemon stopped cleanly and folded it back), a plain
+   * read-only open would still create an empty -wal and -shm and leave
+   * them; "immutable" reads the file alone, which holds everything. A
+   * daemon starting meanwhile writes to a new log, not to this file, until
+   * a checkpoint: srv_store_readonly_changed tells a reader to read again. */
+  if ((rc = uri_path(path, has_wal ? "mode=ro" : "immutable=1", uri, sizeof uri))) {
+    snprintf(msg, msglen, "%s: path too long", path);
+    return rc;
+  }
+  srv_store *s = calloc(1, sizeof *s);
+  if (!s) return -ENOMEM;
+  s->readonly = 1;
+  if (!has_wal) s->snap = sb;
+  int sq = sqlite3_open_v2(uri, &s->db,
+                           SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_FULLMUTEX, NULL);
+  if (sq == SQLITE_OK) sqlite3_busy_timeout(s->db, 5000);
+  /* Read now, not at the caller's first query: SQLite decides between the
+   * log and the file alone at its first read, and the log checked for
+   * above must still be there then (a daemon stopping in between would
+   * leave SQLite to create a new one). Also names a damaged file here. */
+  if (sq == SQLITE_OK)
+    sq = sqlite3_exec(s->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+  if (sq != SQLITE_OK) {
+    snprintf(msg, msglen, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+    sqlite3_close(s->db);
+    free(s);
+    return map_rc(sq) ? map_rc(sq) : -EIO;
+  }
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&s->mu, &attr);
+  pthread_mutexattr_destroy(&attr);
+  *out = s;
+  return 0;
+}
+
+int srv_store_readonly_changed(srv_store *s, const char *dir) {
+  if (!s || !s->snap.st_ino) return 0;
+  char path[4096];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/mnistd.db", dir);
+  return stat(path, &sb) < 0 || sb.st_ino != s->snap.st_ino || sb.st_size != s->snap.st_size ||
+         sb.st_mtim.tv_sec != s->snap.st_mtim.tv_sec ||
+         sb.st_mtim.tv_nsec != s->snap.st_mtim.tv_nsec;
+}
+
 int srv_store_recovered(srv_store *s, char *aside, size_t len) {
   if (!s || !s->aside[0]) return 0;
   if (aside) snprintf(aside, len, "%s", s->aside);
@@ -256,8 +356,9 @@ int srv_store_fresh(srv_store *s) { return s->fresh; }
 
 void srv_store_close(srv_store *s) {
   if (!s) return;
-  /* Folds the WAL back so the directory holds one self-contained file. */
-  sqlite3_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE);", NULL, NULL, NULL);
+  /* Folds the WAL back so the directory holds one self-contained file
+   * (the daemon's; a read-only reader leaves the daemon's files alone). */
+  if (!s->readonly) sqlite3_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE);", NULL, NULL, NULL);
   sqlite3_close(s->db);
   pthread_mutex_destroy(&s->mu);
   free(s);

@@ -31,6 +31,21 @@ int srv_mkdir_durable(const char *dir, mode_t mode);
  * never moves anything. */
 int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen);
 
+/* Opens DIR/mnistd.db read-only for a reader that must not change the
+ * daemon's state (mnistd train --state-dir): nothing in DIR is created,
+ * written or removed except what SQLite's shared-memory index (-shm)
+ * holds, and close does not checkpoint. Beside a running (or killed)
+ * daemon it reads through the write-ahead log; with no log (the daemon
+ * stopped cleanly) it reads the file alone ("immutable"). Errors, msg
+ * saying what to do: -ENOENT no mnistd.db, -EIO an empty (damaged) file,
+ * -EAGAIN a log without its -shm (SQLite would have to create it), or
+ * SQLite's error. Writes through it fail (-EIO). */
+int srv_store_open_readonly(srv_store **out, const char *dir, char *msg, size_t msglen);
+/* For a store opened read-only without a log: 1 if DIR/mnistd.db changed
+ * since the open (a daemon started and checkpointed meanwhile), so what
+ * was read may be torn and must be read again; else 0. */
+int srv_store_readonly_changed(srv_store *s, const char *dir);
+
 /* The daemon's open (it holds the state directory's lock): also checks
  * integrity, and with SRV_STORE_RECOVER a damaged database (SQLite says
  * corrupt or "not a database", integrity_check fails, or the file is

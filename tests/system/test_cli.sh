@@ -95,10 +95,19 @@ for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && 
 curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/x-tar' --data-binary "@$T/three.tar" \
   "http://127.0.0.1:$PORT/v1/datasets?name=three" > "$T/up.code"
 check "upload of a 3-class set for the CLI: 201" test "$(cat "$T/up.code")" = 201
+# The CLI must not change the daemon's state: it opens the database read-only,
+# so mnistd.db and mnistd.db-wal are the same bytes after each run (the old
+# read-write open folded the running daemon's log into the file at close).
+dbsum() { for f in mnistd.db mnistd.db-wal mnistd.db-shm; do
+  if [ -e "$T/state/$f" ]; then [ $f = mnistd.db-shm ] && echo "$f" || sha256sum < "$T/state/$f"
+  else echo "no $f"; fi; done; }
+before=$(dbsum)
+check "the daemon's write-ahead log holds the upload's record" test -s "$T/state/mnistd.db-wal"
 "$BIN" train --state-dir "$T/state" --dataset three --epochs 2 --json > "$T/three.json" 2> "$T/three.err"
 check "train --state-dir --dataset (an uploaded set, daemon running): 2 epochs, accuracy > 0.9" python3 -c "
 import json; ls = [json.loads(l) for l in open('$T/three.json')]
 assert len(ls) == 2 and ls[-1]['val_accuracy'] > 0.9, ls"
+check "... mnistd.db and mnistd.db-wal byte for byte as before (daemon running)" test "$(dbsum)" = "$before"
 # The output width is checked against the set's classes: 3 (or MNIST's 10,
 # adapted) is taken, another width is refused naming the set's count.
 printf '{"layers":[{"type":"dense","units":3}]}' > "$T/l3.json"
@@ -117,7 +126,12 @@ check "... in 5 units: 400 naming the set's 3 classes" \
   bash -c "test $code = 400 && grep -q '5 units, but the data set has 3 classes' '$T/job.out'"
 kill "$DPID"; wait "$DPID" 2>/dev/null; DPID=
 touch "$T/state/datasets/.upload-left"
+before=$(dbsum)
+check "a clean stop folds the log back: no -wal, no -shm" \
+  bash -c "[ ! -e '$T/state/mnistd.db-wal' ] && [ ! -e '$T/state/mnistd.db-shm' ]"
 "$BIN" train --state-dir "$T/state" --dataset three --epochs 1 --out "$T/three.model" > "$T/three.txt" 2>&1
+check "... daemon stopped: mnistd.db byte for byte as before, no -wal or -shm created" \
+  test "$(dbsum)" = "$before"
 check "... daemon stopped: the header says so, the model has 3 outputs" bash -c "
   grep -q 'on three: .* (uploaded set)' '$T/three.txt' &&
   '$BIN' predict --model '$T/three.model' --json '$T/three.raw' | head -1 | python3 -c '
@@ -130,8 +144,35 @@ rc=$(exit_code "$BIN" train --dataset three)
 check "an uploaded set without --state-dir: exit 2 saying to give it" \
   bash -c "test $rc = 2 && grep -q 'give its --state-dir' '$T/err'"
 rc=$(exit_code "$BIN" train --state-dir "$T/nowhere" --dataset three)
-check "--state-dir without a daemon's state: exit 1" \
-  bash -c "test $rc = 1 && grep -q 'no daemon state here' '$T/err' && ! test -e '$T/nowhere'"
+check "--state-dir without a daemon's state: exit 1, saying which --state-dir to give, nothing created" \
+  bash -c "test $rc = 1 && grep -q 'no daemon state here (no mnistd.db): give the --state-dir of the daemon' '$T/err' &&
+           ! test -e '$T/nowhere'"
+mkdir "$T/empty"
+rc=$(exit_code "$BIN" train --state-dir "$T/empty" --dataset three)
+check "... an existing directory without mnistd.db: the same, and it stays empty" \
+  bash -c "test $rc = 1 && grep -q 'no daemon state here' '$T/err' && [ -z \"\$(ls -A '$T/empty')\" ]"
+# A daemon killed (SIGKILL) after an upload: the set's record is only in the
+# log it left. The CLI reads it through the log and its -shm, and leaves both
+# files as they were; a log whose -shm is gone is refused (reading it would
+# create one) with what to do.
+"$BIN" serve --listen 127.0.0.1:$PORT --state-dir "$T/state" --data-dir "$DATA" --no-bootstrap \
+  >> "$T/daemon.log" 2>&1 &
+DPID=$!
+for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.05; done
+curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/x-tar' --data-binary "@$T/three.tar" \
+  "http://127.0.0.1:$PORT/v1/datasets?name=killed" > "$T/up.code"
+{ kill -9 "$DPID"; wait "$DPID"; } 2>/dev/null; DPID=
+before=$(dbsum)
+check "upload, then SIGKILL: 201, the log and its -shm left behind" \
+  bash -c "[ $(cat "$T/up.code") = 201 ] && [ -s '$T/state/mnistd.db-wal' ] && [ -e '$T/state/mnistd.db-shm' ]"
+rc=$(exit_code "$BIN" train --state-dir "$T/state" --dataset killed --epochs 1 --json)
+check "... train on the set recorded only in the log: trains" bash -c "test $rc = 0 && grep -q val_accuracy '$T/out'"
+check "... mnistd.db and mnistd.db-wal byte for byte as before (daemon killed)" test "$(dbsum)" = "$before"
+cp -a "$T/state" "$T/noshm" && rm -f "$T/noshm/mnistd.db-shm"
+rc=$(exit_code "$BIN" train --state-dir "$T/noshm" --dataset killed --epochs 1)
+check "... a log without its -shm: exit 1 saying to start or stop the daemon, no -shm created" \
+  bash -c "test $rc = 1 && grep -q 'has a write-ahead log but no .*start the daemon on' '$T/err' &&
+           [ ! -e '$T/noshm/mnistd.db-shm' ]"
 
 # Issue 9 #23: a build without the page's chart library (no node_modules/)
 # stops and says what to run, instead of embedding a page without charts.

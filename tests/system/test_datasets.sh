@@ -255,8 +255,77 @@ rm -f "$HOLD"; wait "$CURLPID"; CURLPID=
 check "... answers it (201), then stops" \
   bash -c "[ \"\$(cat '$T/up.code')\" = 201 ] && [ -e '$T/state/datasets/held2.mds' ] && grep -q 'held2 201' '$T/daemon.log'"
 
+# ---- SIGKILL at each point of a DELETE: the delete is held there
+# (MNISTD_HOLD_AT), the daemon killed, then started again (twice). Before the
+# rename of the file to its tombstone the set is whole (listed, its samples
+# load, its record as uploaded); from the rename on it is gone (404, not
+# listed, no file, no tombstone, no record) and stays gone at the next start,
+# and its name can be uploaded again. The old order (record, then unlink)
+# brought the set back from its file after a kill between the two.
+start || exit 1
+fmt=
+for n in del_io del_renamed del_committed; do
+  upload "$n" "$M/three.tar" application/x-tar
+  [ "$(code)" = 201 ] || bad "upload $n: $(code) $(cat "$T/body")"
+  fmt=$(json 'd["source_format"]')
+done
+stop
+record() { # name -> number of rows for it in the (stopped or killed) daemon's database, read
+  # without changing it: through the log a kill left, or the file alone after a clean stop
+  local q=immutable=1; [ -e "$T/state/mnistd.db-wal" ] && q=mode=ro
+  python3 -c "import sqlite3,sys; c=sqlite3.connect('file:$T/state/mnistd.db?$q', uri=True)
+print(c.execute('SELECT count(*) FROM datasets WHERE name=?', (sys.argv[1],)).fetchone()[0])" "$1"; }
+tomb() { [ -e "$T/state/datasets/.deleted-$1" ]; }
+whole() { # name: listed, its description as uploaded, samples load, file, no tombstone
+  req "$B/v1/datasets/$1" >/dev/null
+  [ "$(code) $(json 'd["train"] + d["test"], d["source_format"]')" = "200 2100 $fmt" ] &&
+    listed | grep -qw "$1" && [ -e "$T/state/datasets/$1.mds" ] && ! tomb "$1" &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$B/v1/datasets/$1/samples/random")" = 200 ]; }
+gone() { # name: 404, not listed, no file, no tombstone
+  req "$B/v1/datasets/$1" >/dev/null
+  [ "$(code)" = 404 ] && ! listed | grep -qw "$1" && [ ! -e "$T/state/datasets/$1.mds" ] && ! tomb "$1"; }
+kill_in_delete() { # point name: DELETE name held at point, then SIGKILL; 0 if the point was reached
+  rm -f "$HOLD.reached"; touch "$HOLD"
+  MNISTD_HOLD_AT=$1 MNISTD_HOLD_FILE=$HOLD start || return 1
+  curl -s -o /dev/null "${auth[@]}" -X DELETE "$B/v1/datasets/$2" &
+  CURLPID=$!
+  for _ in $(seq 400); do [ -e "$HOLD.reached" ] && break; sleep 0.05; done
+  local reached=1; [ -e "$HOLD.reached" ] && reached=0
+  { kill -9 "$PID"; wait "$PID"; } 2>/dev/null; PID=
+  wait "$CURLPID" 2>/dev/null; CURLPID=; rm -f "$HOLD"
+  return $reached
+}
+check "SIGKILL in a DELETE before the rename: held there" kill_in_delete dataset_delete_io del_io
+check "... the file is still in place, no tombstone" bash -c "[ -e '$T/state/datasets/del_io.mds' ] && [ ! -e '$T/state/datasets/.deleted-del_io' ]"
+start
+check "... after the restart the set is whole: listed, as uploaded, its samples load" whole del_io
+stop
+check "... its record is there" [ "$(record del_io)" = 1 ]
+start
+check "... and still whole after one more start" whole del_io
+stop
+for p in renamed committed; do
+  n=del_$p
+  check "SIGKILL in a DELETE after the $p step: held there" kill_in_delete dataset_delete_$p $n
+  check "... the file is a tombstone, not under its name" \
+    bash -c "[ ! -e '$T/state/datasets/$n.mds' ] && [ -e '$T/state/datasets/.deleted-$n' ]"
+  [ $p = committed ] && check "... its record is gone already" [ "$(record $n)" = 0 ]
+  start
+  check "... after the restart the set is gone: 404, not listed, no file, no tombstone" gone $n
+  check "... the log says the start finished the delete" grep -q "data set $n: finished its interrupted delete" "$T/daemon.log"
+  stop
+  check "... its record is gone" [ "$(record $n)" = 0 ]
+  start
+  check "... and it stays gone at the next start" gone $n
+  upload $n "$M/three.tar" application/x-tar
+  check "... its name can be uploaded again (201, listed)" bash -c "[ $(code) = 201 ] && curl -s '$B/v1/datasets' | grep -q '\"$n\"'"
+  stop
+done
+check "no tombstone or temporary file left" [ "$(leftovers)" = 0 ]
+
 # ---- a failed fsync of the data set directory (LD_PRELOAD shim, EIO): the
-# upload is refused and leaves nothing; a delete says so in the log
+# upload is refused and leaves nothing; a delete whose rename to the
+# tombstone cannot be made durable puts the file back and answers 500
 if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/../reliability/fsync_fail.c" -ldl 2>"$T/cc.log"; then
   LD_PRELOAD=$T/fsync_fail.so FSYNC_FAIL_DIR=/datasets ASAN_OPTIONS=${ASAN_OPTIONS:-}:verify_asan_link_order=0 start
   upload dirsync "$M/three.tar" application/x-tar
@@ -264,8 +333,13 @@ if cc -shared -fPIC -o "$T/fsync_fail.so" "$HERE/../reliability/fsync_fail.c" -l
     bash -c "[ $(code) = 500 ] && grep -q 'Input/output error' '$T/body' && ! curl -s '$B/v1/datasets' | grep -q dirsync &&
              [ ! -e '$T/state/datasets/dirsync.mds' ] && [ $(leftovers) = 0 ]"
   req "${auth[@]}" -X DELETE "$B/v1/datasets/fidx" >/dev/null
-  check "directory fsync fails on delete: 204, and the log says the file may come back" \
-    bash -c "[ $(code) = 204 ] && grep -q 'data set fidx deleted, but removing' '$T/daemon.log'"
+  check "directory fsync fails on delete: 500 saying it is still there, the log says why" \
+    bash -c "[ $(code) = 500 ] && grep -q 'could not delete data set fidx: Input/output error; it is still there' '$T/body' &&
+             grep -q 'data set fidx: cannot delete, making the rename of .* durable failed' '$T/daemon.log'"
+  check "... the set is still listed and usable, its file in place, no tombstone" \
+    bash -c "curl -s '$B/v1/datasets' | grep -q '\"fidx\"' && [ -e '$T/state/datasets/fidx.mds' ] &&
+             [ \$(curl -s -o /dev/null -w '%{http_code}' '$B/v1/datasets/fidx/samples/random') = 200 ] &&
+             [ $(leftovers) = 0 ]"
   stop
 else
   bad "cannot build the fsync shim: $(cat "$T/cc.log")"
