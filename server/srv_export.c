@@ -62,7 +62,7 @@ static int classes_from_meta(const char *path, srv_onnx_info *info) {
  * into path. 0, or a negative errno with the message in err. */
 static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *path,
                       size_t len, srv_err *err) {
-  char db[PATH_MAX + 16], msg[256];
+  char db[PATH_MAX + 16], msg[700] = "";
   struct stat st;
   snprintf(db, sizeof db, "%s/mnistd.db", state);
   if (stat(db, &st) < 0) {
@@ -70,12 +70,21 @@ static int from_state(const char *state, int64_t id, srv_onnx_info *info, char *
     return -ENOENT;
   }
   srv_store *s = NULL;
-  int rc = srv_store_open(&s, state, msg, sizeof msg);
-  if (rc) {
-    srv_err_printf(err, "%s", msg);
-    return rc;
+  int rc;
+  /* Read-only, beside a running daemon as after it stopped: an export
+   * changes nothing in its state (srv_store_open_readonly). A daemon that
+   * started and folded its log into the file during the read makes us
+   * read again. */
+  for (int tries = 0;; tries++) {
+    if ((rc = srv_store_open_readonly(&s, state, msg, sizeof msg))) {
+      srv_err_printf(err, "%s", msg[0] ? msg : strerror(-rc));
+      return rc;
+    }
+    rc = srv_onnx_info_load(info, s, id);
+    if (tries == 2 || !srv_store_readonly_changed(s, state)) break;
+    srv_onnx_info_clear(info);
+    srv_store_close(s);
   }
-  rc = srv_onnx_info_load(info, s, id);
   if (rc == -ENOENT)
     srv_err_printf(err, "model %lld not found in %s", (long long)id, state);
   else if (rc)

@@ -176,6 +176,17 @@ for pair in "$M1 $J1 mnist $MNIST_IMG" "$M2 $J2 fashion-mnist $FASHION_IMG" "$M3
   check "  export --state-dir $1 writes the same bytes as the HTTP route" cmp "$T/http$1.onnx" "$T/state$1.onnx"
 done
 compare "HTTP antirectifier (mnist) on the Fashion-MNIST images too" "$T/http$M1.onnx" "$T/http$M1.model" "$FASHION_IMG"
+# export --state-dir reads the daemon's database read-only: beside the
+# running daemon, mnistd.db and its write-ahead log are the same bytes
+# after it (a read-write open folded the log into the file at close).
+dbsum() { for f in mnistd.db mnistd.db-wal; do
+  if [ -e "$T/state/$f" ]; then sha256sum < "$T/state/$f"; else echo "no $f"; fi; done; }
+before=$(dbsum)
+check "the daemon's write-ahead log holds records" test -s "$T/state/mnistd.db-wal"
+"$BIN" export --format onnx --state-dir "$T/state" "$M1" "$T/again.onnx" 2>"$T/err"
+check "export --state-dir beside the running daemon: mnistd.db and its log byte for byte as before" \
+  test "$(dbsum)" = "$before"
+check "  and the same file as the HTTP route" cmp "$T/http$M1.onnx" "$T/again.onnx"
 
 # ---- HTTP errors: JSON bodies a person can act on
 badreq() { # status, name, url
