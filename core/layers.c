@@ -575,6 +575,10 @@ NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uin
                vl = _mm512_set1_ps(lr), ve = _mm512_set1_ps(eps);
   for (uint32_t b = 0; b < d / 16; b++) {
     const __mmask16 m = c->mask[b];
+    if (!m) { /* no gradient: a = rho a (+ 0), w - 0 = w, so w is not touched */
+      _mm512_storeu_ps(a + 16 * b, _mm512_mul_ps(vr, _mm512_loadu_ps(a + 16 * b)));
+      continue;
+    }
     const uint32_t pc = (uint32_t)__builtin_popcount(m);
     const __m512 gv =
         _mm512_maskz_expand_ps(m, _mm512_maskz_loadu_ps((__mmask16)((1u << pc) - 1), g));

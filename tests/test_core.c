@@ -494,13 +494,18 @@ static void test_rmsprop_runs_matches_dense(void **state) {
   (void)state;
   nn_opt_config oc;
   nn_opt_defaults(&oc, NN_OPT_RMSPROP);
-  const uint32_t ds[] = {37, 784}, rows_of[] = {1, 5};
+  /* 784 twice: every block has kept inputs, then whole blocks without. */
+  const uint32_t ds[] = {37, 784, 784}, rows_of[] = {1, 5};
   static nn_cols c;
-  for (int di = 0; di < 2; di++)
+  for (int di = 0; di < 3; di++)
     for (int ri = 0; ri < 2; ri++) {
       uint32_t d = ds[di], rows = rows_of[ri];
       uint8_t used[784];
-      if (!some_runs(d, used, &c)) { /* too narrow to leave 10% out: two runs by hand */
+      if (di == 2) {
+        for (uint32_t i = 0; i < d; i++) used[i] = i >= 40 && i < 300 && i % 5 != 0;
+        assert_true(nn_input_runs(used, d, &c) > 0);
+        assert_int_equal(c.mask[0] | c.mask[30], 0);
+      } else if (!some_runs(d, used, &c)) { /* too narrow to leave 10% out: two runs by hand */
         memset(&c, 0, sizeof c);
         c.runs[0] = 2, c.runs[1] = 10, c.runs[2] = 20, c.runs[3] = 6, c.nr = 2, c.k = 16;
       }
