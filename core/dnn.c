@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { OP_FWD, OP_DW, OP_DX, OP_PIECE, N_OPS }; /* OP_PIECE: forward, piece_rows */
 
@@ -45,7 +46,14 @@ struct nn_dnn {
   mm *dw_rows;       /* nn_dnn_dense_dw_rows: [layer][part], grown on demand */
   uint32_t dw_parts;
   int err;           /* first failure since nn_dnn_error() (sticky) */
+  uint64_t ns;       /* time spent in the dense products (nn_dnn_gemm_ns) */
 };
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* 0 = leave OpenMP's own default (OMP_NUM_THREADS, or one per core). */
 static _Atomic int g_threads;
@@ -251,7 +259,7 @@ static mm *mm_pick(nn_dnn *d, uint32_t layer, int op, uint32_t n, const nn_layer
   return mm_get(d, layer, op, n, l);
 }
 
-void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *x,
+static void dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *x,
                       uint32_t n, const float *w, const float *b, float *y) {
   if (n == 1) {
     /* One row: a matrix-vector product, where dnnl_sgemm's GEMV path is
@@ -276,7 +284,7 @@ void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float 
        dnnl_success);
 }
 
-void nn_dnn_dense_fwd_var(nn_dnn *d, const nn_layer *l, const float *x, uint32_t n,
+static void dense_fwd_var(nn_dnn *d, const nn_layer *l, const float *x, uint32_t n,
                           const float *w, const float *b, float *y) {
   dnn_team(d);
   for (uint32_t r = 0; r < n; r++) memcpy(y + (size_t)r * l->out, b, l->out * sizeof(float));
@@ -284,7 +292,7 @@ void nn_dnn_dense_fwd_var(nn_dnn *d, const nn_layer *l, const float *x, uint32_t
        dnnl_success);
 }
 
-int nn_dnn_dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32_t o_hi,
+static int dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32_t o_hi,
                              const float *g, const float *x, uint32_t n, int accumulate,
                              float *dw) {
   if (injected()) return d->err = NN_ENOMEM;
@@ -295,7 +303,7 @@ int nn_dnn_dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32
   return d->err = NN_ENOMEM;
 }
 
-void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
+static void dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *x, uint32_t n, float *dw) {
   mm *m = mm_pick(d, layer, OP_DW, n, l);
   if (m && !mm_run(d, m, g, x, NULL, dw)) return;
@@ -304,7 +312,7 @@ void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *
        dnnl_success);
 }
 
-void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
+static void dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *w, uint32_t n, float *dx) {
   mm *m = mm_pick(d, layer, OP_DX, n, l);
   if (m && !mm_run(d, m, g, w, NULL, dx)) return;
@@ -332,7 +340,7 @@ int nn_dnn_prepare_piece(nn_dnn *d, const nn_model *m, uint32_t rows) {
   return 0;
 }
 
-int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
+static int dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
                          const nn_layer *l, uint32_t o_lo, uint32_t o_hi, const float *g,
                          const float *x, uint32_t n, int accumulate, float *dw) {
   if (injected()) return d->err = NN_ENOMEM;
@@ -358,6 +366,55 @@ int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_pa
   }
   return mm_run(d, m, g + o_lo, x, NULL, dw + (size_t)o_lo * l->in);
 }
+
+/* The public products, timed: nn_dnn_gemm_ns. */
+void nn_dnn_dense_fwd(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *x,
+                      uint32_t n, const float *w, const float *b, float *y) {
+  const uint64_t t0 = now_ns();
+  dense_fwd(d, layer, l, x, n, w, b, y);
+  d->ns += now_ns() - t0;
+}
+
+void nn_dnn_dense_fwd_var(nn_dnn *d, const nn_layer *l, const float *x, uint32_t n,
+                          const float *w, const float *b, float *y) {
+  const uint64_t t0 = now_ns();
+  dense_fwd_var(d, l, x, n, w, b, y);
+  d->ns += now_ns() - t0;
+}
+
+int nn_dnn_dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32_t o_hi,
+                             const float *g, const float *x, uint32_t n, int accumulate,
+                             float *dw) {
+  const uint64_t t0 = now_ns();
+  int rc = dense_dw_rows_var(d, l, o_lo, o_hi, g, x, n, accumulate, dw);
+  d->ns += now_ns() - t0;
+  return rc;
+}
+
+void nn_dnn_dense_dw(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
+                     const float *x, uint32_t n, float *dw) {
+  const uint64_t t0 = now_ns();
+  dense_dw(d, layer, l, g, x, n, dw);
+  d->ns += now_ns() - t0;
+}
+
+void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
+                     const float *w, uint32_t n, float *dx) {
+  const uint64_t t0 = now_ns();
+  dense_dx(d, layer, l, g, w, n, dx);
+  d->ns += now_ns() - t0;
+}
+
+int nn_dnn_dense_dw_rows(nn_dnn *d, uint32_t layer, uint32_t part, uint32_t n_parts,
+                         const nn_layer *l, uint32_t o_lo, uint32_t o_hi, const float *g,
+                         const float *x, uint32_t n, int accumulate, float *dw) {
+  const uint64_t t0 = now_ns();
+  int rc = dense_dw_rows(d, layer, part, n_parts, l, o_lo, o_hi, g, x, n, accumulate, dw);
+  d->ns += now_ns() - t0;
+  return rc;
+}
+
+uint64_t nn_dnn_gemm_ns(const nn_dnn *d) { return d->ns; }
 
 static const char *isa_name(dnnl_cpu_isa_t isa) {
   switch ((int)isa) {

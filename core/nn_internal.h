@@ -62,6 +62,10 @@ int nn_dnn_dense_dw_rows_var(nn_dnn *d, const nn_layer *l, uint32_t o_lo, uint32
 /* dx[n][in] = g[n][out] W[out][in]. */
 void nn_dnn_dense_dx(nn_dnn *d, uint32_t layer, const nn_layer *l, const float *g,
                      const float *w, uint32_t n, float *dx);
+/* Nanoseconds this nn_dnn has spent in the dense products above (wall
+ * time of the calls, on the calling thread), since it was created: for
+ * benchmarks that split a step into its products and the rest. */
+uint64_t nn_dnn_gemm_ns(const nn_dnn *d);
 /* The products above return nothing: when oneDNN cannot run one (no memory
  * for its buffers) its output is undefined and the failure is kept here.
  * Returns the first failure since the last call (NN_ENOMEM) and clears it,
@@ -277,6 +281,10 @@ double nn_xent_sum(const float *z, const uint8_t *labels, uint32_t n, uint32_t k
 void nn_opt_step_range(const nn_opt_config *c, float *w, const float *g, float *state,
                        size_t n, size_t stride, uint64_t t);
 
+/* Seconds the trainer's threads have spent in dense products so far,
+ * summed over its threads (nn_dnn_gemm_ns of each shard); restarts when
+ * the thread count changes. */
+double nn_trainer_gemm_seconds(const nn_trainer *t);
 /* How many of a trainer's batches so far ran layer 0 without their
  * all-zero inputs (train.c: phase_pre), and the inputs those kept in all;
  * for tests and benchmarks. Counts restart when the thread count changes. */

@@ -642,6 +642,12 @@ float *nn_trainer_opt_state(nn_trainer *t, uint64_t *steps) {
   return t->state;
 }
 
+double nn_trainer_gemm_seconds(const nn_trainer *t) {
+  uint64_t ns = 0;
+  for (uint32_t k = 0; k < t->pool->n; k++) ns += nn_dnn_gemm_ns(t->pool->shards[k].ws->dnn);
+  return (double)ns * 1e-9;
+}
+
 void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept) {
   *steps = t->pool->sparse_steps;
   *kept = t->pool->kept;
