@@ -291,6 +291,35 @@ static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n) {
   }
 }
 
+/* Thread k's rows [o_lo, o_hi) of dense layer i's weight gradient into dw
+ * ([out][l->in]), the products accumulating over the shards' rows in shard
+ * order, then the shards' bias gradients of those rows into shards[0]'s, in
+ * shard order. packed: l is the first layer on its kept inputs (phase_pre),
+ * whose size changes every step. Returns 0, or a product's failure (kept in
+ * the dnn: the batch's caller reports it, batch_error). */
+static int dw_rows_all(nn_trainer *t, uint32_t k, uint32_t i, const nn_layer *l, int packed,
+                       uint32_t o_lo, uint32_t o_hi, float *dw) {
+  pool *p = t->pool;
+  nn_dnn *d = p->shards[k].ws->dnn;
+  float *g = p->shards[0].grad;
+  int acc = 0;
+  for (uint32_t s = 0; s < p->n; s++) {
+    uint32_t lo, hi;
+    row_range(t->batch.n, p->n, s, &lo, &hi);
+    if (hi == lo) continue;
+    const nn_workspace *ws = p->shards[s].ws;
+    const float *x = i > 0 ? ws->cur[i - 1] : ws->x;
+    int rc = packed ? nn_dnn_dense_dw_rows_var(d, l, o_lo, o_hi, ws->dg[i], x, hi - lo, acc, dw)
+                    : nn_dnn_dense_dw_rows(d, i, s, p->n, l, o_lo, o_hi, ws->dg[i], x, hi - lo,
+                                           acc, dw);
+    if (rc) return rc;
+    acc = 1;
+  }
+  for (uint32_t s = 1; s < p->n; s++)
+    nn_k_add(g + l->b_off + o_lo, p->shards[s].grad + l->b_off + o_lo, o_hi - o_lo);
+  return 0;
+}
+
 /* phase_update's part for layer 0 when phase_pre left inputs out: the
  * gradient of the kept inputs' weights, then RMSprop on the packed
  * gradient (nn_k_rmsprop_runs: the same bits as on the unpacked one), or
@@ -306,19 +335,7 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
   nn_layer c = *l;
   c.in = ks->cols.k;
   float *g = p->shards[0].grad;
-  int acc = 0;
-  for (uint32_t s = 0; s < p->n; s++) {
-    uint32_t lo, hi;
-    row_range(b->n, p->n, s, &lo, &hi);
-    if (hi == lo) continue;
-    const nn_workspace *ws = p->shards[s].ws;
-    if (nn_dnn_dense_dw_rows_var(p->shards[k].ws->dnn, &c, o_lo, o_hi, ws->dg[0], ws->x,
-                                 hi - lo, acc, p->dw0))
-      return; /* kept in the dnn: the batch's caller reports it (batch_error) */
-    acc = 1;
-  }
-  for (uint32_t s = 1; s < p->n; s++)
-    nn_k_add(g + l->b_off + o_lo, p->shards[s].grad + l->b_off + o_lo, o_hi - o_lo);
+  if (dw_rows_all(t, k, 0, &c, 1, o_lo, o_hi, p->dw0)) return;
   const size_t w_lo = l->w_off + (size_t)o_lo * l->in;
   const float *dw = p->dw0 + (size_t)o_lo * ks->cols.k;
   /* The next batch of the epoch: its kept inputs, and these rows packed
@@ -358,7 +375,6 @@ static void phase_update(nn_trainer *t, uint32_t k) {
   nn_model *m = t->m;
   const batch_desc *b = &t->batch;
   float *g = p->shards[0].grad;
-  nn_dnn *d = p->shards[k].ws->dnn;
   for (uint32_t i = 0; i < m->n_layers; i++) {
     const nn_layer *l = &m->layers[i];
     if (l->type == NN_LAYER_BATCHNORM) {
@@ -393,21 +409,7 @@ static void phase_update(nn_trainer *t, uint32_t k) {
       dense0_update(t, k, o_lo, o_hi);
       continue;
     }
-    int acc = 0;
-    for (uint32_t s = 0; s < p->n; s++) {
-      uint32_t lo, hi;
-      row_range(b->n, p->n, s, &lo, &hi);
-      if (hi == lo) continue;
-      const nn_workspace *ws = p->shards[s].ws;
-      const float *x = i > 0 ? ws->cur[i - 1] : ws->x;
-      if (nn_dnn_dense_dw_rows(d, i, s, p->n, l, o_lo, o_hi, ws->dg[i], x, hi - lo, acc,
-                               g + l->w_off))
-        return; /* kept in d: the batch's caller reports it (batch_error) */
-      acc = 1;
-    }
-    /* The shards' bias gradients, in shard order. */
-    for (uint32_t s = 1; s < p->n; s++)
-      nn_k_add(g + l->b_off + o_lo, p->shards[s].grad + l->b_off + o_lo, o_hi - o_lo);
+    if (dw_rows_all(t, k, i, l, 0, o_lo, o_hi, g + l->w_off)) return;
     if (b->training) {
       update_slice(t, g, l->w_off + (size_t)o_lo * l->in, (size_t)(o_hi - o_lo) * l->in);
       update_slice(t, g, l->b_off + o_lo, o_hi - o_lo);

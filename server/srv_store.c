@@ -182,6 +182,16 @@ int srv_store_open(srv_store **out, const char *dir, char *msg, size_t msglen) {
   return srv_store_open_flags(out, dir, -1, msg, msglen);
 }
 
+/* Recursive: the *_each callbacks may read other tables (loading a job
+ * reads its metrics and events while the job walk is under way). */
+static void init_mu(srv_store *s) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&s->mu, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
 int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg, size_t msglen) {
   /* flags -1: a reader beside the daemon (no integrity pass, no recovery) */
   int check = flags >= 0, recover = flags > 0 && (flags & SRV_STORE_RECOVER);
@@ -237,13 +247,7 @@ int srv_store_open_flags(srv_store **out, const char *dir, int flags, char *msg,
     return map_rc(rc) ? map_rc(rc) : -EIO;
   }
   if (s->fresh) srv_fsync_dir(dir); /* the new database file's entry */
-  /* Recursive: the *_each callbacks may read other tables (loading a job
-   * reads its metrics and events while the job walk is under way). */
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-  pthread_mutex_init(&s->mu, &attr);
-  pthread_mutexattr_destroy(&attr);
+  init_mu(s);
   *out = s;
   return 0;
 }
@@ -327,11 +331,7 @@ int srv_store_open_readonly(srv_store **out, const char *dir, char *msg, size_t 
     free(s);
     return map_rc(sq) ? map_rc(sq) : -EIO;
   }
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-  pthread_mutex_init(&s->mu, &attr);
-  pthread_mutexattr_destroy(&attr);
+  init_mu(s);
   *out = s;
   return 0;
 }
