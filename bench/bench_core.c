@@ -62,9 +62,6 @@ static uint32_t g_threads = 2;
 static double g_best_cpu = 1e9; /* train: best epoch's CPU seconds per thread */
 static double g_best_gemm;     /* train: that epoch's seconds per thread in dense products */
 
-/* FLOP of the matrix products of one training pass over `samples` images:
- * forward and weight gradient of every dense layer, input gradient of all
- * but the first. */
 /* The first layer's kept inputs for each batch of 128 of a shuffled epoch
  * (the trainer's rule: nn_input_runs on the batch's pixels), into k0[steps];
  * returns their mean over all steps, a dense one counting 784. */
@@ -91,6 +88,9 @@ static double kept_inputs(const nn_dataset *ds, uint32_t *k0, uint32_t steps) {
   return sum / steps;
 }
 
+/* FLOP of the matrix products of one training pass over `samples` images:
+ * forward and weight gradient of every dense layer, input gradient of all
+ * but the first. */
 static double epoch_flop(const nn_model *m, double samples) {
   double f = 0;
   int first = 1;
