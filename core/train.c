@@ -203,7 +203,8 @@ static int phase_pre(nn_trainer *t, uint32_t k) {
     s->cols = s->next;
   } else {
     nn_k_u8_or_rows(s->used, b->images, b->idx, b->n, NN_IMAGE_SIZE);
-    if (!nn_input_runs(s->used, NN_IMAGE_SIZE, &s->cols)) return 1;
+    /* All inputs kept (the same on every shard): nothing packed to wait for. */
+    if (!nn_input_runs(s->used, NN_IMAGE_SIZE, &s->cols)) return 0;
   }
   if (k == 0) p->sparse_steps++, p->kept += s->cols.k;
   if (prepacked) return 0;
