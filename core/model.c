@@ -32,7 +32,7 @@ static int model_alloc(nn_model **out, nn_model *m, int rc) {
     free(m);
     return rc;
   }
-  m->params = calloc(m->n_params ? m->n_params : 1, sizeof(float));
+  m->params = nn_falloc(m->n_params, 1);
   if (!m->params) {
     free(m);
     return NN_ENOMEM;
@@ -114,7 +114,7 @@ int nn_model_clone(nn_model **out, const nn_model *src) {
   nn_model *m = malloc(sizeof *m);
   if (!m) return NN_ENOMEM;
   *m = *src;
-  m->params = malloc(src->n_params * sizeof(float));
+  m->params = nn_falloc(src->n_params, 0);
   if (!m->params) {
     free(m);
     return NN_ENOMEM;
@@ -275,7 +275,7 @@ int nn_workspace_create(nn_workspace **out, const nn_model *m, uint32_t max_batc
     /* compact_inputs' buffers: runs and flags, packed weights. */
     ws->cols = malloc(sizeof *ws->cols);
     ws->used = malloc(m->n_inputs);
-    ws->w0 = malloc((size_t)m->n_inputs * l0->out * sizeof(float));
+    ws->w0 = nn_falloc((size_t)m->n_inputs * l0->out, 0);
     if (!ws->cols || !ws->used || !ws->w0) rc = NN_ENOMEM;
   }
   if (!rc && piece_rows(m, max_batch) < max_batch) {

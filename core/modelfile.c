@@ -311,7 +311,7 @@ int nn_file_parse(nn_model **out, const void *buf, size_t len, const char *name,
                    name, (unsigned long long)n_params, len);
   }
   nn_model *m = shape;
-  m->params = malloc(m->n_params ? m->n_params * sizeof(float) : 1);
+  m->params = nn_falloc(m->n_params, 0);
   if (!m->params) {
     free(m);
     return nn_fail(err, NN_ENOMEM, "%s: out of memory", name);

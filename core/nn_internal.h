@@ -4,6 +4,10 @@
 
 #include "nn.h"
 
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
 /* Hot element-wise kernels get an AVX2 clone picked at load time, so one
  * binary runs everywhere and uses the wide units where they exist. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(NN_NO_CLONES)
@@ -11,6 +15,19 @@
 #else
 #define NN_HOT
 #endif
+
+/* n floats (at least one) on a cache line of their own, zeroed if zero;
+ * NULL if out of memory or n too large. Freed with free(). Weights,
+ * gradients and optimizer state live in these: malloc's 16-byte alignment
+ * splits every 64-byte vector across two lines, and a store that straddles
+ * two lines another core has read takes two ownership transfers. */
+static inline float *nn_falloc(size_t n, int zero) {
+  if (n > (SIZE_MAX - 63) / sizeof(float)) return NULL;
+  size_t bytes = ((n ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
+  float *p = aligned_alloc(64, bytes);
+  if (p && zero) memset(p, 0, bytes);
+  return p;
+}
 
 /* xoshiro256** seeded through splitmix64: fast, good enough for shuffling
  * and dropout, and identical on every platform. */

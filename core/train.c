@@ -507,8 +507,8 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
   uint32_t rows = (t->cfg.batch_size + n - 1) / n;
   const nn_layer *l0 = &t->m->layers[0];
   p->sparse = l0->type == NN_LAYER_DENSE && l0->in == NN_IMAGE_SIZE;
-  if (p->sparse && (!(p->w0 = malloc((size_t)l0->in * l0->out * sizeof(float))) ||
-                    !(p->dw0 = malloc((size_t)l0->in * l0->out * sizeof(float)))))
+  if (p->sparse && (!(p->w0 = nn_falloc((size_t)l0->in * l0->out, 0)) ||
+                    !(p->dw0 = nn_falloc((size_t)l0->in * l0->out, 0))))
     goto fail;
   if (!(p->shards = calloc(n, sizeof *p->shards))) goto fail;
   for (uint32_t k = 0; k < n; k++) {
@@ -526,7 +526,7 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
     nn_dnn_set_threads(s->ws->dnn, 1);
     if ((rc = nn_dnn_prepare(s->ws->dnn, t->m, rows, 1))) goto fail;
     rc = NN_ENOMEM;
-    if (!(s->grad = calloc(t->m->n_params, sizeof(float)))) goto fail;
+    if (!(s->grad = nn_falloc(t->m->n_params, 1))) goto fail;
     if (!(s->dz = calloc((size_t)rows * nn_model_classes(t->m), sizeof(float)))) goto fail;
     if (!(s->labels = calloc(rows, 1))) goto fail;
   }
@@ -600,7 +600,7 @@ int nn_trainer_create(nn_trainer **out, nn_model *m, const nn_train_config *cfg)
   t->cfg = *cfg;
   if (t->cfg.threads == 0) t->cfg.threads = 1;
   int rc = NN_ENOMEM;
-  if (!(t->state = calloc((size_t)nn_opt_slots(cfg->opt.kind) * m->n_params, sizeof(float))))
+  if (!(t->state = nn_falloc((size_t)nn_opt_slots(cfg->opt.kind) * m->n_params, 1)))
     goto fail;
   if ((rc = pool_create(&t->pool, t, t->cfg.threads))) goto fail;
   *out = t;

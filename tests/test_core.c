@@ -783,6 +783,16 @@ static void test_model_file_roundtrip(void **state) {
   assert_int_equal(l->n_params, m->n_params);
   assert_memory_equal(l->params, m->params, m->n_params * sizeof(float));
   assert_int_equal(l->n_layers, m->n_layers);
+  /* Weights start on a cache line however the model was made (the
+   * kernels' vectors would otherwise straddle two lines): created, loaded,
+   * cloned. */
+  nn_model *c = NULL;
+  assert_int_equal(nn_model_clone(&c, l), 0);
+  const nn_model *all[] = {m, l, c};
+  for (size_t i = 0; i < 3; i++) assert_int_equal((uintptr_t)all[i]->params % 64, 0);
+  for (uint32_t i = 0; i < m->n_layers; i++)
+    if (m->layers[i].type == NN_LAYER_DENSE) assert_int_equal(m->layers[i].w_off % 16, 0);
+  nn_model_free(c);
   nn_model_free(l);
   nn_model_free(m);
 }
