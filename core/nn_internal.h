@@ -238,11 +238,15 @@ void nn_k_u8_or_rows(uint8_t *used, const uint8_t *px, const uint32_t *idx, uint
 /* The inputs a first dense layer keeps for a batch whose all-zero inputs
  * are left out (d <= NN_IMAGE_SIZE inputs): runs[2q] is the start of run
  * q, runs[2q+1] its length; mask[b] has bit j set when input 16b + j is
- * kept (d a multiple of 16; the vector kernels use it). */
+ * kept (d a multiple of 16; the vector kernels use it). The vector kernels
+ * move a block's floats with one permutation: lane j of the unpacked block
+ * takes packed lane xi[b][j] (kept lanes only), lane i of the packed block
+ * takes unpacked lane ci[b][i] (i below the block's kept count). */
 struct nn_cols {
   uint32_t nr, k; /* runs, and inputs kept (their lengths' sum) */
   uint32_t runs[2 * (NN_IMAGE_SIZE + 1)];
   uint16_t mask[NN_IMAGE_SIZE / 16];
+  uint8_t xi[NN_IMAGE_SIZE / 16][16], ci[NN_IMAGE_SIZE / 16][16];
 };
 /* Fills c from used[d] (nn_k_u8_or_rows), which it first tops up with
  * unused inputs to a multiple of 16 kept. Returns c->nr; 0 (and c->k = 0)

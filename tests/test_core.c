@@ -428,6 +428,17 @@ static void test_input_runs(void **state) {
   assert_int_equal(total, c.k);
   for (uint32_t i = 0; i < 784; i++)
     assert_int_equal(!!used[i], (c.mask[i / 16] >> (i % 16)) & 1);
+  /* The permutations: kept input j of block b is lane xi[b][j] of the
+   * block's packed floats, and lane i of those comes from ci[b][i]. */
+  for (uint32_t b = 0; b < 49; b++) {
+    uint32_t n = 0;
+    for (uint32_t j = 0; j < 16; j++)
+      if (used[16 * b + j]) {
+        assert_int_equal(c.xi[b][j], n);
+        assert_int_equal(c.ci[b][n], j);
+        n++;
+      }
+  }
   memset(used, 0, sizeof used);
   for (uint32_t i = 0; i < 706; i++) used[i] = 1; /* 90% */
   assert_int_equal(nn_input_runs(used, 784, &c), 0);
