@@ -116,6 +116,9 @@ static void insert_sorted(srv_models *r, srv_model *m) {
 typedef struct load_ctx {
   srv_models *r;
   void (*log)(const char *);
+  int64_t *ids;              /* every recorded id, loaded or skipped */
+  size_t n_ids, cap_ids;
+  int oom;
 } load_ctx;
 
 int srv_model_usable(const nn_model *nm, char *why, size_t len) {
@@ -134,6 +137,13 @@ int srv_model_usable(const nn_model *nm, char *why, size_t len) {
 
 static int load_one(const srv_model_row *row, void *u) {
   load_ctx *c = u;
+  if (c->n_ids == c->cap_ids) {
+    size_t cap = c->cap_ids ? 2 * c->cap_ids : 64;
+    int64_t *v = realloc(c->ids, cap * sizeof *v);
+    if (v) c->ids = v, c->cap_ids = cap;
+  }
+  if (c->n_ids < c->cap_ids) c->ids[c->n_ids++] = row->id;
+  else c->oom = 1;
   char path[PATH_MAX + 64], msg[700], why[160];
   srv_models_path(c->r, row->id, path, sizeof path);
   nn_err err = {0};
@@ -302,6 +312,48 @@ static void recover_models(srv_models *r, void (*log)(const char *)) {
   free(ids);
 }
 
+/* The id of a model's file (ID.model) or metadata (ID.json). Temporary
+ * files are srv_jobs' to remove (clean_orphans). */
+static int owned_id(const char *name, int64_t *id) {
+  return parse_id(name, ".model", id) && parse_id(name, ".json", id) ? -1 : 0;
+}
+
+/* Files of models the database does not record: a delete that committed
+ * but was killed before its unlinks, an add killed between writing its
+ * files and committing (its job then resumes or ends interrupted: that
+ * model was never finished). Left alone they take disk space forever, and
+ * a later database loss would bring deleted models back (recover_models).
+ * The daemon holds the state directory's lock, so no writer is half-way
+ * through. Returns how many it removed. */
+static int sweep_orphans(srv_models *r, const load_ctx *c) {
+  char sub[PATH_MAX + 16], path[PATH_MAX + 300], msg[PATH_MAX + 400];
+  snprintf(sub, sizeof sub, "%s/models", r->dir);
+  DIR *d = opendir(sub);
+  if (!d) return 0;
+  int removed = 0;
+  for (struct dirent *de; (de = readdir(d));) {
+    int64_t id;
+    if (owned_id(de->d_name, &id)) continue;
+    int known = 0;
+    for (size_t i = 0; i < c->n_ids && !known; i++) known = c->ids[i] == id;
+    if (known) continue;
+    snprintf(path, sizeof path, "%s/%s", sub, de->d_name);
+    if (unlink(path) == 0) {
+      removed++;
+      snprintf(msg, sizeof msg,
+               "removed %s: no model %lld is recorded (an interrupted delete or add)", path,
+               (long long)id);
+    } else {
+      snprintf(msg, sizeof msg, "could not remove %s (%s), which no model uses", path,
+               strerror(errno));
+    }
+    if (c->log) c->log(msg);
+  }
+  closedir(d);
+  if (removed) srv_fsync_dir(sub);
+  return removed;
+}
+
 int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
                     void (*log)(const char *msg)) {
   *out = NULL;
@@ -319,12 +371,18 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
     return rc;
   }
   if (srv_store_fresh(st)) recover_models(r, log);
-  load_ctx c = {r, log};
+  const int fresh = srv_store_fresh(st);
+  load_ctx c = {r, log, NULL, 0, 0, 0};
   rc = srv_store_models_each(st, load_one, &c);
   if (rc) {
+    free(c.ids);
     srv_models_close(r);
     return rc;
   }
+  /* A fresh database got its rows from these files just now; without the
+   * full list of ids nothing can be called an orphan. */
+  if (!fresh && !c.oom) sweep_orphans(r, &c);
+  free(c.ids);
   char buf[32];
   int64_t want = 0;
   if (srv_store_setting_get(st, "active_model", buf, sizeof buf) == 0) want = atoll(buf);
@@ -490,11 +548,16 @@ int srv_models_delete(srv_models *r, int64_t id) {
     e = *pp;
     if (e) *pp = e->next;
     pthread_mutex_unlock(&r->mu);
+    /* The record is gone, so the model is; files a crash leaves here go
+     * at the next start (sweep_orphans). */
+    srv_crash_point("model_deleted");
     char path[PATH_MAX + 64];
     srv_models_path(r, id, path, sizeof path);
     unlink(path);
     meta_path(r, id, path, sizeof path);
     unlink(path);
+    snprintf(path, sizeof path, "%s/models", r->dir);
+    srv_fsync_dir(path);
     if (e) {
       srv_model_unref(e->m);
       free(e);

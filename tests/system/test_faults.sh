@@ -14,7 +14,9 @@
 #      only the valid models, and /readyz reflects what is left.
 #   d. The end of a job, crash by crash: the daemon kills itself (or sends
 #      itself SIGTERM) at each named point (MNISTD_CRASH_AT / MNISTD_TERM_AT)
-#      and the restart must finish the job as an uninterrupted run would.
+#      and the restart must finish the job as an uninterrupted run would;
+#      a model's DELETE killed between its commit and its unlinks leaves no
+#      files behind after the restart.
 #   e. Recording a job's end fails (MNISTD_FAIL_AT=finish): the checkpoint
 #      stays and the job never starts over; a cancel (202) then kill -9
 #      before the trainer noticed it: the restart ends the job cancelled.
@@ -615,6 +617,34 @@ import json,sys; d = json.load(sys.stdin); assert d[\"state\"] == \"failed\" and
   else
     bad "d: cannot build the fsync shim: $(cat "$D/cc.log")"
   fi
+
+  # A model's DELETE killed between its commit and its unlinks
+  # (MNISTD_CRASH_AT=model_deleted): the restart removes the files of the
+  # model nobody records any more, and keeps the others.
+  S=$D/delete; L=$S.log
+  d_setup "$S" "$P" || { bad "d: delete: set-up"; return; }
+  dstart "$S" "$L" "$P" || { bad "d: delete: start"; return; }
+  k=$(post_job "$B" '{"epochs":1,"train_limit":1000,"test_limit":500,"activate":"never"}')
+  job_wait "$B" "$k" succeeded 120 >/dev/null
+  m=$(curl -s "$B/v1/jobs/$k" | jget /dev/stdin 'd["model_id"]')
+  dstop
+  DWRAP=(env MNISTD_CRASH_AT=model_deleted)
+  dstart "$S" "$L" "$P" || { bad "d: delete: restart"; DWRAP=(); return; }
+  DWRAP=()
+  { curl -s -XDELETE "$B/v1/models/$m" >/dev/null; } 2>/dev/null # it dies during this
+  d_wait_exit 30
+  check "d: model_deleted: crashed after the commit (status $DRC), model $m's files still there" \
+    bash -c "test '$DRC' = 137 && test -f '$S/models/$m.model' -a -f '$S/models/$m.json'"
+  dstart "$S" "$L" "$P" || { bad "d: delete: second restart"; return; }
+  check "d: model_deleted: model $m gone (404), its files removed at the start, logged" bash -c "
+    test \"\$(curl -s -o /dev/null -w '%{http_code}' '$B/v1/models/$m')\" = 404 &&
+    test ! -e '$S/models/$m.model' -a ! -e '$S/models/$m.json' &&
+    grep -q 'removed $S/models/$m.model: no model $m is recorded' '$L'"
+  check "d: model_deleted: model 1 kept (file, listed, active, predicts)" bash -c "
+    test -f '$S/models/1.model' && curl -s '$B/readyz' | grep -q '\"model\":1'" 
+  check "d: model_deleted: predictions still work" predict_ok "$B"
+  dstop
+  check "d: model_deleted: database sound" db_ok "$S/mnistd.db"
 }
 
 # =========================================================================
