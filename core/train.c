@@ -692,7 +692,6 @@ void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps) {
   t->steps = steps;
 }
 
-
 int nn_train_batch(nn_trainer *t, const float *x, const uint8_t *labels, uint32_t n,
                    float *loss) {
   if (!t || !x || !labels || n == 0 || n > t->cfg.batch_size) return NN_EINVAL;

@@ -370,8 +370,8 @@ int srv_models_open(srv_models **out, srv_store *st, const char *state_dir,
     srv_models_close(r);
     return rc;
   }
-  if (srv_store_fresh(st)) recover_models(r, log);
   const int fresh = srv_store_fresh(st);
+  if (fresh) recover_models(r, log);
   load_ctx c = {r, log, NULL, 0, 0, 0};
   rc = srv_store_models_each(st, load_one, &c);
   if (rc) {
