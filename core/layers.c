@@ -218,10 +218,7 @@ void nn_k_u8_gather_runs_ref(float *restrict x, const uint8_t *restrict px, uint
     float *restrict o = x + (size_t)r * cl->k;
 #pragma omp simd
     for (uint32_t j = 0; j < d; j++) row[j] = (float)p[j] * (1.0f / 255.0f);
-    for (uint32_t q = 0; q < cl->nr; q++) {
-      memcpy(o, row + cl->runs[2 * q], cl->runs[2 * q + 1] * sizeof(float));
-      o += cl->runs[2 * q + 1];
-    }
+    nn_k_pack_runs_ref(o, row, 1, d, cl);
   }
 }
 
@@ -242,21 +239,34 @@ NN_AVX512 static inline __m512i lanes(const uint8_t idx[16]) {
   return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)idx));
 }
 
+/* Block b of an unpacked row, v, packed to out (below end, the packed
+ * row's end); returns where the next block's floats go. */
+NN_AVX512 static inline float *put_block(float *out, const float *end, __m512 v,
+                                         const nn_cols *cl, uint32_t b) {
+  v = _mm512_permutexvar_ps(lanes(cl->ci[b]), v);
+  const uint32_t pc = (uint32_t)__builtin_popcount(cl->mask[b]);
+  if (end - out >= 16) _mm512_storeu_ps(out, v);
+  else _mm512_mask_storeu_ps(out, (__mmask16)((1u << pc) - 1), v);
+  return out + pc;
+}
+
+/* Block b of a packed row whose floats start at in, unpacked (zeros where
+ * inputs were left out). A masked load reads only this block's floats. */
+NN_AVX512 static inline __m512 get_block(const float *in, const nn_cols *cl, uint32_t b) {
+  const uint32_t pc = (uint32_t)__builtin_popcount(cl->mask[b]);
+  return _mm512_maskz_permutexvar_ps(cl->mask[b], lanes(cl->xi[b]),
+                                     _mm512_maskz_loadu_ps((__mmask16)((1u << pc) - 1), in));
+}
+
 NN_AVX512 static void pack_avx512(float *dst, const float *src, uint32_t rows, uint32_t d,
                                   const nn_cols *cl) {
   const uint32_t nb = d / 16;
   for (uint32_t o = 0; o < rows; o++) {
     float *out = dst + (size_t)o * cl->k;
     const float *row = src + (size_t)o * d;
-    float *const end = out + cl->k;
-    for (uint32_t b = 0; b < nb && out < end; b++) {
-      const __mmask16 m = cl->mask[b];
-      const __m512 v = _mm512_permutexvar_ps(lanes(cl->ci[b]), _mm512_loadu_ps(row + 16 * b));
-      const uint32_t pc = (uint32_t)__builtin_popcount(m);
-      if (end - out >= 16) _mm512_storeu_ps(out, v);
-      else _mm512_mask_storeu_ps(out, (__mmask16)((1u << pc) - 1), v);
-      out += pc;
-    }
+    const float *const end = out + cl->k;
+    for (uint32_t b = 0; b < nb && out < end; b++)
+      out = put_block(out, end, _mm512_loadu_ps(row + 16 * b), cl, b);
   }
 }
 
@@ -267,12 +277,8 @@ NN_AVX512 static void unpack_avx512(float *dst, const float *src, uint32_t rows,
     float *row = dst + (size_t)o * d;
     const float *in = src + (size_t)o * cl->k;
     for (uint32_t b = 0; b < nb; b++) {
-      const __mmask16 m = cl->mask[b];
-      const uint32_t pc = (uint32_t)__builtin_popcount(m);
-      /* A masked load reads only this block's floats of the packed row. */
-      const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << pc) - 1), in);
-      _mm512_storeu_ps(row + 16 * b, _mm512_maskz_permutexvar_ps(m, lanes(cl->xi[b]), v));
-      in += pc;
+      _mm512_storeu_ps(row + 16 * b, get_block(in, cl, b));
+      in += __builtin_popcount(cl->mask[b]);
     }
   }
 }
@@ -283,17 +289,12 @@ NN_AVX512 static void gather_avx512(float *x, const uint8_t *px, uint32_t n, uin
   const __m512 scale = _mm512_set1_ps(1.0f / 255.0f);
   for (uint32_t r = 0; r < n; r++) {
     const uint8_t *p = px + (size_t)r * d;
-    float *o = x + (size_t)r * cl->k, *const end = o + cl->k;
+    float *o = x + (size_t)r * cl->k;
+    const float *const end = o + cl->k;
     for (uint32_t b = 0; b < nb && o < end; b++) {
-      const __mmask16 m = cl->mask[b];
       const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * b)));
       /* The same product as the reference ((float)p * (1/255)). */
-      const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(u), scale);
-      const __m512 v = _mm512_permutexvar_ps(lanes(cl->ci[b]), f);
-      const uint32_t pc = (uint32_t)__builtin_popcount(m);
-      if (end - o >= 16) _mm512_storeu_ps(o, v);
-      else _mm512_mask_storeu_ps(o, (__mmask16)((1u << pc) - 1), v);
-      o += pc;
+      o = put_block(o, end, _mm512_mul_ps(_mm512_cvtepi32_ps(u), scale), cl, b);
     }
   }
 }
@@ -581,9 +582,9 @@ NN_HOT void nn_k_sparse_row(float *restrict y, const float *restrict x,
 
 #if defined(__x86_64__)
 /* nn_k_rmsprop_runs' row with AVX-512: each block's gradient unpacked from
- * the packed row by the block's permutation, in registers. The operations and their
- * order are the C loop's (no fused multiply-add there: ISO C mode), so the
- * bits are the same. */
+ * the packed row by the block's permutation, in registers. The operations
+ * and their order are nn_k_rmsprop_sum's (no fused multiply-add there: ISO
+ * C mode), so the bits are the same. */
 NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uint32_t d,
                                          const nn_cols *c, float lr, float rho, float eps) {
   const __m512 vr = _mm512_set1_ps(rho), vo = _mm512_set1_ps(1.0f - rho),
@@ -594,10 +595,8 @@ NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uin
       _mm512_storeu_ps(a + 16 * b, _mm512_mul_ps(vr, _mm512_loadu_ps(a + 16 * b)));
       continue;
     }
-    const uint32_t pc = (uint32_t)__builtin_popcount(m);
-    const __m512 gv = _mm512_maskz_permutexvar_ps(
-        m, lanes(c->xi[b]), _mm512_maskz_loadu_ps((__mmask16)((1u << pc) - 1), g));
-    g += pc;
+    const __m512 gv = get_block(g, c, b);
+    g += __builtin_popcount(m);
     const __m512 av = _mm512_add_ps(_mm512_mul_ps(vr, _mm512_loadu_ps(a + 16 * b)),
                                     _mm512_mul_ps(_mm512_mul_ps(vo, gv), gv));
     _mm512_storeu_ps(a + 16 * b, av);
@@ -609,14 +608,14 @@ NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uin
 #endif
 
 /* Short runs (an MNIST batch keeps ~20-30 pixels of each image row)
- * vectorise badly, so each row is updated whole, as nn_k_rmsprop_sum
- * would, with its gradient unpacked (measured: run by run, skipping the
+ * vectorise badly, so each row is updated whole by nn_k_rmsprop_sum (or
+ * its AVX-512 twin above), with its gradient unpacked (measured: run by run, skipping the
  * weights between the runs, took twice as long as the whole row). */
 NN_HOT void nn_k_rmsprop_runs(float *restrict w, float *restrict a, const float *restrict g,
                               uint32_t rows, uint32_t d, const nn_cols *c, float lr,
                               float rho, float eps, const nn_cols *next, float *pack) {
-  const float one_m = 1.0f - rho;
   float row[NN_IMAGE_SIZE] __attribute__((aligned(64)));
+  const float *rowp = row;
 #if defined(__x86_64__)
   if (use_avx512(d)) {
     for (uint32_t o = 0; o < rows; o++) {
@@ -628,14 +627,9 @@ NN_HOT void nn_k_rmsprop_runs(float *restrict w, float *restrict a, const float 
   }
 #endif
   for (uint32_t o = 0; o < rows; o++) {
-    float *restrict wr = w + (size_t)o * d, *restrict ar = a + (size_t)o * d;
+    float *wr = w + (size_t)o * d;
     nn_k_unpack_runs(row, g + (size_t)o * c->k, 1, d, c);
-#pragma omp simd
-    for (uint32_t i = 0; i < d; i++) {
-      float ai = rho * ar[i] + one_m * row[i] * row[i];
-      ar[i] = ai;
-      wr[i] -= lr * row[i] / sqrtf(ai + eps);
-    }
+    nn_k_rmsprop_sum(wr, a + (size_t)o * d, &rowp, 1, d, lr, rho, eps);
     if (next) nn_k_pack_runs(pack + (size_t)o * next->k, wr, 1, d, next);
   }
 }
