@@ -209,7 +209,7 @@ check "a bad Last-Event-ID is 400" test "$code" = 400
 
 # --- a bad checksum is refused ---------------------------------------------------
 cat > "$tmp/fake.py" <<'PY'
-import http.server, json, sys
+import http.server, json, os, sys
 blob = open(sys.argv[2], 'rb').read()
 class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
@@ -222,15 +222,22 @@ class H(http.server.BaseHTTPRequestHandler):
         else:
             b = b'{}'; self.send_response(404)
         self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
-http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+# The kernel picks the port (a fixed one collided, now and then, with the
+# local port of one of the many connections the load above opened).
+srv = http.server.HTTPServer(('127.0.0.1', 0), H)
+open(sys.argv[1] + '.tmp', 'w').write(str(srv.server_address[1]))
+os.rename(sys.argv[1] + '.tmp', sys.argv[1])
+srv.serve_forever()
 PY
-FP=$((base + 4000 % 4 + 16000)); [ $FP -gt 65000 ] && FP=$((FP - 30000))
-python3 "$tmp/fake.py" $FP "$tmp/model.bin" & pids+=("$!"); fake=$!
+python3 "$tmp/fake.py" "$tmp/fake.port" "$tmp/model.bin" & pids+=("$!"); fake=$!
+for _ in $(seq 1 100); do [ -s "$tmp/fake.port" ] && break; sleep 0.1; done
+FP=$(cat "$tmp/fake.port")
+RP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 wait_http http://127.0.0.1:$FP/
-"$BIN" serve --listen 127.0.0.1:$((FP + 1)) --follow http://127.0.0.1:$FP 2>"$tmp/r3.log" &
+"$BIN" serve --listen 127.0.0.1:$RP --follow http://127.0.0.1:$FP 2>"$tmp/r3.log" &
 pids+=("$!"); r3=$!
 for _ in $(seq 1 50); do grep -q "SHA-256" "$tmp/r3.log" && break; sleep 0.1; done
-code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$((FP + 1))/readyz)
+code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$RP/readyz)
 check "a replica refuses a model whose SHA-256 does not match (still 503)" test "$code" = 503
 check "  ... and says why in its log" grep -q "SHA-256" "$tmp/r3.log"
 kill -TERM $r3 $fake 2>/dev/null; wait $r3 $fake 2>/dev/null
