@@ -4,7 +4,9 @@
  * "key value" lines that bench/run.sh turns into the table of docs/benchmarks.md.
  *
  * usage: bench_core DATA_DIR MODE [args]
- *   train THREADS EPOCHS [ARCH]  time per epoch (best), val accuracy
+ *   train THREADS EPOCHS [ARCH]  time per epoch (best), val accuracy, and
+ *                                whether the trainer chose the cross-core
+ *                                hand-off (BENCH_HANDOFF=on|off forces it)
  *   seeds EPOCHS SEED...         final test accuracy for each seed
  *   infer [THREADS]              single-image median us, batch images/s
  *   gemm THREADS                 the GEMMs of one epoch, nothing else: the
@@ -60,6 +62,7 @@ static void load(const char *dir, nn_dataset *train, nn_dataset *test) {
 
 static uint32_t g_threads = 2;
 static double g_best_cpu = 1e9; /* train: best epoch's CPU seconds per thread */
+static int g_handoff = -1;       /* train: nn_trainer_handoff after the run */
 static double g_best_gemm;     /* train: that epoch's seconds per thread in dense products */
 
 /* The first layer's kept inputs for each batch of 128 of a shuffled epoch
@@ -211,6 +214,10 @@ static void train_run(nn_dataset *train, nn_dataset *test, const char *arch, uin
       nn_workspace_create(&ws, m, 1000))
     exit(1);
   nn_model_init(m, seed);
+  const char *ho = getenv("BENCH_HANDOFF");
+  if (ho && *ho)
+    nn_trainer_set_handoff(t, !strcmp(ho, "on") ? NN_HANDOFF_ON : !strcmp(ho, "off") ? NN_HANDOFF_OFF
+                                                                                  : NN_HANDOFF_AUTO);
   *best_s = 1e9;
   for (int e = 0; e < epochs; e++) {
     nn_epoch_metrics mt;
@@ -225,6 +232,7 @@ static void train_run(nn_dataset *train, nn_dataset *test, const char *arch, uin
     if (c < g_best_cpu) g_best_cpu = c;
   }
   nn_evaluate(m, ws, test, vloss, acc, NULL);
+  g_handoff = nn_trainer_handoff(t);
   nn_workspace_free(ws);
   nn_trainer_free(t);
   nn_model_free(m);
@@ -245,8 +253,8 @@ int main(int argc, char **argv) {
     train_run(&train, &test, argc > 5 ? argv[5] : "antirectifier", 1, atoi(argv[4]), &best,
               &acc, &vl);
     printf("epoch_seconds %.3f\nepoch_cpu_seconds_per_thread %.3f\nsamples_per_second "
-           "%.0f\nval_accuracy %.4f\nepoch_gemm_seconds_per_thread %.3f\n",
-           best, g_best_cpu, train.n / best, acc, g_best_gemm);
+           "%.0f\nval_accuracy %.4f\nepoch_gemm_seconds_per_thread %.3f\nhandoff %d\n",
+           best, g_best_cpu, train.n / best, acc, g_best_gemm, g_handoff);
   } else if (!strcmp(mode, "seeds") && argc >= 5) {
     load(argv[1], &train, &test);
     for (int i = 4; i < argc; i++) {

@@ -7,7 +7,9 @@
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <stdatomic.h>
 #endif
 
 /* Keras l2_normalize: x * rsqrt(max(sum(x^2), 1e-12)). */
@@ -607,25 +609,45 @@ NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uin
 }
 #endif
 
+#if defined(__x86_64__)
+/* n floats (a multiple of 16) from src to the 64-byte aligned dst with
+ * non-temporal stores; the caller fences. */
+NN_AVX512 static void stream_avx512(float *dst, const float *src, uint32_t n) {
+  for (uint32_t j = 0; j < n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+}
+#endif
+
 /* Short runs (an MNIST batch keeps ~20-30 pixels of each image row)
  * vectorise badly, so each row is updated whole by nn_k_rmsprop_sum (or
  * its AVX-512 twin above), with its gradient unpacked (measured: run by run, skipping the
  * weights between the runs, took twice as long as the whole row). */
 NN_HOT void nn_k_rmsprop_runs(float *restrict w, float *restrict a, const float *restrict g,
                               uint32_t rows, uint32_t d, const nn_cols *c, float lr,
-                              float rho, float eps, const nn_cols *next, float *pack) {
+                              float rho, float eps, const nn_cols *next, float *pack,
+                              int stream) {
   float row[NN_IMAGE_SIZE] __attribute__((aligned(64)));
   const float *rowp = row;
 #if defined(__x86_64__)
   if (use_avx512(d)) {
+    /* Streamed rows are packed in L1 first: a packed block's store is
+     * unaligned, a non-temporal one must cover a whole line. */
+    stream = stream && next && next->k % 16 == 0 && !((uintptr_t)pack & 63);
     for (uint32_t o = 0; o < rows; o++) {
       float *wr = w + (size_t)o * d;
       rmsprop_row_avx512(wr, a + (size_t)o * d, g + (size_t)o * c->k, d, c, lr, rho, eps);
-      if (next) pack_avx512(pack + (size_t)o * next->k, wr, 1, d, next);
+      if (!next) continue;
+      if (stream) {
+        pack_avx512(row, wr, 1, d, next);
+        stream_avx512(pack + (size_t)o * next->k, row, next->k);
+      } else {
+        pack_avx512(pack + (size_t)o * next->k, wr, 1, d, next);
+      }
     }
+    if (stream) _mm_sfence();
     return;
   }
 #endif
+  (void)stream;
   for (uint32_t o = 0; o < rows; o++) {
     float *wr = w + (size_t)o * d;
     nn_k_unpack_runs(row, g + (size_t)o * c->k, 1, d, c);
@@ -660,4 +682,98 @@ NN_HOT void nn_k_rmsprop_sum(float *restrict w, float *restrict a, const float *
       wo[i] -= lr * sum[i] / sqrtf(ai + eps);
     }
   }
+}
+
+#if defined(__x86_64__)
+/* nn_k_rmsprop_stream's whole lines, n a multiple of 16 and w on a line:
+ * nn_k_rmsprop_sum's operations in its order (no fused multiply-add), so
+ * its bits. */
+NN_AVX512 static void rmsprop_stream_avx512(float *w, float *a, const float *g, size_t n,
+                                            float lr, float rho, float eps) {
+  const __m512 vr = _mm512_set1_ps(rho), vo = _mm512_set1_ps(1.0f - rho),
+               vl = _mm512_set1_ps(lr), ve = _mm512_set1_ps(eps);
+  for (size_t i = 0; i < n; i += 16) {
+    const __m512 gv = _mm512_loadu_ps(g + i);
+    const __m512 av = _mm512_add_ps(_mm512_mul_ps(vr, _mm512_loadu_ps(a + i)),
+                                    _mm512_mul_ps(_mm512_mul_ps(vo, gv), gv));
+    _mm512_storeu_ps(a + i, av);
+    const __m512 step = _mm512_div_ps(_mm512_mul_ps(vl, gv),
+                                      _mm512_sqrt_ps(_mm512_add_ps(av, ve)));
+    _mm512_stream_ps(w + i, _mm512_sub_ps(_mm512_load_ps(w + i), step));
+  }
+}
+
+__attribute__((target("avx2"))) static void rmsprop_stream_avx2(float *w, float *a,
+                                                                 const float *g, size_t n,
+                                                                 float lr, float rho,
+                                                                 float eps) {
+  const __m256 vr = _mm256_set1_ps(rho), vo = _mm256_set1_ps(1.0f - rho),
+               vl = _mm256_set1_ps(lr), ve = _mm256_set1_ps(eps);
+  for (size_t i = 0; i < n; i += 8) {
+    const __m256 gv = _mm256_loadu_ps(g + i);
+    const __m256 av = _mm256_add_ps(_mm256_mul_ps(vr, _mm256_loadu_ps(a + i)),
+                                    _mm256_mul_ps(_mm256_mul_ps(vo, gv), gv));
+    _mm256_storeu_ps(a + i, av);
+    const __m256 step = _mm256_div_ps(_mm256_mul_ps(vl, gv),
+                                      _mm256_sqrt_ps(_mm256_add_ps(av, ve)));
+    _mm256_stream_ps(w + i, _mm256_sub_ps(_mm256_load_ps(w + i), step));
+  }
+}
+#endif
+
+void nn_k_rmsprop_stream(float *w, float *a, const float *g, size_t n, float lr, float rho,
+                         float eps) {
+#if defined(__x86_64__)
+  const int wide = use_avx512(16);
+  if (wide || __builtin_cpu_supports("avx2")) {
+    /* Up to w's first line, and after its last whole one: plain stores. */
+    size_t head = ((64 - ((uintptr_t)w & 63)) & 63) / sizeof(float);
+    if ((uintptr_t)w % sizeof(float) || head > n) head = n;
+    const size_t body = (n - head) & ~(size_t)15;
+    const float *gh = g;
+    if (head) nn_k_rmsprop_sum(w, a, &gh, 1, head, lr, rho, eps);
+    if (body) {
+      if (wide) rmsprop_stream_avx512(w + head, a + head, g + head, body, lr, rho, eps);
+      else rmsprop_stream_avx2(w + head, a + head, g + head, body, lr, rho, eps);
+      _mm_sfence();
+    }
+    const float *gt = g + head + body;
+    if (n - head - body)
+      nn_k_rmsprop_sum(w + head + body, a + head + body, &gt, 1, n - head - body, lr, rho, eps);
+    return;
+  }
+#endif
+  nn_k_rmsprop_sum(w, a, &g, 1, n, lr, rho, eps);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("clflushopt"))) static void flush_opt(const char *c, const char *end) {
+  for (; c < end; c += 64) _mm_clflushopt((void *)c);
+}
+
+static void flush_plain(const char *c, const char *end) {
+  for (; c < end; c += 64) _mm_clflush(c);
+}
+
+static int has_clflushopt(void) {
+  static _Atomic int known; /* 0 unknown, 1 no, 2 yes: the same answer on every thread */
+  int v = atomic_load_explicit(&known, memory_order_relaxed);
+  if (!v) {
+    unsigned a, b = 0, c, d;
+    v = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_CLFLUSHOPT) ? 2 : 1;
+    atomic_store_explicit(&known, v, memory_order_relaxed);
+  }
+  return v == 2;
+}
+#endif
+
+void nn_k_flush(const void *p, size_t bytes) {
+#if defined(__x86_64__)
+  if (!p || !bytes) return;
+  const char *c = (const char *)((uintptr_t)p & ~(uintptr_t)63), *end = (const char *)p + bytes;
+  if (has_clflushopt()) flush_opt(c, end);
+  else flush_plain(c, end);
+#else
+  (void)p, (void)bytes;
+#endif
 }

@@ -286,11 +286,32 @@ void nn_k_relu_drop_bwd(float *dx, const float *x, const float *g, uint32_t n, u
  * pack[rows][next->k], while it is in L1 (the next batch's weights). */
 void nn_k_rmsprop_runs(float *w, float *a, const float *g, uint32_t rows, uint32_t d,
                        const nn_cols *c, float lr, float rho, float eps, const nn_cols *next,
-                       float *pack);
+                       float *pack, int stream);
 /* RMSprop fused with the sum of n_g gradient blocks (g[0] + g[1] + ...,
  * in that order) over n parameters. */
 void nn_k_rmsprop_sum(float *w, float *a, const float *const *g, uint32_t n_g, size_t n,
                       float lr, float rho, float eps);
+
+/* Cross-core hand-off (train.c): on CPUs whose cores are far apart (seen:
+ * two vCPUs ~250 ns apart, a Zen 5), writing a cache line another core has
+ * read costs ~6x writing one it never saw (each store waits for the other
+ * copy to be invalidated, even after that core evicted the line to its own
+ * L3). Two ways around it, both leaving every value as it would be:
+ *
+ * nn_k_rmsprop_stream is nn_k_rmsprop_sum with one gradient block (the
+ * same bits) whose weights' whole cache lines are written with
+ * non-temporal stores, which invalidate other copies without waiting. For
+ * weights other threads read; the writer loses them from its own cache.
+ * With stream set, nn_k_rmsprop_runs writes pack that way (rows of
+ * next->k floats starting on 64-byte lines; otherwise plainly).
+ *
+ * nn_k_flush evicts [p, p + bytes) from every cache (clflushopt, or
+ * clflush on x86 CPUs without it; nothing elsewhere): a reader done with
+ * another thread's buffer gives its lines back, so that thread's next
+ * writes find no copy to invalidate. Values are unaffected. */
+void nn_k_rmsprop_stream(float *w, float *a, const float *g, size_t n, float lr, float rho,
+                         float eps);
+void nn_k_flush(const void *p, size_t bytes);
 
 /* Softmax + cross-entropy of n rows: writes p, and when dz is not NULL
  * dz = (p - onehot) * dz_scale; returns the summed (not mean) clipped loss. */
@@ -310,6 +331,15 @@ double nn_trainer_gemm_seconds(const nn_trainer *t);
  * all-zero inputs (train.c: phase_pre), and the inputs those kept in all;
  * for tests and benchmarks. Counts restart when the thread count changes. */
 void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept);
+/* The cross-core hand-off of a trainer with more than one thread (see
+ * nn_k_flush; train.c: handoff_tune): NN_HANDOFF_AUTO (the default) times
+ * its first training steps with it off and on, alternating, and keeps the
+ * faster; the others force it. It changes no value, only where cache lines
+ * go. nn_trainer_handoff: 1 on, 0 off, -1 still timing (or one thread:
+ * always 0). For tests and benchmarks. */
+enum { NN_HANDOFF_AUTO, NN_HANDOFF_OFF, NN_HANDOFF_ON };
+void nn_trainer_set_handoff(nn_trainer *t, int mode);
+int nn_trainer_handoff(const nn_trainer *t);
 
 /* Forward pass of n rows already in ws->x. training != 0 enables dropout,
  * drawing masks from rng. Returns the last layer's output (probabilities). */

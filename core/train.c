@@ -150,6 +150,14 @@ typedef struct pool {
   uint64_t sparse_steps, kept; /* nn_trainer_input_stats (thread 0 writes) */
   int prepacked;             /* every shard has_next: w0 holds this batch's weights */
   int barriers;              /* initialised */
+  /* The cross-core hand-off in this step (nn_k_flush): weights the other
+   * threads read are streamed, and each thread flushes the other shards'
+   * activations once its update has read them. Set by run_batch while the
+   * workers wait at the start barrier. */
+  int handoff;
+  uint32_t tune_n;           /* handoff_tune: full training steps timed so far */
+  double tune_s[2];          /* their seconds, off and on */
+  int tuned;                 /* handoff is final */
   struct nn_trainer *t;
 } pool;
 
@@ -162,6 +170,7 @@ struct nn_trainer {
   uint32_t epoch;
   uint64_t steps;
   batch_desc batch;
+  int handoff_mode;          /* NN_HANDOFF_* */
   pool *pool;
 };
 
@@ -309,14 +318,20 @@ static void phase_grad(nn_trainer *t, uint32_t k) {
   next_used(t, k);
 }
 
-/* The optimizer on n parameters from offset off, whose gradient is in g. */
-static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n) {
+/* The optimizer on n parameters from offset off, whose gradient is in g.
+ * shared: other threads read these parameters in their passes (streamed
+ * under the hand-off). */
+static void update_slice(nn_trainer *t, const float *g, size_t off, size_t n, int shared) {
   const nn_opt_config *c = &t->cfg.opt;
   if (!n) return;
   if (c->kind == NN_OPT_RMSPROP) {
     const float *gs = g + off;
-    nn_k_rmsprop_sum(t->m->params + off, t->state + off, &gs, 1, n, c->lr, c->rho,
-                     c->epsilon);
+    if (shared && t->pool->handoff)
+      nn_k_rmsprop_stream(t->m->params + off, t->state + off, gs, n, c->lr, c->rho,
+                          c->epsilon);
+    else
+      nn_k_rmsprop_sum(t->m->params + off, t->state + off, &gs, 1, n, c->lr, c->rho,
+                       c->epsilon);
   } else {
     nn_opt_step_range(c, t->m->params + off, g + off, t->state + off, n, t->m->n_params,
                       t->steps);
@@ -383,15 +398,41 @@ static void dense0_update(nn_trainer *t, uint32_t k, uint32_t o_lo, uint32_t o_h
   float *pack = next ? p->w0 + (size_t)o_lo * next->k : NULL;
   const nn_opt_config *oc = &t->cfg.opt;
   if (b->training && oc->kind == NN_OPT_RMSPROP) {
+    /* Only this thread reads these rows of the whole layer; the packed
+     * copy is what every shard's forward pass reads. */
     nn_k_rmsprop_runs(m->params + w_lo, t->state + w_lo, dw, o_hi - o_lo, l->in, &ks->cols,
-                      oc->lr, oc->rho, oc->epsilon, next, pack);
+                      oc->lr, oc->rho, oc->epsilon, next, pack, p->handoff);
   } else {
     nn_k_unpack_runs(g + w_lo, dw, o_hi - o_lo, l->in, &ks->cols);
-    if (b->training) update_slice(t, g, w_lo, (size_t)(o_hi - o_lo) * l->in);
+    if (b->training) update_slice(t, g, w_lo, (size_t)(o_hi - o_lo) * l->in, 0);
     if (next) nn_k_pack_runs(pack, m->params + w_lo, o_hi - o_lo, l->in, next);
   }
   ks->has_next = next != NULL;
-  if (b->training) update_slice(t, g, l->b_off + o_lo, o_hi - o_lo);
+  if (b->training) update_slice(t, g, l->b_off + o_lo, o_hi - o_lo, 0);
+}
+
+/* The hand-off's second half: what thread k's products in phase_update
+ * read of the other shards (each dense layer's input and output gradient),
+ * flushed, so that their owners' next writes find no copy here. At the end
+ * of the update rather than after each product: the owner may still be
+ * reading its own rows for the same layer. */
+static void flush_shards(nn_trainer *t, uint32_t k) {
+  pool *p = t->pool;
+  const nn_model *m = t->m;
+  for (uint32_t s = 0; s < p->n; s++) {
+    uint32_t lo, hi;
+    row_range(t->batch.n, p->n, s, &lo, &hi);
+    if (s == k || hi == lo) continue;
+    const nn_workspace *ws = p->shards[s].ws;
+    const size_t n = hi - lo;
+    for (uint32_t i = 0; i < m->n_layers; i++) {
+      const nn_layer *l = &m->layers[i];
+      if (l->type != NN_LAYER_DENSE) continue;
+      if (i == 0) nn_k_flush(ws->x, n * (ws->k0 ? ws->k0 : l->in) * sizeof(float));
+      else nn_k_flush(ws->cur[i - 1], n * l->in * sizeof(float));
+      nn_k_flush(ws->dg[i], n * l->out * sizeof(float));
+    }
+  }
 }
 
 /* Thread k's part of the weight gradients and the update: rows [o_lo, o_hi)
@@ -417,7 +458,7 @@ static void phase_update(nn_trainer *t, uint32_t k) {
       size_t len = 2 * (size_t)l->ishape.c;
       size_t lo = l->w_off + len * k / p->n, hi = l->w_off + len * (k + 1) / p->n;
       if (b->training) {
-        update_slice(t, g, lo, hi - lo);
+        update_slice(t, g, lo, hi - lo, 0);
         if (k == 0) nn_bn_update_moving(l, m->params + l->w_off, p->shards[0].ws->bn_stat[i]);
       }
       continue;
@@ -429,7 +470,7 @@ static void phase_update(nn_trainer *t, uint32_t k) {
       size_t len = l->b_off + l->oshape.c - l->w_off;
       size_t lo = l->w_off + len * k / p->n, hi = l->w_off + len * (k + 1) / p->n;
       for (uint32_t s = 1; s < p->n; s++) nn_k_add(g + lo, p->shards[s].grad + lo, hi - lo);
-      if (b->training) update_slice(t, g, lo, hi - lo);
+      if (b->training) update_slice(t, g, lo, hi - lo, 0);
       continue;
     }
     if (l->type != NN_LAYER_DENSE) continue;
@@ -443,10 +484,12 @@ static void phase_update(nn_trainer *t, uint32_t k) {
     }
     if (dw_rows_all(t, k, i, l, 0, o_lo, o_hi, g + l->w_off)) return;
     if (b->training) {
-      update_slice(t, g, l->w_off + (size_t)o_lo * l->in, (size_t)(o_hi - o_lo) * l->in);
-      update_slice(t, g, l->b_off + o_lo, o_hi - o_lo);
+      /* Every shard's passes read the whole matrix. */
+      update_slice(t, g, l->w_off + (size_t)o_lo * l->in, (size_t)(o_hi - o_lo) * l->in, 1);
+      update_slice(t, g, l->b_off + o_lo, o_hi - o_lo, 0);
     }
   }
+  if (p->handoff) flush_shards(t, k);
 }
 
 static void *worker(void *arg) {
@@ -464,11 +507,54 @@ static void *worker(void *arg) {
   return NULL;
 }
 
+/* NN_HANDOFF_AUTO: the hand-off pays where cores are far apart and costs
+ * a little where they share a cache (flushed lines then come back from
+ * memory; streamed weights too), and no CPU feature tells which. So the
+ * trainer times its own full training steps: TUNE_SKIP first (kernels and
+ * pages still being set up), then blocks of TUNE_BLOCK steps alternating
+ * off and on (the host's speed drifts slower than that) until TUNE_STEPS
+ * are timed, and keeps the hand-off if its steps took TUNE_GAIN less. Seen
+ * on a 2-vCPU Zen 5 whose cores are ~250 ns apart: 6-8% off the epoch.
+ * Either way every value is the same. */
+#define TUNE_SKIP 8
+#define TUNE_BLOCK 4
+#define TUNE_STEPS 192
+#define TUNE_GAIN 0.98
+
+/* Before a batch: this step's hand-off. Returns 1 if the step is to be
+ * timed (with arm p->handoff). */
+static int handoff_pick(nn_trainer *t) {
+  pool *p = t->pool;
+  if (p->tuned) return 0;
+  if (p->n < 2 || t->handoff_mode != NN_HANDOFF_AUTO) {
+    p->handoff = p->n > 1 && t->handoff_mode == NN_HANDOFF_ON;
+    p->tuned = 1;
+    return 0;
+  }
+  if (!t->batch.training || t->batch.n != t->cfg.batch_size) {
+    p->handoff = 0;
+    return 0;
+  }
+  p->handoff = (p->tune_n / TUNE_BLOCK) & 1;
+  return 1;
+}
+
+/* After a timed batch of `secs` seconds. */
+static void handoff_count(pool *p, double secs) {
+  static const uint32_t total = TUNE_SKIP + TUNE_STEPS;
+  if (p->tune_n >= TUNE_SKIP) p->tune_s[p->handoff] += secs;
+  if (++p->tune_n < total) return;
+  p->handoff = p->tune_s[1] < TUNE_GAIN * p->tune_s[0];
+  p->tuned = 1;
+}
+
 /* Runs the batch described in t->batch on all threads. Returns the summed
  * loss; *correct gets the number of right answers. */
 static double run_batch(nn_trainer *t, uint32_t *correct) {
   pool *p = t->pool;
   if (t->batch.training) t->steps++;
+  const int timed = handoff_pick(t);
+  const double t0 = timed ? now_s() : 0;
   p->prepacked = 1;
   for (uint32_t k = 0; k < p->n; k++) p->prepacked &= p->shards[k].has_next;
   if (p->n > 1) barrier_wait(&p->start);
@@ -479,6 +565,7 @@ static double run_batch(nn_trainer *t, uint32_t *correct) {
   /* The caller may read the weights (checkpoint, evaluation) as soon as we
    * return: wait until every range is updated. */
   if (p->n > 1) barrier_wait(&p->end);
+  if (timed) handoff_count(p, now_s() - t0);
   double loss = 0;
   uint32_t ok = 0;
   for (uint32_t k = 0; k < p->n; k++) {
@@ -685,6 +772,19 @@ double nn_trainer_gemm_seconds(const nn_trainer *t) {
 void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept) {
   *steps = t->pool->sparse_steps;
   *kept = t->pool->kept;
+}
+
+void nn_trainer_set_handoff(nn_trainer *t, int mode) {
+  t->handoff_mode = mode;
+  t->pool->tuned = 0;
+  t->pool->tune_n = 0;
+  t->pool->tune_s[0] = t->pool->tune_s[1] = 0;
+}
+
+int nn_trainer_handoff(const nn_trainer *t) {
+  if (t->pool->n < 2) return 0;
+  if (t->handoff_mode != NN_HANDOFF_AUTO) return t->handoff_mode == NN_HANDOFF_ON;
+  return t->pool->tuned ? t->pool->handoff : -1;
 }
 
 void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps) {

@@ -534,11 +534,12 @@ static void test_rmsprop_runs_matches_dense(void **state) {
       uint8_t nused[784];
       for (uint32_t i = 0; i < d; i++) nused[i] = i % 4 == 0;
       const int with_next = nn_input_runs(nused, d, &next) > 0;
-      float *pk = malloc(n * 4), *pkr = malloc(n * 4);
+      /* On 64-byte lines, so the streamed packing (one row count) runs. */
+      float *pk = aligned_alloc(64, (n * 4 + 63) / 64 * 64), *pkr = malloc(n * 4);
       for (int step = 0; step < 3; step++) {
         const int last = step == 2 && with_next;
         nn_k_rmsprop_runs(w, a, gp, rows, d, &c, oc.lr, oc.rho, oc.epsilon,
-                          last ? &next : NULL, last ? pk : NULL);
+                          last ? &next : NULL, last ? pk : NULL, ri);
         const float *gs = g;
         nn_k_rmsprop_sum(wr, ar, &gs, 1, n, oc.lr, oc.rho, oc.epsilon);
       }
@@ -552,6 +553,41 @@ static void test_rmsprop_runs_matches_dense(void **state) {
       free(pk), free(pkr);
       free(w), free(a), free(wr), free(ar), free(gp), free(g);
     }
+}
+
+/* The hand-off's kernels change no value: streamed RMSprop gives
+ * nn_k_rmsprop_sum's bits at every length and alignment (plain stores
+ * before the first whole line and after the last), and a flushed range
+ * reads back the same. */
+static void test_rmsprop_stream_matches_sum(void **state) {
+  (void)state;
+  nn_opt_config oc;
+  nn_opt_defaults(&oc, NN_OPT_RMSPROP);
+  const size_t sizes[] = {1, 15, 16, 17, 100, 1000, 4099};
+  const size_t offs[] = {0, 1, 3, 15};
+  float *base = aligned_alloc(64, 5 * 4160 * 4);
+  for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+    for (size_t oi = 0; oi < sizeof offs / sizeof *offs; oi++) {
+      size_t n = sizes[si];
+      float *w = base + offs[oi], *a = base + 4160 + offs[oi], *g = base + 2 * 4160 + 1;
+      float *wr = base + 3 * 4160, *ar = base + 4 * 4160;
+      for (size_t k = 0; k < n; k++)
+        w[k] = wr[k] = frand(), a[k] = ar[k] = fabsf(frand()) * 0.01f, g[k] = frand() * 0.1f;
+      for (int step = 0; step < 2; step++) {
+        nn_k_rmsprop_stream(w, a, g, n, oc.lr, oc.rho, oc.epsilon);
+        const float *gs = g;
+        nn_k_rmsprop_sum(wr, ar, &gs, 1, n, oc.lr, oc.rho, oc.epsilon);
+      }
+      assert_memory_equal(w, wr, n * 4);
+      assert_memory_equal(a, ar, n * 4);
+      nn_k_flush(w, n * 4);
+      nn_k_flush(a + 1, n * 4 - 4);
+      assert_memory_equal(w, wr, n * 4);
+      assert_memory_equal(a, ar, n * 4);
+    }
+  nn_k_flush(NULL, 64);
+  nn_k_flush(base, 0);
+  free(base);
 }
 
 /* An unfused reference of the whole gradient (dropout off, as in
@@ -1093,6 +1129,53 @@ static void test_sparse_determinism(void **state) {
   nn_dataset_free(&ds);
 }
 
+/* The cross-core hand-off moves cache lines, never values: the seed
+ * network (packed first layer, dropout) trained with it off, on, and left
+ * to choose (which times both for its first 200 full steps, then keeps
+ * one) ends with the same weights and optimizer state, for 2 and 3
+ * threads; with one thread there is nothing to hand off. */
+static void test_handoff_changes_no_value(void **state) {
+  (void)state;
+  nn_dataset ds = {0};
+  make_sparse_set(&ds, 320);
+  for (uint32_t threads = 1; threads <= 3; threads++) {
+    nn_model *m[3];
+    nn_trainer *t[3];
+    const int modes[3] = {NN_HANDOFF_OFF, NN_HANDOFF_ON, NN_HANDOFF_AUTO};
+    for (int r = 0; r < 3; r++) {
+      nn_train_config cfg;
+      nn_train_defaults(&cfg);
+      cfg.seed = 11;
+      cfg.threads = threads;
+      cfg.batch_size = 32;
+      assert_int_equal(nn_model_create_preset(&m[r], "antirectifier"), 0);
+      nn_model_init(m[r], 11);
+      assert_int_equal(nn_trainer_create(&t[r], m[r], &cfg), 0);
+      nn_trainer_set_handoff(t[r], modes[r]);
+      assert_int_equal(nn_trainer_handoff(t[r]),
+                       threads == 1 ? 0 : r == 2 ? -1 : r); /* auto: not yet timed */
+      /* 10 full batches an epoch: 21 epochs see the choice made. */
+      for (int e = 0; e < 21; e++)
+        assert_int_equal(nn_train_epoch(t[r], &ds, NULL, NULL, NULL, NULL), 0);
+    }
+    uint64_t steps, kept;
+    nn_trainer_input_stats(t[1], &steps, &kept);
+    assert_int_equal(steps, 210);
+    const int chosen = nn_trainer_handoff(t[2]);
+    assert_true(threads == 1 ? chosen == 0 : chosen == 0 || chosen == 1);
+    assert_int_equal(nn_trainer_handoff(t[1]), threads > 1);
+    for (int r = 1; r < 3; r++) {
+      assert_memory_equal(m[0]->params, m[r]->params, m[0]->n_params * sizeof(float));
+      uint64_t s0, sr;
+      const float *a0 = nn_trainer_opt_state(t[0], &s0), *ar = nn_trainer_opt_state(t[r], &sr);
+      assert_int_equal(s0, sr);
+      assert_memory_equal(a0, ar, m[0]->n_params * sizeof(float));
+    }
+    for (int r = 0; r < 3; r++) nn_trainer_free(t[r]), nn_model_free(m[r]);
+  }
+  nn_dataset_free(&ds);
+}
+
 /* A trainer prepares its single-threaded products on the calling thread;
  * that must not leave the thread's later products (the evaluation after
  * each epoch of `mnistd train`) on an OpenMP team of one. */
@@ -1375,6 +1458,7 @@ int main(void) {
       cmocka_unit_test(test_input_runs),
       cmocka_unit_test(test_pack_runs_match_reference),
       cmocka_unit_test(test_rmsprop_runs_matches_dense),
+      cmocka_unit_test(test_rmsprop_stream_matches_sum),
       cmocka_unit_test(test_trainer_gradient_matches_reference),
       cmocka_unit_test(test_rmsprop_hand),
       cmocka_unit_test(test_sgd_adam_hand),
@@ -1384,6 +1468,7 @@ int main(void) {
       cmocka_unit_test(test_determinism),
       cmocka_unit_test(test_sparse_inputs_match_dense),
       cmocka_unit_test(test_sparse_determinism),
+      cmocka_unit_test(test_handoff_changes_no_value),
       cmocka_unit_test(test_dnn_failure_is_an_error),
       cmocka_unit_test_setup_teardown(test_checkpoint_resume_is_exact, setup_tmp, teardown_tmp),
       cmocka_unit_test(test_cancel_and_progress),
