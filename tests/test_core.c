@@ -251,7 +251,7 @@ static nn_drop drop_of(float rate, uint32_t key) {
 }
 
 /* Random shapes: one row, odd widths, a width of one, an all-equal row. */
-static const uint32_t SHAPES[][2] = {{1, 1}, {1, 7}, {2, 5}, {3, 17}, {7, 33}, {13, 256}, {64, 31}};
+static const uint32_t SHAPES[][2] = {{1, 1}, {1, 7}, {2, 5}, {3, 17}, {7, 33}, {13, 256}, {64, 31}, {5, 48}, {3, 1024}};
 
 static void test_fused_antirect_matches_reference(void **state) {
   (void)state;
