@@ -71,6 +71,9 @@ printf '| training epoch, 60k images, batch 128, 2 threads (s, best of 3) | %s |
 printf '| PyTorch epoch / mnistd epoch | %s | >= 4x | (%s threads) |\n' "$ratio" "$(tj threads)"
 printf '| training samples/s, 2 threads | %s | | %s |\n' "$(get samples_per_second "$train")" "$(tj samples_per_second)"
 printf '| training epoch, 1 thread (s) | %s | | |\n' "$(get epoch_seconds "$train1")"
+# The trainer's own choice over its first steps (train.c: handoff_pick).
+printf '| cross-core hand-off, as the 2-thread trainer chose it | %s | | |\n' \
+  "$(case "$(get handoff "$train")" in 1) echo on;; 0) echo off;; *) echo undecided;; esac)"
 printf '| the GEMMs of one epoch alone, 2 threads (s): as trained (first layer on the %s of 784 inputs a batch keeps, mean) / on all inputs | %s / %s | | |\n' \
   "$(get first_layer_inputs_kept "$gemm")" "$gsec" "$(get gemm_dense_epoch_seconds "$gemm")"
 printf '| the rest of the epoch: epoch - GEMMs (s, share) | %s | <= 25%% | |\n' "$rest"

@@ -490,7 +490,12 @@ void nn_train_defaults(nn_train_config *c);
  * terms, blocked differently, so the weights differ from a run over all
  * inputs in the last bits (and are still bit-identical between runs). The
  * optimizer updates the left-out inputs' weights as for any zero gradient
- * (RMSprop decays their accumulator; Adam's momentum still moves them). */
+ * (RMSprop decays their accumulator; Adam's momentum still moves them).
+ * With T > 1 the trainer also times its first ~200 full training batches
+ * with and without a cross-core hand-off (streamed weight stores, flushed
+ * activations: see nn_k_flush in nn_internal.h) and keeps whichever is
+ * faster on this machine; the choice moves cache lines only, never a
+ * value, so the results stay bit-identical. */
 typedef struct nn_trainer nn_trainer;
 
 int nn_trainer_create(nn_trainer **out, nn_model *m,

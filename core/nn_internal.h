@@ -332,7 +332,7 @@ double nn_trainer_gemm_seconds(const nn_trainer *t);
  * for tests and benchmarks. Counts restart when the thread count changes. */
 void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept);
 /* The cross-core hand-off of a trainer with more than one thread (see
- * nn_k_flush; train.c: handoff_tune): NN_HANDOFF_AUTO (the default) times
+ * nn_k_flush; train.c: handoff_pick): NN_HANDOFF_AUTO (the default) times
  * its first training steps with it off and on, alternating, and keeps the
  * faster; the others force it. It changes no value, only where cache lines
  * go. nn_trainer_handoff: 1 on, 0 off, -1 still timing (or one thread:

@@ -155,7 +155,7 @@ typedef struct pool {
    * activations once its update has read them. Set by run_batch while the
    * workers wait at the start barrier. */
   int handoff;
-  uint32_t tune_n;           /* handoff_tune: full training steps timed so far */
+  uint32_t tune_n;           /* handoff_pick: full training steps timed so far */
   double tune_s[2];          /* their seconds, off and on */
   int tuned;                 /* handoff is final */
   struct nn_trainer *t;
