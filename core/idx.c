@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -157,7 +158,7 @@ static int idx_read_full(gzFile gz, const char *path, uint8_t *buf,
  * twice what the stream really holds. */
 #define IDX_GZ_FIRST_ALLOC ((size_t)1 << 20)
 
-/* Reads the payload into a malloc'd *out (the caller frees it, also on
+/* Reads the payload into an nn_halloc'd *out (the caller frees it, also on
  * error). A plain file was already checked against its size and gets one
  * allocation; a compressed one grows with the data. *got is what arrived.
  * Returns 0, NN_ENOMEM (message left to the caller) or a read error. */
@@ -167,7 +168,7 @@ static int idx_read_payload(gzFile gz, const char *path, size_t payload,
   size_t cap = grow && payload > IDX_GZ_FIRST_ALLOC ? IDX_GZ_FIRST_ALLOC
                                                     : payload;
   size_t done = 0;
-  uint8_t *buf = malloc(cap ? cap : 1);
+  uint8_t *buf = nn_halloc(cap);
 
   *out = NULL;
   *got = 0;
@@ -183,12 +184,16 @@ static int idx_read_payload(gzFile gz, const char *path, size_t payload,
       *got = done;
       return rc;
     }
+    /* Not realloc: the bigger buffer wants huge pages before it is
+     * touched, and realloc would move the old pages as they are. */
     size_t next = cap > payload / 2 ? payload : cap * 2;
-    uint8_t *bigger = realloc(buf, next);
+    uint8_t *bigger = nn_halloc(next);
     if (bigger == NULL) {
       free(buf);
       return NN_ENOMEM;
     }
+    memcpy(bigger, buf, done);
+    free(buf);
     buf = bigger;
     cap = next;
   }
@@ -409,6 +414,20 @@ out:
 }
 
 /* ---------------------------------------------------------------- API */
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+void *nn_halloc(size_t bytes) {
+  if (bytes < HUGE_PAGE) return malloc(bytes ? bytes : 1);
+  if (bytes > SIZE_MAX - HUGE_PAGE) return NULL;
+  const size_t cap = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+  void *p = aligned_alloc(HUGE_PAGE, cap);
+#ifdef MADV_HUGEPAGE
+  /* Advice: where the kernel says no, the pages are simply small. */
+  if (p) (void)madvise(p, cap, MADV_HUGEPAGE);
+#endif
+  return p;
+}
 
 int nn_idx_read_images(const char *path, uint8_t **images, uint32_t *n,
                        uint32_t *rows, uint32_t *cols, nn_err *err) {

@@ -29,6 +29,16 @@ static inline float *nn_falloc(size_t n, int zero) {
   return p;
 }
 
+/* bytes (at least one) of uninitialised memory for a large array read at
+ * random, above all a data set's images: where it is 2 MB or more, on 2 MB
+ * boundaries with transparent huge pages asked for (MADV_HUGEPAGE; THP's
+ * "madvise" mode is the usual default), before anything touches it. With
+ * 4 KB pages each image of a shuffled batch is a TLB miss as well as a
+ * cache miss (MNIST's 47 MB span 11,500 pages): on a 2-vCPU Zen 5 guest
+ * the trainer's scan of the next batch's pixels took 3x as long.
+ * Freed with free(); NULL if out of memory. */
+void *nn_halloc(size_t bytes);
+
 /* xoshiro256** seeded through splitmix64: fast, good enough for shuffling
  * and dropout, and identical on every platform. */
 typedef struct nn_rng { uint64_t s[4]; } nn_rng;
@@ -334,12 +344,15 @@ void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept
 /* The cross-core hand-off of a trainer with more than one thread (see
  * nn_k_flush; train.c: handoff_pick): NN_HANDOFF_AUTO (the default) times
  * its first training steps with it off and on, alternating, and keeps the
- * faster; the others force it. It changes no value, only where cache lines
- * go. nn_trainer_handoff: 1 on, 0 off, -1 still timing (or one thread:
- * always 0). For tests and benchmarks. */
+ * faster, and times again now and then; the others force it. It changes
+ * no value, only where cache lines go. nn_trainer_handoff: 1 on, 0 off,
+ * -1 not decided yet (one thread: always 0). For tests and benchmarks. */
 enum { NN_HANDOFF_AUTO, NN_HANDOFF_OFF, NN_HANDOFF_ON };
 void nn_trainer_set_handoff(nn_trainer *t, int mode);
 int nn_trainer_handoff(const nn_trainer *t);
+/* How many times NN_HANDOFF_AUTO has decided (it times again every ~2000
+ * full steps). */
+uint32_t nn_trainer_handoff_rounds(const nn_trainer *t);
 
 /* Forward pass of n rows already in ws->x. training != 0 enables dropout,
  * drawing masks from rng. Returns the last layer's output (probabilities). */

@@ -157,7 +157,10 @@ typedef struct pool {
   int handoff;
   uint32_t tune_n;           /* handoff_pick: full training steps timed so far */
   double tune_s[2];          /* their seconds, off and on */
-  int tuned;                 /* handoff is final */
+  int tuned;                 /* handoff decided, for tune_left more steps */
+  uint32_t tune_left;
+  int decided;               /* the last decision, -1 before the first */
+  uint32_t rounds;           /* decisions made */
   struct nn_trainer *t;
 } pool;
 
@@ -509,30 +512,42 @@ static void *worker(void *arg) {
 
 /* NN_HANDOFF_AUTO: the hand-off pays where cores are far apart and costs
  * a little where they share a cache (flushed lines then come back from
- * memory; streamed weights too), and no CPU feature tells which. So the
- * trainer times its own full training steps: TUNE_SKIP first (kernels and
- * pages still being set up), then blocks of TUNE_BLOCK steps alternating
- * off and on (the host's speed drifts slower than that) until TUNE_STEPS
- * are timed, and keeps the hand-off if its steps took TUNE_GAIN less. Seen
- * on a 2-vCPU Zen 5 whose cores are ~250 ns apart: 6-8% off the epoch.
- * Either way every value is the same. */
+ * memory; streamed weights too), and no CPU feature tells which; on a
+ * virtual machine it even changes while the trainer runs (seen on a 2-vCPU
+ * Zen 5 guest: the host moved its vCPUs between cores ~60 ns and ~250 ns
+ * apart within minutes; epochs of 0.36 s with the hand-off against 0.40 s
+ * without when apart, 0.29 s without it when close). So the trainer
+ * times its own full training steps: TUNE_SKIP first (kernels and pages
+ * still being set up), then blocks of TUNE_BLOCK steps alternating off
+ * and on (the host's speed drifts slower than that) until TUNE_STEPS are
+ * timed, keeps the hand-off if its steps took TUNE_GAIN less, and times
+ * again after TUNE_EVERY more full steps (~4 MNIST epochs; each round
+ * costs ~0.5% of them). Either way every value is the same. */
 #define TUNE_SKIP 8
 #define TUNE_BLOCK 4
 #define TUNE_STEPS 192
 #define TUNE_GAIN 0.98
+#define TUNE_EVERY 2048
 
 /* Before a batch: this step's hand-off. Returns 1 if the step is to be
  * timed (with arm p->handoff). */
 static int handoff_pick(nn_trainer *t) {
   pool *p = t->pool;
-  if (p->tuned) return 0;
   if (p->n < 2 || t->handoff_mode != NN_HANDOFF_AUTO) {
     p->handoff = p->n > 1 && t->handoff_mode == NN_HANDOFF_ON;
-    p->tuned = 1;
     return 0;
   }
-  if (!t->batch.training || t->batch.n != t->cfg.batch_size) {
-    p->handoff = 0;
+  const int full = t->batch.training && t->batch.n == t->cfg.batch_size;
+  if (p->tuned) {
+    /* A decision holds for TUNE_EVERY full steps, then is timed again. */
+    if (!full || --p->tune_left) return 0;
+    p->tuned = 0;
+    p->tune_n = 0;
+    p->tune_s[0] = p->tune_s[1] = 0;
+  }
+  if (!full) {
+    /* Not timed: the last decision (off before the first). */
+    p->handoff = p->decided > 0;
     return 0;
   }
   p->handoff = (p->tune_n / TUNE_BLOCK) & 1;
@@ -544,8 +559,10 @@ static void handoff_count(pool *p, double secs) {
   static const uint32_t total = TUNE_SKIP + TUNE_STEPS;
   if (p->tune_n >= TUNE_SKIP) p->tune_s[p->handoff] += secs;
   if (++p->tune_n < total) return;
-  p->handoff = p->tune_s[1] < TUNE_GAIN * p->tune_s[0];
+  p->handoff = p->decided = p->tune_s[1] < TUNE_GAIN * p->tune_s[0];
+  p->rounds++;
   p->tuned = 1;
+  p->tune_left = TUNE_EVERY;
 }
 
 /* Runs the batch described in t->batch on all threads. Returns the summed
@@ -620,6 +637,7 @@ static int pool_create(pool **out, nn_trainer *t, uint32_t n) {
   pool *p = calloc(1, sizeof *p);
   if (!p) return NN_ENOMEM;
   p->n = p->n_alloc = n;
+  p->decided = -1;
   p->t = t;
   int rc = NN_ENOMEM;
   uint32_t rows = (t->cfg.batch_size + n - 1) / n;
@@ -779,12 +797,15 @@ void nn_trainer_set_handoff(nn_trainer *t, int mode) {
   t->pool->tuned = 0;
   t->pool->tune_n = 0;
   t->pool->tune_s[0] = t->pool->tune_s[1] = 0;
+  t->pool->decided = -1;
 }
+
+uint32_t nn_trainer_handoff_rounds(const nn_trainer *t) { return t->pool->rounds; }
 
 int nn_trainer_handoff(const nn_trainer *t) {
   if (t->pool->n < 2) return 0;
   if (t->handoff_mode != NN_HANDOFF_AUTO) return t->handoff_mode == NN_HANDOFF_ON;
-  return t->pool->tuned ? t->pool->handoff : -1;
+  return t->pool->decided;
 }
 
 void nn_trainer_restore(nn_trainer *t, uint32_t epoch, uint64_t steps) {

@@ -1131,9 +1131,10 @@ static void test_sparse_determinism(void **state) {
 
 /* The cross-core hand-off moves cache lines, never values: the seed
  * network (packed first layer, dropout) trained with it off, on, and left
- * to choose (which times both for its first 200 full steps, then keeps
- * one) ends with the same weights and optimizer state, for 2 and 3
- * threads; with one thread there is nothing to hand off. */
+ * to choose (which times both for its first 200 full steps, keeps one,
+ * and times again 2048 full steps later) ends with the same weights and
+ * optimizer state, for 2 and 3 threads; with one thread there is nothing
+ * to hand off. */
 static void test_handoff_changes_no_value(void **state) {
   (void)state;
   nn_dataset ds = {0};
@@ -1164,6 +1165,13 @@ static void test_handoff_changes_no_value(void **state) {
     const int chosen = nn_trainer_handoff(t[2]);
     assert_true(threads == 1 ? chosen == 0 : chosen == 0 || chosen == 1);
     assert_int_equal(nn_trainer_handoff(t[1]), threads > 1);
+    assert_int_equal(nn_trainer_handoff_rounds(t[2]), threads > 1);
+    if (threads == 2)
+      /* Past the next timing round: 200 + 2048 + 200 full steps. */
+      for (int e = 0; e < 230; e++)
+        for (int r = 0; r < 3; r++)
+          assert_int_equal(nn_train_epoch(t[r], &ds, NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(nn_trainer_handoff_rounds(t[2]), threads == 2 ? 2 : threads > 1);
     for (int r = 1; r < 3; r++) {
       assert_memory_equal(m[0]->params, m[r]->params, m[0]->n_params * sizeof(float));
       uint64_t s0, sr;
