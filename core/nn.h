@@ -493,8 +493,9 @@ void nn_train_defaults(nn_train_config *c);
  * (RMSprop decays their accumulator; Adam's momentum still moves them).
  * With T > 1 the trainer also times its first ~200 full training batches
  * with and without a cross-core hand-off (streamed weight stores, flushed
- * activations: see nn_k_flush in nn_internal.h) and keeps whichever is
- * faster on this machine; the choice moves cache lines only, never a
+ * activations: see nn_k_flush in nn_internal.h), keeps whichever is
+ * faster on this machine, and times again every ~2000 batches (a virtual
+ * machine's cores can move); the choice moves cache lines only, never a
  * value, so the results stay bit-identical. */
 typedef struct nn_trainer nn_trainer;
 
