@@ -587,24 +587,37 @@ NN_HOT void nn_k_sparse_row(float *restrict y, const float *restrict x,
  * the packed row by the block's permutation, in registers. The operations
  * and their order are nn_k_rmsprop_sum's (no fused multiply-add there: ISO
  * C mode), so the bits are the same. */
+typedef struct rms512 {
+  __m512 rho, one_m, lr, eps;
+} rms512;
+
+NN_AVX512 static inline rms512 rms512_of(float lr, float rho, float eps) {
+  return (rms512){_mm512_set1_ps(rho), _mm512_set1_ps(1.0f - rho), _mm512_set1_ps(lr),
+                  _mm512_set1_ps(eps)};
+}
+
+/* One block of nn_k_rmsprop_sum's update in its order: stores the new
+ * accumulator at a, returns the new weights. */
+NN_AVX512 static inline __m512 rms512_step(const rms512 *k, __m512 w, float *a, __m512 g) {
+  const __m512 av = _mm512_add_ps(_mm512_mul_ps(k->rho, _mm512_loadu_ps(a)),
+                                  _mm512_mul_ps(_mm512_mul_ps(k->one_m, g), g));
+  _mm512_storeu_ps(a, av);
+  return _mm512_sub_ps(w, _mm512_div_ps(_mm512_mul_ps(k->lr, g),
+                                        _mm512_sqrt_ps(_mm512_add_ps(av, k->eps))));
+}
+
 NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uint32_t d,
                                          const nn_cols *c, float lr, float rho, float eps) {
-  const __m512 vr = _mm512_set1_ps(rho), vo = _mm512_set1_ps(1.0f - rho),
-               vl = _mm512_set1_ps(lr), ve = _mm512_set1_ps(eps);
+  const rms512 k = rms512_of(lr, rho, eps);
   for (uint32_t b = 0; b < d / 16; b++) {
     const __mmask16 m = c->mask[b];
     if (!m) { /* no gradient: a = rho a (+ 0), w - 0 = w, so w is not touched */
-      _mm512_storeu_ps(a + 16 * b, _mm512_mul_ps(vr, _mm512_loadu_ps(a + 16 * b)));
+      _mm512_storeu_ps(a + 16 * b, _mm512_mul_ps(k.rho, _mm512_loadu_ps(a + 16 * b)));
       continue;
     }
     const __m512 gv = get_block(g, c, b);
     g += __builtin_popcount(m);
-    const __m512 av = _mm512_add_ps(_mm512_mul_ps(vr, _mm512_loadu_ps(a + 16 * b)),
-                                    _mm512_mul_ps(_mm512_mul_ps(vo, gv), gv));
-    _mm512_storeu_ps(a + 16 * b, av);
-    const __m512 step = _mm512_div_ps(_mm512_mul_ps(vl, gv),
-                                      _mm512_sqrt_ps(_mm512_add_ps(av, ve)));
-    _mm512_storeu_ps(w + 16 * b, _mm512_sub_ps(_mm512_loadu_ps(w + 16 * b), step));
+    _mm512_storeu_ps(w + 16 * b, rms512_step(&k, _mm512_loadu_ps(w + 16 * b), a + 16 * b, gv));
   }
 }
 #endif
@@ -690,17 +703,9 @@ NN_HOT void nn_k_rmsprop_sum(float *restrict w, float *restrict a, const float *
  * its bits. */
 NN_AVX512 static void rmsprop_stream_avx512(float *w, float *a, const float *g, size_t n,
                                             float lr, float rho, float eps) {
-  const __m512 vr = _mm512_set1_ps(rho), vo = _mm512_set1_ps(1.0f - rho),
-               vl = _mm512_set1_ps(lr), ve = _mm512_set1_ps(eps);
-  for (size_t i = 0; i < n; i += 16) {
-    const __m512 gv = _mm512_loadu_ps(g + i);
-    const __m512 av = _mm512_add_ps(_mm512_mul_ps(vr, _mm512_loadu_ps(a + i)),
-                                    _mm512_mul_ps(_mm512_mul_ps(vo, gv), gv));
-    _mm512_storeu_ps(a + i, av);
-    const __m512 step = _mm512_div_ps(_mm512_mul_ps(vl, gv),
-                                      _mm512_sqrt_ps(_mm512_add_ps(av, ve)));
-    _mm512_stream_ps(w + i, _mm512_sub_ps(_mm512_load_ps(w + i), step));
-  }
+  const rms512 k = rms512_of(lr, rho, eps);
+  for (size_t i = 0; i < n; i += 16)
+    _mm512_stream_ps(w + i, rms512_step(&k, _mm512_load_ps(w + i), a + i, _mm512_loadu_ps(g + i)));
 }
 
 __attribute__((target("avx2"))) static void rmsprop_stream_avx2(float *w, float *a,

@@ -157,8 +157,7 @@ typedef struct pool {
   int handoff;
   uint32_t tune_n;           /* handoff_pick: full training steps timed so far */
   double tune_s[2];          /* their seconds, off and on */
-  int tuned;                 /* handoff decided, for tune_left more steps */
-  uint32_t tune_left;
+  uint32_t tune_left;        /* full steps the last decision still holds (0: timing) */
   int decided;               /* the last decision, -1 before the first */
   uint32_t rounds;           /* decisions made */
   struct nn_trainer *t;
@@ -538,10 +537,9 @@ static int handoff_pick(nn_trainer *t) {
     return 0;
   }
   const int full = t->batch.training && t->batch.n == t->cfg.batch_size;
-  if (p->tuned) {
+  if (p->tune_left) {
     /* A decision holds for TUNE_EVERY full steps, then is timed again. */
     if (!full || --p->tune_left) return 0;
-    p->tuned = 0;
     p->tune_n = 0;
     p->tune_s[0] = p->tune_s[1] = 0;
   }
@@ -561,7 +559,6 @@ static void handoff_count(pool *p, double secs) {
   if (++p->tune_n < total) return;
   p->handoff = p->decided = p->tune_s[1] < TUNE_GAIN * p->tune_s[0];
   p->rounds++;
-  p->tuned = 1;
   p->tune_left = TUNE_EVERY;
 }
 
@@ -794,7 +791,7 @@ void nn_trainer_input_stats(const nn_trainer *t, uint64_t *steps, uint64_t *kept
 
 void nn_trainer_set_handoff(nn_trainer *t, int mode) {
   t->handoff_mode = mode;
-  t->pool->tuned = 0;
+  t->pool->tune_left = 0;
   t->pool->tune_n = 0;
   t->pool->tune_s[0] = t->pool->tune_s[1] = 0;
   t->pool->decided = -1;
