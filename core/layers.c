@@ -583,10 +583,6 @@ NN_HOT void nn_k_sparse_row(float *restrict y, const float *restrict x,
 #define RMS_CHUNK 512
 
 #if defined(__x86_64__)
-/* nn_k_rmsprop_runs' row with AVX-512: each block's gradient unpacked from
- * the packed row by the block's permutation, in registers. The operations
- * and their order are nn_k_rmsprop_sum's (no fused multiply-add there: ISO
- * C mode), so the bits are the same. */
 typedef struct rms512 {
   __m512 rho, one_m, lr, eps;
 } rms512;
@@ -606,6 +602,10 @@ NN_AVX512 static inline __m512 rms512_step(const rms512 *k, __m512 w, float *a, 
                                         _mm512_sqrt_ps(_mm512_add_ps(av, k->eps))));
 }
 
+/* nn_k_rmsprop_runs' row with AVX-512: each block's gradient unpacked from
+ * the packed row by the block's permutation, in registers. The operations
+ * and their order are nn_k_rmsprop_sum's (no fused multiply-add there: ISO
+ * C mode), so the bits are the same. */
 NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uint32_t d,
                                          const nn_cols *c, float lr, float rho, float eps) {
   const rms512 k = rms512_of(lr, rho, eps);
@@ -620,9 +620,7 @@ NN_AVX512 static void rmsprop_row_avx512(float *w, float *a, const float *g, uin
     _mm512_storeu_ps(w + 16 * b, rms512_step(&k, _mm512_loadu_ps(w + 16 * b), a + 16 * b, gv));
   }
 }
-#endif
 
-#if defined(__x86_64__)
 /* n floats (a multiple of 16) from src to the 64-byte aligned dst with
  * non-temporal stores; the caller fences. */
 NN_AVX512 static void stream_avx512(float *dst, const float *src, uint32_t n) {
@@ -733,7 +731,7 @@ void nn_k_rmsprop_stream(float *w, float *a, const float *g, size_t n, float lr,
   if (wide || __builtin_cpu_supports("avx2")) {
     /* Up to w's first line, and after its last whole one: plain stores. */
     size_t head = ((64 - ((uintptr_t)w & 63)) & 63) / sizeof(float);
-    if ((uintptr_t)w % sizeof(float) || head > n) head = n;
+    if (head > n) head = n;
     const size_t body = (n - head) & ~(size_t)15;
     const float *gh = g;
     if (head) nn_k_rmsprop_sum(w, a, &gh, 1, head, lr, rho, eps);
